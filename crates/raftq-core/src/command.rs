@@ -1,0 +1,194 @@
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{MessageId, QueueError, QueueOptions, TimeMs};
+
+/// One entry of the replicated log: a command plus the time the leader stamped on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Leader's wall clock when it proposed the command. The state machine never lets its
+    /// own notion of time go backwards, whatever this says.
+    pub now_ms: TimeMs,
+    pub command: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.command.kind(), self.now_ms)
+    }
+}
+
+/// A message as the producer hands it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub body: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    /// Empty means "no idempotency key": the send is never deduplicated.
+    pub idempotency_key: String,
+}
+
+impl NewMessage {
+    /// Bytes counted against `max_message_bytes`: body plus header keys and values.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.body.len() + headers) as u64
+    }
+}
+
+/// A lease holder's proof of delivery: message id plus the delivery attempt that acts as a
+/// fencing token. Text form: `<message_id>:<attempt>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub message_id: MessageId,
+    pub attempt: u32,
+}
+
+impl fmt::Display for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.message_id, self.attempt)
+    }
+}
+
+impl std::str::FromStr for Receipt {
+    type Err = QueueError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || QueueError::invalid("receipt", format!("{text:?} is not `<message_id>:<attempt>`"));
+        let (id, attempt) = text.split_once(':').ok_or_else(bad)?;
+        Ok(Receipt {
+            message_id: id.parse().map_err(|_| bad())?,
+            attempt: attempt.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Everything that changes queue state goes through the log as one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateQueue {
+        name: String,
+        options: QueueOptions,
+    },
+    DeleteQueue {
+        name: String,
+    },
+    PurgeQueue {
+        name: String,
+    },
+    /// All messages are stored, or none (any invalid message refuses the batch).
+    Send {
+        queue: String,
+        messages: Vec<NewMessage>,
+    },
+    Receive {
+        queue: String,
+        max_messages: u32,
+        /// 0 means the queue's default lease.
+        lease_ms: u64,
+    },
+    Ack {
+        queue: String,
+        receipt: Receipt,
+    },
+    Nack {
+        queue: String,
+        receipt: Receipt,
+        /// The message becomes visible again this long after the nack (0: at once).
+        delay_ms: u64,
+    },
+    ExtendLease {
+        queue: String,
+        receipt: Receipt,
+        /// New lease length counted from the command's time.
+        lease_ms: u64,
+    },
+}
+
+impl Command {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::CreateQueue { .. } => "create_queue",
+            Command::DeleteQueue { .. } => "delete_queue",
+            Command::PurgeQueue { .. } => "purge_queue",
+            Command::Send { .. } => "send",
+            Command::Receive { .. } => "receive",
+            Command::Ack { .. } => "ack",
+            Command::Nack { .. } => "nack",
+            Command::ExtendLease { .. } => "extend_lease",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResult {
+    pub message_id: MessageId,
+    /// Position in the queue's send order (1-based, never reused).
+    pub sequence: u64,
+    /// True when the idempotency key was seen inside the dedup window: nothing new was stored.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub message_id: MessageId,
+    pub sequence: u64,
+    pub body: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    pub receipt: Receipt,
+    pub enqueued_at_ms: TimeMs,
+    pub lease_expires_at_ms: TimeMs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Messages stored: ready, delayed and in flight.
+    pub depth: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub total_sent: u64,
+    pub total_acked: u64,
+    pub total_deliveries: u64,
+    /// Messages discarded after reaching `max_delivery_count`.
+    pub total_discarded: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    pub options: QueueOptions,
+    pub created_at_ms: TimeMs,
+    pub stats: QueueStats,
+}
+
+/// What a successfully applied command reports back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Created(QueueInfo),
+    Deleted,
+    Purged { removed: u64 },
+    Sent(Vec<SendResult>),
+    Received(Vec<Delivery>),
+    Acked { already_acked: bool },
+    Nacked { visible_at_ms: TimeMs },
+    LeaseExtended { lease_expires_at_ms: TimeMs },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_text_form_round_trips_and_rejects_garbage() {
+        let receipt = Receipt {
+            message_id: 42,
+            attempt: 3,
+        };
+        assert_eq!(receipt.to_string(), "42:3");
+        assert_eq!("42:3".parse::<Receipt>(), Ok(receipt));
+        for bad in ["", "42", "x:1", "1:y", "1:2:3", "-1:2"] {
+            assert!(bad.parse::<Receipt>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! raftq-core: the domain types and the deterministic queue state machine.
+//!
+//! It owns what a queue *is*: names and their rules, options and their limits, messages,
+//! leases and receipts, idempotency (dedup) records, and `apply(command, now) -> outcome`.
+//!
+//! It must not do IO: no clocks, no tokio, no RocksDB, no gRPC. Time arrives inside each
+//! command (stamped by the Raft leader), so replaying the log gives the same state on
+//! every node.
+
+mod command;
+mod error;
+mod limits;
+mod queue;
+mod state;
+
+pub use command::{
+    Command, Delivery, NewMessage, Outcome, QueueInfo, QueueStats, Receipt, Request, SendResult,
+};
+pub use error::QueueError;
+pub use limits::{Limits, QueueOptions, validate_queue_name};
+pub use queue::StoredMessage;
+pub use state::StateMachine;
+
+/// Identifier of a Raft group. One group holds every queue today; the id is carried in
+/// storage keys and Raft RPCs so queues can later be spread over many groups.
+pub type GroupId = u64;
+
+/// Cluster-unique, monotonically assigned message id.
+pub type MessageId = u64;
+
+/// Milliseconds since the Unix epoch, as stamped into the log by the leader.
+pub type TimeMs = u64;

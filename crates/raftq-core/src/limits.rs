@@ -1,0 +1,183 @@
+use serde::{Deserialize, Serialize};
+
+use crate::QueueError;
+
+/// Cluster-wide hard limits. Every value is explicit; per-queue options must stay inside them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_queue_name_len: usize,
+    pub max_queues: u64,
+    /// Upper bound for any queue's `max_message_bytes` (body plus headers).
+    pub max_message_bytes: u64,
+    pub max_batch_messages: usize,
+    pub max_receive_messages: u32,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_idempotency_key_len: usize,
+    pub min_lease_ms: u64,
+    pub max_lease_ms: u64,
+    pub max_dedup_window_ms: u64,
+    pub max_nack_delay_ms: u64,
+    pub max_queue_depth: u64,
+    pub max_delivery_count: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_queue_name_len: 128,
+            max_queues: 10_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_batch_messages: 1_000,
+            max_receive_messages: 1_000,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            max_idempotency_key_len: 256,
+            min_lease_ms: 100,
+            max_lease_ms: 12 * 60 * 60 * 1000,
+            max_dedup_window_ms: 24 * 60 * 60 * 1000,
+            max_nack_delay_ms: 12 * 60 * 60 * 1000,
+            max_queue_depth: 100_000_000,
+            max_delivery_count: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn check_lease(&self, field: &str, lease_ms: u64) -> Result<(), QueueError> {
+        if lease_ms < self.min_lease_ms || lease_ms > self.max_lease_ms {
+            return Err(QueueError::invalid(
+                field,
+                format!(
+                    "{lease_ms} ms is outside {}..={} ms",
+                    self.min_lease_ms, self.max_lease_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Options fixed when a queue is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueOptions {
+    /// How long an idempotency key is remembered after its send.
+    pub dedup_window_ms: u64,
+    /// Lease (visibility timeout) used when a receive names none.
+    pub default_lease_ms: u64,
+    /// Deliveries after which a message is no longer handed out; 0 means unlimited.
+    pub max_delivery_count: u32,
+    /// Largest accepted message: body plus header keys and values.
+    pub max_message_bytes: u64,
+    /// Most messages the queue holds (ready, delayed and in flight).
+    pub max_depth: u64,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            dedup_window_ms: 5 * 60 * 1000,
+            default_lease_ms: 30_000,
+            max_delivery_count: 0,
+            max_message_bytes: 1024 * 1024,
+            max_depth: 1_000_000,
+        }
+    }
+}
+
+impl QueueOptions {
+    pub fn validate(&self, limits: &Limits) -> Result<(), QueueError> {
+        if self.dedup_window_ms > limits.max_dedup_window_ms {
+            return Err(QueueError::invalid(
+                "dedup_window_ms",
+                format!("must be at most {} ms", limits.max_dedup_window_ms),
+            ));
+        }
+        limits.check_lease("default_lease_ms", self.default_lease_ms)?;
+        if self.max_delivery_count > limits.max_delivery_count {
+            return Err(QueueError::invalid(
+                "max_delivery_count",
+                format!("must be at most {}", limits.max_delivery_count),
+            ));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > limits.max_message_bytes {
+            return Err(QueueError::invalid(
+                "max_message_bytes",
+                format!("must be in 1..={}", limits.max_message_bytes),
+            ));
+        }
+        if self.max_depth == 0 || self.max_depth > limits.max_queue_depth {
+            return Err(QueueError::invalid(
+                "max_depth",
+                format!("must be in 1..={}", limits.max_queue_depth),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Queue names: 1..=max characters of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+pub fn validate_queue_name(name: &str, limits: &Limits) -> Result<(), QueueError> {
+    let fail = |reason: &str| QueueError::InvalidQueueName {
+        name: name.chars().take(200).collect(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() {
+        return Err(fail("must not be empty"));
+    }
+    if name.len() > limits.max_queue_name_len {
+        return Err(fail(&format!(
+            "longer than {} characters",
+            limits.max_queue_name_len
+        )));
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err(fail("must not start with '.' or '-'"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(fail(&format!(
+            "character {bad:?} is not allowed (use A-Z a-z 0-9 . _ -)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_documented_rules() {
+        let limits = Limits::default();
+        for good in ["orders", "a", "Orders.v2", "in_flight-9"] {
+            assert!(validate_queue_name(good, &limits).is_ok(), "{good}");
+        }
+        let long = "x".repeat(129);
+        for bad in ["", ".hidden", "-x", "has space", "slash/name", "colon:x", &long] {
+            assert!(
+                matches!(
+                    validate_queue_name(bad, &limits),
+                    Err(QueueError::InvalidQueueName { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_options_are_valid_and_zero_lease_is_not() {
+        let limits = Limits::default();
+        assert!(QueueOptions::default().validate(&limits).is_ok());
+        let zero_lease = QueueOptions {
+            default_lease_ms: 0,
+            ..QueueOptions::default()
+        };
+        assert!(matches!(
+            zero_lease.validate(&limits),
+            Err(QueueError::InvalidArgument { field, .. }) if field == "default_lease_ms"
+        ));
+    }
+}

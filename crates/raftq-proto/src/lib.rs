@@ -1,0 +1,1 @@
+//! raftq-proto
