@@ -1,1 +1,300 @@
-//! harness
+//! Test harness: starts real `raftq serve` processes on loopback ports with data in a
+//! temporary directory, and offers the faults the cluster tests inject (kill -9, SIGTERM,
+//! restart, adding a node). Tests wait for conditions with deadlines, never sleep-and-hope.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use raftq_client::{Client, ClientConfig};
+
+pub use raftq_client::pb;
+
+/// Raft timing used by the tests: short, so elections after a kill finish quickly.
+const TEST_RAFT_ENV: [(&str, &str); 3] = [
+    ("RAFTQ_RAFT__HEARTBEAT_MS", "50"),
+    ("RAFTQ_RAFT__ELECTION_TIMEOUT_MIN_MS", "300"),
+    ("RAFTQ_RAFT__ELECTION_TIMEOUT_MAX_MS", "600"),
+];
+
+/// The `raftq` binary under test: `$RAFTQ_BIN`, or the one built next to this test binary.
+pub fn raftq_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RAFTQ_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/cluster-<hash> -> target/<profile>/raftq
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let binary = profile_dir.join("raftq");
+    assert!(
+        binary.exists(),
+        "{} not found: build it first (cargo build -p raftq-server) or set RAFTQ_BIN",
+        binary.display()
+    );
+    binary
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+pub struct NodeProcess {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl NodeProcess {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("node log file");
+        let mut command = Command::new(raftq_binary());
+        command
+            .arg("serve")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .env_remove("RAFTQ_ADDR");
+        for (key, value) in TEST_RAFT_ENV {
+            command.env(key, value);
+        }
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("spawn raftq serve"));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, signal).expect("signal node");
+        }
+    }
+
+    /// kill -9: no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            child.wait().expect("reap killed node");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            child.wait().expect("wait for stopped node");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        self.spawn();
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(std::slice::from_ref(&self.grpc), test_client_config()).expect("client")
+    }
+
+    /// The node's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.kill();
+        }
+    }
+}
+
+pub fn test_client_config() -> ClientConfig {
+    ClientConfig {
+        retry_deadline: Duration::from_secs(20),
+        attempt_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProcess>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra `RAFTQ_*` environment for every node (e.g. snapshot frequency).
+    pub env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes that form one cluster; waits until it has a leader.
+    pub async fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(size: u64, options: ClusterOptions) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (grpc, _))| format!("{}=127.0.0.1:{grpc}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir,
+            nodes: Vec::new(),
+        };
+        for (i, (grpc, http)) in ports.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let node = cluster.new_node(
+                id,
+                grpc,
+                http,
+                vec!["--peers".into(), peers.clone()],
+                &options,
+            );
+            cluster.nodes.push(node);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    fn new_node(
+        &self,
+        id: u64,
+        grpc: u16,
+        http: u16,
+        mut extra: Vec<String>,
+        options: &ClusterOptions,
+    ) -> NodeProcess {
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let mut args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--listen".to_string(),
+            format!("127.0.0.1:{grpc}"),
+            "--http-listen".to_string(),
+            format!("127.0.0.1:{http}"),
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+        ];
+        args.append(&mut extra);
+        let mut node = NodeProcess {
+            id,
+            grpc: format!("127.0.0.1:{grpc}"),
+            http: format!("127.0.0.1:{http}"),
+            log: self.dir.path().join(format!("node-{id}.log")),
+            data_dir,
+            child: None,
+            args,
+            extra_env: options.env.clone(),
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts a new node that joins through node 1's address (learner, then voter).
+    pub fn spawn_joining_node(&mut self, id: u64) -> &NodeProcess {
+        let join = self.nodes[0].grpc.clone();
+        let node = self.new_node(
+            id,
+            free_port(),
+            free_port(),
+            vec!["--join".into(), join],
+            &ClusterOptions::default(),
+        );
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut NodeProcess {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.id == id)
+            .expect("node id")
+    }
+
+    /// A client that knows every running node.
+    pub fn client(&self) -> Client {
+        let addresses: Vec<String> = self.nodes.iter().map(|node| node.grpc.clone()).collect();
+        Client::new(&addresses, test_client_config()).expect("client")
+    }
+
+    /// Waits until some running node reports a leader that is itself running; returns its id.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let running: Vec<&NodeProcess> =
+            self.nodes.iter().filter(|node| node.is_running()).collect();
+        wait_until("a leader is elected", Duration::from_secs(30), || async {
+            for node in &running {
+                if let Ok(info) = node.client().node_info().await
+                    && info.role == "leader"
+                {
+                    return Some(info.node_id);
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("--- node {} ---\n{}", node.id, node.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Polls `check` until it yields a value, or panics after `deadline` naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a queue with the given options (zero fields take defaults).
+pub async fn create_queue(client: &Client, name: &str, options: pb::QueueOptions) {
+    client
+        .create_queue(name, options)
+        .await
+        .expect("create queue");
+}

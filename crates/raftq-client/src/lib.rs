@@ -1,1 +1,14 @@
-//! raftq-client
+//! raftq-client: the Rust client. It hides leader discovery and retries: any node address
+//! works, the client follows the leader hint in UNAVAILABLE answers, caches the leader,
+//! and retries retryable calls across leader changes within a deadline. Each logical send
+//! gets one idempotency key that every retry reuses, so a retried send is stored once.
+//!
+//! It must not depend on server internals: only the public protobuf API.
+
+mod client;
+mod error;
+
+pub use client::{Client, ClientConfig, Message, SendOptions};
+pub use error::ClientError;
+pub use raftq_proto::pb;
+pub use tonic::Code;

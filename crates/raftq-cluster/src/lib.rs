@@ -1,1 +1,18 @@
-//! raftq-cluster
+//! raftq-cluster: one node's Raft group — the openraft instance, its gRPC transport,
+//! membership changes, leader lookup and the leader's time stamp on every command.
+//!
+//! It must not serve the public API or decide queue semantics: gRPC services live in
+//! raftq-server, queue rules in raftq-core.
+
+mod error;
+mod network;
+mod node;
+mod service;
+
+pub use error::ClusterError;
+pub use node::{MemberStatus, NodeConfig, RaftNode, RaftTuning, Role};
+pub use raftq_store::NodeId;
+
+/// Largest Raft RPC accepted or sent over gRPC. Bounded: a batch of append entries holds
+/// at most `max_payload_entries` entries of at most one client batch each.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;

@@ -55,7 +55,12 @@ impl std::str::FromStr for Receipt {
     type Err = QueueError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || QueueError::invalid("receipt", format!("{text:?} is not `<message_id>:<attempt>`"));
+        let bad = || {
+            QueueError::invalid(
+                "receipt",
+                format!("{text:?} is not `<message_id>:<attempt>`"),
+            )
+        };
         let (id, attempt) = text.split_once(':').ok_or_else(bad)?;
         Ok(Receipt {
             message_id: id.parse().map_err(|_| bad())?,

@@ -10,7 +10,7 @@
 mod command;
 mod error;
 mod limits;
-mod queue;
+pub mod queue;
 mod state;
 
 pub use command::{

@@ -11,6 +11,9 @@ pub struct Limits {
     pub max_message_bytes: u64,
     pub max_batch_messages: usize,
     pub max_receive_messages: u32,
+    /// A receive stops adding messages once their bodies reach this many bytes (it always
+    /// returns at least one message when one is ready).
+    pub max_receive_bytes: u64,
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_idempotency_key_len: usize,
@@ -30,6 +33,7 @@ impl Default for Limits {
             max_message_bytes: 4 * 1024 * 1024,
             max_batch_messages: 1_000,
             max_receive_messages: 1_000,
+            max_receive_bytes: 16 * 1024 * 1024,
             max_headers: 64,
             max_header_bytes: 16 * 1024,
             max_idempotency_key_len: 256,
@@ -52,6 +56,39 @@ impl Limits {
                     "{lease_ms} ms is outside {}..={} ms",
                     self.min_lease_ms, self.max_lease_ms
                 ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    /// Checks what a message must satisfy on any queue: header count and size, key length.
+    pub fn check_message(&self, message: &crate::NewMessage) -> Result<(), QueueError> {
+        if message.headers.len() > self.max_headers {
+            return Err(QueueError::invalid(
+                "headers",
+                format!(
+                    "{} headers exceed the limit of {}",
+                    message.headers.len(),
+                    self.max_headers
+                ),
+            ));
+        }
+        let header_bytes: usize = message.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if header_bytes > self.max_header_bytes {
+            return Err(QueueError::invalid(
+                "headers",
+                format!(
+                    "{header_bytes} bytes of headers exceed the limit of {}",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if message.idempotency_key.len() > self.max_idempotency_key_len {
+            return Err(QueueError::invalid(
+                "idempotency_key",
+                format!("longer than {} bytes", self.max_idempotency_key_len),
             ));
         }
         Ok(())
@@ -156,7 +193,15 @@ mod tests {
             assert!(validate_queue_name(good, &limits).is_ok(), "{good}");
         }
         let long = "x".repeat(129);
-        for bad in ["", ".hidden", "-x", "has space", "slash/name", "colon:x", &long] {
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "has space",
+            "slash/name",
+            "colon:x",
+            &long,
+        ] {
             assert!(
                 matches!(
                     validate_queue_name(bad, &limits),

@@ -170,7 +170,9 @@ impl Queue {
                     limit: self.options.max_message_bytes,
                 });
             }
-            if message.idempotency_key.is_empty() || !self.dedup.contains_key(&message.idempotency_key) {
+            if message.idempotency_key.is_empty()
+                || !self.dedup.contains_key(&message.idempotency_key)
+            {
                 new_messages += 1;
             }
         }
@@ -235,13 +237,29 @@ impl Queue {
         }
     }
 
-    pub(crate) fn receive(&mut self, max: u32, lease_ms: u64, now_ms: TimeMs) -> Vec<Delivery> {
+    pub(crate) fn receive(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+        lease_ms: u64,
+        now_ms: TimeMs,
+    ) -> Vec<Delivery> {
         let expires_at_ms = now_ms.saturating_add(lease_ms);
         let mut deliveries = Vec::new();
+        let mut bytes = 0u64;
         while deliveries.len() < max as usize {
-            let Some(sequence) = self.ready.pop_first() else {
+            let Some(&sequence) = self.ready.first() else {
                 break;
             };
+            let size = self
+                .messages
+                .get(&sequence)
+                .map_or(0, |m| m.body.len() as u64);
+            if !deliveries.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            self.ready.pop_first();
             let Some(message) = self.messages.get_mut(&sequence) else {
                 continue;
             };
@@ -292,7 +310,12 @@ impl Queue {
     }
 
     pub(crate) fn ack(&mut self, receipt: Receipt, now_ms: TimeMs) -> Result<bool, QueueError> {
-        if self.acked.get(&receipt.message_id).map(|(attempt, _)| *attempt) == Some(receipt.attempt) {
+        if self
+            .acked
+            .get(&receipt.message_id)
+            .map(|(attempt, _)| *attempt)
+            == Some(receipt.attempt)
+        {
             return Ok(true);
         }
         let (sequence, expires_at_ms) = self.leased(receipt, now_ms)?;

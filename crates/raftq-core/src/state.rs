@@ -93,6 +93,9 @@ impl StateMachine {
                         ),
                     ));
                 }
+                for message in &messages {
+                    self.limits.check_message(message)?;
+                }
                 let first_id = self.next_message_id;
                 let queue = self.queue_mut(&queue)?;
                 queue.check_send(&messages)?;
@@ -124,13 +127,19 @@ impl StateMachine {
                 if lease_ms != 0 {
                     self.limits.check_lease("lease_ms", lease_ms)?;
                 }
+                let max_bytes = self.limits.max_receive_bytes;
                 let queue = self.queue_mut(&queue)?;
                 let lease_ms = if lease_ms == 0 {
                     queue.options().default_lease_ms
                 } else {
                     lease_ms
                 };
-                Ok(Outcome::Received(queue.receive(max_messages, lease_ms, now)))
+                Ok(Outcome::Received(queue.receive(
+                    max_messages,
+                    max_bytes,
+                    lease_ms,
+                    now,
+                )))
             }
             Command::Ack { queue, receipt } => {
                 let queue = self.queue_mut(&queue)?;

@@ -172,7 +172,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 match model.position(receipt, now) {
                     Some(i) => {
-                        prop_assert!(matches!(result, Ok(Outcome::Acked { already_acked: false })), "{result:?}");
+                        prop_assert!(
+                            matches!(
+                                result,
+                                Ok(Outcome::Acked {
+                                    already_acked: false
+                                })
+                            ),
+                            "{result:?}"
+                        );
                         let removed = model.messages.remove(i);
                         prop_assert!(!acked.contains(&removed.id), "acked twice");
                         acked.push(removed.id);
@@ -181,7 +189,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     None if acked_receipts.contains(&receipt) => {
                         // A retried ack of the very receipt that acked the message succeeds
                         // again and is not counted twice.
-                        prop_assert!(matches!(result, Ok(Outcome::Acked { already_acked: true })), "{result:?}");
+                        prop_assert!(
+                            matches!(
+                                result,
+                                Ok(Outcome::Acked {
+                                    already_acked: true
+                                })
+                            ),
+                            "{result:?}"
+                        );
                     }
                     None => prop_assert!(result.is_err(), "stale ack accepted: {result:?}"),
                 }

@@ -241,7 +241,8 @@ fn bad_input_is_refused_with_a_precise_error_and_changes_nothing() {
     });
     send(&mut sm, 2_000, "a", "");
     let before = sm.clone();
-    let cases: Vec<(Command, fn(&QueueError) -> bool)> = vec![
+    type Expectation = fn(&QueueError) -> bool;
+    let cases: Vec<(Command, Expectation)> = vec![
         (
             Command::CreateQueue {
                 name: "q".into(),
@@ -275,7 +276,15 @@ fn bad_input_is_refused_with_a_precise_error_and_changes_nothing() {
                 queue: "q".into(),
                 messages: vec![message("ok", ""), message("this is far too long", "")],
             },
-            |e| matches!(e, QueueError::MessageTooLarge { size: 20, limit: 10 }),
+            |e| {
+                matches!(
+                    e,
+                    QueueError::MessageTooLarge {
+                        size: 20,
+                        limit: 10
+                    }
+                )
+            },
         ),
         (
             Command::Send {

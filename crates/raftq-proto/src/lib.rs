@@ -1,1 +1,24 @@
-//! raftq-proto
+//! raftq-proto: the generated gRPC code and the one place where protobuf messages and
+//! domain types are converted into each other.
+//!
+//! It must not hold behaviour: no validation beyond what a conversion needs, no IO.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    //! The public API, package `raftq.v1`.
+    tonic::include_proto!("raftq.v1");
+}
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod raft_pb {
+    //! Internal Raft transport, package `raftq.raft.v1`.
+    tonic::include_proto!("raftq.raft.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/raftq_descriptor.bin"));
+
+mod convert;
+
+pub use convert::{message_state_name, new_message, queue_options};

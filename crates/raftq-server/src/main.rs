@@ -1,1 +1,40 @@
-fn main() {}
+//! raftq: one binary for the server (`serve`, `dev`) and the command-line client.
+//!
+//! The gRPC services, configuration and HTTP side port live here; Raft lives in
+//! raftq-cluster, storage in raftq-store, queue rules in raftq-core. This crate must not
+//! touch RocksDB or openraft types directly.
+
+mod cli;
+mod config;
+mod context;
+mod dev;
+mod error;
+mod http;
+mod serve;
+mod services;
+
+use clap::Parser;
+
+/// Largest public API request or response (a send batch, a receive).
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("raftq: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("raftq: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,57 @@
-//! raftq-store
+//! raftq-store: everything that touches RocksDB — the Raft log, vote and commit state, and
+//! the persisted state-machine snapshots — plus the openraft type configuration they share
+//! with raftq-cluster.
+//!
+//! It is the only crate that depends on `rocksdb`. It must not know about gRPC.
+
+mod db;
+mod log_store;
+mod state_machine;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use db::{Db, OpenOptions, StoreError};
+pub use log_store::LogStore;
+pub use state_machine::{SharedState, StateMachineStore};
+
+/// What applying one log entry returns to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// A queue command's outcome.
+    Queue(Result<raftq_core::Outcome, raftq_core::QueueError>),
+    /// A blank or membership entry: nothing to report.
+    Internal,
+}
+
+impl fmt::Display for Applied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Applied::Queue(Ok(_)) => write!(f, "ok"),
+            Applied::Queue(Err(error)) => write!(f, "refused: {error}"),
+            Applied::Internal => write!(f, "internal"),
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The openraft types of a raftq group. Kept here and in raftq-cluster only, so an
+    /// openraft upgrade touches those two crates.
+    pub TypeConfig:
+        D = raftq_core::Request,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+/// Snapshot bytes: the serialized state machine.
+pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;

@@ -1,0 +1,525 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{ClientError, is_retryable};
+use crate::pb::{
+    self, admin_service_client::AdminServiceClient, message_service_client::MessageServiceClient,
+    queue_service_client::QueueServiceClient,
+};
+
+/// Metadata keys the server sets on UNAVAILABLE answers.
+const LEADER_ADDRESS_KEY: &str = "raftq-leader-address";
+const RETRY_AFTER_MS_KEY: &str = "raftq-retry-after-ms";
+/// Largest request or response the client sends or accepts.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Total time a call may spend retrying before it gives up.
+    pub retry_deadline: Duration,
+    /// Time limit of one attempt (a long-poll receive adds its wait to this).
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            retry_deadline: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            initial_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    pub body: Vec<u8>,
+    pub headers: HashMap<String, String>,
+    /// Idempotency key; when `None` the client generates one (UUIDv7) for this logical send.
+    pub key: Option<String>,
+}
+
+impl Message {
+    pub fn new(body: impl Into<Vec<u8>>) -> Message {
+        Message {
+            body: body.into(),
+            ..Message::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<String>) -> Message {
+        self.key = Some(key.into());
+        self
+    }
+
+    fn into_proto(self) -> pb::OutgoingMessage {
+        pb::OutgoingMessage {
+            body: self.body,
+            headers: self.headers,
+            idempotency_key: self.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendOptions {}
+
+struct Nodes {
+    addresses: Vec<String>,
+    channels: HashMap<String, Channel>,
+    /// Address the next call goes to first: the last known leader, or a seed.
+    preferred: String,
+    next_seed: usize,
+}
+
+/// A cheaply cloneable handle; clones share connections and the leader cache.
+#[derive(Clone)]
+pub struct Client {
+    nodes: Arc<Mutex<Nodes>>,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// A client for the cluster reachable at any of `addresses` (`HOST:PORT`). Connections
+    /// are made lazily.
+    pub fn new(addresses: &[String], config: ClientConfig) -> Result<Client, ClientError> {
+        let addresses: Vec<String> = addresses
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(|a| a.trim().trim_start_matches("http://").to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let first = addresses.first().cloned().ok_or(ClientError::NoAddress)?;
+        for address in &addresses {
+            endpoint(address, &config)?;
+        }
+        Ok(Client {
+            nodes: Arc::new(Mutex::new(Nodes {
+                addresses,
+                channels: HashMap::new(),
+                preferred: first,
+                next_seed: 1,
+            })),
+            config,
+        })
+    }
+
+    pub fn connect(address: &str) -> Result<Client, ClientError> {
+        Client::new(&[address.to_string()], ClientConfig::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Nodes> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn channel(&self) -> Result<(String, Channel), ClientError> {
+        let mut nodes = self.lock();
+        let address = nodes.preferred.clone();
+        if let Some(channel) = nodes.channels.get(&address) {
+            return Ok((address, channel.clone()));
+        }
+        let channel = endpoint(&address, &self.config)?.connect_lazy();
+        nodes.channels.insert(address.clone(), channel.clone());
+        Ok((address, channel))
+    }
+
+    /// After a failure at `address`: go to the hinted leader, or try the next seed address.
+    fn reroute(&self, address: &str, leader_hint: Option<String>) {
+        let mut nodes = self.lock();
+        match leader_hint {
+            Some(leader) if leader != address => nodes.preferred = leader,
+            _ => {
+                if nodes.addresses.is_empty() {
+                    return;
+                }
+                let index = nodes.next_seed % nodes.addresses.len();
+                nodes.next_seed += 1;
+                nodes.preferred = nodes.addresses[index].clone();
+            }
+        }
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the retry deadline passes.
+    async fn retry<T, F, Fut>(&self, extra_timeout: Duration, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = self.config.initial_backoff;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let (address, channel) = self.channel()?;
+            let timeout = self.config.attempt_timeout + extra_timeout;
+            let status = match tokio::time::timeout(timeout, call(channel, timeout)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) => status,
+                Err(_) => tonic::Status::deadline_exceeded(format!(
+                    "no answer from {address} within {timeout:?}"
+                )),
+            };
+            if !is_retryable(&status) {
+                return Err(ClientError::Status(status));
+            }
+            let hint = status
+                .metadata()
+                .get(LEADER_ADDRESS_KEY)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            let retry_after = status
+                .metadata()
+                .get(RETRY_AFTER_MS_KEY)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok())
+                .map(Duration::from_millis);
+            let followed_hint = hint.as_deref().is_some_and(|leader| leader != address);
+            self.reroute(&address, hint);
+            let elapsed = started.elapsed();
+            if elapsed >= self.config.retry_deadline {
+                return Err(ClientError::RetriesExhausted {
+                    attempts,
+                    elapsed_ms: elapsed.as_millis() as u64,
+                    last: status,
+                });
+            }
+            let pause = if followed_hint {
+                Duration::ZERO
+            } else {
+                retry_after.unwrap_or(backoff).min(self.config.max_backoff)
+            };
+            tokio::time::sleep(pause.min(self.config.retry_deadline - elapsed)).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    fn queues(channel: Channel) -> QueueServiceClient<Channel> {
+        QueueServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn messages(channel: Channel) -> MessageServiceClient<Channel> {
+        MessageServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn admin(channel: Channel) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(channel)
+    }
+
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        options: pb::QueueOptions,
+    ) -> Result<pb::Queue, ClientError> {
+        let request = pb::CreateQueueRequest {
+            name: name.to_string(),
+            options: Some(options),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::queues(channel).create_queue(request).await }
+            })
+            .await?;
+        missing(response.into_inner().queue, "queue")
+    }
+
+    pub async fn get_queue(&self, name: &str) -> Result<pb::Queue, ClientError> {
+        let request = pb::GetQueueRequest {
+            name: name.to_string(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::queues(channel).get_queue(request).await }
+            })
+            .await?;
+        missing(response.into_inner().queue, "queue")
+    }
+
+    pub async fn list_queues(&self) -> Result<Vec<pb::Queue>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let request = pb::ListQueuesRequest {
+                after: after.clone(),
+                limit: 0,
+            };
+            let page = self
+                .retry(Duration::ZERO, |channel, timeout| {
+                    let request = with_timeout(request.clone(), timeout);
+                    async move { Self::queues(channel).list_queues(request).await }
+                })
+                .await?
+                .into_inner()
+                .queues;
+            match page.last() {
+                Some(last) => after = last.name.clone(),
+                None => return Ok(all),
+            }
+            all.extend(page);
+        }
+    }
+
+    pub async fn delete_queue(&self, name: &str) -> Result<(), ClientError> {
+        let request = pb::DeleteQueueRequest {
+            name: name.to_string(),
+        };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let request = with_timeout(request.clone(), timeout);
+            async move { Self::queues(channel).delete_queue(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn purge_queue(&self, name: &str) -> Result<u64, ClientError> {
+        let request = pb::PurgeQueueRequest {
+            name: name.to_string(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::queues(channel).purge_queue(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().removed)
+    }
+
+    /// Sends one message. The idempotency key (given or generated) is fixed before the
+    /// first attempt and reused by every retry.
+    pub async fn send(
+        &self,
+        queue: &str,
+        message: Message,
+    ) -> Result<pb::SendResponse, ClientError> {
+        let request = pb::SendRequest {
+            queue: queue.to_string(),
+            message: Some(message.into_proto()),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).send(request).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// Sends up to 1,000 messages atomically (all stored or none).
+    pub async fn send_batch(
+        &self,
+        queue: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<pb::SendResponse>, ClientError> {
+        let request = pb::SendBatchRequest {
+            queue: queue.to_string(),
+            messages: messages.into_iter().map(Message::into_proto).collect(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).send_batch(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().results)
+    }
+
+    /// Receives up to `max` messages under a lease, waiting up to `wait` for one to arrive.
+    /// `lease: None` uses the queue's default lease.
+    pub async fn receive(
+        &self,
+        queue: &str,
+        max: u32,
+        wait: Duration,
+        lease: Option<Duration>,
+    ) -> Result<Vec<pb::ReceivedMessage>, ClientError> {
+        let request = pb::ReceiveRequest {
+            queue: queue.to_string(),
+            max_messages: max,
+            wait_ms: wait.as_millis() as u64,
+            lease_ms: lease.map_or(0, |lease| lease.as_millis() as u64),
+        };
+        let response = self
+            .retry(wait, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).receive(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().messages)
+    }
+
+    /// Acknowledges a delivery. Retrying an ack that already succeeded is answered with
+    /// `already_acked = true`; a stale receipt is FAILED_PRECONDITION.
+    pub async fn ack(&self, queue: &str, receipt: &str) -> Result<pb::AckResponse, ClientError> {
+        let request = pb::AckRequest {
+            queue: queue.to_string(),
+            receipt: receipt.to_string(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).ack(request).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn nack(
+        &self,
+        queue: &str,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<pb::NackResponse, ClientError> {
+        let request = pb::NackRequest {
+            queue: queue.to_string(),
+            receipt: receipt.to_string(),
+            delay_ms: delay.as_millis() as u64,
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).nack(request).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn extend_lease(
+        &self,
+        queue: &str,
+        receipt: &str,
+        lease: Duration,
+    ) -> Result<pb::ExtendLeaseResponse, ClientError> {
+        let request = pb::ExtendLeaseRequest {
+            queue: queue.to_string(),
+            receipt: receipt.to_string(),
+            lease_ms: lease.as_millis() as u64,
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).extend_lease(request).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn peek(
+        &self,
+        queue: &str,
+        after_sequence: u64,
+        max: u32,
+    ) -> Result<Vec<pb::PeekedMessage>, ClientError> {
+        let request = pb::PeekRequest {
+            queue: queue.to_string(),
+            after_sequence,
+            max_messages: max,
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).peek(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().messages)
+    }
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, ClientError> {
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| async move {
+                Self::admin(channel)
+                    .cluster_status(with_timeout(pb::ClusterStatusRequest {}, timeout))
+                    .await
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// Adds a node as a learner and, with `promote`, makes it a voter once caught up.
+    pub async fn add_node(
+        &self,
+        node_id: u64,
+        address: &str,
+        promote: bool,
+    ) -> Result<pb::ClusterStatusResponse, ClientError> {
+        let request = pb::AddNodeRequest {
+            node_id,
+            address: address.to_string(),
+            promote,
+        };
+        let response = self
+            .retry(Duration::from_secs(60), |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::admin(channel).add_node(request).await }
+            })
+            .await?;
+        missing(response.into_inner().status, "status")
+    }
+
+    pub async fn remove_node(
+        &self,
+        node_id: u64,
+    ) -> Result<pb::ClusterStatusResponse, ClientError> {
+        let request = pb::RemoveNodeRequest { node_id };
+        let response = self
+            .retry(Duration::from_secs(10), |channel, timeout| {
+                let request = with_timeout(request, timeout);
+                async move { Self::admin(channel).remove_node(request).await }
+            })
+            .await?;
+        missing(response.into_inner().status, "status")
+    }
+
+    /// This node's own view (never forwarded): role, term and indexes.
+    pub async fn node_info(&self) -> Result<pb::NodeStatus, ClientError> {
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| async move {
+                Self::admin(channel)
+                    .node_info(with_timeout(pb::NodeInfoRequest {}, timeout))
+                    .await
+            })
+            .await?;
+        missing(response.into_inner().node, "node")
+    }
+}
+
+fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map(|endpoint| {
+            endpoint
+                .connect_timeout(config.connect_timeout)
+                .tcp_nodelay(true)
+        })
+        .map_err(|error| ClientError::InvalidAddress {
+            address: address.to_string(),
+            reason: error.to_string(),
+        })
+}
+
+fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+fn missing<T>(value: Option<T>, field: &str) -> Result<T, ClientError> {
+    value.ok_or_else(|| {
+        ClientError::Status(tonic::Status::internal(format!("response lacks {field}")))
+    })
+}

@@ -1,0 +1,47 @@
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no node address given")]
+    NoAddress,
+    #[error("invalid node address {address:?}: {reason}")]
+    InvalidAddress { address: String, reason: String },
+    /// The server refused the call; `status.code()` says why (NOT_FOUND, INVALID_ARGUMENT, ...).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    #[error("gave up after {attempts} attempts in {elapsed_ms} ms: {last}")]
+    RetriesExhausted {
+        attempts: u32,
+        elapsed_ms: u64,
+        last: tonic::Status,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code of the final answer, if the server gave one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status(status) | ClientError::RetriesExhausted { last: status, .. } => {
+                Some(status.code())
+            }
+            ClientError::NoAddress | ClientError::InvalidAddress { .. } => None,
+        }
+    }
+
+    /// Whether the outcome of the call is unknown (it may or may not have taken effect).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::RetriesExhausted { .. })
+    }
+}
+
+/// Codes worth retrying: the cluster is electing, a node is down, or a deadline passed.
+pub(crate) fn is_retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+    )
+}

@@ -1,0 +1,41 @@
+use raftq_store::NodeId;
+
+/// Why the cluster could not carry out a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("this node is not the leader{}", leader_hint(.leader_id, .leader_address))]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_address: Option<String>,
+    },
+    #[error("no quorum: {reason}")]
+    NoQuorum { reason: String },
+    #[error("leader changed before the write was committed; its outcome is unknown")]
+    OutcomeUnknown,
+    #[error("membership change refused: {reason}")]
+    Membership { reason: String },
+    #[error("the raft node has stopped: {reason}")]
+    Stopped { reason: String },
+}
+
+fn leader_hint(id: &Option<NodeId>, address: &Option<String>) -> String {
+    match (id, address) {
+        (Some(id), Some(address)) => format!("; leader is node {id} at {address}"),
+        (Some(id), None) => format!("; leader is node {id}"),
+        _ => "; no leader is known".to_string(),
+    }
+}
+
+impl ClusterError {
+    /// Whether the same request may be sent again (to the leader, or later). A write whose
+    /// outcome is unknown is retryable only because sends carry idempotency keys and acks
+    /// are fenced.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClusterError::NotLeader { .. }
+            | ClusterError::NoQuorum { .. }
+            | ClusterError::OutcomeUnknown => true,
+            ClusterError::Membership { .. } | ClusterError::Stopped { .. } => false,
+        }
+    }
+}

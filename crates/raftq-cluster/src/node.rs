@@ -1,0 +1,389 @@
+//! One node of one Raft group: storage, openraft instance, transport service, and the
+//! operations the gRPC front end needs (write, linearizable read, status, membership).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+
+use raftq_core::{Command, GroupId, Outcome, QueueError, Request};
+use raftq_proto::raft_pb::raft_service_server::RaftServiceServer;
+use raftq_store::{
+    Applied, Db, LogStore, Node, NodeId, OpenOptions, SharedState, StateMachineStore, TypeConfig,
+};
+
+use crate::network::Network;
+use crate::service::RaftGrpc;
+use crate::{ClusterError, MAX_RAFT_MESSAGE_BYTES};
+
+pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
+
+/// Raft timing and log-compaction knobs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot (so slightly lagging followers need no snapshot).
+    pub keep_entries_after_snapshot: u64,
+    /// A write not committed within this time fails with UNAVAILABLE (outcome unknown).
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            snapshot_every_entries: 20_000,
+            keep_entries_after_snapshot: 1_000,
+            write_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// The gRPC address other nodes and clients reach this node at.
+    pub advertise_address: String,
+    pub data_dir: PathBuf,
+    pub group: GroupId,
+    pub tuning: RaftTuning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What one node reports about itself.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub node_id: NodeId,
+    pub address: String,
+    pub role: Role,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub purged_index: u64,
+    pub snapshot_index: u64,
+    pub leader_id: Option<NodeId>,
+    pub voter: bool,
+    /// Every member (voters and learners) with its address, as this node knows them.
+    pub members: BTreeMap<NodeId, (String, bool)>,
+}
+
+#[derive(Clone)]
+pub struct RaftNode {
+    raft: Raft,
+    shared: SharedState,
+    config: Arc<NodeConfig>,
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn stopped(error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Stopped {
+        reason: error.to_string(),
+    }
+}
+
+impl RaftNode {
+    /// Opens the node's RocksDB under `data_dir` and starts its Raft instance. The node
+    /// recovers its log, vote and newest snapshot from disk.
+    pub async fn start(config: NodeConfig) -> Result<RaftNode, ClusterError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(stopped)?;
+        let db =
+            Db::open(&config.data_dir.join("rocksdb"), &OpenOptions::default()).map_err(stopped)?;
+        let log_store = LogStore::new(db.clone(), config.group).map_err(stopped)?;
+        let state_machine = StateMachineStore::open(db, config.group).map_err(stopped)?;
+        let shared = state_machine.shared();
+        let tuning = &config.tuning;
+        let raft_config = openraft::Config {
+            cluster_name: "raftq".to_string(),
+            heartbeat_interval: tuning.heartbeat_ms,
+            election_timeout_min: tuning.election_timeout_min_ms,
+            election_timeout_max: tuning.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: tuning.keep_entries_after_snapshot,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(stopped)?;
+        let network = Network {
+            group: config.group,
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(stopped)?;
+        Ok(RaftNode {
+            raft,
+            shared,
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The gRPC service peers use to reach this node's Raft.
+    pub fn raft_service(
+        &self,
+    ) -> RaftServiceServer<impl raftq_proto::raft_pb::raft_service_server::RaftService> {
+        RaftServiceServer::new(RaftGrpc {
+            raft: self.raft.clone(),
+            node_id: self.config.node_id,
+            group: self.config.group,
+        })
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    }
+
+    /// The replicated queue state as applied on this node.
+    pub fn state(&self) -> &SharedState {
+        &self.shared
+    }
+
+    /// Forms a new cluster of `members` unless this node already holds Raft state.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, String>,
+    ) -> Result<bool, ClusterError> {
+        if self.raft.is_initialized().await.map_err(stopped)? {
+            return Ok(false);
+        }
+        let nodes: BTreeMap<NodeId, Node> = members
+            .into_iter()
+            .map(|(id, addr)| (id, Node { addr }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(error)) => {
+                tracing::info!(%error, "cluster already initialized");
+                Ok(false)
+            }
+            Err(RaftError::Fatal(fatal)) => Err(stopped(fatal)),
+        }
+    }
+
+    /// Stamps the leader's wall-clock time on `command`, replicates it to a quorum and
+    /// returns the state machine's outcome.
+    pub async fn write(
+        &self,
+        command: Command,
+    ) -> Result<Result<Outcome, QueueError>, ClusterError> {
+        let request = Request {
+            now_ms: wall_clock_ms(),
+            command,
+        };
+        let timeout = Duration::from_millis(self.config.tuning.write_timeout_ms);
+        let written = tokio::time::timeout(timeout, self.raft.client_write(request))
+            .await
+            .map_err(|_| ClusterError::NoQuorum {
+                reason: format!(
+                    "write not committed within {} ms; outcome unknown",
+                    timeout.as_millis()
+                ),
+            })?;
+        match self.change(written)?.data {
+            Applied::Queue(outcome) => Ok(outcome),
+            Applied::Internal => Err(stopped("a queue command produced no outcome")),
+        }
+    }
+
+    /// Waits until this node (the leader) has applied everything committed before the call,
+    /// confirmed by a quorum: reads after this see every acknowledged write.
+    pub async fn linearizable_read(&self) -> Result<(), ClusterError> {
+        let timeout = Duration::from_millis(self.config.tuning.write_timeout_ms);
+        let read = tokio::time::timeout(
+            timeout,
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| ClusterError::NoQuorum {
+            reason: format!(
+                "no quorum confirmed leadership within {} ms",
+                timeout.as_millis()
+            ),
+        })?;
+        match read {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
+                Err(ClusterError::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_address: forward.leader_node.map(|node| node.addr),
+                })
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(error))) => {
+                Err(ClusterError::NoQuorum {
+                    reason: error.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(fatal)) => Err(stopped(fatal)),
+        }
+    }
+
+    /// The leader this node currently knows, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, address))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    pub fn status(&self) -> MemberStatus {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let index = |log_id: Option<raftq_store::LogId>| log_id.map_or(0, |log_id| log_id.index);
+        MemberStatus {
+            node_id: self.config.node_id,
+            address: self.config.advertise_address.clone(),
+            role,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            committed_index: index(metrics.local_committed),
+            applied_index: index(metrics.last_applied),
+            purged_index: index(metrics.purged),
+            snapshot_index: index(metrics.snapshot),
+            leader_id: metrics.current_leader,
+            voter: voters.contains(&self.config.node_id),
+            members,
+        }
+    }
+
+    /// Adds a node as a learner, waits until it has caught up, then (if `promote`) makes it
+    /// a voter.
+    pub async fn add_node(
+        &self,
+        node_id: NodeId,
+        address: String,
+        promote: bool,
+    ) -> Result<(), ClusterError> {
+        self.change(
+            self.raft
+                .add_learner(node_id, Node { addr: address }, true)
+                .await,
+        )?;
+        if promote {
+            let voters = BTreeSet::from([node_id]);
+            self.change(
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(voters), false)
+                    .await,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes a node from the voters and from the membership altogether.
+    pub async fn remove_node(&self, node_id: NodeId) -> Result<(), ClusterError> {
+        let ids = BTreeSet::from([node_id]);
+        let status = self.status();
+        if status
+            .members
+            .get(&node_id)
+            .is_some_and(|(_, voter)| *voter)
+        {
+            self.change(
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+                    .await,
+            )?;
+        }
+        if self.status().members.contains_key(&node_id) {
+            self.change(
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                    .await,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn change<T>(
+        &self,
+        result: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+    ) -> Result<T, ClusterError> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ClusterError::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_address: forward.leader_node.map(|node| node.addr),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(ClusterError::OutcomeUnknown)
+            }
+            Err(RaftError::APIError(error)) => Err(ClusterError::Membership {
+                reason: error.to_string(),
+            }),
+            Err(RaftError::Fatal(fatal)) => Err(stopped(fatal)),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+    }
+}

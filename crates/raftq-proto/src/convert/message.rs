@@ -1,0 +1,91 @@
+use raftq_core::{Delivery, NewMessage, SendResult, StoredMessage, queue::MessageState};
+
+use crate::pb;
+
+pub fn new_message(message: pb::OutgoingMessage) -> NewMessage {
+    NewMessage {
+        body: message.body,
+        headers: message.headers.into_iter().collect(),
+        idempotency_key: message.idempotency_key,
+    }
+}
+
+impl From<SendResult> for pb::SendResponse {
+    fn from(result: SendResult) -> Self {
+        pb::SendResponse {
+            message_id: result.message_id,
+            sequence: result.sequence,
+            duplicate: result.duplicate,
+        }
+    }
+}
+
+impl From<Delivery> for pb::ReceivedMessage {
+    fn from(delivery: Delivery) -> Self {
+        pb::ReceivedMessage {
+            message_id: delivery.message_id,
+            sequence: delivery.sequence,
+            body: delivery.body,
+            headers: delivery.headers.into_iter().collect(),
+            receipt: delivery.receipt.to_string(),
+            attempt: delivery.receipt.attempt,
+            enqueued_at_ms: delivery.enqueued_at_ms,
+            lease_expires_at_ms: delivery.lease_expires_at_ms,
+        }
+    }
+}
+
+pub fn message_state_name(state: &MessageState) -> &'static str {
+    match state {
+        MessageState::Ready => "ready",
+        MessageState::Delayed { .. } => "delayed",
+        MessageState::Leased { .. } => "leased",
+    }
+}
+
+impl From<StoredMessage> for pb::PeekedMessage {
+    fn from(message: StoredMessage) -> Self {
+        pb::PeekedMessage {
+            message_id: message.message_id,
+            sequence: message.sequence,
+            state: message_state_name(&message.state).to_string(),
+            body: message.body,
+            headers: message.headers.into_iter().collect(),
+            enqueued_at_ms: message.enqueued_at_ms,
+            deliveries: message.deliveries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use raftq_core::Receipt;
+
+    use super::*;
+
+    /// Frozen bytes: a delivery's wire form must not drift.
+    #[test]
+    fn received_message_wire_format_is_frozen() {
+        let delivery = Delivery {
+            message_id: 5,
+            sequence: 2,
+            body: b"hi".to_vec(),
+            headers: Default::default(),
+            receipt: Receipt {
+                message_id: 5,
+                attempt: 1,
+            },
+            enqueued_at_ms: 10,
+            lease_expires_at_ms: 20,
+        };
+        let bytes = pb::ReceivedMessage::from(delivery).encode_to_vec();
+        assert_eq!(
+            bytes,
+            [
+                0x08, 0x05, 0x10, 0x02, 0x1a, 0x02, b'h', b'i', 0x2a, 0x03, b'5', b':', b'1', 0x30,
+                0x01, 0x38, 0x0a, 0x40, 0x14
+            ]
+        );
+    }
+}

@@ -1,0 +1,92 @@
+use raftq_core::{QueueInfo, QueueOptions, QueueStats};
+
+use crate::pb;
+
+/// Proto options to domain options: a field left at 0 takes the domain default.
+pub fn queue_options(options: Option<pb::QueueOptions>) -> QueueOptions {
+    let defaults = QueueOptions::default();
+    let Some(options) = options else {
+        return defaults;
+    };
+    let or = |value: u64, default: u64| if value == 0 { default } else { value };
+    QueueOptions {
+        dedup_window_ms: or(options.dedup_window_ms, defaults.dedup_window_ms),
+        default_lease_ms: or(options.default_lease_ms, defaults.default_lease_ms),
+        max_delivery_count: options.max_delivery_count,
+        max_message_bytes: or(options.max_message_bytes, defaults.max_message_bytes),
+        max_depth: or(options.max_depth, defaults.max_depth),
+    }
+}
+
+impl From<QueueOptions> for pb::QueueOptions {
+    fn from(options: QueueOptions) -> Self {
+        pb::QueueOptions {
+            dedup_window_ms: options.dedup_window_ms,
+            default_lease_ms: options.default_lease_ms,
+            max_delivery_count: options.max_delivery_count,
+            max_message_bytes: options.max_message_bytes,
+            max_depth: options.max_depth,
+        }
+    }
+}
+
+impl From<QueueStats> for pb::QueueStats {
+    fn from(stats: QueueStats) -> Self {
+        pb::QueueStats {
+            depth: stats.depth,
+            in_flight: stats.in_flight,
+            delayed: stats.delayed,
+            total_sent: stats.total_sent,
+            total_acked: stats.total_acked,
+            total_deliveries: stats.total_deliveries,
+            total_discarded: stats.total_discarded,
+        }
+    }
+}
+
+impl From<QueueInfo> for pb::Queue {
+    fn from(info: QueueInfo) -> Self {
+        pb::Queue {
+            name: info.name,
+            options: Some(info.options.into()),
+            created_at_ms: info.created_at_ms,
+            stats: Some(info.stats.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn zero_fields_take_the_defaults() {
+        let options = queue_options(Some(pb::QueueOptions {
+            max_depth: 7,
+            ..pb::QueueOptions::default()
+        }));
+        assert_eq!(
+            options,
+            QueueOptions {
+                max_depth: 7,
+                ..QueueOptions::default()
+            }
+        );
+        assert_eq!(queue_options(None), QueueOptions::default());
+    }
+
+    /// Frozen bytes: the wire form of a queue's options must not drift.
+    #[test]
+    fn queue_options_wire_format_is_frozen() {
+        let bytes = pb::QueueOptions::from(QueueOptions::default()).encode_to_vec();
+        assert_eq!(
+            bytes,
+            [
+                0x08, 0xe0, 0xa7, 0x12, 0x10, 0xb0, 0xea, 0x01, 0x20, 0x80, 0x80, 0x40, 0x28, 0xc0,
+                0x84, 0x3d
+            ]
+        );
+    }
+}

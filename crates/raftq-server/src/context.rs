@@ -1,0 +1,128 @@
+//! What every gRPC service shares: the Raft node, the limits, and the way to reach the
+//! leader when this node is not it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftq_cluster::{ClusterError, RaftNode};
+use raftq_core::{Command, Limits, Outcome, QueueError};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::error::ServiceError;
+
+/// Set on requests one node forwards to another, so a request is forwarded at most once.
+pub const FORWARDED_KEY: &str = "raftq-forwarded";
+
+/// Most leader channels cached per node (one per distinct leader address seen).
+const MAX_CACHED_CHANNELS: usize = 64;
+
+#[derive(Clone)]
+pub struct Context {
+    pub node: RaftNode,
+    pub limits: Arc<Limits>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+/// Where a request is served.
+pub enum Route {
+    Local,
+    Leader(Channel),
+}
+
+impl Context {
+    pub fn new(node: RaftNode) -> Context {
+        Context {
+            node,
+            limits: Arc::new(Limits::default()),
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Serve here if this node leads; otherwise forward to the leader, once.
+    pub fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        if self.node.is_leader() {
+            return Ok(Route::Local);
+        }
+        let leader = self.node.leader();
+        let forwarded = request.metadata().contains_key(FORWARDED_KEY);
+        match leader {
+            Some((leader_id, address)) if leader_id != self.node.node_id() && !forwarded => {
+                Ok(Route::Leader(self.channel(&address)?))
+            }
+            Some((leader_id, address)) => Err(ServiceError::from(ClusterError::NotLeader {
+                leader_id: Some(leader_id),
+                leader_address: Some(address),
+            })
+            .into()),
+            None => Err(ServiceError::from(ClusterError::NotLeader {
+                leader_id: None,
+                leader_address: None,
+            })
+            .into()),
+        }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
+            Status::from(ServiceError::Forward {
+                address: address.to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        if channels.len() >= MAX_CACHED_CHANNELS {
+            channels.clear();
+        }
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Writes a command through Raft and turns both failure layers into a status.
+    pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        let outcome = self.node.write(command).await.map_err(ServiceError::from)?;
+        outcome.map_err(|error| ServiceError::from(error).into())
+    }
+
+    /// Confirms leadership with a quorum before a read is served from local state.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        self.node
+            .linearizable_read()
+            .await
+            .map_err(|error| ServiceError::from(error).into())
+    }
+
+    pub fn check_queue_name(&self, name: &str) -> Result<(), Status> {
+        raftq_core::validate_queue_name(name, &self.limits)
+            .map_err(|error| ServiceError::from(error).into())
+    }
+}
+
+/// Marks a request as forwarded and copies the caller's deadline.
+pub fn forwarded<T>(request: Request<T>) -> Request<T> {
+    let (mut metadata, extensions, message) = request.into_parts();
+    if let Ok(value) = "1".parse() {
+        metadata.insert(FORWARDED_KEY, value);
+    }
+    Request::from_parts(metadata, extensions, message)
+}
+
+pub fn invalid(error: QueueError) -> Status {
+    ServiceError::from(error).into()
+}
+
+/// The answer of a command that returned an outcome of an unexpected kind: a bug.
+pub fn unexpected(outcome: Outcome) -> Status {
+    Status::internal(format!("unexpected outcome {outcome:?}"))
+}

@@ -1,0 +1,173 @@
+//! `raftq dev`: a local cluster of real `raftq serve` processes on 127.0.0.1, data kept
+//! under one directory across restarts, stopped together on Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::process::{Child, Command};
+
+/// The HTTP side port of node `i` is `base_port + HTTP_PORT_OFFSET + i`.
+pub const HTTP_PORT_OFFSET: u16 = 100;
+/// How long `dev` waits for the cluster to elect a leader before reporting failure.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct DevOptions {
+    pub nodes: u16,
+    pub data_dir: PathBuf,
+    pub base_port: u16,
+}
+
+pub async fn run(options: DevOptions) -> anyhow::Result<()> {
+    if options.nodes == 0 || options.nodes > 9 {
+        anyhow::bail!("--nodes must be in 1..=9");
+    }
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let peers: Vec<String> = (0..options.nodes)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, options.base_port + i))
+        .collect();
+    let peers = peers.join(",");
+    let exe = std::env::current_exe().context("locating the raftq binary")?;
+    let mut children = Vec::new();
+    for i in 0..options.nodes {
+        let child = spawn_node(&exe, &options, i, &peers)?;
+        children.push(child);
+    }
+    let addresses: Vec<String> = (0..options.nodes)
+        .map(|i| format!("127.0.0.1:{}", options.base_port + i))
+        .collect();
+    println!(
+        "raftq dev: {} node(s), data in {}",
+        options.nodes,
+        options.data_dir.display()
+    );
+    for i in 0..options.nodes {
+        println!(
+            "  node {}: grpc 127.0.0.1:{}  http http://127.0.0.1:{}/metrics  log {}",
+            i + 1,
+            options.base_port + i,
+            options.base_port + HTTP_PORT_OFFSET + i,
+            log_path(&options.data_dir, i + 1).display()
+        );
+    }
+    let client = raftq_client::Client::new(
+        &addresses,
+        raftq_client::ClientConfig {
+            retry_deadline: READY_DEADLINE,
+            ..raftq_client::ClientConfig::default()
+        },
+    )?;
+    tokio::select! {
+        status = wait_for_leader(&client) => {
+            match status {
+                Ok(leader) => println!("raftq dev: ready, leader is {leader}. Try:\n  raftq --addr {} queue create orders\nCtrl-C stops the cluster.", addresses[0]),
+                Err(error) => eprintln!("raftq dev: no leader yet ({error}); see the node logs"),
+            }
+        }
+        _ = crate::serve::shutdown_signal() => {}
+    }
+    // A node that exits (or is stopped to try a failover) is reported; the others keep
+    // running until Ctrl-C.
+    let mut running: Vec<Option<Child>> = children.into_iter().map(Some).collect();
+    loop {
+        let waits = running.iter_mut().enumerate().filter_map(|(index, child)| {
+            child
+                .as_mut()
+                .map(|child| Box::pin(async move { (index, child.wait().await) }))
+        });
+        let waits: Vec<_> = waits.collect();
+        if waits.is_empty() {
+            crate::serve::shutdown_signal().await;
+            break;
+        }
+        let exited = tokio::select! {
+            _ = crate::serve::shutdown_signal() => break,
+            ((index, result), _, _) = futures::future::select_all(waits) => (index, result),
+        };
+        let (index, result) = exited;
+        eprintln!(
+            "raftq dev: node {} exited ({result:?}); the others keep running",
+            index + 1
+        );
+        running[index] = None;
+    }
+    let mut children: Vec<Child> = running.into_iter().flatten().collect();
+    stop_all(&mut children).await;
+    println!("raftq dev: stopped");
+    Ok(())
+}
+
+fn log_path(data_dir: &Path, node_id: u16) -> PathBuf {
+    data_dir.join(format!("node-{node_id}.log"))
+}
+
+fn spawn_node(exe: &Path, options: &DevOptions, i: u16, peers: &str) -> anyhow::Result<Child> {
+    let node_id = i + 1;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(&options.data_dir, node_id))
+        .context("opening node log")?;
+    let child = Command::new(exe)
+        .arg("serve")
+        .arg("--node-id")
+        .arg(node_id.to_string())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", options.base_port + i))
+        .arg("--http-listen")
+        .arg(format!(
+            "127.0.0.1:{}",
+            options.base_port + HTTP_PORT_OFFSET + i
+        ))
+        .arg("--data-dir")
+        .arg(options.data_dir.join(format!("node-{node_id}")))
+        .arg("--peers")
+        .arg(peers)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting node {node_id}"))?;
+    Ok(child)
+}
+
+async fn wait_for_leader(client: &raftq_client::Client) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+    loop {
+        if let Ok(status) = client.cluster_status().await
+            && status.leader_id != 0
+        {
+            return Ok(format!(
+                "node {} at {}",
+                status.leader_id, status.leader_address
+            ));
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no leader within {READY_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM every node, give them a few seconds to stop cleanly, then kill what is left.
+async fn stop_all(children: &mut [Child]) {
+    for child in children.iter() {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    for child in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}

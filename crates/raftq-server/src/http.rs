@@ -1,0 +1,90 @@
+//! The HTTP side port: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use raftq_cluster::{RaftNode, Role};
+
+/// Per-queue gauges are exported for at most this many queues (bounded label cardinality).
+const MAX_QUEUE_GAUGES: usize = 1_000;
+
+#[derive(Clone)]
+struct HttpState {
+    node: RaftNode,
+    prometheus: PrometheusHandle,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: RaftNode,
+    prometheus: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { node, prometheus });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> String {
+    let status = state.node.status();
+    metrics::gauge!("raftq_raft_term").set(status.term as f64);
+    metrics::gauge!("raftq_raft_last_log_index").set(status.last_log_index as f64);
+    metrics::gauge!("raftq_raft_committed_index").set(status.committed_index as f64);
+    metrics::gauge!("raftq_raft_applied_index").set(status.applied_index as f64);
+    metrics::gauge!("raftq_raft_snapshot_index").set(status.snapshot_index as f64);
+    metrics::gauge!("raftq_raft_purged_index").set(status.purged_index as f64);
+    metrics::gauge!("raftq_raft_is_leader").set(if status.role == Role::Leader {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("raftq_raft_members").set(status.members.len() as f64);
+    let queues = state.node.state().read().list_queues("", MAX_QUEUE_GAUGES);
+    metrics::gauge!("raftq_queues").set(queues.len() as f64);
+    for queue in queues {
+        let name = queue.name;
+        metrics::gauge!("raftq_queue_depth", "queue" => name.clone()).set(queue.stats.depth as f64);
+        metrics::gauge!("raftq_queue_in_flight", "queue" => name.clone())
+            .set(queue.stats.in_flight as f64);
+        metrics::gauge!("raftq_queue_delayed", "queue" => name).set(queue.stats.delayed as f64);
+    }
+    state.prometheus.render()
+}
+
+async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    match state.node.status().role {
+        Role::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n"),
+        _ => (StatusCode::OK, "ok\n"),
+    }
+}
+
+/// Ready when this node knows a leader and is a member: it can serve (or forward) calls.
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    let status = state.node.status();
+    match status.leader_id {
+        Some(leader) if status.members.contains_key(&status.node_id) => {
+            (StatusCode::OK, format!("ready; leader is node {leader}\n"))
+        }
+        Some(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not a member yet\n".to_string(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader known\n".to_string(),
+        ),
+    }
+}

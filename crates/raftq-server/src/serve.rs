@@ -1,0 +1,181 @@
+//! `raftq serve`: one node — Raft, the gRPC API, the HTTP side port — until SIGINT/SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use raftq_cluster::{NodeConfig, RaftNode};
+use raftq_proto::pb::{
+    admin_service_server::AdminServiceServer, message_service_server::MessageServiceServer,
+    queue_service_server::QueueServiceServer,
+};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::MAX_REQUEST_BYTES;
+use crate::config::ServeConfig;
+use crate::context::Context;
+use crate::http;
+use crate::services::{AdminApi, MessageApi, QueueApi};
+
+/// How long a joining node keeps asking to be added before it gives up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(300);
+
+pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::Result<()> {
+    let advertise = config.advertise_address();
+    let peers = config.peer_map()?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding gRPC listener {}", config.listen))?;
+    let http_listener = http::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
+    let node = RaftNode::start(NodeConfig {
+        node_id: config.node_id,
+        advertise_address: advertise.clone(),
+        data_dir: config.data_dir.clone(),
+        group: 1,
+        tuning: config.raft.clone(),
+    })
+    .await
+    .context("starting raft")?;
+    let context = Context::new(node.clone());
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<QueueServiceServer<QueueApi>>()
+        .await;
+    health_reporter
+        .set_serving::<MessageServiceServer<MessageApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(raftq_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let (stop, stopped) = watch::channel(false);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(node.raft_service())
+        .add_service(
+            QueueServiceServer::new(QueueApi {
+                context: context.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            MessageServiceServer::new(MessageApi {
+                context: context.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(AdminServiceServer::new(AdminApi { context }))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            until(stopped.clone()),
+        );
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        node.clone(),
+        prometheus,
+        until(stopped.clone()),
+    ));
+    tracing::info!(node_id = config.node_id, grpc = %config.listen, http = %config.http_listen, raft = ?config.raft, "raftq node serving");
+
+    let bootstrap = bootstrap(&config, &node, &advertise, peers);
+    let outcome = tokio::select! {
+        result = bootstrap => result.map(|()| None),
+        signal = shutdown_signal() => Ok(Some(signal)),
+    };
+    let signal = match outcome? {
+        Some(signal) => signal,
+        None => shutdown_signal().await,
+    };
+    tracing::info!(signal, "shutting down");
+    let _ = stop.send(true);
+    grpc_task
+        .await
+        .context("gRPC task")?
+        .context("gRPC server")?;
+    http_task
+        .await
+        .context("HTTP task")?
+        .context("HTTP server")?;
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM and names the one that came.
+pub(crate) async fn shutdown_signal() -> &'static str {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops this node");
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+/// Forms the cluster (lowest peer id, or a single node without peers) or joins one.
+async fn bootstrap(
+    config: &ServeConfig,
+    node: &RaftNode,
+    advertise: &str,
+    peers: std::collections::BTreeMap<u64, String>,
+) -> anyhow::Result<()> {
+    if let Some(join) = &config.join {
+        return join_cluster(node, join, advertise).await;
+    }
+    let members = if peers.is_empty() {
+        std::collections::BTreeMap::from([(config.node_id, advertise.to_string())])
+    } else {
+        peers
+    };
+    if !members.contains_key(&config.node_id) {
+        anyhow::bail!("node id {} is not in the peer list", config.node_id);
+    }
+    if members.keys().next() == Some(&config.node_id) && node.initialize(members).await? {
+        tracing::info!("formed a new cluster");
+    }
+    Ok(())
+}
+
+async fn join_cluster(node: &RaftNode, join: &str, advertise: &str) -> anyhow::Result<()> {
+    if node.status().members.contains_key(&node.node_id()) {
+        tracing::info!("already a member; not joining again");
+        return Ok(());
+    }
+    let client = raftq_client::Client::new(
+        &[join.to_string()],
+        raftq_client::ClientConfig {
+            retry_deadline: JOIN_DEADLINE,
+            ..raftq_client::ClientConfig::default()
+        },
+    )?;
+    tracing::info!(%join, "asking the cluster to add this node");
+    client
+        .add_node(node.node_id(), advertise, true)
+        .await
+        .with_context(|| format!("joining through {join}"))?;
+    tracing::info!("joined the cluster as a voter");
+    Ok(())
+}

@@ -1,0 +1,285 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use raftq_core::{Command, Outcome, Receipt};
+use raftq_proto::pb::{
+    self, message_service_client::MessageServiceClient, message_service_server::MessageService,
+};
+use tonic::{Request, Response, Status};
+
+use super::forward_to_leader;
+use crate::context::{Context, invalid, unexpected};
+use crate::error::ServiceError;
+
+/// Longest long-poll a receive may ask for.
+pub const MAX_WAIT_MS: u64 = 20_000;
+/// Most messages one peek returns.
+const MAX_PEEK: usize = 1_000;
+const DEFAULT_PEEK: usize = 10;
+/// While long-polling, re-check at least this often (leases may expire without any write).
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+pub struct MessageApi {
+    pub context: Context,
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn receipt(text: &str) -> Result<Receipt, Status> {
+    text.parse::<Receipt>().map_err(invalid)
+}
+
+impl MessageApi {
+    async fn send_messages(
+        &self,
+        queue: String,
+        messages: Vec<pb::OutgoingMessage>,
+    ) -> Result<Vec<pb::SendResponse>, Status> {
+        self.context.check_queue_name(&queue)?;
+        let limits = &self.context.limits;
+        if messages.len() > limits.max_batch_messages {
+            return Err(invalid(raftq_core::QueueError::InvalidArgument {
+                field: "messages".into(),
+                reason: format!(
+                    "{} messages exceed the batch limit of {}",
+                    messages.len(),
+                    limits.max_batch_messages
+                ),
+            }));
+        }
+        let messages: Vec<_> = messages.into_iter().map(raftq_proto::new_message).collect();
+        for message in &messages {
+            limits.check_message(message).map_err(ServiceError::from)?;
+            if message.size() > limits.max_message_bytes {
+                return Err(invalid(raftq_core::QueueError::MessageTooLarge {
+                    size: message.size(),
+                    limit: limits.max_message_bytes,
+                }));
+            }
+        }
+        let count = messages.len() as u64;
+        match self
+            .context
+            .write(Command::Send { queue, messages })
+            .await?
+        {
+            Outcome::Sent(results) => {
+                metrics::counter!("raftq_messages_sent_total").increment(count);
+                Ok(results.into_iter().map(Into::into).collect())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MessageService for MessageApi {
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, send);
+        let request = request.into_inner();
+        let message = request.message.ok_or_else(|| {
+            invalid(raftq_core::QueueError::InvalidArgument {
+                field: "message".into(),
+                reason: "is required".into(),
+            })
+        })?;
+        let mut results = self.send_messages(request.queue, vec![message]).await?;
+        results
+            .pop()
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("send returned no result"))
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<pb::SendBatchRequest>,
+    ) -> Result<Response<pb::SendBatchResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, send_batch);
+        let request = request.into_inner();
+        let results = self.send_messages(request.queue, request.messages).await?;
+        Ok(Response::new(pb::SendBatchResponse { results }))
+    }
+
+    async fn receive(
+        &self,
+        request: Request<pb::ReceiveRequest>,
+    ) -> Result<Response<pb::ReceiveResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, receive);
+        let request = request.into_inner();
+        self.context.check_queue_name(&request.queue)?;
+        let limits = &self.context.limits;
+        let max_messages = request.max_messages.max(1);
+        if max_messages > limits.max_receive_messages {
+            return Err(invalid(raftq_core::QueueError::InvalidArgument {
+                field: "max_messages".into(),
+                reason: format!("must be in 1..={}", limits.max_receive_messages),
+            }));
+        }
+        if request.lease_ms != 0 {
+            limits
+                .check_lease("lease_ms", request.lease_ms)
+                .map_err(invalid)?;
+        }
+        if request.wait_ms > MAX_WAIT_MS {
+            return Err(invalid(raftq_core::QueueError::InvalidArgument {
+                field: "wait_ms".into(),
+                reason: format!("must be at most {MAX_WAIT_MS} ms"),
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
+        let mut applied = self.context.node.state().subscribe();
+        loop {
+            // Only write a receive into the log when it would deliver something, or when
+            // the caller does not wait (so an unknown queue still gets NOT_FOUND from Raft).
+            let deliverable = self
+                .context
+                .node
+                .state()
+                .read()
+                .has_deliverable(&request.queue, wall_clock_ms())
+                // An unknown queue here may be one a new leader has not applied yet: let
+                // the log decide.
+                .unwrap_or(true);
+            let out_of_time = tokio::time::Instant::now() >= deadline;
+            if deliverable || out_of_time {
+                let command = Command::Receive {
+                    queue: request.queue.clone(),
+                    max_messages,
+                    lease_ms: request.lease_ms,
+                };
+                let deliveries = match self.context.write(command).await? {
+                    Outcome::Received(deliveries) => deliveries,
+                    other => return Err(unexpected(other)),
+                };
+                if !deliveries.is_empty() || out_of_time {
+                    metrics::counter!("raftq_messages_delivered_total")
+                        .increment(deliveries.len() as u64);
+                    return Ok(Response::new(pb::ReceiveResponse {
+                        messages: deliveries.into_iter().map(Into::into).collect(),
+                    }));
+                }
+            }
+            let wake = deadline.min(tokio::time::Instant::now() + POLL_INTERVAL);
+            // Either a new entry was applied or the poll interval passed: look again.
+            let _ = tokio::time::timeout_at(wake, applied.changed()).await;
+            if !self.context.node.is_leader() {
+                return Err(ServiceError::from(raftq_cluster::ClusterError::NotLeader {
+                    leader_id: self.context.node.leader().map(|(id, _)| id),
+                    leader_address: self.context.node.leader().map(|(_, address)| address),
+                })
+                .into());
+            }
+        }
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, ack);
+        let request = request.into_inner();
+        self.context.check_queue_name(&request.queue)?;
+        let receipt = receipt(&request.receipt)?;
+        match self
+            .context
+            .write(Command::Ack {
+                queue: request.queue,
+                receipt,
+            })
+            .await?
+        {
+            Outcome::Acked { already_acked } => {
+                metrics::counter!("raftq_messages_acked_total")
+                    .increment(u64::from(!already_acked));
+                Ok(Response::new(pb::AckResponse { already_acked }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn nack(
+        &self,
+        request: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, nack);
+        let request = request.into_inner();
+        self.context.check_queue_name(&request.queue)?;
+        let receipt = receipt(&request.receipt)?;
+        let command = Command::Nack {
+            queue: request.queue,
+            receipt,
+            delay_ms: request.delay_ms,
+        };
+        match self.context.write(command).await? {
+            Outcome::Nacked { visible_at_ms } => {
+                metrics::counter!("raftq_messages_nacked_total").increment(1);
+                Ok(Response::new(pb::NackResponse { visible_at_ms }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn extend_lease(
+        &self,
+        request: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, extend_lease);
+        let request = request.into_inner();
+        self.context.check_queue_name(&request.queue)?;
+        let receipt = receipt(&request.receipt)?;
+        self.context
+            .limits
+            .check_lease("lease_ms", request.lease_ms)
+            .map_err(invalid)?;
+        let command = Command::ExtendLease {
+            queue: request.queue,
+            receipt,
+            lease_ms: request.lease_ms,
+        };
+        match self.context.write(command).await? {
+            Outcome::LeaseExtended {
+                lease_expires_at_ms,
+            } => Ok(Response::new(pb::ExtendLeaseResponse {
+                lease_expires_at_ms,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn peek(
+        &self,
+        request: Request<pb::PeekRequest>,
+    ) -> Result<Response<pb::PeekResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, peek);
+        let request = request.into_inner();
+        self.context.check_queue_name(&request.queue)?;
+        let max = match request.max_messages as usize {
+            0 => DEFAULT_PEEK,
+            n if n > MAX_PEEK => {
+                return Err(invalid(raftq_core::QueueError::InvalidArgument {
+                    field: "max_messages".into(),
+                    reason: format!("must be at most {MAX_PEEK}"),
+                }));
+            }
+            n => n,
+        };
+        self.context.read_barrier().await?;
+        let messages = self
+            .context
+            .node
+            .state()
+            .read()
+            .peek(&request.queue, request.after_sequence, max)
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::PeekResponse {
+            messages: messages.into_iter().map(Into::into).collect(),
+        }))
+    }
+}

@@ -1,0 +1,141 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+
+use raftq_core::GroupId;
+
+pub(crate) const CF_LOG: &str = "raft_log";
+pub(crate) const CF_META: &str = "raft_meta";
+pub(crate) const CF_STATE: &str = "state_machine";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("the database is closed")]
+    Closed,
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("stored {what} cannot be decoded: {source}")]
+    Decode {
+        what: &'static str,
+        source: bincode::Error,
+    },
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: bincode::Error,
+    },
+}
+
+impl StoreError {
+    /// Storage errors are never retryable by a client: the node needs an operator.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+impl From<StoreError> for std::io::Error {
+    fn from(error: StoreError) -> Self {
+        std::io::Error::other(error)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Memory for RocksDB's write buffers across column families.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            write_buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One RocksDB instance per node, shared by the log store and the state machine.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<DB>,
+}
+
+impl Db {
+    pub fn open(path: &Path, options: &OpenOptions) -> Result<Db, StoreError> {
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_db_write_buffer_size(options.write_buffer_bytes);
+        db_options.set_max_background_jobs(2);
+        let mut log_options = Options::default();
+        log_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut state_options = Options::default();
+        state_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let families = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, log_options),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_STATE, state_options),
+        ];
+        let inner = DB::open_cf_descriptors(&db_options, path, families).map_err(|source| {
+            StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Db {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
+        // The families are created by `open`, so a missing one is a programming error.
+        self.inner
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} was opened"))
+    }
+
+    /// Makes every write so far durable: one fsync of the write-ahead log covers them all.
+    pub(crate) fn sync_wal(&self) -> Result<(), StoreError> {
+        self.inner.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+/// Keys carry the group id first, so one RocksDB can hold many Raft groups.
+pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+pub(crate) fn index_of_log_key(key: &[u8]) -> Option<u64> {
+    key.get(8..16)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+pub(crate) fn meta_key(group: GroupId, name: &str) -> Vec<u8> {
+    let mut key = group.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub(crate) fn encode<T: serde::Serialize>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    bincode::serialize(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    bincode::deserialize(bytes).map_err(|source| StoreError::Decode { what, source })
+}

@@ -1,0 +1,205 @@
+use std::time::Duration;
+
+use raftq_client::{Message, pb};
+use raftq_tests::{Cluster, create_queue};
+use tonic::Code;
+
+/// Snapshot of everything observable about the cluster's queues.
+async fn observable(client: &raftq_client::Client) -> Vec<(String, u64, u64, u64)> {
+    client
+        .list_queues()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|queue| {
+            let stats = queue.stats.unwrap_or_default();
+            (queue.name, stats.depth, stats.total_sent, stats.in_flight)
+        })
+        .collect()
+}
+
+fn unit<T>(result: Result<T, raftq_client::ClientError>) -> Result<(), raftq_client::ClientError> {
+    result.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_status_code_and_changes_nothing() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let small = pb::QueueOptions {
+        max_message_bytes: 1024,
+        max_depth: 2,
+        ..pb::QueueOptions::default()
+    };
+    create_queue(&client, "small", small).await;
+    client
+        .send("small", Message::new("one"))
+        .await
+        .expect("send");
+    let before = observable(&client).await;
+
+    let mut failures = Vec::new();
+    let mut expect =
+        |case: &str, result: Result<(), raftq_client::ClientError>, code: Code| match result {
+            Err(error) if error.code() == Some(code) => {
+                assert!(
+                    !error.to_string().is_empty(),
+                    "{case}: the message says what was wrong"
+                );
+            }
+            other => failures.push(format!("{case}: expected {code:?}, got {other:?}")),
+        };
+
+    expect(
+        "bad queue name",
+        unit(
+            client
+                .create_queue("bad name!", pb::QueueOptions::default())
+                .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
+        "empty queue name",
+        unit(client.create_queue("", pb::QueueOptions::default()).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "zero-length lease option is fine but a 1 ms lease is not",
+        unit(
+            client
+                .create_queue(
+                    "x",
+                    pb::QueueOptions {
+                        default_lease_ms: 1,
+                        ..Default::default()
+                    },
+                )
+                .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
+        "duplicate create",
+        unit(
+            client
+                .create_queue("small", pb::QueueOptions::default())
+                .await,
+        ),
+        Code::AlreadyExists,
+    );
+    expect(
+        "unknown queue send",
+        unit(client.send("missing", Message::new("x")).await),
+        Code::NotFound,
+    );
+    expect(
+        "unknown queue get",
+        unit(client.get_queue("missing").await),
+        Code::NotFound,
+    );
+    expect(
+        "unknown queue delete",
+        unit(client.delete_queue("missing").await),
+        Code::NotFound,
+    );
+    expect(
+        "oversized message",
+        unit(client.send("small", Message::new(vec![7u8; 2000])).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "message over the cluster limit",
+        unit(
+            client
+                .send("small", Message::new(vec![7u8; 5 * 1024 * 1024]))
+                .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
+        "empty batch",
+        unit(client.send_batch("small", Vec::new()).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "queue full",
+        unit(
+            client
+                .send_batch("small", vec![Message::new("a"), Message::new("b")])
+                .await,
+        ),
+        Code::ResourceExhausted,
+    );
+    expect(
+        "huge lease",
+        unit(
+            client
+                .receive(
+                    "small",
+                    1,
+                    Duration::ZERO,
+                    Some(Duration::from_secs(86_400)),
+                )
+                .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
+        "too many messages asked",
+        unit(client.receive("small", 5_000, Duration::ZERO, None).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "long poll too long",
+        unit(
+            client
+                .receive("small", 1, Duration::from_secs(60), None)
+                .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
+        "malformed receipt",
+        unit(client.ack("small", "not-a-receipt").await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "unknown receipt",
+        unit(client.ack("small", "999999:1").await),
+        Code::FailedPrecondition,
+    );
+    expect(
+        "zero lease extension",
+        unit(client.extend_lease("small", "1:1", Duration::ZERO).await),
+        Code::InvalidArgument,
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        observable(&client).await,
+        before,
+        "bad input changed nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_quorum_are_unavailable() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "q", pb::QueueOptions::default()).await;
+    cluster.node(2).kill();
+    cluster.node(3).kill();
+    let lonely = raftq_client::Client::new(
+        &[cluster.nodes[0].grpc.clone()],
+        raftq_client::ClientConfig {
+            retry_deadline: Duration::from_secs(3),
+            ..raftq_tests::test_client_config()
+        },
+    )
+    .expect("client");
+    let error = lonely
+        .send("q", Message::new("x"))
+        .await
+        .expect_err("no quorum");
+    assert_eq!(error.code(), Some(Code::Unavailable), "{error}");
+}

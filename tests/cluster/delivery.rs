@@ -1,0 +1,206 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use raftq_client::{Message, pb};
+use raftq_tests::{Cluster, create_queue, wait_until};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_cluster_delivers_1000_messages_exactly_once_in_order() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    for batch in 0..10 {
+        let messages = (0..100)
+            .map(|i| Message::new(format!("m{:04}", batch * 100 + i)))
+            .collect();
+        client
+            .send_batch("orders", messages)
+            .await
+            .expect("send batch");
+    }
+    let mut received = Vec::new();
+    while received.len() < 1000 {
+        let messages = client
+            .receive("orders", 100, Duration::from_millis(500), None)
+            .await
+            .expect("receive");
+        assert!(
+            !messages.is_empty(),
+            "ran dry after {} messages",
+            received.len()
+        );
+        for message in messages {
+            client.ack("orders", &message.receipt).await.expect("ack");
+            received.push(String::from_utf8(message.body).expect("utf8"));
+        }
+    }
+    let expected: Vec<String> = (0..1000).map(|i| format!("m{i:04}")).collect();
+    assert_eq!(received, expected, "every message once, in send order");
+    let extra = client
+        .receive("orders", 10, Duration::ZERO, None)
+        .await
+        .expect("receive");
+    assert!(extra.is_empty(), "nothing is delivered twice");
+    let stats = client
+        .get_queue("orders")
+        .await
+        .expect("get")
+        .stats
+        .expect("stats");
+    assert_eq!(
+        (stats.depth, stats.total_sent, stats.total_acked),
+        (0, 1000, 1000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_accepts_writes_and_reads() {
+    let cluster = Cluster::start(3).await;
+    for node in &cluster.nodes {
+        let client = node.client();
+        let queue = format!("via-node-{}", node.id);
+        create_queue(&client, &queue, pb::QueueOptions::default()).await;
+        client
+            .send(&queue, Message::new("hello"))
+            .await
+            .expect("send through any node");
+        let got = node
+            .client()
+            .get_queue(&queue)
+            .await
+            .expect("get through any node");
+        assert_eq!(got.stats.expect("stats").depth, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_idempotency_key_returns_same_message_id_and_depth_grows_by_one() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "payments", pb::QueueOptions::default()).await;
+    let first = client
+        .send("payments", Message::new("charge 10").with_key("order-17"))
+        .await
+        .expect("first send");
+    let second = client
+        .send("payments", Message::new("charge 10").with_key("order-17"))
+        .await
+        .expect("second send");
+    assert_eq!(first.message_id, second.message_id);
+    assert!(!first.duplicate && second.duplicate);
+    let stats = client
+        .get_queue("payments")
+        .await
+        .expect("get")
+        .stats
+        .expect("stats");
+    assert_eq!(stats.depth, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_redelivers_and_stale_receipt_is_failed_precondition() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "work", pb::QueueOptions::default()).await;
+    client
+        .send("work", Message::new("job"))
+        .await
+        .expect("send");
+    let first = client
+        .receive("work", 1, Duration::ZERO, Some(Duration::from_millis(300)))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a message");
+    assert_eq!(first.attempt, 1);
+    // The lease runs out; a long-polling receive gets the message again.
+    let second = wait_until(
+        "the message is redelivered",
+        Duration::from_secs(10),
+        || async {
+            client
+                .receive(
+                    "work",
+                    1,
+                    Duration::from_millis(500),
+                    Some(Duration::from_secs(30)),
+                )
+                .await
+                .expect("receive")
+                .pop()
+        },
+    )
+    .await;
+    assert_eq!(second.message_id, first.message_id);
+    assert_eq!(second.attempt, 2);
+    let stale = client
+        .ack("work", &first.receipt)
+        .await
+        .expect_err("stale ack");
+    assert_eq!(stale.code(), Some(Code::FailedPrecondition), "{stale}");
+    let stale_extend = client
+        .extend_lease("work", &first.receipt, Duration::from_secs(5))
+        .await
+        .expect_err("stale extend");
+    assert_eq!(stale_extend.code(), Some(Code::FailedPrecondition));
+    let depth = client
+        .get_queue("work")
+        .await
+        .expect("get")
+        .stats
+        .expect("stats")
+        .depth;
+    assert_eq!(depth, 1, "the stale ack changed nothing");
+    client
+        .ack("work", &second.receipt)
+        .await
+        .expect("current receipt acks");
+    let depth = client
+        .get_queue("work")
+        .await
+        .expect("get")
+        .stats
+        .expect("stats")
+        .depth;
+    assert_eq!(depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_releases_and_long_poll_receive_wakes_on_send() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "events", pb::QueueOptions::default()).await;
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .receive("events", 1, Duration::from_secs(10), None)
+                .await
+        })
+    };
+    client
+        .send("events", Message::new("e1"))
+        .await
+        .expect("send");
+    let got = waiter
+        .await
+        .expect("join")
+        .expect("receive")
+        .pop()
+        .expect("woken by the send");
+    assert_eq!(got.body, b"e1");
+    client
+        .nack("events", &got.receipt, Duration::ZERO)
+        .await
+        .expect("nack");
+    let again = client
+        .receive("events", 1, Duration::from_secs(5), None)
+        .await
+        .expect("receive")
+        .pop()
+        .expect("released message");
+    assert_eq!((again.message_id, again.attempt), (got.message_id, 2));
+    let ids: HashSet<u64> = [got.message_id, again.message_id].into_iter().collect();
+    assert_eq!(ids.len(), 1);
+}

@@ -1,0 +1,273 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftq_client::{Client, Message, pb};
+use raftq_tests::{Cluster, ClusterOptions, create_queue, wait_until};
+
+#[derive(Default)]
+struct History {
+    acked: HashSet<String>,
+    unknown: HashSet<String>,
+}
+
+/// Sends `count` distinct bodies one by one (each with its own idempotency key, reused on
+/// retries), recording which were acknowledged and which ended with an unknown outcome.
+async fn produce(
+    client: Client,
+    queue: &'static str,
+    prefix: &'static str,
+    count: usize,
+    history: Arc<Mutex<History>>,
+) {
+    for i in 0..count {
+        let body = format!("{prefix}-{i:05}");
+        let result = client.send(queue, Message::new(body.clone())).await;
+        let mut history = history.lock().unwrap();
+        match result {
+            Ok(_) => history.acked.insert(body),
+            Err(_) => history.unknown.insert(body),
+        };
+    }
+}
+
+/// Receives and acks until the queue stays empty; returns how often each body was acked.
+async fn drain(client: &Client, queue: &str) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    loop {
+        let messages = client
+            .receive(
+                queue,
+                500,
+                Duration::from_millis(300),
+                Some(Duration::from_secs(60)),
+            )
+            .await
+            .expect("receive while draining");
+        if messages.is_empty() {
+            return seen;
+        }
+        for message in messages {
+            client
+                .ack(queue, &message.receipt)
+                .await
+                .expect("ack while draining");
+            *seen
+                .entry(String::from_utf8(message.body).expect("utf8"))
+                .or_default() += 1;
+        }
+    }
+}
+
+fn check_exactly_once(history: &History, seen: &HashMap<String, usize>) {
+    let lost: Vec<_> = history
+        .acked
+        .iter()
+        .filter(|body| !seen.contains_key(*body))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged sends lost: {lost:?}");
+    let twice: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "delivered and acked more than once: {twice:?}"
+    );
+    let phantoms: Vec<_> = seen
+        .keys()
+        .filter(|body| !history.acked.contains(*body) && !history.unknown.contains(*body))
+        .collect();
+    assert!(phantoms.is_empty(), "messages nobody sent: {phantoms:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_sends_survive_leader_kill_exactly_once() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    let history = Arc::new(Mutex::new(History::default()));
+    let producers: Vec<_> = ["p1", "p2", "p3", "p4"]
+        .into_iter()
+        .map(|prefix| {
+            tokio::spawn(produce(
+                cluster.client(),
+                "orders",
+                prefix,
+                400,
+                history.clone(),
+            ))
+        })
+        .collect();
+    wait_until(
+        "some sends are acknowledged",
+        Duration::from_secs(30),
+        || async { (history.lock().unwrap().acked.len() >= 200).then_some(()) },
+    )
+    .await;
+    let old_leader = cluster.wait_for_leader().await;
+    cluster.node(old_leader).kill();
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, old_leader);
+    for producer in producers {
+        producer.await.expect("producer task");
+    }
+    cluster.node(old_leader).restart();
+    let seen = drain(&cluster.client(), "orders").await;
+    let history = history.lock().unwrap();
+    assert!(
+        history.acked.len() >= 1_000,
+        "most sends succeed across the failover: {}",
+        history.acked.len()
+    );
+    check_exactly_once(&history, &seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_killed_mid_batch_loses_no_acknowledged_message() {
+    let mut cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    create_queue(&client, "ledger", pb::QueueOptions::default()).await;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let producer = {
+        let client = client.clone();
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            for batch in 0.. {
+                let bodies: Vec<String> = (0..50).map(|i| format!("b{batch:04}-{i:02}")).collect();
+                let messages = bodies
+                    .iter()
+                    .map(|body| Message::new(body.clone()))
+                    .collect();
+                match client.send_batch("ledger", messages).await {
+                    Ok(_) => acked.lock().unwrap().extend(bodies),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    wait_until(
+        "batches are being acknowledged",
+        Duration::from_secs(30),
+        || async { (acked.lock().unwrap().len() >= 2_000).then_some(()) },
+    )
+    .await;
+    cluster.node(1).kill();
+    producer.abort();
+    let _ = producer.await;
+    let acked_before_kill: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    cluster.node(1).restart();
+    cluster.wait_for_leader().await;
+    let seen = drain(&cluster.client(), "ledger").await;
+    let lost: Vec<_> = acked_before_kill
+        .iter()
+        .filter(|body| !seen.contains_key(*body))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert!(
+        seen.values().all(|count| *count == 1),
+        "a message was delivered twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_follower_catches_up_by_snapshot() {
+    let options = ClusterOptions {
+        env: vec![
+            ("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES".into(), "500".into()),
+            (
+                "RAFTQ_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
+                "100".into(),
+            ),
+        ],
+    };
+    let mut cluster = Cluster::start_with(3, options).await;
+    let client = cluster.client();
+    create_queue(&client, "backlog", pb::QueueOptions::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|node| node.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let stopped_at = cluster
+        .node(follower)
+        .client()
+        .node_info()
+        .await
+        .expect("info")
+        .last_log_index;
+    cluster.node(follower).stop();
+
+    let senders: Vec<_> = (0..8)
+        .map(|worker| {
+            let client = cluster.client();
+            tokio::spawn(async move {
+                for i in 0..625 {
+                    client
+                        .send("backlog", Message::new(format!("w{worker}-{i:04}")))
+                        .await
+                        .expect("send while a follower is down");
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let leader_client = cluster.node(leader).client();
+    wait_until(
+        "the leader purges its log behind a snapshot",
+        Duration::from_secs(30),
+        || async {
+            let info = leader_client.node_info().await.ok()?;
+            (info.purged_index > stopped_at + 1).then_some(())
+        },
+    )
+    .await;
+
+    cluster.node(follower).restart();
+    let leader_committed = leader_client
+        .node_info()
+        .await
+        .expect("leader info")
+        .committed_index;
+    let follower_client = cluster.node(follower).client();
+    let caught_up = wait_until(
+        "the follower catches up",
+        Duration::from_secs(60),
+        || async {
+            let info = follower_client.node_info().await.ok()?;
+            (info.applied_index >= leader_committed).then_some(info)
+        },
+    )
+    .await;
+    assert!(
+        caught_up.snapshot_index > stopped_at,
+        "the follower installed a snapshot past where it stopped ({} <= {stopped_at})",
+        caught_up.snapshot_index
+    );
+    let status = follower_client
+        .cluster_status()
+        .await
+        .expect("status from the follower");
+    assert_eq!(status.leader_id, leader);
+    assert_eq!(status.nodes.len(), 3);
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|node| node.role == "leader" || node.role == "follower")
+    );
+    let depth = follower_client
+        .get_queue("backlog")
+        .await
+        .expect("get")
+        .stats
+        .expect("stats")
+        .depth;
+    assert_eq!(depth, 5_000);
+}

@@ -1,0 +1,6 @@
+//! Cluster tests against real `raftq` processes. Each test names the promise it checks.
+
+mod bad_input;
+mod delivery;
+mod failures;
+mod membership;
