@@ -4,3 +4,4 @@ mod bad_input;
 mod delivery;
 mod failures;
 mod membership;
+mod observability;

@@ -1,0 +1,86 @@
+use raftq_client::{Message, pb};
+use raftq_tests::{Cluster, create_queue, http_get};
+use tonic::transport::Endpoint;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "observed", pb::QueueOptions::default()).await;
+    for i in 0..5 {
+        client
+            .send("observed", Message::new(format!("m{i}")))
+            .await
+            .expect("send");
+    }
+    let leader = cluster.wait_for_leader().await;
+    for node in &cluster.nodes {
+        let channel = Endpoint::from_shared(format!("http://{}", node.grpc))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: "raftq.v1.MessageService".into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(health.status, ServingStatus::Serving as i32);
+
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let response = responses
+            .message()
+            .await
+            .expect("reflection answer")
+            .expect("one answer");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection answer {response:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for service in [
+            "raftq.v1.QueueService",
+            "raftq.v1.MessageService",
+            "raftq.v1.AdminService",
+        ] {
+            assert!(
+                names.iter().any(|name| name == service),
+                "{service} missing from {names:?}"
+            );
+        }
+
+        let (status, _) = http_get(&node.http, "/healthz").await;
+        assert_eq!(status, 200, "healthz of node {}", node.id);
+        let (status, body) = http_get(&node.http, "/readyz").await;
+        assert_eq!(status, 200, "readyz of node {}: {body}", node.id);
+        let (status, metrics) = http_get(&node.http, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(metrics.contains("raftq_raft_term "), "{metrics}");
+        assert!(metrics.contains("raftq_raft_applied_index "), "{metrics}");
+        if node.id == leader {
+            assert!(
+                metrics.contains("raftq_queue_depth{queue=\"observed\"} 5"),
+                "{metrics}"
+            );
+            assert!(metrics.contains("raftq_messages_sent_total 5"), "{metrics}");
+            assert!(metrics.contains("raftq_wal_sync_batch_size"), "{metrics}");
+            assert!(metrics.contains("raftq_raft_is_leader 1"), "{metrics}");
+        }
+    }
+}
