@@ -7,9 +7,9 @@ pub enum ClientError {
     #[error("invalid node address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
     /// The server refused the call; `status.code()` says why (NOT_FOUND, INVALID_ARGUMENT, ...).
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
-    #[error("gave up after {attempts} attempts in {elapsed_ms} ms: {last}")]
+    #[error("gave up after {attempts} attempts in {elapsed_ms} ms: {:?}: {}", .last.code(), .last.message())]
     RetriesExhausted {
         attempts: u32,
         elapsed_ms: u64,

@@ -234,7 +234,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         command => {
-            let client = Client::new(&[cli.addr], ClientConfig::default())?;
+            // A person is waiting: give up sooner than a service would.
+            let config = ClientConfig {
+                retry_deadline: Duration::from_secs(10),
+                ..ClientConfig::default()
+            };
+            let client = Client::new(&[cli.addr], config)?;
             match client_command(&client, command, output).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(error) => {
