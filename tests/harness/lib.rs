@@ -100,6 +100,16 @@ impl NodeProcess {
         }
     }
 
+    /// SIGSTOP: the process freezes, like a stalled VM; sockets stay open.
+    pub fn pause(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`NodeProcess::pause`].
+    pub fn resume(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         self.signal(nix::sys::signal::Signal::SIGTERM);

@@ -62,10 +62,15 @@ impl std::str::FromStr for Receipt {
             )
         };
         let (id, attempt) = text.split_once(':').ok_or_else(bad)?;
-        Ok(Receipt {
+        let receipt = Receipt {
             message_id: id.parse().map_err(|_| bad())?,
             attempt: attempt.parse().map_err(|_| bad())?,
-        })
+        };
+        // Attempts count deliveries from 1; no receipt ever carries 0.
+        if receipt.attempt == 0 {
+            return Err(bad());
+        }
+        Ok(receipt)
     }
 }
 
@@ -192,7 +197,7 @@ mod tests {
         };
         assert_eq!(receipt.to_string(), "42:3");
         assert_eq!("42:3".parse::<Receipt>(), Ok(receipt));
-        for bad in ["", "42", "x:1", "1:y", "1:2:3", "-1:2"] {
+        for bad in ["", "42", "x:1", "1:y", "1:2:3", "-1:2", "5:0"] {
             assert!(bad.parse::<Receipt>().is_err(), "{bad}");
         }
     }

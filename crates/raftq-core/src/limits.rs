@@ -75,6 +75,12 @@ impl Limits {
                 ),
             ));
         }
+        if message.headers.keys().any(String::is_empty) {
+            return Err(QueueError::invalid(
+                "headers",
+                "header names must not be empty",
+            ));
+        }
         let header_bytes: usize = message.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         if header_bytes > self.max_header_bytes {
             return Err(QueueError::invalid(

@@ -144,7 +144,7 @@ enum QueueCommand {
         #[arg(long, default_value_t = 0)]
         lease_ms: u64,
         #[arg(long, default_value_t = 0)]
-        max_deliveries: u32,
+        max_delivery_count: u32,
         #[arg(long, default_value_t = 0)]
         max_message_bytes: u64,
         #[arg(long, default_value_t = 0)]
@@ -315,14 +315,14 @@ async fn client_command(
             name,
             dedup_window_ms,
             lease_ms,
-            max_deliveries,
+            max_delivery_count,
             max_message_bytes,
             max_depth,
         }) => {
             let options = pb::QueueOptions {
                 dedup_window_ms,
                 default_lease_ms: lease_ms,
-                max_delivery_count: max_deliveries,
+                max_delivery_count,
                 max_message_bytes,
                 max_depth,
             };
@@ -429,10 +429,15 @@ async fn client_command(
         }
         Commands::Ack { queue, receipt } => {
             let acked = client.ack(&queue, &receipt).await?;
+            let note = if acked.already_acked {
+                " (it was already acknowledged)"
+            } else {
+                ""
+            };
             print(
                 output,
                 json!({"acked": receipt, "already_acked": acked.already_acked}),
-                format!("acked {receipt}"),
+                format!("acked {receipt}{note}"),
             );
         }
         Commands::Nack {
@@ -470,7 +475,11 @@ async fn client_command(
             );
         }
         Commands::Peek { queue, max, after } => {
-            for message in client.peek(&queue, after, max).await? {
+            let messages = client.peek(&queue, after, max).await?;
+            if messages.is_empty() && output == Output::Text {
+                println!("no message");
+            }
+            for message in messages {
                 let body = String::from_utf8_lossy(&message.body).to_string();
                 print(
                     output,

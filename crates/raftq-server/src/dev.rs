@@ -87,8 +87,12 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             ((index, result), _, _) = futures::future::select_all(waits) => (index, result),
         };
         let (index, result) = exited;
+        let how = match result {
+            Ok(status) => status.to_string(),
+            Err(error) => error.to_string(),
+        };
         eprintln!(
-            "raftq dev: node {} exited ({result:?}); the others keep running",
+            "raftq dev: node {} exited ({how}); the others keep running",
             index + 1
         );
         running[index] = None;

@@ -1,0 +1,106 @@
+//! raftq-chaos: runs a workload against a real raftq cluster while a seeded nemesis injects
+//! faults, records every operation in a history, drains the queue after healing, and
+//! checks the history: lost = 0, duplicates = 0, phantoms = 0, order kept.
+//!
+//! It must not depend on server internals: it drives `raftq` processes and the client only.
+
+mod checker;
+mod history;
+mod nemesis;
+mod timeline;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftq-chaos",
+    about = "Fault injection with a recorded history and a checker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a cluster, run workload and nemesis, drain, check.
+    Run(RunArgs),
+    /// Check an existing history file.
+    Check { history: PathBuf },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Seed of the fault schedule; the same seed gives the same schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Length of the faulty phase, e.g. 120s or 2m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Fault kinds to draw from (comma-separated): kill-leader, kill-follower, kill-random,
+    /// pause-leader, pause-follower, restart-all.
+    #[arg(
+        long,
+        default_value = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all"
+    )]
+    faults: String,
+    #[arg(long, default_value_t = 3)]
+    producers: usize,
+    #[arg(long, default_value_t = 3)]
+    consumers: usize,
+    /// Where the history, summary and timeline go.
+    #[arg(long, default_value = "chaos-out")]
+    out: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s or 2m"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        "ms" => Ok(Duration::from_millis(value)),
+        _ => Err(format!("unknown unit in {text:?} (use ms, s or m)")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { history } => {
+            let text = std::fs::read_to_string(&history)
+                .with_context(|| format!("reading {}", history.display()))?;
+            let events = history::from_jsonl(&text)?;
+            let end = events.iter().map(|e| e.end_ms).max().unwrap_or(0);
+            let verdict = checker::check(&events, end);
+            println!("{}", serde_json::to_string_pretty(&verdict)?);
+            Ok(exit(verdict.valid))
+        }
+        Command::Run(args) => {
+            let verdict = workload::run(&args).await?;
+            Ok(exit(verdict.valid))
+        }
+    }
+}
+
+fn exit(valid: bool) -> std::process::ExitCode {
+    if valid {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

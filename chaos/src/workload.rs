@@ -1,0 +1,310 @@
+//! The run: cluster, producers and consumers recording a history, the nemesis, healing,
+//! a final drain, and the checker's verdict with the files a person can look at.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use raftq_client::{Client, ClientConfig, ClientError, Code, Message, pb};
+use raftq_tests::Cluster;
+
+use crate::RunArgs;
+use crate::checker::{self, Verdict};
+use crate::history::{Delivered, Event, Op, Outcome};
+use crate::nemesis::{self, FaultKind};
+use crate::timeline;
+
+const QUEUE: &str = "chaos";
+/// How long the final drain may take once every fault is healed.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+struct Recorder {
+    started: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn record(&self, process: &str, op: Op, start_ms: u64, outcome: Outcome, error: String) {
+        let event = Event {
+            process: process.to_string(),
+            op,
+            start_ms,
+            end_ms: self.now_ms(),
+            outcome,
+            error,
+        };
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+}
+
+fn outcome_of(error: &ClientError) -> Outcome {
+    match error {
+        ClientError::RetriesExhausted { .. } => Outcome::Unknown,
+        _ => Outcome::Failed,
+    }
+}
+
+fn workload_client(cluster: &Cluster) -> anyhow::Result<Client> {
+    let addresses: Vec<String> = cluster.nodes.iter().map(|node| node.grpc.clone()).collect();
+    Ok(Client::new(
+        &addresses,
+        ClientConfig {
+            retry_deadline: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+    )?)
+}
+
+async fn produce(client: Client, recorder: Recorder, name: String, stop: Arc<AtomicBool>) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let value = format!("{name}-{n:07}");
+        n += 1;
+        let start = recorder.now_ms();
+        let result = client.send(QUEUE, Message::new(value.clone())).await;
+        let (outcome, error) = match &result {
+            Ok(_) => (Outcome::Ok, String::new()),
+            Err(error) => (outcome_of(error), error.to_string()),
+        };
+        recorder.record(&name, Op::Send { value }, start, outcome, error);
+    }
+}
+
+async fn consume(client: Client, recorder: Recorder, name: String, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let start = recorder.now_ms();
+        let messages = match client
+            .receive(
+                QUEUE,
+                50,
+                Duration::from_millis(300),
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(messages) => messages,
+            Err(error) => {
+                let outcome = outcome_of(&error);
+                recorder.record(
+                    &name,
+                    Op::Receive {
+                        delivered: Vec::new(),
+                    },
+                    start,
+                    outcome,
+                    error.to_string(),
+                );
+                continue;
+            }
+        };
+        let delivered = messages
+            .iter()
+            .map(|m| Delivered {
+                value: String::from_utf8_lossy(&m.body).into_owned(),
+                sequence: m.sequence,
+                attempt: m.attempt,
+            })
+            .collect();
+        recorder.record(
+            &name,
+            Op::Receive { delivered },
+            start,
+            Outcome::Ok,
+            String::new(),
+        );
+        for message in messages {
+            let value = String::from_utf8_lossy(&message.body).into_owned();
+            let start = recorder.now_ms();
+            let (outcome, error) = match client.ack(QUEUE, &message.receipt).await {
+                Ok(_) => (Outcome::Ok, String::new()),
+                Err(error) if error.code() == Some(Code::FailedPrecondition) => {
+                    (Outcome::Failed, error.to_string())
+                }
+                Err(error) => (outcome_of(&error), error.to_string()),
+            };
+            recorder.record(&name, Op::Ack { value }, start, outcome, error);
+        }
+    }
+}
+
+pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
+    let kinds: Vec<FaultKind> = args
+        .faults
+        .split(',')
+        .map(|name| FaultKind::parse(name).with_context(|| format!("unknown fault kind {name:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let reproduce = format!(
+        "chaos/run --nodes {} --seed {} --duration {}s --faults {} --producers {} --consumers {}",
+        args.nodes,
+        args.seed,
+        args.duration.as_secs(),
+        args.faults,
+        args.producers,
+        args.consumers
+    );
+    println!("raftq-chaos: {reproduce}");
+    let mut cluster = Cluster::start(args.nodes).await;
+    let client = workload_client(&cluster)?;
+    client
+        .create_queue(
+            QUEUE,
+            pb::QueueOptions {
+                default_lease_ms: 5_000,
+                dedup_window_ms: 3_600_000,
+                ..pb::QueueOptions::default()
+            },
+        )
+        .await?;
+    let recorder = Recorder {
+        started: Instant::now(),
+        events: Arc::new(Mutex::new(Vec::new())),
+    };
+    let stop_producers = Arc::new(AtomicBool::new(false));
+    let stop_consumers = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..args.producers)
+        .map(|i| {
+            let task = produce(
+                workload_client(&cluster)?,
+                recorder.clone(),
+                format!("p{i}"),
+                stop_producers.clone(),
+            );
+            Ok(tokio::spawn(task))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let consumers: Vec<_> = (0..args.consumers)
+        .map(|i| {
+            let task = consume(
+                workload_client(&cluster)?,
+                recorder.clone(),
+                format!("c{i}"),
+                stop_consumers.clone(),
+            );
+            Ok(tokio::spawn(task))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let plan = nemesis::schedule(args.seed, &kinds, args.duration);
+    for planned in plan {
+        if recorder.started.elapsed() >= args.duration {
+            break;
+        }
+        // Quiet time first, so the workload is running before the first fault.
+        tokio::time::sleep(planned.rest).await;
+        let nodes = nemesis::targets(&cluster, &planned).await;
+        if nodes.is_empty() {
+            continue;
+        }
+        let start = recorder.now_ms();
+        println!(
+            "  {:>7.1}s {} on {:?} for {:?}",
+            start as f64 / 1000.0,
+            planned.kind.name(),
+            nodes,
+            planned.hold
+        );
+        nemesis::inject(&mut cluster, planned.kind, &nodes, planned.hold).await;
+        let majority_down = nodes.len() as u64 * 2 > args.nodes;
+        recorder.record(
+            "nemesis",
+            Op::Fault {
+                kind: planned.kind.name().to_string(),
+                nodes,
+                majority_down,
+            },
+            start,
+            Outcome::Ok,
+            String::new(),
+        );
+        nemesis::wait_for_leader(&cluster, Duration::from_secs(30)).await;
+    }
+
+    stop_producers.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.context("producer task")?;
+    }
+    // Availability is judged while producers run; the drain comes after.
+    let producing_end_ms = recorder.now_ms();
+    let drained = drain(&client).await;
+    stop_consumers.store(true, Ordering::Relaxed);
+    for consumer in consumers {
+        consumer.await.context("consumer task")?;
+    }
+    let run_end_ms = recorder.now_ms();
+    let events = recorder
+        .events
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut verdict = checker::check(&events, producing_end_ms);
+    if !drained {
+        verdict.valid = false;
+        println!("raftq-chaos: the queue did not drain within {DRAIN_DEADLINE:?}");
+    }
+    std::fs::write(
+        args.out.join("history.jsonl"),
+        crate::history::to_jsonl(&events),
+    )?;
+    let summary = serde_json::json!({
+        "command": reproduce,
+        "seed": args.seed,
+        "nodes": args.nodes,
+        "duration_s": args.duration.as_secs(),
+        "drained": drained,
+        "verdict": verdict,
+    });
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    std::fs::write(
+        args.out.join("timeline.svg"),
+        timeline::render(&events, run_end_ms),
+    )?;
+    println!("raftq-chaos: {}", verdict.counts_line());
+    println!(
+        "raftq-chaos: {} — history, summary.json and timeline.svg in {}",
+        if verdict.valid { "VALID" } else { "INVALID" },
+        args.out.display()
+    );
+    if !verdict.valid {
+        println!("raftq-chaos: reproduce with: {reproduce}");
+        for problem in verdict.lost.iter().take(5) {
+            println!("  lost {problem}");
+        }
+        for problem in verdict.duplicates.iter().take(5) {
+            println!("  duplicate {problem}");
+        }
+        for problem in verdict.order_violations.iter().take(5) {
+            println!("  order: {problem}");
+        }
+    }
+    Ok(verdict)
+}
+
+/// Waits until every message has been consumed (consumers keep running meanwhile).
+async fn drain(client: &Client) -> bool {
+    let end = tokio::time::Instant::now() + DRAIN_DEADLINE;
+    while tokio::time::Instant::now() < end {
+        if let Ok(queue) = client.get_queue(QUEUE).await {
+            let stats = queue.stats.unwrap_or_default();
+            if stats.depth == 0 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
