@@ -204,3 +204,33 @@ async fn nack_releases_and_long_poll_receive_wakes_on_send() {
     let ids: HashSet<u64> = [got.message_id, again.message_id].into_iter().collect();
     assert_eq!(ids.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_given_a_follower_learns_and_caches_the_leader() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|node| node.id != leader)
+        .expect("a follower");
+    let leader_address = cluster
+        .nodes
+        .iter()
+        .find(|node| node.id == leader)
+        .expect("leader")
+        .grpc
+        .clone();
+    let client = follower.client();
+    assert_eq!(client.preferred_address(), follower.grpc);
+    create_queue(&client, "routed", pb::QueueOptions::default()).await;
+    assert_eq!(
+        client.preferred_address(),
+        leader_address,
+        "the forwarded answer named the leader"
+    );
+    client
+        .send("routed", Message::new("direct"))
+        .await
+        .expect("send straight to the leader");
+}

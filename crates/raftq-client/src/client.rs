@@ -118,6 +118,11 @@ impl Client {
         Client::new(&[address.to_string()], ClientConfig::default())
     }
 
+    /// The node the next call goes to first: the cached leader once one is known.
+    pub fn preferred_address(&self) -> String {
+        self.lock().preferred.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Nodes> {
         self.nodes
             .lock()
@@ -152,10 +157,14 @@ impl Client {
     }
 
     /// Runs `call` until it succeeds, fails for good, or the retry deadline passes.
-    async fn retry<T, F, Fut>(&self, extra_timeout: Duration, call: F) -> Result<T, ClientError>
+    async fn retry<T, F, Fut>(
+        &self,
+        extra_timeout: Duration,
+        call: F,
+    ) -> Result<tonic::Response<T>, ClientError>
     where
         F: Fn(Channel, Duration) -> Fut,
-        Fut: Future<Output = Result<T, tonic::Status>>,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
         let mut backoff = self.config.initial_backoff;
@@ -165,7 +174,18 @@ impl Client {
             let (address, channel) = self.channel()?;
             let timeout = self.config.attempt_timeout + extra_timeout;
             let status = match tokio::time::timeout(timeout, call(channel, timeout)).await {
-                Ok(Ok(value)) => return Ok(value),
+                Ok(Ok(response)) => {
+                    // A forwarded call names the leader: go there directly next time.
+                    if let Some(leader) = response
+                        .metadata()
+                        .get(LEADER_ADDRESS_KEY)
+                        .and_then(|value| value.to_str().ok())
+                        && leader != address
+                    {
+                        self.lock().preferred = leader.to_string();
+                    }
+                    return Ok(response);
+                }
                 Ok(Err(status)) => status,
                 Err(_) => tonic::Status::deadline_exceeded(format!(
                     "no answer from {address} within {timeout:?}"

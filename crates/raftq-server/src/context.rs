@@ -28,7 +28,8 @@ pub struct Context {
 /// Where a request is served.
 pub enum Route {
     Local,
-    Leader(Channel),
+    /// Forward over this channel to the leader at this address.
+    Leader(Channel, String),
 }
 
 impl Context {
@@ -49,7 +50,7 @@ impl Context {
         let forwarded = request.metadata().contains_key(FORWARDED_KEY);
         match leader {
             Some((leader_id, address)) if leader_id != self.node.node_id() && !forwarded => {
-                Ok(Route::Leader(self.channel(&address)?))
+                Ok(Route::Leader(self.channel(&address)?, address))
             }
             Some((leader_id, address)) => Err(ServiceError::from(ClusterError::NotLeader {
                 leader_id: Some(leader_id),

@@ -12,12 +12,19 @@ pub use queue::QueueApi;
 /// Forwards the request to the leader and returns its answer when this node does not lead.
 macro_rules! forward_to_leader {
     ($context:expr, $request:ident, $client:ty, $method:ident) => {
-        if let crate::context::Route::Leader(channel) = $context.route(&$request)? {
-            return <$client>::new(channel)
+        if let crate::context::Route::Leader(channel, address) = $context.route(&$request)? {
+            let mut response = <$client>::new(channel)
                 .max_decoding_message_size(crate::MAX_REQUEST_BYTES)
                 .max_encoding_message_size(crate::MAX_REQUEST_BYTES)
                 .$method(crate::context::forwarded($request))
-                .await;
+                .await?;
+            // Tell the caller where the leader is, so its next call goes there directly.
+            if let Ok(value) = address.parse() {
+                response
+                    .metadata_mut()
+                    .insert(crate::error::LEADER_ADDRESS_KEY, value);
+            }
+            return Ok(response);
         }
     };
 }
