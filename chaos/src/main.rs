@@ -45,10 +45,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
     /// Fault kinds to draw from (comma-separated): kill-leader, kill-follower, kill-random,
-    /// pause-leader, pause-follower, restart-all.
+    /// pause-leader, pause-follower, restart-all, clock-ahead, clock-behind (the clock faults
+    /// run the node under `faketime`).
     #[arg(
         long,
-        default_value = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all"
+        default_value = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind"
     )]
     faults: String,
     #[arg(long, default_value_t = 3)]

@@ -35,6 +35,9 @@ pub enum FaultKind {
     PauseLeader,
     PauseFollower,
     RestartAll,
+    /// Restart a node with its wall clock an hour ahead (or behind), then heal it.
+    ClockAhead,
+    ClockBehind,
 }
 
 impl FaultKind {
@@ -46,6 +49,8 @@ impl FaultKind {
             "pause-leader" => FaultKind::PauseLeader,
             "pause-follower" => FaultKind::PauseFollower,
             "restart-all" => FaultKind::RestartAll,
+            "clock-ahead" => FaultKind::ClockAhead,
+            "clock-behind" => FaultKind::ClockBehind,
             _ => return None,
         })
     }
@@ -58,6 +63,8 @@ impl FaultKind {
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::PauseFollower => "pause-follower",
             FaultKind::RestartAll => "restart-all",
+            FaultKind::ClockAhead => "clock-ahead",
+            FaultKind::ClockBehind => "clock-behind",
         }
     }
 }
@@ -147,7 +154,7 @@ pub async fn targets(cluster: &Cluster, planned: &Planned) -> Vec<u64> {
             leader.map(|id| vec![id]).unwrap_or_default()
         }
         FaultKind::KillFollower | FaultKind::PauseFollower => pick(&followers),
-        FaultKind::KillRandom => pick(&ids),
+        FaultKind::KillRandom | FaultKind::ClockAhead | FaultKind::ClockBehind => pick(&ids),
         FaultKind::RestartAll => ids,
     }
 }
@@ -165,6 +172,22 @@ pub async fn inject(cluster: &mut Cluster, kind: FaultKind, nodes: &[u64], hold:
             tokio::time::sleep(hold).await;
             for id in nodes {
                 cluster.node(*id).restart();
+            }
+        }
+        FaultKind::ClockAhead | FaultKind::ClockBehind => {
+            let offset = if kind == FaultKind::ClockAhead {
+                "+1h"
+            } else {
+                "-1h"
+            };
+            for id in nodes {
+                cluster.node(*id).stop();
+                cluster.node(*id).restart_with_clock(Some(offset));
+            }
+            tokio::time::sleep(hold).await;
+            for id in nodes {
+                cluster.node(*id).stop();
+                cluster.node(*id).restart_with_clock(None);
             }
         }
         FaultKind::PauseLeader | FaultKind::PauseFollower => {

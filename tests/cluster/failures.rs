@@ -271,3 +271,70 @@ async fn stopped_follower_catches_up_by_snapshot() {
         .depth;
     assert_eq!(depth, 5_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_time_stays_monotonic_and_leases_expire_after_a_leader_clock_ran_an_hour_ahead() {
+    let mut cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    create_queue(&client, "clock", pb::QueueOptions::default()).await;
+    // The only node (so the leader) runs an hour ahead and stamps that time into the log.
+    cluster.node(1).stop();
+    cluster.node(1).restart_with_clock(Some("+1h"));
+    cluster.wait_for_leader().await;
+    let ahead = client
+        .send("clock", Message::new("stamped ahead"))
+        .await
+        .expect("send");
+    let ahead_at = client.peek("clock", 0, 1).await.expect("peek")[0].enqueued_at_ms;
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    assert!(
+        ahead_at > wall_ms + 30 * 60 * 1000,
+        "the node's clock was not shifted"
+    );
+    // Back to the true clock: an hour behind the log's time now.
+    cluster.node(1).stop();
+    cluster.node(1).restart_with_clock(None);
+    cluster.wait_for_leader().await;
+    client
+        .send("clock", Message::new("stamped later"))
+        .await
+        .expect("send");
+    let later = client.peek("clock", ahead.sequence, 1).await.expect("peek")[0].clone();
+    assert!(
+        later.enqueued_at_ms >= ahead_at,
+        "log time went back: {} < {ahead_at}",
+        later.enqueued_at_ms
+    );
+    // Leases still run out at the real rate, not an hour late.
+    let leased = client
+        .receive(
+            "clock",
+            2,
+            std::time::Duration::ZERO,
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .expect("receive");
+    assert_eq!(leased.len(), 2);
+    let again = wait_until(
+        "leases expire and the messages come back",
+        Duration::from_secs(10),
+        || async {
+            let messages = client
+                .receive(
+                    "clock",
+                    2,
+                    Duration::from_millis(200),
+                    Some(Duration::from_secs(30)),
+                )
+                .await
+                .ok()?;
+            (messages.len() == 2).then_some(messages)
+        },
+    )
+    .await;
+    assert!(again.iter().all(|m| m.attempt == 2));
+}

@@ -19,6 +19,9 @@ const TEST_RAFT_ENV: [(&str, &str); 3] = [
     ("RAFTQ_RAFT__ELECTION_TIMEOUT_MAX_MS", "600"),
 ];
 
+/// libfaketime from Debian's `faketime` package, for clock-skew faults.
+pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// The `raftq` binary under test: `$RAFTQ_BIN`, or the one built next to this test binary.
 pub fn raftq_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("RAFTQ_BIN") {
@@ -53,6 +56,8 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
+    /// Wall-clock offset (faketime syntax such as `+1h`) the process runs with, if any.
+    clock_offset: Option<String>,
     args: Vec<String>,
     extra_env: Vec<(String, String)>,
 }
@@ -65,6 +70,15 @@ impl NodeProcess {
             .open(&self.log)
             .expect("node log file");
         let mut command = Command::new(raftq_binary());
+        if let Some(offset) = &self.clock_offset {
+            // A real per-process clock skew: libfaketime, preloaded into the node itself
+            // (the `faketime` wrapper would fork, and signals would miss the node), shifts
+            // the wall clock only.
+            command
+                .env("LD_PRELOAD", FAKETIME_LIBRARY)
+                .env("FAKETIME", offset)
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
         command
             .arg("serve")
             .args(&self.args)
@@ -121,6 +135,13 @@ impl NodeProcess {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "node {} is still running", self.id);
         self.spawn();
+    }
+
+    /// Restarts the (stopped) node with its wall clock shifted by `offset` (e.g. `+1h`,
+    /// `-30m`; faketime syntax), or with the true clock for `None`.
+    pub fn restart_with_clock(&mut self, offset: Option<&str>) {
+        self.clock_offset = offset.map(str::to_string);
+        self.restart();
     }
 
     pub fn client(&self) -> Client {
@@ -223,6 +244,7 @@ impl Cluster {
             log: self.dir.path().join(format!("node-{id}.log")),
             data_dir,
             child: None,
+            clock_offset: None,
             args,
             extra_env: options.env.clone(),
         };

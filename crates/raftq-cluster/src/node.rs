@@ -104,6 +104,31 @@ pub struct RaftNode {
     raft: Raft,
     shared: SharedState,
     config: Arc<NodeConfig>,
+    clock: Arc<LogClock>,
+}
+
+/// The time a leader stamps on commands: its wall clock, but never less than the log's
+/// time advanced by the real time elapsed since this node last saw it move. So when an
+/// earlier leader's clock ran ahead, log time neither goes back nor stalls until this
+/// node's clock catches up: leases and delays keep expiring at the real rate.
+#[derive(Default)]
+struct LogClock {
+    /// Largest log time seen, and when (monotonic) it was seen.
+    anchor: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl LogClock {
+    fn stamp(&self, log_now_ms: u64, wall_ms: u64) -> u64 {
+        let mut anchor = self
+            .anchor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if log_now_ms > anchor.0 || anchor.1.is_none() {
+            *anchor = (log_now_ms.max(anchor.0), Some(std::time::Instant::now()));
+        }
+        let elapsed = anchor.1.map_or(0, |seen| seen.elapsed().as_millis() as u64);
+        wall_ms.max(anchor.0 + elapsed)
+    }
 }
 
 fn wall_clock_ms() -> u64 {
@@ -157,6 +182,7 @@ impl RaftNode {
             raft,
             shared,
             config: Arc::new(config),
+            clock: Arc::new(LogClock::default()),
         })
     }
 
@@ -210,8 +236,9 @@ impl RaftNode {
         &self,
         command: Command,
     ) -> Result<Result<Outcome, QueueError>, ClusterError> {
+        let log_now_ms = self.shared.read().now_ms();
         let request = Request {
-            now_ms: wall_clock_ms(),
+            now_ms: self.clock.stamp(log_now_ms, wall_clock_ms()),
             command,
         };
         let timeout = Duration::from_millis(self.config.tuning.write_timeout_ms);
@@ -385,5 +412,30 @@ impl RaftNode {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogClock;
+
+    #[test]
+    fn stamps_follow_the_wall_clock_when_it_is_ahead_of_log_time() {
+        let clock = LogClock::default();
+        assert_eq!(clock.stamp(1_000, 5_000), 5_000);
+    }
+
+    #[test]
+    fn stamps_keep_advancing_from_log_time_when_an_earlier_leader_ran_ahead() {
+        let clock = LogClock::default();
+        // The log is an hour ahead of this node's wall clock.
+        let first = clock.stamp(3_600_000, 1_000);
+        assert!(first >= 3_600_000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let later = clock.stamp(3_600_000, 1_020);
+        assert!(
+            later >= first + 20,
+            "log time advances at the real rate: {first} -> {later}"
+        );
     }
 }
