@@ -57,8 +57,16 @@ enum Commands {
     /// Send one message.
     Send {
         queue: String,
+        /// The body as text.
+        #[arg(
+            long,
+            required_unless_present = "body_file",
+            conflicts_with = "body_file"
+        )]
+        body: Option<String>,
+        /// Read the body from a file (`-` for standard input), as bytes.
         #[arg(long)]
-        body: String,
+        body_file: Option<PathBuf>,
         /// Idempotency key (generated when absent).
         #[arg(long)]
         key: Option<String>,
@@ -180,6 +188,16 @@ enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+}
+
+fn read_body(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    if path == std::path::Path::new("-") {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)?;
+        Ok(body)
+    } else {
+        std::fs::read(path)
+    }
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
@@ -357,11 +375,22 @@ async fn client_command(
         Commands::Send {
             queue,
             body,
+            body_file,
             key,
             headers,
         } => {
+            let body = match (body, body_file) {
+                (Some(text), _) => text.into_bytes(),
+                (None, Some(path)) => read_body(&path).map_err(|error| {
+                    raftq_client::ClientError::Status(tonic::Status::invalid_argument(format!(
+                        "reading the body from {}: {error}",
+                        path.display()
+                    )))
+                })?,
+                (None, None) => Vec::new(),
+            };
             let message = Message {
-                body: body.into_bytes(),
+                body,
                 headers: headers.into_iter().collect(),
                 key,
             };
