@@ -190,6 +190,22 @@ enum ClusterCommand {
     },
 }
 
+/// Exit status of a failed client command, so scripts can tell failures apart
+/// (2 is left to usage errors, as clap reports them).
+fn exit_code(code: Option<tonic::Code>) -> u8 {
+    match code {
+        Some(tonic::Code::NotFound) => 3,
+        Some(tonic::Code::InvalidArgument) => 4,
+        Some(tonic::Code::AlreadyExists) => 5,
+        Some(tonic::Code::FailedPrecondition) => 6,
+        Some(tonic::Code::ResourceExhausted) => 7,
+        Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            8
+        }
+        _ => 1,
+    }
+}
+
 fn read_body(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     if path == std::path::Path::new("-") {
         let mut body = Vec::new();
@@ -271,7 +287,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         Output::Text => eprintln!("raftq: {error}"),
                     }
-                    Ok(ExitCode::from(2))
+                    Ok(ExitCode::from(exit_code(error.code())))
                 }
             }
         }
