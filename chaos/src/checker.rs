@@ -70,6 +70,10 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
     let mut delivered: HashSet<&str> = HashSet::new();
     let mut outages: Vec<(u64, u64)> = Vec::new();
     let mut send_successes: Vec<u64> = Vec::new();
+    // Every send (any outcome) of each producer, in invocation order: a grouped producer's
+    // send order is its group's order.
+    let mut all_sends: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    let mut group_deliveries: BTreeMap<&str, Vec<(u64, u64, &str)>> = BTreeMap::new();
 
     let mut receives: Vec<&Event> = events
         .iter()
@@ -80,6 +84,7 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
         match &event.op {
             Op::Send { value } => {
                 sent.insert(value, event.outcome);
+                all_sends.entry(&event.process).or_default().push(event);
                 match event.outcome {
                     Outcome::Ok => {
                         verdict.sends_ok += 1;
@@ -126,6 +131,13 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
         }
         for message in batch {
             delivered.insert(&message.value);
+            if !message.group.is_empty() {
+                group_deliveries.entry(&message.group).or_default().push((
+                    event.start_ms,
+                    event.end_ms,
+                    &message.value,
+                ));
+            }
             sequence_of
                 .entry(&message.value)
                 .or_insert(message.sequence);
@@ -163,6 +175,24 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
             sends,
             &sequence_of,
             &first_delivery,
+            &mut verdict.order_violations,
+        );
+    }
+
+    let mut send_index: HashMap<&str, usize> = HashMap::new();
+    for sends in all_sends.values_mut() {
+        sends.sort_by_key(|e| e.start_ms);
+        for (index, send) in sends.iter().enumerate() {
+            if let Op::Send { value } = &send.op {
+                send_index.insert(value, index);
+            }
+        }
+    }
+    for (group, deliveries) in &group_deliveries {
+        check_group_order(
+            group,
+            deliveries,
+            &send_index,
             &mut verdict.order_violations,
         );
     }
@@ -229,6 +259,47 @@ fn check_producer_order(
     }
 }
 
+/// A group hands out its messages strictly in send order, one at a time: once a later
+/// message of the group was delivered, an earlier one must never be delivered again. Only
+/// deliveries that did not overlap in time are compared (the later receive started after
+/// the earlier one had answered), so concurrency cannot produce a false alarm.
+fn check_group_order(
+    group: &str,
+    deliveries: &[(u64, u64, &str)],
+    send_index: &HashMap<&str, usize>,
+    violations: &mut Vec<String>,
+) {
+    let indexed: Vec<(u64, u64, usize, &str)> = deliveries
+        .iter()
+        .filter_map(|(start, end, value)| {
+            send_index
+                .get(value)
+                .map(|index| (*start, *end, *index, *value))
+        })
+        .collect();
+    let mut by_start = indexed.clone();
+    by_start.sort_by_key(|d| d.0);
+    let mut by_end = indexed;
+    by_end.sort_by_key(|d| d.1);
+    let mut finished = by_end.iter().peekable();
+    // The latest message (by send order) among deliveries that had answered.
+    let mut latest: Option<(usize, &str)> = None;
+    for (start, _, index, value) in by_start {
+        while let Some(done) = finished.next_if(|d| d.1 < start) {
+            if latest.is_none_or(|(i, _)| done.2 > i) {
+                latest = Some((done.2, done.3));
+            }
+        }
+        if let Some((latest_index, latest_value)) = latest
+            && index < latest_index
+        {
+            violations.push(format!(
+                "group {group}: {value} was delivered at {start} ms after the later {latest_value} had been delivered"
+            ));
+        }
+    }
+}
+
 /// Longest interval without a successful send completion, minus overlap with windows
 /// where a majority was down (no system can be available then).
 fn longest_gap(mut successes: Vec<u64>, outages: &[(u64, u64)], run_end_ms: u64) -> u64 {
@@ -279,6 +350,7 @@ mod tests {
                         value: value.to_string(),
                         sequence: *sequence,
                         attempt: *attempt,
+                        group: String::new(),
                     })
                     .collect(),
             },
@@ -310,6 +382,49 @@ mod tests {
             ack("c1", "a", 30, Outcome::Ok),
             ack("c1", "b", 40, Outcome::Ok),
         ]
+    }
+
+    fn grouped(mut event: Event, group: &str) -> Event {
+        if let Op::Receive { delivered } = &mut event.op {
+            for message in delivered {
+                message.group = group.into();
+            }
+        }
+        event
+    }
+
+    #[test]
+    fn a_group_message_delivered_after_a_later_one_is_an_order_violation() {
+        let history = vec![
+            send("g1", "a", 0, Outcome::Ok),
+            send("g1", "b", 10, Outcome::Ok),
+            // "b" is handed out (so "a" must have been acked) ...
+            grouped(receive("c1", 20, &[("b", 2, 1)]), "g1"),
+            // ... and then "a" shows up again: the group's order broke.
+            grouped(receive("c2", 30, &[("a", 1, 2)]), "g1"),
+            ack("c1", "b", 40, Outcome::Ok),
+            ack("c2", "a", 50, Outcome::Ok),
+        ];
+        let verdict = check(&history, 60);
+        assert_eq!(verdict.order_violations.len(), 1, "{verdict:?}");
+        assert!(verdict.order_violations[0].contains("group g1"));
+        assert!(!verdict.valid);
+    }
+
+    #[test]
+    fn a_group_redelivered_in_order_is_valid() {
+        let history = vec![
+            send("g1", "a", 0, Outcome::Ok),
+            send("g1", "b", 10, Outcome::Ok),
+            grouped(receive("c1", 20, &[("a", 1, 1)]), "g1"),
+            // The lease ran out: "a" again, then "b".
+            grouped(receive("c2", 30, &[("a", 1, 2)]), "g1"),
+            ack("c2", "a", 40, Outcome::Ok),
+            grouped(receive("c1", 50, &[("b", 2, 1)]), "g1"),
+            ack("c1", "b", 60, Outcome::Ok),
+        ];
+        let verdict = check(&history, 70);
+        assert!(verdict.valid, "{verdict:?}");
     }
 
     #[test]
@@ -414,6 +529,7 @@ mod tests {
                 kind: "restart-all".into(),
                 nodes: vec![1, 2, 3],
                 majority_down: true,
+                detail: String::new(),
             },
             start_ms: 100,
             end_ms: 700,

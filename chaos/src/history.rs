@@ -21,6 +21,9 @@ pub struct Delivered {
     /// Queue sequence: the position the cluster assigned at send time.
     pub sequence: u64,
     pub attempt: u32,
+    /// The message group, for values sent with one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +44,9 @@ pub enum Op {
         kind: String,
         nodes: Vec<u64>,
         majority_down: bool,
+        /// How it was done, e.g. the sides of a partition.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
     },
 }
 

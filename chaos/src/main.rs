@@ -32,6 +32,20 @@ enum Command {
     Run(RunArgs),
     /// Check an existing history file.
     Check { history: PathBuf },
+    /// Remove network namespaces and bridges left by runs that were killed (only while no
+    /// other run is going on).
+    Cleanup,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Namespaces when this process may create them (root), else loopback.
+    Auto,
+    /// Every node in its own network namespace with its own address; needed by the network
+    /// faults.
+    Netns,
+    /// Every node on loopback ports of this host; process and clock faults only.
+    Loopback,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -44,18 +58,25 @@ pub struct RunArgs {
     /// Length of the faulty phase, e.g. 120s or 2m.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
-    /// Fault kinds to draw from (comma-separated): kill-leader, kill-follower, kill-random,
-    /// pause-leader, pause-follower, restart-all, clock-ahead, clock-behind (the clock faults
-    /// run the node under `faketime`).
-    #[arg(
-        long,
-        default_value = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind"
-    )]
+    /// Fault kinds to draw from (comma-separated), or `all`: kill-leader, kill-follower,
+    /// kill-random, pause-leader, pause-follower, restart-all, clock-ahead, clock-behind (the
+    /// clock faults preload libfaketime into the node), and with `--network netns`
+    /// partition-leader, partition-halves, partition-bridge, loss-oneway, latency.
+    #[arg(long, default_value = "all")]
     faults: String,
+    /// Where the nodes run: own network namespaces (needed for network faults) or loopback.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
+    network: NetworkMode,
     #[arg(long, default_value_t = 3)]
     producers: usize,
     #[arg(long, default_value_t = 3)]
     consumers: usize,
+    /// Producers that send to a second queue, each in its own message group (order and
+    /// one-in-flight per group are checked).
+    #[arg(long, default_value_t = 2)]
+    grouped_producers: usize,
+    #[arg(long, default_value_t = 2)]
+    grouped_consumers: usize,
     /// Where the history, summary and timeline go.
     #[arg(long, default_value = "chaos-out")]
     out: PathBuf,
@@ -90,6 +111,11 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             let verdict = checker::check(&events, end);
             println!("{}", serde_json::to_string_pretty(&verdict)?);
             Ok(exit(verdict.valid))
+        }
+        Command::Cleanup => {
+            let removed = raftq_tests::netns::cleanup_stale();
+            println!("removed {removed} namespaces and bridges");
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Run(args) => {
             let verdict = workload::run(&args).await?;

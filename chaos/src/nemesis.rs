@@ -1,7 +1,9 @@
-//! The nemesis: a seeded schedule of process faults, each healed before the next.
+//! The nemesis: a seeded schedule of process, clock and network faults, each healed before
+//! the next. Network faults need the nodes in their own namespaces (`--network netns`).
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use raftq_client::{Client, ClientConfig};
 use raftq_tests::Cluster;
 
@@ -38,6 +40,16 @@ pub enum FaultKind {
     /// Restart a node with its wall clock an hour ahead (or behind), then heal it.
     ClockAhead,
     ClockBehind,
+    /// Cut the leader off from every other node (clients still reach it).
+    PartitionLeader,
+    /// A random split into a majority and a minority.
+    PartitionHalves,
+    /// Two sides that cannot see each other and one node that sees both.
+    PartitionBridge,
+    /// A random node's packets to the other nodes are lost at random (one way).
+    LossOneWay,
+    /// A random node's outgoing packets are delayed (one way).
+    Latency,
 }
 
 impl FaultKind {
@@ -51,6 +63,11 @@ impl FaultKind {
             "restart-all" => FaultKind::RestartAll,
             "clock-ahead" => FaultKind::ClockAhead,
             "clock-behind" => FaultKind::ClockBehind,
+            "partition-leader" => FaultKind::PartitionLeader,
+            "partition-halves" => FaultKind::PartitionHalves,
+            "partition-bridge" => FaultKind::PartitionBridge,
+            "loss-oneway" => FaultKind::LossOneWay,
+            "latency" => FaultKind::Latency,
             _ => return None,
         })
     }
@@ -65,8 +82,46 @@ impl FaultKind {
             FaultKind::RestartAll => "restart-all",
             FaultKind::ClockAhead => "clock-ahead",
             FaultKind::ClockBehind => "clock-behind",
+            FaultKind::PartitionLeader => "partition-leader",
+            FaultKind::PartitionHalves => "partition-halves",
+            FaultKind::PartitionBridge => "partition-bridge",
+            FaultKind::LossOneWay => "loss-oneway",
+            FaultKind::Latency => "latency",
         }
     }
+
+    /// Faults that act on packets, and so need the nodes in their own namespaces.
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::PartitionLeader
+                | FaultKind::PartitionHalves
+                | FaultKind::PartitionBridge
+                | FaultKind::LossOneWay
+                | FaultKind::Latency
+        )
+    }
+
+    /// Whether the fault leaves fewer than a majority of nodes up and connected (then no
+    /// system can be available, and the checker does not count the time as unavailable).
+    /// Every partition this nemesis makes leaves a connected majority.
+    pub fn majority_down(self, nodes: &[u64], cluster_size: u64) -> bool {
+        !self.needs_network() && nodes.len() as u64 * 2 > cluster_size
+    }
+}
+
+/// Every fault kind, in the order the help lists them.
+pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency";
+
+/// A deterministic shuffle of `ids` driven by `pick`.
+fn shuffled(ids: &[u64], pick: u64) -> Vec<u64> {
+    let mut rng = Rng::new(pick);
+    let mut ids = ids.to_vec();
+    for i in (1..ids.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        ids.swap(i, j);
+    }
+    ids
 }
 
 /// One planned fault: what, and how long it lasts before it is healed.
@@ -154,13 +209,95 @@ pub async fn targets(cluster: &Cluster, planned: &Planned) -> Vec<u64> {
             leader.map(|id| vec![id]).unwrap_or_default()
         }
         FaultKind::KillFollower | FaultKind::PauseFollower => pick(&followers),
-        FaultKind::KillRandom | FaultKind::ClockAhead | FaultKind::ClockBehind => pick(&ids),
+        FaultKind::KillRandom
+        | FaultKind::ClockAhead
+        | FaultKind::ClockBehind
+        | FaultKind::LossOneWay
+        | FaultKind::Latency => pick(&ids),
         FaultKind::RestartAll => ids,
+        FaultKind::PartitionLeader => leader.map(|id| vec![id]).unwrap_or_default(),
+        // The minority side.
+        FaultKind::PartitionHalves => {
+            let mut minority = shuffled(&ids, planned.pick);
+            minority.truncate((ids.len() - 1) / 2);
+            minority.sort_unstable();
+            minority
+        }
+        // The bridge node.
+        FaultKind::PartitionBridge => pick(&ids),
     }
 }
 
-/// Injects the fault on `nodes`; returns after it has been healed.
-pub async fn inject(cluster: &mut Cluster, kind: FaultKind, nodes: &[u64], hold: Duration) {
+/// The sides of a partition: the targets on one side, everyone else on the other; for a
+/// bridge, the others split in two with the bridge node on neither side.
+fn sides(kind: FaultKind, nodes: &[u64], all: &[u64], pick: u64) -> Vec<Vec<u64>> {
+    let others: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|id| !nodes.contains(id))
+        .collect();
+    if kind == FaultKind::PartitionBridge {
+        let mixed = shuffled(&others, pick);
+        let (a, b) = mixed.split_at(mixed.len() / 2);
+        let (mut a, mut b) = (a.to_vec(), b.to_vec());
+        a.sort_unstable();
+        b.sort_unstable();
+        vec![a, b]
+    } else {
+        vec![nodes.to_vec(), others]
+    }
+}
+
+fn describe(groups: &[Vec<u64>]) -> String {
+    groups
+        .iter()
+        .map(|group| format!("{group:?}"))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Share of packets lost on a one-way lossy link.
+const LOSS_PERCENT: u32 = 40;
+/// Added delay on a slow link.
+const DELAY_MS: u32 = 200;
+
+/// Injects the fault on `nodes`; returns after it has been healed, with a description of
+/// what was done (the sides of a partition, how a link was slowed).
+pub async fn inject(
+    cluster: &mut Cluster,
+    planned: &Planned,
+    nodes: &[u64],
+) -> anyhow::Result<String> {
+    let (kind, hold) = (planned.kind, planned.hold);
+    if kind.needs_network() {
+        let network = cluster
+            .network
+            .clone()
+            .context("network faults need --network netns")?;
+        let all: Vec<u64> = cluster.nodes.iter().map(|node| node.id).collect();
+        let detail = match kind {
+            FaultKind::LossOneWay => {
+                network
+                    .lossy_from(nodes[0], LOSS_PERCENT)
+                    .map_err(anyhow::Error::msg)?;
+                format!("{LOSS_PERCENT}% of packets from node {} lost", nodes[0])
+            }
+            FaultKind::Latency => {
+                let how = network
+                    .slow_egress(nodes[0], DELAY_MS)
+                    .map_err(anyhow::Error::msg)?;
+                format!("node {} egress delayed {DELAY_MS} ms ({how:?})", nodes[0])
+            }
+            _ => {
+                let groups = sides(kind, nodes, &all, planned.pick);
+                network.partition(&groups).map_err(anyhow::Error::msg)?;
+                describe(&groups)
+            }
+        };
+        tokio::time::sleep(hold).await;
+        network.heal().map_err(anyhow::Error::msg)?;
+        return Ok(detail);
+    }
     match kind {
         FaultKind::KillLeader
         | FaultKind::KillFollower
@@ -199,12 +336,42 @@ pub async fn inject(cluster: &mut Cluster, kind: FaultKind, nodes: &[u64], hold:
                 cluster.node(*id).resume();
             }
         }
+        _ => unreachable!("network faults are handled above"),
     }
+    Ok(String::new())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_leave_a_connected_majority() {
+        for size in [3u64, 5] {
+            let all: Vec<u64> = (1..=size).collect();
+            for pick in 0..50 {
+                let minority = {
+                    let mut ids = shuffled(&all, pick);
+                    ids.truncate((all.len() - 1) / 2);
+                    ids
+                };
+                let groups = sides(FaultKind::PartitionHalves, &minority, &all, pick);
+                assert!(groups[1].len() as u64 * 2 > size, "{groups:?}");
+                assert_eq!(groups[0].len() + groups[1].len(), all.len());
+                // Bridge: both sides non-empty, the bridge on neither, so bridge + the
+                // larger side is a majority.
+                let bridge = [all[(pick % size) as usize]];
+                let groups = sides(FaultKind::PartitionBridge, &bridge, &all, pick);
+                assert!(groups.iter().all(|side| !side.is_empty()), "{groups:?}");
+                assert!(groups.iter().all(|side| !side.contains(&bridge[0])));
+                let larger = groups.iter().map(Vec::len).max().unwrap_or(0) as u64;
+                assert!((larger + 1) * 2 > size, "{groups:?}");
+                assert!(!FaultKind::PartitionBridge.majority_down(&bridge, size));
+            }
+        }
+        assert!(FaultKind::RestartAll.majority_down(&[1, 2, 3], 3));
+        assert!(!FaultKind::KillLeader.majority_down(&[1], 3));
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {

@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use raftq_client::{Client, ClientConfig, ClientError, Code, Message, pb};
-use raftq_tests::Cluster;
+use raftq_tests::{Cluster, ClusterOptions};
 
-use crate::RunArgs;
 use crate::checker::{self, Verdict};
 use crate::history::{Delivered, Event, Op, Outcome};
 use crate::nemesis::{self, FaultKind};
 use crate::timeline;
+use crate::{NetworkMode, RunArgs};
 
 const QUEUE: &str = "chaos";
+/// Grouped producers send here, each with its own message group.
+const GROUP_QUEUE: &str = "chaos-groups";
 /// How long the final drain may take once every fault is healed.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -65,13 +67,26 @@ fn workload_client(cluster: &Cluster) -> anyhow::Result<Client> {
     )?)
 }
 
-async fn produce(client: Client, recorder: Recorder, name: String, stop: Arc<AtomicBool>) {
+/// Sends values one after another to `queue`; a grouped producer puts them all in the
+/// message group named after itself.
+async fn produce(
+    client: Client,
+    recorder: Recorder,
+    name: String,
+    queue: &'static str,
+    grouped: bool,
+    stop: Arc<AtomicBool>,
+) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let value = format!("{name}-{n:07}");
         n += 1;
         let start = recorder.now_ms();
-        let result = client.send(QUEUE, Message::new(value.clone())).await;
+        let mut message = Message::new(value.clone());
+        if grouped {
+            message = message.with_group(name.clone());
+        }
+        let result = client.send(queue, message).await;
         let (outcome, error) = match &result {
             Ok(_) => (Outcome::Ok, String::new()),
             Err(error) => (outcome_of(error), error.to_string()),
@@ -80,12 +95,18 @@ async fn produce(client: Client, recorder: Recorder, name: String, stop: Arc<Ato
     }
 }
 
-async fn consume(client: Client, recorder: Recorder, name: String, stop: Arc<AtomicBool>) {
+async fn consume(
+    client: Client,
+    recorder: Recorder,
+    name: String,
+    queue: &'static str,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let start = recorder.now_ms();
         let messages = match client
             .receive(
-                QUEUE,
+                queue,
                 50,
                 Duration::from_millis(300),
                 Some(Duration::from_secs(5)),
@@ -113,6 +134,7 @@ async fn consume(client: Client, recorder: Recorder, name: String, stop: Arc<Ato
                 value: String::from_utf8_lossy(&m.body).into_owned(),
                 sequence: m.sequence,
                 attempt: m.attempt,
+                group: m.group.clone(),
             })
             .collect();
         recorder.record(
@@ -125,7 +147,7 @@ async fn consume(client: Client, recorder: Recorder, name: String, stop: Arc<Ato
         for message in messages {
             let value = String::from_utf8_lossy(&message.body).into_owned();
             let start = recorder.now_ms();
-            let (outcome, error) = match client.ack(QUEUE, &message.receipt).await {
+            let (outcome, error) = match client.ack(queue, &message.receipt).await {
                 Ok(_) => (Outcome::Ok, String::new()),
                 Err(error) if error.code() == Some(Code::FailedPrecondition) => {
                     (Outcome::Failed, error.to_string())
@@ -138,58 +160,108 @@ async fn consume(client: Client, recorder: Recorder, name: String, stop: Arc<Ato
 }
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
-    let kinds: Vec<FaultKind> = args
-        .faults
+    let namespaces = match args.network {
+        NetworkMode::Netns => {
+            anyhow::ensure!(
+                raftq_tests::netns::available(),
+                "--network netns needs root, iproute2 and iptables"
+            );
+            true
+        }
+        NetworkMode::Loopback => false,
+        NetworkMode::Auto => raftq_tests::netns::available(),
+    };
+    let faults = if args.faults == "all" {
+        nemesis::ALL_FAULTS
+            .split(',')
+            .filter(|name| namespaces || !FaultKind::parse(name).is_some_and(|k| k.needs_network()))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        args.faults.clone()
+    };
+    let kinds: Vec<FaultKind> = faults
         .split(',')
         .map(|name| FaultKind::parse(name).with_context(|| format!("unknown fault kind {name:?}")))
         .collect::<anyhow::Result<_>>()?;
+    if let Some(kind) = kinds.iter().find(|kind| kind.needs_network())
+        && !namespaces
+    {
+        anyhow::bail!(
+            "{} needs the nodes in network namespaces (--network netns, as root)",
+            kind.name()
+        );
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let reproduce = format!(
-        "chaos/run --nodes {} --seed {} --duration {}s --faults {} --producers {} --consumers {}",
+        "chaos/run --nodes {} --seed {} --duration {}s --network {} --faults {} --producers {} --consumers {} --grouped-producers {} --grouped-consumers {}",
         args.nodes,
         args.seed,
         args.duration.as_secs(),
-        args.faults,
+        if namespaces { "netns" } else { "loopback" },
+        faults,
         args.producers,
-        args.consumers
+        args.consumers,
+        args.grouped_producers,
+        args.grouped_consumers
     );
     println!("raftq-chaos: {reproduce}");
-    let mut cluster = Cluster::start(args.nodes).await;
+    let mut cluster = Cluster::start_with(
+        args.nodes,
+        ClusterOptions {
+            network_namespaces: namespaces,
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
     let client = workload_client(&cluster)?;
-    client
-        .create_queue(
-            QUEUE,
-            pb::QueueOptions {
-                default_lease_ms: 5_000,
-                dedup_window_ms: 3_600_000,
-                ..pb::QueueOptions::default()
-            },
-        )
-        .await?;
+    for queue in [QUEUE, GROUP_QUEUE] {
+        client
+            .create_queue(
+                queue,
+                pb::QueueOptions {
+                    default_lease_ms: 5_000,
+                    dedup_window_ms: 3_600_000,
+                    ..pb::QueueOptions::default()
+                },
+            )
+            .await?;
+    }
     let recorder = Recorder {
         started: Instant::now(),
         events: Arc::new(Mutex::new(Vec::new())),
     };
     let stop_producers = Arc::new(AtomicBool::new(false));
     let stop_consumers = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..args.producers)
-        .map(|i| {
+    // Plain producers ("p*") and grouped ones ("g*", one message group each); consumers
+    // of each queue ("c*", "gc*").
+    let plain = (0..args.producers).map(|i| (format!("p{i}"), QUEUE, false));
+    let grouped = (0..args.grouped_producers).map(|i| (format!("g{i}"), GROUP_QUEUE, true));
+    let producers: Vec<_> = plain
+        .chain(grouped)
+        .map(|(name, queue, grouped)| {
             let task = produce(
                 workload_client(&cluster)?,
                 recorder.clone(),
-                format!("p{i}"),
+                name,
+                queue,
+                grouped,
                 stop_producers.clone(),
             );
             Ok(tokio::spawn(task))
         })
         .collect::<anyhow::Result<_>>()?;
-    let consumers: Vec<_> = (0..args.consumers)
-        .map(|i| {
+    let plain = (0..args.consumers).map(|i| (format!("c{i}"), QUEUE));
+    let grouped = (0..args.grouped_consumers).map(|i| (format!("gc{i}"), GROUP_QUEUE));
+    let consumers: Vec<_> = plain
+        .chain(grouped)
+        .map(|(name, queue)| {
             let task = consume(
                 workload_client(&cluster)?,
                 recorder.clone(),
-                format!("c{i}"),
+                name,
+                queue,
                 stop_consumers.clone(),
             );
             Ok(tokio::spawn(task))
@@ -215,14 +287,18 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
             nodes,
             planned.hold
         );
-        nemesis::inject(&mut cluster, planned.kind, &nodes, planned.hold).await;
-        let majority_down = nodes.len() as u64 * 2 > args.nodes;
+        let detail = nemesis::inject(&mut cluster, &planned, &nodes).await?;
+        if !detail.is_empty() {
+            println!("            {detail}");
+        }
+        let majority_down = planned.kind.majority_down(&nodes, args.nodes);
         recorder.record(
             "nemesis",
             Op::Fault {
                 kind: planned.kind.name().to_string(),
                 nodes,
                 majority_down,
+                detail,
             },
             start,
             Outcome::Ok,
@@ -294,15 +370,20 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     Ok(verdict)
 }
 
-/// Waits until every message has been consumed (consumers keep running meanwhile).
+/// Waits until every message of both queues has been consumed (consumers keep running
+/// meanwhile).
 async fn drain(client: &Client) -> bool {
     let end = tokio::time::Instant::now() + DRAIN_DEADLINE;
     while tokio::time::Instant::now() < end {
-        if let Ok(queue) = client.get_queue(QUEUE).await {
-            let stats = queue.stats.unwrap_or_default();
-            if stats.depth == 0 {
-                return true;
-            }
+        let mut empty = true;
+        for queue in [QUEUE, GROUP_QUEUE] {
+            empty &= client
+                .get_queue(queue)
+                .await
+                .is_ok_and(|queue| queue.stats.unwrap_or_default().depth == 0);
+        }
+        if empty {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -182,6 +182,7 @@ async fn stopped_follower_catches_up_by_snapshot() {
                 "100".into(),
             ),
         ],
+        ..ClusterOptions::default()
     };
     let mut cluster = Cluster::start_with(3, options).await;
     let client = cluster.client();

@@ -3,5 +3,7 @@
 mod bad_input;
 mod delivery;
 mod failures;
+mod features;
 mod membership;
 mod observability;
+mod transactions;

@@ -2,10 +2,13 @@
 //! temporary directory, and offers the faults the cluster tests inject (kill -9, SIGTERM,
 //! restart, adding a node). Tests wait for conditions with deadlines, never sleep-and-hope.
 
+pub mod netns;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftq_client::{Client, ClientConfig};
@@ -60,6 +63,8 @@ pub struct NodeProcess {
     clock_offset: Option<String>,
     args: Vec<String>,
     extra_env: Vec<(String, String)>,
+    /// The network namespace the node runs in (`None`: the host's, on loopback).
+    namespace: Option<PathBuf>,
 }
 
 impl NodeProcess {
@@ -91,6 +96,19 @@ impl NodeProcess {
         }
         for (key, value) in &self.extra_env {
             command.env(key, value);
+        }
+        if let Some(path) = &self.namespace {
+            // Enter the node's namespace between fork and exec, so the node itself (not a
+            // wrapper) is the child whose pid the faults signal.
+            let namespace = std::fs::File::open(path).expect("open the node's namespace");
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: the closure only calls setns(2), which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         self.child = Some(command.spawn().expect("spawn raftq serve"));
     }
@@ -172,16 +190,26 @@ pub fn test_client_config() -> ClientConfig {
     }
 }
 
+/// Fields drop in order: the processes first, then their network and data.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProcess>,
+    /// The private network, when the nodes run in their own namespaces.
+    pub network: Option<Arc<netns::Network>>,
+    pub dir: tempfile::TempDir,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// Extra `RAFTQ_*` environment for every node (e.g. snapshot frequency).
     pub env: Vec<(String, String)>,
+    /// Run every node in its own network namespace with its own address (needs root; see
+    /// [`netns`]), instead of on loopback ports.
+    pub network_namespaces: bool,
 }
+
+/// The gRPC and HTTP ports of nodes that have an address of their own.
+const NAMESPACED_GRPC_PORT: u16 = 7000;
+const NAMESPACED_HTTP_PORT: u16 = 8000;
 
 impl Cluster {
     /// Starts `size` nodes that form one cluster; waits until it has a leader.
@@ -191,19 +219,24 @@ impl Cluster {
 
     pub async fn start_with(size: u64, options: ClusterOptions) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-        let peers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (grpc, _))| format!("{}=127.0.0.1:{grpc}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let ids: Vec<u64> = (1..=size).collect();
+        let network = options.network_namespaces.then(|| {
+            Arc::new(netns::Network::create(&ids).expect("create the nodes' network namespaces"))
+        });
         let mut cluster = Cluster {
             dir,
             nodes: Vec::new(),
+            network,
         };
-        for (i, (grpc, http)) in ports.into_iter().enumerate() {
-            let id = i as u64 + 1;
+        let endpoints: Vec<(String, String)> =
+            ids.iter().map(|&id| cluster.endpoints(id)).collect();
+        let peers = endpoints
+            .iter()
+            .zip(&ids)
+            .map(|((grpc, _), id)| format!("{id}={grpc}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, (grpc, http)) in ids.into_iter().zip(endpoints) {
             let node = cluster.new_node(
                 id,
                 grpc,
@@ -217,11 +250,29 @@ impl Cluster {
         cluster
     }
 
+    /// The gRPC and HTTP addresses node `id` listens on: its own address in its namespace,
+    /// or free loopback ports.
+    fn endpoints(&self, id: u64) -> (String, String) {
+        match &self.network {
+            Some(network) => {
+                let address = network.address(id);
+                (
+                    format!("{address}:{NAMESPACED_GRPC_PORT}"),
+                    format!("{address}:{NAMESPACED_HTTP_PORT}"),
+                )
+            }
+            None => (
+                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+        }
+    }
+
     fn new_node(
         &self,
         id: u64,
-        grpc: u16,
-        http: u16,
+        grpc: String,
+        http: String,
         mut extra: Vec<String>,
         options: &ClusterOptions,
     ) -> NodeProcess {
@@ -230,23 +281,27 @@ impl Cluster {
             "--node-id".to_string(),
             id.to_string(),
             "--listen".to_string(),
-            format!("127.0.0.1:{grpc}"),
+            grpc.clone(),
             "--http-listen".to_string(),
-            format!("127.0.0.1:{http}"),
+            http.clone(),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
         ];
         args.append(&mut extra);
         let mut node = NodeProcess {
             id,
-            grpc: format!("127.0.0.1:{grpc}"),
-            http: format!("127.0.0.1:{http}"),
+            grpc,
+            http,
             log: self.dir.path().join(format!("node-{id}.log")),
             data_dir,
             child: None,
             clock_offset: None,
             args,
             extra_env: options.env.clone(),
+            namespace: self
+                .network
+                .as_ref()
+                .map(|network| network.namespace_path(id)),
         };
         node.spawn();
         node
@@ -255,10 +310,16 @@ impl Cluster {
     /// Starts a new node that joins through node 1's address (learner, then voter).
     pub fn spawn_joining_node(&mut self, id: u64) -> &NodeProcess {
         let join = self.nodes[0].grpc.clone();
+        if let Some(network) = &self.network {
+            network
+                .add_node(id)
+                .expect("a network namespace for the new node");
+        }
+        let (grpc, http) = self.endpoints(id);
         let node = self.new_node(
             id,
-            free_port(),
-            free_port(),
+            grpc,
+            http,
             vec!["--join".into(), join],
             &ClusterOptions::default(),
         );

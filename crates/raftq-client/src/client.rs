@@ -47,6 +47,15 @@ pub struct Message {
     pub headers: HashMap<String, String>,
     /// Idempotency key; when `None` the client generates one (UUIDv7) for this logical send.
     pub key: Option<String>,
+    /// Message group: strict send order, one in flight at a time. Empty: none.
+    pub group: String,
+    /// 0 (default, lowest) to 7, for messages without a group.
+    pub priority: u32,
+    /// Not delivered before this much time has passed.
+    pub delay: Duration,
+    /// Time to be received; zero takes the queue's default.
+    pub ttl: Duration,
+    pub properties: pb::MessageProperties,
 }
 
 impl Message {
@@ -62,11 +71,48 @@ impl Message {
         self
     }
 
-    fn into_proto(self) -> pb::OutgoingMessage {
+    pub fn with_group(mut self, group: impl Into<String>) -> Message {
+        self.group = group.into();
+        self
+    }
+
+    pub fn with_priority(mut self, priority: u32) -> Message {
+        self.priority = priority;
+        self
+    }
+
+    pub fn with_delay(mut self, delay: Duration) -> Message {
+        self.delay = delay;
+        self
+    }
+
+    pub fn with_ttl(mut self, ttl: Duration) -> Message {
+        self.ttl = ttl;
+        self
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Message {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn with_properties(mut self, properties: pb::MessageProperties) -> Message {
+        self.properties = properties;
+        self
+    }
+
+    pub(crate) fn into_proto(self) -> pb::OutgoingMessage {
+        let properties =
+            (self.properties != pb::MessageProperties::default()).then_some(self.properties);
         pb::OutgoingMessage {
             body: self.body,
             headers: self.headers,
             idempotency_key: self.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            group: self.group,
+            priority: self.priority,
+            delay_ms: self.delay.as_millis() as u64,
+            ttl_ms: self.ttl.as_millis() as u64,
+            properties,
         }
     }
 }
@@ -374,7 +420,38 @@ impl Client {
             max_messages: max,
             wait_ms: wait.as_millis() as u64,
             lease_ms: lease.map_or(0, |lease| lease.as_millis() as u64),
+            ..pb::ReceiveRequest::default()
         };
+        self.receive_request(request, wait).await
+    }
+
+    /// Selective receive: only the message `message_id` (when not 0) and/or messages with
+    /// `correlation_id` (when not empty), waiting up to `wait` for one to be ready.
+    pub async fn receive_selected(
+        &self,
+        queue: &str,
+        message_id: u64,
+        correlation_id: &str,
+        max: u32,
+        wait: Duration,
+        lease: Option<Duration>,
+    ) -> Result<Vec<pb::ReceivedMessage>, ClientError> {
+        let request = pb::ReceiveRequest {
+            queue: queue.to_string(),
+            max_messages: max,
+            wait_ms: wait.as_millis() as u64,
+            lease_ms: lease.map_or(0, |lease| lease.as_millis() as u64),
+            message_id,
+            correlation_id: correlation_id.to_string(),
+        };
+        self.receive_request(request, wait).await
+    }
+
+    async fn receive_request(
+        &self,
+        request: pb::ReceiveRequest,
+        wait: Duration,
+    ) -> Result<Vec<pb::ReceivedMessage>, ClientError> {
         let response = self
             .retry(wait, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
@@ -440,16 +517,75 @@ impl Client {
         Ok(response.into_inner())
     }
 
+    /// Starts a transaction: receive and send inside it, then commit or abort.
+    pub fn begin(&self) -> crate::Transaction {
+        crate::Transaction::new(self.clone())
+    }
+
+    /// Commits a transaction built by hand; see [`crate::Transaction`] for the usual way.
+    pub async fn commit(
+        &self,
+        request: pb::CommitRequest,
+    ) -> Result<pb::CommitResponse, ClientError> {
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).commit(request).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// Moves messages out of a dead-letter queue: `ids`, or with none up to `max` from the
+    /// head; back where each came from, or to `to` when it is not empty. Moving by id is
+    /// safe to retry; moving by count after an uncertain outcome may move a second batch.
+    pub async fn redrive(
+        &self,
+        queue: &str,
+        ids: &[u64],
+        max: u32,
+        to: &str,
+    ) -> Result<u64, ClientError> {
+        let request = pb::RedriveRequest {
+            queue: queue.to_string(),
+            message_ids: ids.to_vec(),
+            max_messages: max,
+            to: to.to_string(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).redrive(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().moved)
+    }
+
     pub async fn peek(
         &self,
         queue: &str,
         after_sequence: u64,
         max: u32,
     ) -> Result<Vec<pb::PeekedMessage>, ClientError> {
+        self.peek_selected(queue, after_sequence, max, 0, "").await
+    }
+
+    /// Browse (page with `after_sequence`) only the message `message_id` (when not 0)
+    /// and/or messages with `correlation_id` (when not empty), without leasing them.
+    pub async fn peek_selected(
+        &self,
+        queue: &str,
+        after_sequence: u64,
+        max: u32,
+        message_id: u64,
+        correlation_id: &str,
+    ) -> Result<Vec<pb::PeekedMessage>, ClientError> {
         let request = pb::PeekRequest {
             queue: queue.to_string(),
             after_sequence,
             max_messages: max,
+            message_id,
+            correlation_id: correlation_id.to_string(),
         };
         let response = self
             .retry(Duration::ZERO, |channel, timeout| {

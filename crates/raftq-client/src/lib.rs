@@ -7,8 +7,10 @@
 
 mod client;
 mod error;
+mod transaction;
 
 pub use client::{Client, ClientConfig, Message, SendOptions};
 pub use error::ClientError;
 pub use raftq_proto::pb;
 pub use tonic::Code;
+pub use transaction::Transaction;

@@ -256,6 +256,26 @@ impl RaftNode {
         }
     }
 
+    /// On the leader, writes a [`Command::Tick`] when some queue has timed work due (an
+    /// expiry, an ended lease or delay), so it happens without other traffic. Returns
+    /// whether a tick was written.
+    pub async fn tick_if_due(&self) -> Result<bool, ClusterError> {
+        if !self.is_leader() {
+            return Ok(false);
+        }
+        let due = {
+            let state = self.shared.read();
+            state.has_due_work(self.clock.stamp(state.now_ms(), wall_clock_ms()))
+        };
+        if !due {
+            return Ok(false);
+        }
+        self.write(Command::Tick)
+            .await?
+            .map_err(|error| stopped(format!("a tick was refused: {error}")))?;
+        Ok(true)
+    }
+
     /// Waits until this node (the leader) has applied everything committed before the call,
     /// confirmed by a quorum: reads after this see every acknowledged write.
     pub async fn linearizable_read(&self) -> Result<(), ClusterError> {

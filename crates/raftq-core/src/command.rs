@@ -20,20 +20,52 @@ impl fmt::Display for Request {
     }
 }
 
+/// Descriptive properties a message carries unchanged from sender to receiver (the MSMQ
+/// message properties). The queue only validates their size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageProperties {
+    /// A short human-readable title.
+    pub label: String,
+    /// Ties a reply or an acknowledgement to the message it answers.
+    pub correlation_id: String,
+    /// The queue a receiver should answer to.
+    pub reply_to: String,
+    /// The body's media type, e.g. `application/json`.
+    pub content_type: String,
+}
+
+impl MessageProperties {
+    pub fn size(&self) -> usize {
+        self.label.len() + self.correlation_id.len() + self.reply_to.len() + self.content_type.len()
+    }
+}
+
 /// A message as the producer hands it over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
     /// Empty means "no idempotency key": the send is never deduplicated.
     pub idempotency_key: String,
+    pub properties: MessageProperties,
+    /// Messages with the same group are handed out strictly in send order, one at a time.
+    /// Empty: no group.
+    pub group: String,
+    /// 0 (lowest, the default) to 7; only orders messages that have no group.
+    pub priority: u8,
+    /// Not delivered before this long after the send (0: at once).
+    pub delay_ms: u64,
+    /// Time to be received: the message expires if nobody has received it this long after
+    /// the send. 0 takes the queue's default (which may be "never").
+    pub ttl_ms: u64,
 }
 
 impl NewMessage {
-    /// Bytes counted against `max_message_bytes`: body plus header keys and values.
+    /// Bytes counted against `max_message_bytes`: body, header keys and values, group and
+    /// properties.
     pub fn size(&self) -> u64 {
         let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        (self.body.len() + headers) as u64
+        (self.body.len() + headers + self.group.len() + self.properties.size()) as u64
     }
 }
 
@@ -98,6 +130,15 @@ pub enum Command {
         /// 0 means the queue's default lease.
         lease_ms: u64,
     },
+    /// Like `Receive`, but only the message with `message_id` (when not 0) and/or the
+    /// messages carrying `correlation_id` (when not empty), among those ready now.
+    ReceiveSelected {
+        queue: String,
+        message_id: MessageId,
+        correlation_id: String,
+        max_messages: u32,
+        lease_ms: u64,
+    },
     Ack {
         queue: String,
         receipt: Receipt,
@@ -114,6 +155,27 @@ pub enum Command {
         /// New lease length counted from the command's time.
         lease_ms: u64,
     },
+    /// Moves dead-lettered messages from `queue` back to the queue each came from (or to
+    /// `to`, when set): the listed ids, or with no ids up to `max` from the head. Messages
+    /// under a lease stay.
+    Redrive {
+        queue: String,
+        message_ids: Vec<MessageId>,
+        max: u32,
+        to: String,
+    },
+    /// Applies all of `acks` and `sends`, across any queues, or none of them. A repeat of
+    /// a committed `transaction_id` (inside the transaction window) changes nothing and
+    /// answers the first commit's outcome.
+    Commit {
+        transaction_id: String,
+        acks: Vec<TransactionAck>,
+        sends: Vec<TransactionSend>,
+    },
+    /// Brings every queue with timed work due (ended delays and leases, expiries,
+    /// forgotten dedup records) up to the command's time. The leader writes one when
+    /// something is due, so expiry and dead-lettering happen without other traffic.
+    Tick,
 }
 
 impl Command {
@@ -124,11 +186,29 @@ impl Command {
             Command::PurgeQueue { .. } => "purge_queue",
             Command::Send { .. } => "send",
             Command::Receive { .. } => "receive",
+            Command::ReceiveSelected { .. } => "receive_selected",
             Command::Ack { .. } => "ack",
             Command::Nack { .. } => "nack",
             Command::ExtendLease { .. } => "extend_lease",
+            Command::Redrive { .. } => "redrive",
+            Command::Commit { .. } => "commit",
+            Command::Tick => "tick",
         }
     }
+}
+
+/// An acknowledgement inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionAck {
+    pub queue: String,
+    pub receipt: Receipt,
+}
+
+/// A send inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionSend {
+    pub queue: String,
+    pub message: NewMessage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,9 +226,14 @@ pub struct Delivery {
     pub sequence: u64,
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    pub properties: MessageProperties,
+    pub group: String,
+    pub priority: u8,
     pub receipt: Receipt,
     pub enqueued_at_ms: TimeMs,
     pub lease_expires_at_ms: TimeMs,
+    /// When the message expires if not acknowledged (0: never).
+    pub expires_at_ms: TimeMs,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,8 +245,17 @@ pub struct QueueStats {
     pub total_sent: u64,
     pub total_acked: u64,
     pub total_deliveries: u64,
-    /// Messages discarded after reaching `max_delivery_count`.
+    /// Messages dropped after reaching `max_delivery_count` or expiring, where the queue
+    /// has no dead-letter queue.
     pub total_discarded: u64,
+    /// Messages that expired (time to be received) before anyone acknowledged them.
+    pub total_expired: u64,
+    /// Messages moved to the dead-letter queue.
+    pub total_dead_lettered: u64,
+    /// Message groups that hold at least one message.
+    pub groups: u64,
+    /// Bytes held (body, headers, group and properties of every stored message).
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,12 +271,32 @@ pub struct QueueInfo {
 pub enum Outcome {
     Created(QueueInfo),
     Deleted,
-    Purged { removed: u64 },
+    Purged {
+        removed: u64,
+    },
     Sent(Vec<SendResult>),
     Received(Vec<Delivery>),
-    Acked { already_acked: bool },
-    Nacked { visible_at_ms: TimeMs },
-    LeaseExtended { lease_expires_at_ms: TimeMs },
+    Acked {
+        already_acked: bool,
+    },
+    Nacked {
+        visible_at_ms: TimeMs,
+    },
+    LeaseExtended {
+        lease_expires_at_ms: TimeMs,
+    },
+    Redriven {
+        moved: u64,
+    },
+    /// The sends' results in request order; `already_committed` when this was a repeat.
+    Committed {
+        sent: Vec<SendResult>,
+        already_committed: bool,
+    },
+    /// Queues a tick brought up to time.
+    Ticked {
+        queues: u64,
+    },
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub enum QueueError {
     },
     #[error("cluster holds {count} queues, the limit is {limit}")]
     TooManyQueues { count: u64, limit: u64 },
+    #[error("message {message_id} is not in queue {queue:?}")]
+    MessageNotFound { queue: String, message_id: u64 },
     #[error("receipt {receipt} is stale: {reason}")]
     StaleReceipt { receipt: String, reason: String },
 }

@@ -14,10 +14,11 @@ pub mod queue;
 mod state;
 
 pub use command::{
-    Command, Delivery, NewMessage, Outcome, QueueInfo, QueueStats, Receipt, Request, SendResult,
+    Command, Delivery, MessageProperties, NewMessage, Outcome, QueueInfo, QueueStats, Receipt,
+    Request, SendResult, TransactionAck, TransactionSend,
 };
 pub use error::QueueError;
-pub use limits::{Limits, QueueOptions, validate_queue_name};
+pub use limits::{Limits, Overflow, QueueOptions, validate_queue_name};
 pub use queue::StoredMessage;
 pub use state::StateMachine;
 

@@ -23,6 +23,16 @@ pub struct Limits {
     pub max_nack_delay_ms: u64,
     pub max_queue_depth: u64,
     pub max_delivery_count: u32,
+    pub max_priority: u8,
+    /// Longest group key and longest property value (label, correlation id, content type).
+    pub max_group_len: usize,
+    pub max_property_len: usize,
+    /// Longest delay before first delivery, and longest time to be received.
+    pub max_delay_ms: u64,
+    pub max_ttl_ms: u64,
+    /// How long a committed transaction id is remembered, so a retried commit is answered
+    /// with the first outcome instead of being applied again.
+    pub transaction_window_ms: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +53,12 @@ impl Default for Limits {
             max_nack_delay_ms: 12 * 60 * 60 * 1000,
             max_queue_depth: 100_000_000,
             max_delivery_count: 10_000,
+            max_priority: 7,
+            max_group_len: 256,
+            max_property_len: 1024,
+            max_delay_ms: 7 * 24 * 60 * 60 * 1000,
+            max_ttl_ms: 30 * 24 * 60 * 60 * 1000,
+            transaction_window_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -97,6 +113,48 @@ impl Limits {
                 format!("longer than {} bytes", self.max_idempotency_key_len),
             ));
         }
+        if message.group.len() > self.max_group_len {
+            return Err(QueueError::invalid(
+                "group",
+                format!("longer than {} bytes", self.max_group_len),
+            ));
+        }
+        if message.priority > self.max_priority {
+            return Err(QueueError::invalid(
+                "priority",
+                format!("{} is outside 0..={}", message.priority, self.max_priority),
+            ));
+        }
+        if message.delay_ms > self.max_delay_ms {
+            return Err(QueueError::invalid(
+                "delay_ms",
+                format!("must be at most {} ms", self.max_delay_ms),
+            ));
+        }
+        if message.ttl_ms > self.max_ttl_ms {
+            return Err(QueueError::invalid(
+                "ttl_ms",
+                format!("must be at most {} ms", self.max_ttl_ms),
+            ));
+        }
+        let properties = &message.properties;
+        for (field, value) in [
+            ("label", &properties.label),
+            ("correlation_id", &properties.correlation_id),
+            ("content_type", &properties.content_type),
+        ] {
+            if value.len() > self.max_property_len {
+                return Err(QueueError::invalid(
+                    field,
+                    format!("longer than {} bytes", self.max_property_len),
+                ));
+            }
+        }
+        if !properties.reply_to.is_empty() {
+            validate_queue_name(&properties.reply_to, self).map_err(|error| {
+                QueueError::invalid("reply_to", format!("not a queue name: {error}"))
+            })?;
+        }
         Ok(())
     }
 }
@@ -114,6 +172,28 @@ pub struct QueueOptions {
     pub max_message_bytes: u64,
     /// Most messages the queue holds (ready, delayed and in flight).
     pub max_depth: u64,
+    /// Where messages go after `max_delivery_count` deliveries (and, with
+    /// `dead_letter_expired`, when they expire); created with default options when first
+    /// needed. Empty: such messages are discarded and counted.
+    pub dead_letter_queue: String,
+    pub dead_letter_expired: bool,
+    /// Time to be received for messages that name none (0: they never expire).
+    pub default_ttl_ms: u64,
+    /// Most bytes (body, headers, group and properties) the queue holds; 0: no byte limit.
+    pub max_bytes: u64,
+    /// What a send that would pass `max_depth` or `max_bytes` does.
+    pub overflow: Overflow,
+}
+
+/// A full queue's answer to a send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Overflow {
+    /// Refuse the send (RESOURCE_EXHAUSTED); nothing stored is touched.
+    #[default]
+    Reject,
+    /// Make room by removing the oldest messages not under a lease: to the dead-letter
+    /// queue (reason `overflow`) when the queue has one, else discarded.
+    DeadLetterOldest,
 }
 
 impl Default for QueueOptions {
@@ -124,6 +204,11 @@ impl Default for QueueOptions {
             max_delivery_count: 0,
             max_message_bytes: 1024 * 1024,
             max_depth: 1_000_000,
+            dead_letter_queue: String::new(),
+            dead_letter_expired: false,
+            default_ttl_ms: 0,
+            max_bytes: 0,
+            overflow: Overflow::Reject,
         }
     }
 }
@@ -153,6 +238,23 @@ impl QueueOptions {
             return Err(QueueError::invalid(
                 "max_depth",
                 format!("must be in 1..={}", limits.max_queue_depth),
+            ));
+        }
+        if !self.dead_letter_queue.is_empty() {
+            validate_queue_name(&self.dead_letter_queue, limits).map_err(|error| {
+                QueueError::invalid("dead_letter_queue", format!("not a queue name: {error}"))
+            })?;
+        }
+        if self.dead_letter_expired && self.dead_letter_queue.is_empty() {
+            return Err(QueueError::invalid(
+                "dead_letter_expired",
+                "needs a dead_letter_queue",
+            ));
+        }
+        if self.default_ttl_ms > limits.max_ttl_ms {
+            return Err(QueueError::invalid(
+                "default_ttl_ms",
+                format!("must be at most {} ms", limits.max_ttl_ms),
             ));
         }
         Ok(())

@@ -2,15 +2,28 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Delivery, NewMessage, QueueInfo, QueueStats, Receipt, SendResult};
-use crate::{MessageId, QueueError, QueueOptions, TimeMs};
+use crate::command::{
+    Delivery, MessageProperties, NewMessage, QueueInfo, QueueStats, Receipt, SendResult,
+};
+use crate::{MessageId, Overflow, QueueError, QueueOptions, TimeMs};
+
+/// Headers a dead-lettered message gains.
+pub const DEAD_LETTER_REASON: &str = "raftq-dead-letter-reason";
+pub const DEAD_LETTER_SOURCE: &str = "raftq-dead-letter-source";
+pub const DELIVERY_COUNT: &str = "raftq-delivery-count";
 
 /// Where a stored message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageState {
+    /// May be handed out: at once without a group, or when it heads its group and the group
+    /// has nothing in flight.
     Ready,
-    Delayed { visible_at_ms: TimeMs },
-    Leased { expires_at_ms: TimeMs },
+    Delayed {
+        visible_at_ms: TimeMs,
+    },
+    Leased {
+        expires_at_ms: TimeMs,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,10 +32,49 @@ pub struct StoredMessage {
     pub sequence: u64,
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    pub properties: MessageProperties,
+    pub group: String,
+    pub priority: u8,
     pub enqueued_at_ms: TimeMs,
+    /// Expires (time to be received) at this time unless acknowledged; 0: never.
+    pub expires_at_ms: TimeMs,
     /// Times handed out so far; the current delivery's attempt number when leased.
     pub deliveries: u32,
     pub state: MessageState,
+}
+
+impl StoredMessage {
+    /// Bytes counted against `max_bytes`, as `NewMessage::size` counts them.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.body.len() + headers + self.group.len() + self.properties.size()) as u64
+    }
+}
+
+/// Why a message left its queue without being acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    MaxDeliveries,
+    Expired,
+    /// Removed to make room under the `DeadLetterOldest` overflow policy.
+    Overflow,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::MaxDeliveries => "max-deliveries",
+            DeadLetterReason::Expired => "expired",
+            DeadLetterReason::Overflow => "overflow",
+        }
+    }
+}
+
+/// A message on its way to a dead-letter queue; the state machine moves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeadLetter {
+    pub(crate) message: StoredMessage,
+    pub(crate) target: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,8 +84,25 @@ struct DedupRecord {
     expires_at_ms: TimeMs,
 }
 
+/// The stored messages of one group, in send order, and the one in flight if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Group {
+    pending: BTreeSet<u64>,
+    in_flight: Option<u64>,
+}
+
+/// Order of the ready set: higher priority first, then send order.
+type ReadyKey = (u8, u64);
+
+fn ready_key(priority: u8, sequence: u64) -> ReadyKey {
+    (u8::MAX - priority, sequence)
+}
+
 /// One queue. Messages are keyed by sequence so that "lowest ready sequence first" is send
 /// order, also for messages that come back after a nack or an expired lease.
+///
+/// The ready set holds every ungrouped message in state `Ready`, and for each group at
+/// most its head, and only while the group has nothing in flight and the head is `Ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Queue {
     name: String,
@@ -42,15 +111,26 @@ pub(crate) struct Queue {
     next_sequence: u64,
     messages: BTreeMap<u64, StoredMessage>,
     sequence_by_id: BTreeMap<MessageId, u64>,
-    ready: BTreeSet<u64>,
+    ready: BTreeSet<ReadyKey>,
     delayed: BTreeSet<(TimeMs, u64)>,
     leases: BTreeSet<(TimeMs, u64)>,
+    /// Time-to-be-received deadlines of stored messages.
+    expiry: BTreeSet<(TimeMs, u64)>,
+    groups: BTreeMap<String, Group>,
+    /// Sequences of stored messages by correlation id, for selective receive and peek.
+    by_correlation: BTreeMap<String, BTreeSet<u64>>,
     dedup: BTreeMap<String, DedupRecord>,
     dedup_expiry: BTreeSet<(TimeMs, String)>,
     /// Recently acked receipts, so that a retried ack of the same receipt succeeds again.
     acked: BTreeMap<MessageId, (u32, TimeMs)>,
     acked_expiry: BTreeSet<(TimeMs, MessageId)>,
     stats: QueueStats,
+    /// Bytes of every stored message (see `StoredMessage::size`).
+    bytes: u64,
+    /// Messages leaving for the dead-letter queue during the current command; the state
+    /// machine empties this before the command ends, so it is never part of the state.
+    #[serde(skip)]
+    outbox: Vec<DeadLetter>,
 }
 
 impl Queue {
@@ -65,11 +145,16 @@ impl Queue {
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
             leases: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            groups: BTreeMap::new(),
+            by_correlation: BTreeMap::new(),
             dedup: BTreeMap::new(),
             dedup_expiry: BTreeSet::new(),
             acked: BTreeMap::new(),
             acked_expiry: BTreeSet::new(),
             stats: QueueStats::default(),
+            bytes: 0,
+            outbox: Vec::new(),
         }
     }
 
@@ -82,6 +167,8 @@ impl Queue {
         stats.depth = self.messages.len() as u64;
         stats.in_flight = self.leases.len() as u64;
         stats.delayed = self.delayed.len() as u64;
+        stats.groups = self.groups.len() as u64;
+        stats.bytes = self.bytes;
         QueueInfo {
             name: self.name.clone(),
             options: self.options.clone(),
@@ -90,22 +177,43 @@ impl Queue {
         }
     }
 
+    /// Messages that left for a dead-letter queue since the last call.
+    pub(crate) fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.outbox)
+    }
+
     /// Brings the queue up to `now_ms`: delays that ran out and leases that expired make
-    /// messages ready again; dedup and ack records past their window are forgotten.
+    /// messages ready again; messages past their time to be received expire; dedup and ack
+    /// records past their window are forgotten.
     pub(crate) fn advance(&mut self, now_ms: TimeMs) {
         while let Some(&(at, sequence)) = self.delayed.first() {
             if at > now_ms {
                 break;
             }
             self.delayed.pop_first();
-            self.make_ready(sequence);
+            self.make_ready(sequence, now_ms);
         }
         while let Some(&(at, sequence)) = self.leases.first() {
             if at > now_ms {
                 break;
             }
             self.leases.pop_first();
-            self.make_ready(sequence);
+            self.make_ready(sequence, now_ms);
+        }
+        while let Some(&(at, sequence)) = self.expiry.first() {
+            if at > now_ms {
+                break;
+            }
+            self.expiry.pop_first();
+            // A message under a lease may still be acknowledged; it expires when its lease
+            // ends without an ack (see `make_ready`).
+            let leased = self
+                .messages
+                .get(&sequence)
+                .is_none_or(|m| matches!(m.state, MessageState::Leased { .. }));
+            if !leased {
+                self.drop_message(sequence, DeadLetterReason::Expired);
+            }
         }
         while let Some((at, _)) = self.dedup_expiry.first() {
             if *at > now_ms {
@@ -124,22 +232,132 @@ impl Queue {
         }
     }
 
-    /// Returns a message to the ready set, or discards it once it was delivered the
-    /// queue's maximum number of times.
-    fn make_ready(&mut self, sequence: u64) {
+    /// A message whose lease or delay ended: dead-letters (or discards) it once it was
+    /// delivered the maximum number of times or has expired; otherwise it may be handed
+    /// out again (at the head of its group, if it has one).
+    fn make_ready(&mut self, sequence: u64, now_ms: TimeMs) {
         let max = self.options.max_delivery_count;
         let Some(message) = self.messages.get_mut(&sequence) else {
             return;
         };
         if max > 0 && message.deliveries >= max {
-            let message_id = message.message_id;
-            self.messages.remove(&sequence);
-            self.sequence_by_id.remove(&message_id);
-            self.stats.total_discarded += 1;
+            self.drop_message(sequence, DeadLetterReason::MaxDeliveries);
+            return;
+        }
+        if message.expires_at_ms != 0 && message.expires_at_ms <= now_ms {
+            self.drop_message(sequence, DeadLetterReason::Expired);
             return;
         }
         message.state = MessageState::Ready;
-        self.ready.insert(sequence);
+        let group = message.group.clone();
+        let priority = message.priority;
+        if group.is_empty() {
+            self.ready.insert(ready_key(priority, sequence));
+        } else {
+            if let Some(entry) = self.groups.get_mut(&group)
+                && entry.in_flight == Some(sequence)
+            {
+                entry.in_flight = None;
+            }
+            self.offer_group(&group);
+        }
+    }
+
+    /// Puts the group's head into the ready set when the group may hand it out.
+    fn offer_group(&mut self, group: &str) {
+        let Some(entry) = self.groups.get(group) else {
+            return;
+        };
+        if entry.in_flight.is_some() {
+            return;
+        }
+        let Some(&head) = entry.pending.first() else {
+            return;
+        };
+        if let Some(message) = self.messages.get(&head)
+            && message.state == MessageState::Ready
+        {
+            self.ready.insert(ready_key(message.priority, head));
+        }
+    }
+
+    /// Takes a message out of every index; its group's next message may move up.
+    fn remove_message(&mut self, sequence: u64) -> Option<StoredMessage> {
+        let message = self.messages.remove(&sequence)?;
+        self.bytes -= message.size();
+        self.sequence_by_id.remove(&message.message_id);
+        self.ready.remove(&ready_key(message.priority, sequence));
+        match message.state {
+            MessageState::Ready => {}
+            MessageState::Delayed { visible_at_ms } => {
+                self.delayed.remove(&(visible_at_ms, sequence));
+            }
+            MessageState::Leased { expires_at_ms } => {
+                self.leases.remove(&(expires_at_ms, sequence));
+            }
+        }
+        if message.expires_at_ms != 0 {
+            self.expiry.remove(&(message.expires_at_ms, sequence));
+        }
+        let correlation = &message.properties.correlation_id;
+        if !correlation.is_empty()
+            && let Some(sequences) = self.by_correlation.get_mut(correlation)
+        {
+            sequences.remove(&sequence);
+            if sequences.is_empty() {
+                self.by_correlation.remove(correlation);
+            }
+        }
+        if !message.group.is_empty()
+            && let Some(entry) = self.groups.get_mut(&message.group)
+        {
+            entry.pending.remove(&sequence);
+            if entry.in_flight == Some(sequence) {
+                entry.in_flight = None;
+            }
+            if entry.pending.is_empty() {
+                self.groups.remove(&message.group);
+            } else {
+                let group = message.group.clone();
+                self.offer_group(&group);
+            }
+        }
+        Some(message)
+    }
+
+    /// Removes a message that will not be acknowledged here: to the dead-letter queue when
+    /// the queue has one for this reason, else discarded (and counted).
+    fn drop_message(&mut self, sequence: u64, reason: DeadLetterReason) {
+        let Some(mut message) = self.remove_message(sequence) else {
+            return;
+        };
+        if reason == DeadLetterReason::Expired {
+            self.stats.total_expired += 1;
+        }
+        let dead_letter = match reason {
+            DeadLetterReason::MaxDeliveries | DeadLetterReason::Overflow => {
+                !self.options.dead_letter_queue.is_empty()
+            }
+            DeadLetterReason::Expired => self.options.dead_letter_expired,
+        };
+        if !dead_letter {
+            self.stats.total_discarded += 1;
+            return;
+        }
+        self.stats.total_dead_lettered += 1;
+        message
+            .headers
+            .insert(DEAD_LETTER_REASON.into(), reason.as_str().into());
+        message
+            .headers
+            .insert(DEAD_LETTER_SOURCE.into(), self.name.clone());
+        message
+            .headers
+            .insert(DELIVERY_COUNT.into(), message.deliveries.to_string());
+        self.outbox.push(DeadLetter {
+            message,
+            target: self.options.dead_letter_queue.clone(),
+        });
     }
 
     /// True when a receive at `now_ms` would hand out at least one message.
@@ -159,9 +377,76 @@ impl Queue {
         }
     }
 
+    /// Earliest time anything in the queue changes by itself: a delay or lease ends, a
+    /// message expires, a dedup or ack record is forgotten.
+    pub(crate) fn next_due_ms(&self) -> Option<TimeMs> {
+        [
+            self.delayed.first().map(|(at, _)| *at),
+            self.leases.first().map(|(at, _)| *at),
+            self.expiry.first().map(|(at, _)| *at),
+            self.dedup_expiry.first().map(|(at, _)| *at),
+            self.acked_expiry.first().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     /// Checks a whole batch before storing any of it, so a refused batch changes nothing.
-    pub(crate) fn check_send(&self, messages: &[NewMessage]) -> Result<(), QueueError> {
-        let mut new_messages = 0u64;
+    /// Under the `DeadLetterOldest` policy a batch that does not fit is accepted when
+    /// enough unleased old messages can make room (see [`Queue::make_room`]).
+    pub(crate) fn check_send<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a NewMessage>,
+    ) -> Result<(), QueueError> {
+        let (count, bytes) = self.new_footprint(messages)?;
+        let (excess_count, excess_bytes) = self.excess(count, bytes);
+        if excess_count == 0 && excess_bytes == 0 {
+            return Ok(());
+        }
+        let full = || QueueError::QueueFull {
+            name: self.name.clone(),
+            depth: self.messages.len() as u64,
+            max_depth: self.options.max_depth,
+        };
+        // A batch larger than the whole queue never fits.
+        let byte_limit = self.byte_limit();
+        if count > self.options.max_depth || bytes > byte_limit {
+            return Err(full());
+        }
+        if self.options.overflow == Overflow::Reject {
+            return Err(full());
+        }
+        let (mut freed_count, mut freed_bytes) = (0u64, 0u64);
+        for message in self.evictable() {
+            if freed_count >= excess_count && freed_bytes >= excess_bytes {
+                break;
+            }
+            freed_count += 1;
+            freed_bytes += message.size();
+        }
+        if freed_count >= excess_count && freed_bytes >= excess_bytes {
+            Ok(())
+        } else {
+            Err(full())
+        }
+    }
+
+    fn byte_limit(&self) -> u64 {
+        if self.options.max_bytes == 0 {
+            u64::MAX
+        } else {
+            self.options.max_bytes
+        }
+    }
+
+    /// Messages and bytes a batch would add (repeats of a remembered idempotency key add
+    /// nothing); refuses a message above the size limit.
+    fn new_footprint<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a NewMessage>,
+    ) -> Result<(u64, u64), QueueError> {
+        let (mut count, mut bytes) = (0u64, 0u64);
         for message in messages {
             let size = message.size();
             if size > self.options.max_message_bytes {
@@ -173,18 +458,45 @@ impl Queue {
             if message.idempotency_key.is_empty()
                 || !self.dedup.contains_key(&message.idempotency_key)
             {
-                new_messages += 1;
+                count += 1;
+                bytes += size;
             }
         }
+        Ok((count, bytes))
+    }
+
+    /// How far `count` more messages of `bytes` would go past the limits.
+    fn excess(&self, count: u64, bytes: u64) -> (u64, u64) {
         let depth = self.messages.len() as u64;
-        if depth + new_messages > self.options.max_depth {
-            return Err(QueueError::QueueFull {
-                name: self.name.clone(),
-                depth,
-                max_depth: self.options.max_depth,
-            });
+        (
+            (depth + count).saturating_sub(self.options.max_depth),
+            (self.bytes + bytes).saturating_sub(self.byte_limit()),
+        )
+    }
+
+    /// Oldest first, the messages an overflow may remove: those not under a lease.
+    fn evictable(&self) -> impl Iterator<Item = &StoredMessage> {
+        self.messages
+            .values()
+            .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
+    }
+
+    /// Under `DeadLetterOldest`, removes the oldest unleased messages until a batch that
+    /// passed [`Queue::check_send`] fits.
+    pub(crate) fn make_room<'a>(&mut self, messages: impl IntoIterator<Item = &'a NewMessage>) {
+        let Ok((count, bytes)) = self.new_footprint(messages) else {
+            return;
+        };
+        loop {
+            let (excess_count, excess_bytes) = self.excess(count, bytes);
+            if excess_count == 0 && excess_bytes == 0 {
+                return;
+            }
+            let Some(oldest) = self.evictable().next().map(|m| m.sequence) else {
+                return;
+            };
+            self.drop_message(oldest, DeadLetterReason::Overflow);
         }
-        Ok(())
     }
 
     pub(crate) fn send(
@@ -201,7 +513,6 @@ impl Queue {
             };
         }
         let sequence = self.next_sequence;
-        self.next_sequence += 1;
         if !message.idempotency_key.is_empty() && self.options.dedup_window_ms > 0 {
             let expires_at_ms = now_ms.saturating_add(self.options.dedup_window_ms);
             self.dedup_expiry
@@ -215,26 +526,180 @@ impl Queue {
                 },
             );
         }
-        self.messages.insert(
+        let ttl_ms = if message.ttl_ms == 0 {
+            self.options.default_ttl_ms
+        } else {
+            message.ttl_ms
+        };
+        let expires_at_ms = if ttl_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_add(ttl_ms)
+        };
+        let state = if message.delay_ms == 0 {
+            MessageState::Ready
+        } else {
+            MessageState::Delayed {
+                visible_at_ms: now_ms.saturating_add(message.delay_ms),
+            }
+        };
+        self.store(StoredMessage {
+            message_id,
             sequence,
-            StoredMessage {
-                message_id,
-                sequence,
-                body: message.body,
-                headers: message.headers,
-                enqueued_at_ms: now_ms,
-                deliveries: 0,
-                state: MessageState::Ready,
-            },
-        );
-        self.sequence_by_id.insert(message_id, sequence);
-        self.ready.insert(sequence);
+            body: message.body,
+            headers: message.headers,
+            properties: message.properties,
+            group: message.group,
+            priority: message.priority,
+            enqueued_at_ms: now_ms,
+            expires_at_ms,
+            deliveries: 0,
+            state,
+        });
         self.stats.total_sent += 1;
         SendResult {
             message_id,
             sequence,
             duplicate: false,
         }
+    }
+
+    /// Adds a message at the tail (its `sequence` is replaced by the next one) in the state
+    /// it carries (`Ready` or `Delayed`).
+    fn store(&mut self, mut message: StoredMessage) -> u64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        message.sequence = sequence;
+        if message.expires_at_ms != 0 {
+            self.expiry.insert((message.expires_at_ms, sequence));
+        }
+        if !message.group.is_empty() {
+            self.groups
+                .entry(message.group.clone())
+                .or_default()
+                .pending
+                .insert(sequence);
+        }
+        if !message.properties.correlation_id.is_empty() {
+            self.by_correlation
+                .entry(message.properties.correlation_id.clone())
+                .or_default()
+                .insert(sequence);
+        }
+        self.bytes += message.size();
+        let state = message.state;
+        let (group, priority) = (message.group.clone(), message.priority);
+        self.sequence_by_id.insert(message.message_id, sequence);
+        self.messages.insert(sequence, message);
+        match state {
+            MessageState::Delayed { visible_at_ms } => {
+                self.delayed.insert((visible_at_ms, sequence));
+            }
+            MessageState::Ready if group.is_empty() => {
+                self.ready.insert(ready_key(priority, sequence));
+            }
+            MessageState::Ready => self.offer_group(&group),
+            MessageState::Leased { .. } => unreachable!("stored messages start unleased"),
+        }
+        sequence
+    }
+
+    /// Takes in a message dead-lettered by another queue: it keeps its id, headers and
+    /// properties, starts with no deliveries, no group and no expiry, ready at once.
+    pub(crate) fn accept_dead_letter(&mut self, mut message: StoredMessage) {
+        message.deliveries = 0;
+        message.group.clear();
+        message.expires_at_ms = 0;
+        message.state = MessageState::Ready;
+        if let Some(old) = self.sequence_by_id.get(&message.message_id).copied() {
+            // The same id can only be here already if it was redriven and came back while a
+            // copy stayed; keep one.
+            self.remove_message(old);
+        }
+        self.store(message);
+        self.stats.total_sent += 1;
+    }
+
+    /// Removes dead-lettered messages for redrive: the listed ids (all must be here and not
+    /// under a lease), or with no ids up to `max` unleased ones from the head.
+    pub(crate) fn take_for_redrive(
+        &mut self,
+        message_ids: &[MessageId],
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, QueueError> {
+        let sequences: Vec<u64> =
+            if message_ids.is_empty() {
+                self.messages
+                    .values()
+                    .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
+                    .take(max)
+                    .map(|m| m.sequence)
+                    .collect()
+            } else {
+                let mut sequences = Vec::with_capacity(message_ids.len());
+                for id in message_ids {
+                    let sequence = *self.sequence_by_id.get(id).ok_or_else(|| {
+                        QueueError::MessageNotFound {
+                            queue: self.name.clone(),
+                            message_id: *id,
+                        }
+                    })?;
+                    if matches!(self.messages[&sequence].state, MessageState::Leased { .. }) {
+                        return Err(QueueError::invalid(
+                            "message_ids",
+                            format!("message {id} is under a lease"),
+                        ));
+                    }
+                    sequences.push(sequence);
+                }
+                sequences
+            };
+        Ok(sequences
+            .into_iter()
+            .filter_map(|sequence| self.remove_message(sequence))
+            .collect())
+    }
+
+    /// The source-queue header of each message a redrive would move (empty when absent).
+    pub(crate) fn redrive_destinations(
+        &self,
+        message_ids: &[MessageId],
+        max: usize,
+    ) -> Vec<String> {
+        let source = |m: &StoredMessage| {
+            m.headers
+                .get(DEAD_LETTER_SOURCE)
+                .cloned()
+                .unwrap_or_default()
+        };
+        if message_ids.is_empty() {
+            self.messages
+                .values()
+                .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
+                .take(max)
+                .map(source)
+                .collect()
+        } else {
+            message_ids
+                .iter()
+                .filter_map(|id| self.sequence_by_id.get(id))
+                .map(|sequence| source(&self.messages[sequence]))
+                .collect()
+        }
+    }
+
+    /// Counts a dead letter that found no queue to go to.
+    pub(crate) fn count_discarded(&mut self) {
+        self.stats.total_dead_lettered -= 1;
+        self.stats.total_discarded += 1;
+    }
+
+    /// Takes in a redriven message as new: no deliveries, dead-letter headers removed.
+    pub(crate) fn accept_redriven(&mut self, mut message: StoredMessage) {
+        for header in [DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, DELIVERY_COUNT] {
+            message.headers.remove(header);
+        }
+        self.accept_dead_letter(message);
     }
 
     pub(crate) fn receive(
@@ -244,39 +709,124 @@ impl Queue {
         lease_ms: u64,
         now_ms: TimeMs,
     ) -> Vec<Delivery> {
+        let ready: Vec<u64> = self
+            .ready
+            .iter()
+            .take(max as usize)
+            .map(|(_, sequence)| *sequence)
+            .collect();
+        self.lease_all(ready, max_bytes, lease_ms, now_ms)
+    }
+
+    /// The stored messages a selector names, in send order: the message with `message_id`
+    /// (when not 0) and/or those carrying `correlation_id` (when not empty).
+    fn selected(&self, message_id: MessageId, correlation_id: &str) -> Vec<u64> {
+        let by_id = (message_id != 0).then(|| self.sequence_by_id.get(&message_id).copied());
+        let by_correlation = (!correlation_id.is_empty()).then(|| {
+            self.by_correlation
+                .get(correlation_id)
+                .cloned()
+                .unwrap_or_default()
+        });
+        match (by_id, by_correlation) {
+            (Some(id), Some(set)) => id.filter(|s| set.contains(s)).into_iter().collect(),
+            (Some(id), None) => id.into_iter().collect(),
+            (None, Some(set)) => set.into_iter().collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    fn is_ready(&self, sequence: u64) -> bool {
+        self.messages
+            .get(&sequence)
+            .is_some_and(|m| self.ready.contains(&ready_key(m.priority, sequence)))
+    }
+
+    /// Receives only messages the selector names, among those a plain receive could hand
+    /// out now (ready, and heading a group with nothing in flight).
+    pub(crate) fn receive_selected(
+        &mut self,
+        message_id: MessageId,
+        correlation_id: &str,
+        max: u32,
+        max_bytes: u64,
+        lease_ms: u64,
+        now_ms: TimeMs,
+    ) -> Vec<Delivery> {
+        let chosen: Vec<u64> = self
+            .selected(message_id, correlation_id)
+            .into_iter()
+            .filter(|sequence| self.is_ready(*sequence))
+            .take(max as usize)
+            .collect();
+        self.lease_all(chosen, max_bytes, lease_ms, now_ms)
+    }
+
+    /// Whether a selective receive at `now_ms` could hand out something: a named message is
+    /// ready, or its delay or lease has ended.
+    pub(crate) fn has_selected_deliverable(
+        &self,
+        message_id: MessageId,
+        correlation_id: &str,
+        now_ms: TimeMs,
+    ) -> bool {
+        self.selected(message_id, correlation_id)
+            .into_iter()
+            .any(|sequence| {
+                self.is_ready(sequence)
+                    || self.messages.get(&sequence).is_some_and(|m| match m.state {
+                        MessageState::Ready => false,
+                        MessageState::Delayed { visible_at_ms } => visible_at_ms <= now_ms,
+                        MessageState::Leased { expires_at_ms } => expires_at_ms <= now_ms,
+                    })
+            })
+    }
+
+    /// Leases `sequences` (ready messages, in the order given) until the bytes run out;
+    /// the first is always handed out.
+    fn lease_all(
+        &mut self,
+        sequences: Vec<u64>,
+        max_bytes: u64,
+        lease_ms: u64,
+        now_ms: TimeMs,
+    ) -> Vec<Delivery> {
         let expires_at_ms = now_ms.saturating_add(lease_ms);
         let mut deliveries = Vec::new();
         let mut bytes = 0u64;
-        while deliveries.len() < max as usize {
-            let Some(&sequence) = self.ready.first() else {
-                break;
+        for sequence in sequences {
+            let Some(message) = self.messages.get_mut(&sequence) else {
+                continue;
             };
-            let size = self
-                .messages
-                .get(&sequence)
-                .map_or(0, |m| m.body.len() as u64);
+            let size = message.body.len() as u64;
             if !deliveries.is_empty() && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
-            self.ready.pop_first();
-            let Some(message) = self.messages.get_mut(&sequence) else {
-                continue;
-            };
+            self.ready.remove(&ready_key(message.priority, sequence));
             message.deliveries += 1;
             message.state = MessageState::Leased { expires_at_ms };
             self.leases.insert((expires_at_ms, sequence));
+            if !message.group.is_empty()
+                && let Some(entry) = self.groups.get_mut(&message.group)
+            {
+                entry.in_flight = Some(sequence);
+            }
             deliveries.push(Delivery {
                 message_id: message.message_id,
                 sequence,
                 body: message.body.clone(),
                 headers: message.headers.clone(),
+                properties: message.properties.clone(),
+                group: message.group.clone(),
+                priority: message.priority,
                 receipt: Receipt {
                     message_id: message.message_id,
                     attempt: message.deliveries,
                 },
                 enqueued_at_ms: message.enqueued_at_ms,
                 lease_expires_at_ms: expires_at_ms,
+                expires_at_ms: message.expires_at_ms,
             });
         }
         self.stats.total_deliveries += deliveries.len() as u64;
@@ -309,6 +859,18 @@ impl Queue {
         }
     }
 
+    /// Whether `ack(receipt)` would succeed now, without doing it.
+    pub(crate) fn check_ack(&self, receipt: Receipt, now_ms: TimeMs) -> Result<(), QueueError> {
+        if self
+            .acked
+            .get(&receipt.message_id)
+            .is_some_and(|(attempt, _)| *attempt == receipt.attempt)
+        {
+            return Ok(());
+        }
+        self.leased(receipt, now_ms).map(|_| ())
+    }
+
     pub(crate) fn ack(&mut self, receipt: Receipt, now_ms: TimeMs) -> Result<bool, QueueError> {
         if self
             .acked
@@ -318,10 +880,8 @@ impl Queue {
         {
             return Ok(true);
         }
-        let (sequence, expires_at_ms) = self.leased(receipt, now_ms)?;
-        self.leases.remove(&(expires_at_ms, sequence));
-        self.messages.remove(&sequence);
-        self.sequence_by_id.remove(&receipt.message_id);
+        let (sequence, _) = self.leased(receipt, now_ms)?;
+        self.remove_message(sequence);
         let forget_at = now_ms.saturating_add(self.options.dedup_window_ms);
         self.acked
             .insert(receipt.message_id, (receipt.attempt, forget_at));
@@ -339,11 +899,25 @@ impl Queue {
         let (sequence, expires_at_ms) = self.leased(receipt, now_ms)?;
         self.leases.remove(&(expires_at_ms, sequence));
         let visible_at_ms = now_ms.saturating_add(delay_ms);
+        let expired = self
+            .messages
+            .get(&sequence)
+            .is_some_and(|m| m.expires_at_ms != 0 && m.expires_at_ms <= now_ms);
         if delay_ms == 0 {
-            self.make_ready(sequence);
+            self.make_ready(sequence, now_ms);
+        } else if expired {
+            // Released after its time to be received: it expires now, not after the delay.
+            self.drop_message(sequence, DeadLetterReason::Expired);
         } else if let Some(message) = self.messages.get_mut(&sequence) {
+            // Still the head of its group: the group waits for it (order is kept).
             message.state = MessageState::Delayed { visible_at_ms };
             self.delayed.insert((visible_at_ms, sequence));
+            let group = message.group.clone();
+            if let Some(entry) = self.groups.get_mut(&group)
+                && entry.in_flight == Some(sequence)
+            {
+                entry.in_flight = None;
+            }
         }
         Ok(visible_at_ms)
     }
@@ -374,15 +948,34 @@ impl Queue {
         self.ready.clear();
         self.delayed.clear();
         self.leases.clear();
+        self.expiry.clear();
+        self.groups.clear();
+        self.by_correlation.clear();
         removed
     }
 
-    /// Messages in send order from `after_sequence` on, without leasing them.
-    pub(crate) fn peek(&self, after_sequence: u64, max: usize) -> Vec<StoredMessage> {
-        self.messages
-            .range(after_sequence.saturating_add(1)..)
+    /// Messages in send order from `after_sequence` on, without leasing them; only those a
+    /// selector names when it names any (`message_id` not 0, `correlation_id` not empty).
+    pub(crate) fn peek(
+        &self,
+        after_sequence: u64,
+        max: usize,
+        message_id: MessageId,
+        correlation_id: &str,
+    ) -> Vec<StoredMessage> {
+        if message_id == 0 && correlation_id.is_empty() {
+            return self
+                .messages
+                .range(after_sequence.saturating_add(1)..)
+                .take(max)
+                .map(|(_, message)| message.clone())
+                .collect();
+        }
+        self.selected(message_id, correlation_id)
+            .into_iter()
+            .filter(|sequence| *sequence > after_sequence)
             .take(max)
-            .map(|(_, message)| message.clone())
+            .filter_map(|sequence| self.messages.get(&sequence).cloned())
             .collect()
     }
 }

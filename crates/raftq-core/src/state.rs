@@ -1,10 +1,17 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Outcome, QueueInfo, Request};
+use crate::command::{
+    Command, NewMessage, Outcome, QueueInfo, Request, SendResult, TransactionAck, TransactionSend,
+};
 use crate::queue::{Queue, StoredMessage};
-use crate::{Limits, MessageId, QueueError, TimeMs, validate_queue_name};
+use crate::{Limits, MessageId, QueueError, QueueOptions, TimeMs, validate_queue_name};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CommittedTransaction {
+    sent: Vec<SendResult>,
+}
 
 /// The replicated state of one Raft group: every queue it holds.
 ///
@@ -17,6 +24,13 @@ pub struct StateMachine {
     queues: BTreeMap<String, Queue>,
     next_message_id: MessageId,
     now_ms: TimeMs,
+    /// Committed transaction ids, with the outcome a retried commit is answered with.
+    transactions: BTreeMap<String, CommittedTransaction>,
+    transaction_expiry: BTreeSet<(TimeMs, String)>,
+    /// Queues touched by the command being applied, whose dead letters must be moved
+    /// before it ends. Always empty between commands.
+    #[serde(skip)]
+    touched: Vec<String>,
 }
 
 impl Default for StateMachine {
@@ -32,6 +46,9 @@ impl StateMachine {
             queues: BTreeMap::new(),
             next_message_id: 1,
             now_ms: 0,
+            transactions: BTreeMap::new(),
+            transaction_expiry: BTreeSet::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -48,11 +65,168 @@ impl StateMachine {
     /// clock may have advanced (which only releases expired leases and delays).
     pub fn apply(&mut self, request: Request) -> Result<Outcome, QueueError> {
         self.now_ms = self.now_ms.max(request.now_ms);
+        self.forget_transactions();
+        let result = self.apply_command(request.command);
+        self.move_dead_letters();
+        result
+    }
+
+    /// Moves the messages that touched queues dead-lettered during this command into their
+    /// dead-letter queues, creating those on demand with default options. A dead-letter
+    /// queue takes them whatever its depth (dead-lettering never drops a message); when
+    /// no more queues may be created, the messages are discarded and counted.
+    fn move_dead_letters(&mut self) {
         let now = self.now_ms;
-        match request.command {
+        let touched = std::mem::take(&mut self.touched);
+        for name in touched {
+            let Some(queue) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            for dead_letter in queue.take_dead_letters() {
+                if !self.queues.contains_key(&dead_letter.target)
+                    && (self.queues.len() as u64) < self.limits.max_queues
+                {
+                    let queue =
+                        Queue::new(dead_letter.target.clone(), QueueOptions::default(), now);
+                    self.queues.insert(dead_letter.target.clone(), queue);
+                }
+                match self.queues.get_mut(&dead_letter.target) {
+                    Some(target) => target.accept_dead_letter(dead_letter.message),
+                    None => {
+                        if let Some(source) = self.queues.get_mut(&name) {
+                            source.count_discarded();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Validates a receive's size and lease; returns the byte limit and the lease to use.
+    fn check_receive(
+        &self,
+        queue: &str,
+        max_messages: u32,
+        lease_ms: u64,
+    ) -> Result<(u64, u64), QueueError> {
+        if max_messages == 0 || max_messages > self.limits.max_receive_messages {
+            return Err(QueueError::invalid(
+                "max_messages",
+                format!("must be in 1..={}", self.limits.max_receive_messages),
+            ));
+        }
+        if lease_ms != 0 {
+            self.limits.check_lease("lease_ms", lease_ms)?;
+        }
+        let default_lease = self.queue(queue)?.options().default_lease_ms;
+        let lease_ms = if lease_ms == 0 {
+            default_lease
+        } else {
+            lease_ms
+        };
+        Ok((self.limits.max_receive_bytes, lease_ms))
+    }
+
+    fn forget_transactions(&mut self) {
+        while let Some((at, _)) = self.transaction_expiry.first() {
+            if *at > self.now_ms {
+                break;
+            }
+            if let Some((_, id)) = self.transaction_expiry.pop_first() {
+                self.transactions.remove(&id);
+            }
+        }
+    }
+
+    /// All of `acks` and `sends` or nothing: every part is checked (queues exist, receipts
+    /// are current, messages valid, queues have room) before anything changes.
+    fn commit(
+        &mut self,
+        transaction_id: String,
+        acks: Vec<TransactionAck>,
+        sends: Vec<TransactionSend>,
+    ) -> Result<Outcome, QueueError> {
+        let now = self.now_ms;
+        if transaction_id.is_empty() || transaction_id.len() > self.limits.max_idempotency_key_len {
+            return Err(QueueError::invalid(
+                "transaction_id",
+                format!("must be 1..={} bytes", self.limits.max_idempotency_key_len),
+            ));
+        }
+        if let Some(committed) = self.transactions.get(&transaction_id) {
+            return Ok(Outcome::Committed {
+                sent: committed.sent.clone(),
+                already_committed: true,
+            });
+        }
+        let parts = acks.len() + sends.len();
+        if parts == 0 || parts > self.limits.max_batch_messages {
+            return Err(QueueError::invalid(
+                "transaction",
+                format!(
+                    "must hold 1..={} acks and sends",
+                    self.limits.max_batch_messages
+                ),
+            ));
+        }
+        for send in &sends {
+            self.limits.check_message(&send.message)?;
+        }
+        for ack in &acks {
+            self.queue_mut(&ack.queue)?.check_ack(ack.receipt, now)?;
+        }
+        let mut by_queue: BTreeMap<&str, Vec<&NewMessage>> = BTreeMap::new();
+        for send in &sends {
+            by_queue
+                .entry(send.queue.as_str())
+                .or_default()
+                .push(&send.message);
+        }
+        for (name, messages) in &by_queue {
+            // Checked without the acks' effect: a full queue aborts even when the same
+            // transaction consumes from it.
+            self.queue_mut(name)?.check_send(messages.iter().copied())?;
+        }
+        for ack in acks {
+            self.queue_mut(&ack.queue)?.ack(ack.receipt, now)?;
+        }
+        for (name, messages) in by_queue {
+            self.queue_mut(name)?.make_room(messages);
+        }
+        let mut sent = Vec::with_capacity(sends.len());
+        for send in sends {
+            let message_id = self.next_message_id;
+            let result = self
+                .queue_mut(&send.queue)?
+                .send(send.message, message_id, now);
+            if !result.duplicate {
+                self.next_message_id += 1;
+            }
+            sent.push(result);
+        }
+        let forget_at = now.saturating_add(self.limits.transaction_window_ms);
+        self.transaction_expiry
+            .insert((forget_at, transaction_id.clone()));
+        self.transactions
+            .insert(transaction_id, CommittedTransaction { sent: sent.clone() });
+        Ok(Outcome::Committed {
+            sent,
+            already_committed: false,
+        })
+    }
+
+    fn apply_command(&mut self, command: Command) -> Result<Outcome, QueueError> {
+        let now = self.now_ms;
+        match command {
             Command::CreateQueue { name, options } => {
                 validate_queue_name(&name, &self.limits)?;
                 options.validate(&self.limits)?;
+                if options.dead_letter_queue == name {
+                    return Err(QueueError::invalid(
+                        "dead_letter_queue",
+                        "a queue cannot be its own dead-letter queue",
+                    ));
+                }
                 if self.queues.contains_key(&name) {
                     return Err(QueueError::QueueAlreadyExists { name });
                 }
@@ -99,6 +273,7 @@ impl StateMachine {
                 let first_id = self.next_message_id;
                 let queue = self.queue_mut(&queue)?;
                 queue.check_send(&messages)?;
+                queue.make_room(&messages);
                 let mut next_id = first_id;
                 let results: Vec<_> = messages
                     .into_iter()
@@ -118,23 +293,33 @@ impl StateMachine {
                 max_messages,
                 lease_ms,
             } => {
-                if max_messages == 0 || max_messages > self.limits.max_receive_messages {
+                let (max_bytes, lease_ms) = self.check_receive(&queue, max_messages, lease_ms)?;
+                let queue = self.queue_mut(&queue)?;
+                Ok(Outcome::Received(queue.receive(
+                    max_messages,
+                    max_bytes,
+                    lease_ms,
+                    now,
+                )))
+            }
+            Command::ReceiveSelected {
+                queue,
+                message_id,
+                correlation_id,
+                max_messages,
+                lease_ms,
+            } => {
+                if message_id == 0 && correlation_id.is_empty() {
                     return Err(QueueError::invalid(
-                        "max_messages",
-                        format!("must be in 1..={}", self.limits.max_receive_messages),
+                        "selector",
+                        "name a message id or a correlation id",
                     ));
                 }
-                if lease_ms != 0 {
-                    self.limits.check_lease("lease_ms", lease_ms)?;
-                }
-                let max_bytes = self.limits.max_receive_bytes;
+                let (max_bytes, lease_ms) = self.check_receive(&queue, max_messages, lease_ms)?;
                 let queue = self.queue_mut(&queue)?;
-                let lease_ms = if lease_ms == 0 {
-                    queue.options().default_lease_ms
-                } else {
-                    lease_ms
-                };
-                Ok(Outcome::Received(queue.receive(
+                Ok(Outcome::Received(queue.receive_selected(
+                    message_id,
+                    &correlation_id,
                     max_messages,
                     max_bytes,
                     lease_ms,
@@ -173,7 +358,102 @@ impl StateMachine {
                     lease_expires_at_ms,
                 })
             }
+            Command::Redrive {
+                queue,
+                message_ids,
+                max,
+                to,
+            } => self.redrive(&queue, &message_ids, max, &to),
+            Command::Commit {
+                transaction_id,
+                acks,
+                sends,
+            } => self.commit(transaction_id, acks, sends),
+            Command::Tick => {
+                let due: Vec<String> = self
+                    .queues
+                    .iter()
+                    .filter(|(_, queue)| queue.next_due_ms().is_some_and(|at| at <= now))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in &due {
+                    self.queue_mut(name)?;
+                }
+                Ok(Outcome::Ticked {
+                    queues: due.len() as u64,
+                })
+            }
         }
+    }
+
+    /// Whether some queue has timed work due at `now_ms` (see [`Command::Tick`]).
+    pub fn has_due_work(&self, now_ms: TimeMs) -> bool {
+        let now = now_ms.max(self.now_ms);
+        self.queues
+            .values()
+            .any(|queue| queue.next_due_ms().is_some_and(|at| at <= now))
+    }
+
+    fn redrive(
+        &mut self,
+        name: &str,
+        message_ids: &[MessageId],
+        max: u32,
+        to: &str,
+    ) -> Result<Outcome, QueueError> {
+        let limit = self.limits.max_batch_messages;
+        if message_ids.len() > limit || max as usize > limit {
+            return Err(QueueError::invalid(
+                "message_ids",
+                format!("at most {limit} messages per redrive"),
+            ));
+        }
+        if message_ids.is_empty() && max == 0 {
+            return Err(QueueError::invalid(
+                "max",
+                "name message ids or a maximum count",
+            ));
+        }
+        if !to.is_empty() && !self.queues.contains_key(to) {
+            return Err(QueueError::not_found(to));
+        }
+        // Every destination must exist before anything moves, so a redrive is all or none.
+        let candidates = self
+            .queue_mut(name)?
+            .redrive_destinations(message_ids, max as usize);
+        for destination in candidates {
+            let destination = if to.is_empty() {
+                destination
+            } else {
+                to.to_string()
+            };
+            if destination.is_empty() {
+                return Err(QueueError::invalid(
+                    "to",
+                    "a message has no source queue header; name a destination",
+                ));
+            }
+            if !self.queues.contains_key(&destination) {
+                return Err(QueueError::not_found(&destination));
+            }
+        }
+        let messages = self
+            .queue_mut(name)?
+            .take_for_redrive(message_ids, max as usize)?;
+        let moved = messages.len() as u64;
+        for message in messages {
+            let destination = if to.is_empty() {
+                message
+                    .headers
+                    .get(crate::queue::DEAD_LETTER_SOURCE)
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                to.to_string()
+            };
+            self.queue_mut(&destination)?.accept_redriven(message);
+        }
+        Ok(Outcome::Redriven { moved })
     }
 
     /// The named queue, brought up to the state machine's time.
@@ -184,6 +464,9 @@ impl StateMachine {
             .get_mut(name)
             .ok_or_else(|| QueueError::not_found(name))?;
         queue.advance(now);
+        if !self.touched.iter().any(|touched| touched == name) {
+            self.touched.push(name.to_string());
+        }
         Ok(queue)
     }
 
@@ -213,7 +496,36 @@ impl StateMachine {
         after_sequence: u64,
         max: usize,
     ) -> Result<Vec<StoredMessage>, QueueError> {
-        Ok(self.queue(name)?.peek(after_sequence, max))
+        Ok(self.queue(name)?.peek(after_sequence, max, 0, ""))
+    }
+
+    /// Peek restricted to a message id and/or a correlation id.
+    pub fn peek_selected(
+        &self,
+        name: &str,
+        after_sequence: u64,
+        max: usize,
+        message_id: MessageId,
+        correlation_id: &str,
+    ) -> Result<Vec<StoredMessage>, QueueError> {
+        Ok(self
+            .queue(name)?
+            .peek(after_sequence, max, message_id, correlation_id))
+    }
+
+    /// Whether a selective receive on `name` at `now_ms` could deliver something.
+    pub fn has_selected_deliverable(
+        &self,
+        name: &str,
+        message_id: MessageId,
+        correlation_id: &str,
+        now_ms: TimeMs,
+    ) -> Result<bool, QueueError> {
+        Ok(self.queue(name)?.has_selected_deliverable(
+            message_id,
+            correlation_id,
+            now_ms.max(self.now_ms),
+        ))
     }
 
     /// Whether a receive on `name` at time `now_ms` would deliver something. Lets a

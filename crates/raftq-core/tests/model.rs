@@ -1,24 +1,56 @@
 //! Model-based test: random command sequences against the real state machine and a tiny
-//! reference model of one queue; both must agree on every observable result.
-//! A failure prints the minimal command sequence (proptest shrinks it) and its seed.
+//! reference model of one queue (with message groups, priorities, delays, time to be
+//! received, a delivery limit and a dead-letter queue); both must agree on every
+//! observable result: deliveries and their order, ack and nack results, depth, expiries
+//! and dead letters. A failure prints the minimal command sequence (proptest shrinks it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use raftq_core::{Command, NewMessage, Outcome, QueueOptions, Receipt, Request, StateMachine};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Send { key: Option<u8> },
-    Receive { max: u32, lease_ms: u64 },
-    Ack { pick: usize },
-    Nack { pick: usize, delay_ms: u64 },
-    Wait { ms: u64 },
+    Send {
+        key: Option<u8>,
+        group: Option<u8>,
+        priority: u8,
+        delay_ms: u64,
+        ttl_ms: u64,
+    },
+    Receive {
+        max: u32,
+        lease_ms: u64,
+    },
+    Ack {
+        pick: usize,
+    },
+    Nack {
+        pick: usize,
+        delay_ms: u64,
+    },
+    Wait {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let send = (
+        proptest::option::of(0u8..4),
+        proptest::option::of(0u8..3),
+        prop_oneof![Just(0u8), Just(1), Just(7)],
+        prop_oneof![3 => Just(0u64), 1 => Just(300)],
+        prop_oneof![3 => Just(0u64), 1 => Just(500), 1 => Just(2_000)],
+    )
+        .prop_map(|(key, group, priority, delay_ms, ttl_ms)| Op::Send {
+            key,
+            group,
+            priority,
+            delay_ms,
+            ttl_ms,
+        });
     prop_oneof![
-        3 => proptest::option::of(0u8..4).prop_map(|key| Op::Send { key }),
+        4 => send,
         3 => (1u32..4, prop_oneof![Just(100u64), Just(300), Just(1_000)])
             .prop_map(|(max, lease_ms)| Op::Receive { max, lease_ms }),
         2 => any::<usize>().prop_map(|pick| Op::Ack { pick }),
@@ -28,29 +60,107 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
-    Visible { at: u64 },
-    Leased { until: u64 },
+    /// Waiting until `at`; `settled` once the delivery-limit and expiry checks ran at the
+    /// moment it became visible.
+    Visible {
+        at: u64,
+        settled: bool,
+    },
+    Leased {
+        until: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
 struct ModelMessage {
     id: u64,
+    group: Option<u8>,
+    priority: u8,
+    expires_at: Option<u64>,
     deliveries: u32,
     state: State,
 }
 
-/// The reference: a vector in send order and a dedup map; nothing clever.
+/// The queue's configuration for one run.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    max_deliveries: u32,
+    dead_letter: bool,
+    dead_letter_expired: bool,
+}
+
+/// The reference: a vector in send order, a dedup map and the dead-letter set; nothing
+/// clever, every rule written out the long way.
 #[derive(Default)]
 struct Model {
     messages: Vec<ModelMessage>,
     keys: BTreeMap<u8, u64>,
     next_id: u64,
+    dead_letters: BTreeSet<u64>,
+    expired: u64,
+    discarded: u64,
 }
 
 impl Model {
-    fn send(&mut self, key: Option<u8>) -> u64 {
+    fn drop_message(&mut self, index: usize, expired: bool, config: Config) {
+        let message = self.messages.remove(index);
+        if expired {
+            self.expired += 1;
+        }
+        let dead_letter = if expired {
+            config.dead_letter_expired
+        } else {
+            config.dead_letter
+        };
+        if dead_letter {
+            self.dead_letters.insert(message.id);
+        } else {
+            self.discarded += 1;
+        }
+    }
+
+    /// Applies what the passage of time to `now` does: ended leases and delays make
+    /// messages visible (or dead letters, past the delivery limit), and unleased messages
+    /// past their time to be received expire.
+    fn settle(&mut self, now: u64, config: Config) {
+        let mut i = 0;
+        while i < self.messages.len() {
+            let m = &mut self.messages[i];
+            let returning = match m.state {
+                State::Leased { until } => until <= now,
+                State::Visible { at, settled } => !settled && at <= now,
+            };
+            if returning {
+                if config.max_deliveries > 0 && m.deliveries >= config.max_deliveries {
+                    self.drop_message(i, false, config);
+                    continue;
+                }
+                m.state = State::Visible {
+                    at: now,
+                    settled: true,
+                };
+            }
+            let leased = matches!(m.state, State::Leased { .. });
+            if !leased && m.expires_at.is_some_and(|at| at <= now) {
+                self.drop_message(i, true, config);
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        now: u64,
+        key: Option<u8>,
+        group: Option<u8>,
+        priority: u8,
+        delay_ms: u64,
+        ttl_ms: u64,
+    ) -> u64 {
         if let Some(id) = key.and_then(|k| self.keys.get(&k)) {
             return *id;
         }
@@ -61,34 +171,58 @@ impl Model {
         }
         self.messages.push(ModelMessage {
             id,
+            group,
+            priority,
+            expires_at: (ttl_ms > 0).then_some(now + ttl_ms),
             deliveries: 0,
-            state: State::Visible { at: 0 },
+            state: State::Visible {
+                at: now + delay_ms,
+                settled: delay_ms == 0,
+            },
         });
         id
     }
 
+    fn visible(m: &ModelMessage, now: u64) -> bool {
+        matches!(m.state, State::Visible { at, .. } if at <= now)
+    }
+
     fn receive(&mut self, now: u64, max: u32, lease_ms: u64) -> Vec<Receipt> {
-        let mut out = Vec::new();
-        for m in &mut self.messages {
-            if out.len() == max as usize {
-                break;
+        // Candidates: visible ungrouped messages, and each group's first message when it
+        // is visible (a leased or waiting head blocks its group).
+        let mut seen_groups = BTreeSet::new();
+        let mut candidates: Vec<usize> = Vec::new();
+        for (i, m) in self.messages.iter().enumerate() {
+            match m.group {
+                None => {
+                    if Self::visible(m, now) {
+                        candidates.push(i);
+                    }
+                }
+                Some(g) => {
+                    if seen_groups.insert(g) && Self::visible(m, now) {
+                        candidates.push(i);
+                    }
+                }
             }
-            let visible = match m.state {
-                State::Visible { at } => at <= now,
-                State::Leased { until } => until <= now,
-            };
-            if visible {
+        }
+        // Higher priority first, then send order.
+        candidates.sort_by_key(|&i| (std::cmp::Reverse(self.messages[i].priority), i));
+        candidates.truncate(max as usize);
+        candidates
+            .into_iter()
+            .map(|i| {
+                let m = &mut self.messages[i];
                 m.deliveries += 1;
                 m.state = State::Leased {
                     until: now + lease_ms,
                 };
-                out.push(Receipt {
+                Receipt {
                     message_id: m.id,
                     attempt: m.deliveries,
-                });
-            }
-        }
-        out
+                }
+            })
+            .collect()
     }
 
     fn position(&self, receipt: Receipt, now: u64) -> Option<usize> {
@@ -100,13 +234,20 @@ impl Model {
     }
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut sm = StateMachine::default();
     let mut now = 1_000u64;
     let create = Command::CreateQueue {
         name: "q".into(),
         options: QueueOptions {
             dedup_window_ms: 1_000_000,
+            max_delivery_count: config.max_deliveries,
+            dead_letter_queue: if config.dead_letter || config.dead_letter_expired {
+                "dlq".into()
+            } else {
+                String::new()
+            },
+            dead_letter_expired: config.dead_letter_expired,
             ..QueueOptions::default()
         },
     };
@@ -115,6 +256,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         command: create,
     })
     .unwrap();
+    // With a dead-letter queue, max-delivery dead letters go there too.
+    let config = Config {
+        dead_letter: config.dead_letter || config.dead_letter_expired,
+        ..config
+    };
     let mut model = Model::default();
     let mut receipts: Vec<Receipt> = Vec::new();
     let mut acked: Vec<u64> = Vec::new();
@@ -125,12 +271,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 now += ms;
                 continue;
             }
-            Op::Send { key } => Command::Send {
+            Op::Send {
+                key,
+                group,
+                priority,
+                delay_ms,
+                ttl_ms,
+            } => Command::Send {
                 queue: "q".into(),
                 messages: vec![NewMessage {
                     body: vec![1],
-                    headers: BTreeMap::new(),
                     idempotency_key: key.map(|k| format!("k{k}")).unwrap_or_default(),
+                    group: group.map(|g| format!("g{g}")).unwrap_or_default(),
+                    priority: *priority,
+                    delay_ms: *delay_ms,
+                    ttl_ms: *ttl_ms,
+                    ..NewMessage::default()
                 }],
             },
             Op::Receive { max, lease_ms } => Command::Receive {
@@ -138,10 +294,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 max_messages: *max,
                 lease_ms: *lease_ms,
             },
-            Op::Ack { pick } | Op::Nack { pick, .. } if receipts.is_empty() => {
-                let _ = pick;
-                continue;
-            }
+            Op::Ack { .. } | Op::Nack { .. } if receipts.is_empty() => continue,
             Op::Ack { pick } => Command::Ack {
                 queue: "q".into(),
                 receipt: receipts[pick % receipts.len()],
@@ -156,9 +309,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             now_ms: now,
             command: command.clone(),
         });
+        model.settle(now, config);
         match (op, outcome) {
-            (Op::Send { key }, Ok(Outcome::Sent(results))) => {
-                prop_assert_eq!(results[0].message_id, model.send(key));
+            (
+                Op::Send {
+                    key,
+                    group,
+                    priority,
+                    delay_ms,
+                    ttl_ms,
+                },
+                Ok(Outcome::Sent(results)),
+            ) => {
+                let id = model.send(now, key, group, priority, delay_ms, ttl_ms);
+                prop_assert_eq!(results[0].message_id, id);
             }
             (Op::Receive { max, lease_ms }, Ok(Outcome::Received(deliveries))) => {
                 let got: Vec<Receipt> = deliveries.iter().map(|d| d.receipt).collect();
@@ -209,7 +373,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 match model.position(receipt, now) {
                     Some(i) => {
                         prop_assert!(result.is_ok(), "{result:?}");
-                        model.messages[i].state = State::Visible { at: now + delay_ms };
+                        model.messages[i].state = State::Visible {
+                            at: now + delay_ms,
+                            settled: false,
+                        };
+                        model.settle(now, config);
                     }
                     None => prop_assert!(result.is_err(), "stale nack accepted"),
                 }
@@ -219,15 +387,41 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let stats = sm.queue_info("q").unwrap().stats;
         prop_assert_eq!(stats.depth, model.messages.len() as u64);
         prop_assert_eq!(stats.total_acked, acked.len() as u64);
+        prop_assert_eq!(stats.total_expired, model.expired);
+        prop_assert_eq!(stats.total_discarded, model.discarded);
+        prop_assert_eq!(stats.total_dead_lettered, model.dead_letters.len() as u64);
+        let dead: BTreeSet<u64> = sm
+            .peek("dlq", 0, 1_000)
+            .map(|messages| messages.iter().map(|m| m.message_id).collect())
+            .unwrap_or_default();
+        prop_assert_eq!(&dead, &model.dead_letters);
     }
     Ok(())
 }
 
+fn config() -> impl Strategy<Value = Config> {
+    (
+        prop_oneof![Just(0u32), Just(1), Just(2)],
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(max_deliveries, dead_letter, dead_letter_expired)| Config {
+                max_deliveries,
+                dead_letter,
+                dead_letter_expired,
+            },
+        )
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
 
     #[test]
-    fn state_machine_agrees_with_the_reference_model(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops)?;
+    fn state_machine_agrees_with_the_reference_model(
+        config in config(),
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        run(config, ops)?;
     }
 }

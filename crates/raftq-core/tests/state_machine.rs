@@ -15,6 +15,7 @@ fn message(body: &str, key: &str) -> NewMessage {
         body: body.as_bytes().to_vec(),
         headers: BTreeMap::new(),
         idempotency_key: key.to_string(),
+        ..NewMessage::default()
     }
 }
 

@@ -73,6 +73,10 @@ enum Commands {
         /// A header as KEY=VALUE (repeatable).
         #[arg(long = "header", value_parser = parse_header)]
         headers: Vec<(String, String)>,
+        #[command(flatten)]
+        delivery: SendDelivery,
+        #[command(flatten)]
+        properties: SendProperties,
     },
     /// Receive messages under a lease.
     Receive {
@@ -88,6 +92,12 @@ enum Commands {
         /// Acknowledge each message right after receiving it.
         #[arg(long)]
         ack: bool,
+        /// Selective receive: only this message id ...
+        #[arg(long, default_value_t = 0)]
+        message_id: u64,
+        /// ... and/or only messages with this correlation id.
+        #[arg(long, default_value = "")]
+        correlation_id: String,
     },
     /// Acknowledge a delivery by its receipt.
     Ack { queue: String, receipt: String },
@@ -110,12 +120,164 @@ enum Commands {
         queue: String,
         #[arg(long, default_value_t = 10)]
         max: u32,
+        /// Page on: start after this sequence (the last one shown).
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// Only this message id ...
+        #[arg(long, default_value_t = 0)]
+        message_id: u64,
+        /// ... and/or only messages with this correlation id.
+        #[arg(long, default_value = "")]
+        correlation_id: String,
     },
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Dead-letter queues: move messages back (redrive).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Transactions: acks and sends across queues, all or nothing.
+    #[command(subcommand)]
+    Tx(TxCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TxCommand {
+    /// Commit the transaction described by a JSON file (`-` for standard input):
+    /// {"transaction_id": "optional", "acks": [{"queue": "in", "receipt": "7:1"}],
+    ///  "sends": [{"queue": "out", "body": "text", "key": "...", "group": "...",
+    ///  "priority": 0, "delay_ms": 0, "ttl_ms": 0, "headers": {"k": "v"}}]}
+    Commit {
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+/// The JSON form of a transaction for `raftq tx commit`.
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TxFile {
+    #[serde(default)]
+    transaction_id: Option<String>,
+    #[serde(default)]
+    acks: Vec<TxFileAck>,
+    #[serde(default)]
+    sends: Vec<TxFileSend>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TxFileAck {
+    queue: String,
+    receipt: String,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TxFileSend {
+    queue: String,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    ttl_ms: u64,
+    #[serde(default)]
+    headers: std::collections::HashMap<String, String>,
+}
+
+fn read_tx_file(path: &std::path::Path) -> Result<pb::CommitRequest, raftq_client::ClientError> {
+    let bad = |reason: String| {
+        raftq_client::ClientError::Status(tonic::Status::invalid_argument(format!(
+            "transaction file {}: {reason}",
+            path.display()
+        )))
+    };
+    let bytes = read_body(path).map_err(|error| bad(error.to_string()))?;
+    let file: TxFile = serde_json::from_slice(&bytes).map_err(|error| bad(error.to_string()))?;
+    Ok(pb::CommitRequest {
+        transaction_id: file
+            .transaction_id
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        acks: file
+            .acks
+            .into_iter()
+            .map(|ack| pb::TransactionAck {
+                queue: ack.queue,
+                receipt: ack.receipt,
+            })
+            .collect(),
+        sends: file
+            .sends
+            .into_iter()
+            .map(|send| pb::TransactionSend {
+                queue: send.queue,
+                message: Some(pb::OutgoingMessage {
+                    body: send.body.into_bytes(),
+                    headers: send.headers,
+                    idempotency_key: send.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    group: send.group,
+                    priority: send.priority,
+                    delay_ms: send.delay_ms,
+                    ttl_ms: send.ttl_ms,
+                    properties: None,
+                }),
+            })
+            .collect(),
+    })
+}
+
+/// How a sent message is delivered.
+#[derive(Args, Debug)]
+struct SendDelivery {
+    /// Message group: strict send order, one message in flight at a time.
+    #[arg(long, default_value = "")]
+    group: String,
+    /// 0 (lowest, default) to 7; orders messages without a group.
+    #[arg(long, default_value_t = 0)]
+    priority: u32,
+    /// Not delivered before this many milliseconds have passed.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Time to be received; 0 takes the queue's default.
+    #[arg(long, default_value_t = 0)]
+    ttl_ms: u64,
+}
+
+/// Message properties, carried to the receiver unchanged.
+#[derive(Args, Debug)]
+struct SendProperties {
+    #[arg(long, default_value = "")]
+    label: String,
+    #[arg(long, default_value = "")]
+    correlation_id: String,
+    /// Queue a receiver should answer to.
+    #[arg(long, default_value = "")]
+    reply_to: String,
+    #[arg(long, default_value = "")]
+    content_type: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqCommand {
+    /// Move messages out of a dead-letter queue, back where each came from (or --to).
+    Redrive {
+        queue: String,
+        /// A message id to move (repeatable); without ids, moves up to --max from the head.
+        #[arg(long = "id")]
+        ids: Vec<u64>,
+        #[arg(long, default_value_t = 0)]
+        max: u32,
+        /// Destination queue instead of each message's source queue.
+        #[arg(long, default_value = "")]
+        to: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +319,21 @@ enum QueueCommand {
         max_message_bytes: u64,
         #[arg(long, default_value_t = 0)]
         max_depth: u64,
+        /// Queue that takes messages after max-delivery-count deliveries.
+        #[arg(long, default_value = "")]
+        dead_letter_queue: String,
+        /// Also dead-letter messages whose time to be received ran out.
+        #[arg(long)]
+        dead_letter_expired: bool,
+        /// Time to be received for messages that name none (0: never).
+        #[arg(long, default_value_t = 0)]
+        default_ttl_ms: u64,
+        /// Most bytes the queue holds (0: no byte limit).
+        #[arg(long, default_value_t = 0)]
+        max_bytes: u64,
+        /// When full: `reject` sends, or `dead-letter-oldest` to make room.
+        #[arg(long, value_enum, default_value = "reject")]
+        overflow: OverflowArg,
     },
     Get {
         name: String,
@@ -168,6 +345,12 @@ enum QueueCommand {
     Purge {
         name: String,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OverflowArg {
+    Reject,
+    DeadLetterOldest,
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,7 +485,7 @@ fn print(output: Output, value: serde_json::Value, text: String) {
 }
 
 fn queue_json(queue: &pb::Queue) -> serde_json::Value {
-    let options = queue.options.unwrap_or_default();
+    let options = queue.options.clone().unwrap_or_default();
     let stats = queue.stats.unwrap_or_default();
     json!({
         "name": queue.name,
@@ -313,6 +496,11 @@ fn queue_json(queue: &pb::Queue) -> serde_json::Value {
             "max_delivery_count": options.max_delivery_count,
             "max_message_bytes": options.max_message_bytes,
             "max_depth": options.max_depth,
+            "dead_letter_queue": options.dead_letter_queue,
+            "dead_letter_expired": options.dead_letter_expired,
+            "default_ttl_ms": options.default_ttl_ms,
+            "max_bytes": options.max_bytes,
+            "overflow": options.overflow().as_str_name(),
         },
         "stats": {
             "depth": stats.depth,
@@ -322,6 +510,10 @@ fn queue_json(queue: &pb::Queue) -> serde_json::Value {
             "total_acked": stats.total_acked,
             "total_deliveries": stats.total_deliveries,
             "total_discarded": stats.total_discarded,
+            "total_expired": stats.total_expired,
+            "total_dead_lettered": stats.total_dead_lettered,
+            "groups": stats.groups,
+            "bytes": stats.bytes,
         },
     })
 }
@@ -329,13 +521,15 @@ fn queue_json(queue: &pb::Queue) -> serde_json::Value {
 fn queue_text(queue: &pb::Queue) -> String {
     let stats = queue.stats.unwrap_or_default();
     format!(
-        "{}  depth={} in_flight={} delayed={} sent={} acked={}",
+        "{}  depth={} in_flight={} delayed={} sent={} acked={} dead_lettered={} expired={}",
         queue.name,
         stats.depth,
         stats.in_flight,
         stats.delayed,
         stats.total_sent,
-        stats.total_acked
+        stats.total_acked,
+        stats.total_dead_lettered,
+        stats.total_expired
     )
 }
 
@@ -352,13 +546,27 @@ async fn client_command(
             max_delivery_count,
             max_message_bytes,
             max_depth,
+            dead_letter_queue,
+            dead_letter_expired,
+            default_ttl_ms,
+            max_bytes,
+            overflow,
         }) => {
+            let overflow = match overflow {
+                OverflowArg::Reject => pb::OverflowPolicy::Reject,
+                OverflowArg::DeadLetterOldest => pb::OverflowPolicy::DeadLetterOldest,
+            };
             let options = pb::QueueOptions {
+                max_bytes,
+                overflow: overflow as i32,
                 dedup_window_ms,
                 default_lease_ms: lease_ms,
                 max_delivery_count,
                 max_message_bytes,
                 max_depth,
+                dead_letter_queue,
+                dead_letter_expired,
+                default_ttl_ms,
             };
             let queue = client.create_queue(&name, options).await?;
             print(
@@ -394,6 +602,8 @@ async fn client_command(
             body_file,
             key,
             headers,
+            delivery,
+            properties,
         } => {
             let body = match (body, body_file) {
                 (Some(text), _) => text.into_bytes(),
@@ -409,6 +619,16 @@ async fn client_command(
                 body,
                 headers: headers.into_iter().collect(),
                 key,
+                group: delivery.group,
+                priority: delivery.priority,
+                delay: Duration::from_millis(delivery.delay_ms),
+                ttl: Duration::from_millis(delivery.ttl_ms),
+                properties: pb::MessageProperties {
+                    label: properties.label,
+                    correlation_id: properties.correlation_id,
+                    reply_to: properties.reply_to,
+                    content_type: properties.content_type,
+                },
             };
             let sent = client.send(&queue, message).await?;
             print(
@@ -432,10 +652,19 @@ async fn client_command(
             wait_ms,
             lease_ms,
             ack,
+            message_id,
+            correlation_id,
         } => {
             let lease = (lease_ms > 0).then(|| Duration::from_millis(lease_ms));
             let messages = client
-                .receive(&queue, max, Duration::from_millis(wait_ms), lease)
+                .receive_selected(
+                    &queue,
+                    message_id,
+                    &correlation_id,
+                    max,
+                    Duration::from_millis(wait_ms),
+                    lease,
+                )
                 .await?;
             if messages.is_empty() && output == Output::Text {
                 println!("no message");
@@ -459,13 +688,18 @@ async fn client_command(
                         "attempt": message.attempt,
                         "enqueued_at_ms": message.enqueued_at_ms,
                         "lease_expires_at_ms": message.lease_expires_at_ms,
+                        "expires_at_ms": message.expires_at_ms,
+                        "group": message.group,
+                        "priority": message.priority,
+                        "properties": properties_json(message.properties.as_ref()),
                         "acked": acked,
                     }),
                     format!(
-                        "{}  receipt={}  attempt={}{}  {}",
+                        "{}  receipt={}  attempt={}{}{}  {}",
                         message.message_id,
                         message.receipt,
                         message.attempt,
+                        group_text(&message.group),
                         if acked { "  acked" } else { "" },
                         body
                     ),
@@ -519,8 +753,16 @@ async fn client_command(
                 ),
             );
         }
-        Commands::Peek { queue, max, after } => {
-            let messages = client.peek(&queue, after, max).await?;
+        Commands::Peek {
+            queue,
+            max,
+            after,
+            message_id,
+            correlation_id,
+        } => {
+            let messages = client
+                .peek_selected(&queue, after, max, message_id, &correlation_id)
+                .await?;
             if messages.is_empty() && output == Output::Text {
                 println!("no message");
             }
@@ -536,10 +778,18 @@ async fn client_command(
                         "state": message.state,
                         "deliveries": message.deliveries,
                         "enqueued_at_ms": message.enqueued_at_ms,
+                        "expires_at_ms": message.expires_at_ms,
+                        "group": message.group,
+                        "priority": message.priority,
+                        "properties": properties_json(message.properties.as_ref()),
                     }),
                     format!(
-                        "{}  seq={}  {}  {}",
-                        message.message_id, message.sequence, message.state, body
+                        "{}  seq={}  {}{}  {}",
+                        message.message_id,
+                        message.sequence,
+                        message.state,
+                        group_text(&message.group),
+                        body
                     ),
                 );
             }
@@ -555,11 +805,66 @@ async fn client_command(
         Commands::Cluster(ClusterCommand::RemoveNode { id }) => {
             print_status(output, &client.remove_node(id).await?)
         }
+        Commands::Dlq(DlqCommand::Redrive {
+            queue,
+            ids,
+            max,
+            to,
+        }) => {
+            let moved = client.redrive(&queue, &ids, max, &to).await?;
+            print(
+                output,
+                json!({"queue": queue, "moved": moved}),
+                format!("moved {moved} messages out of {queue}"),
+            );
+        }
+        Commands::Tx(TxCommand::Commit { file }) => {
+            let request = read_tx_file(&file)?;
+            let id = request.transaction_id.clone();
+            let (acks, sends) = (request.acks.len(), request.sends.len());
+            let committed = client.commit(request).await?;
+            let ids: Vec<u64> = committed.sent.iter().map(|s| s.message_id).collect();
+            print(
+                output,
+                json!({
+                    "transaction_id": id,
+                    "acks": acks,
+                    "sent_message_ids": ids,
+                    "already_committed": committed.already_committed,
+                }),
+                format!(
+                    "committed transaction {id}: {acks} acks, {sends} sends (message ids {ids:?}){}",
+                    if committed.already_committed {
+                        "; it had already committed"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         Commands::Serve(_) | Commands::Dev { .. } => {
             unreachable!("server commands are handled by run")
         }
     }
     Ok(())
+}
+
+fn properties_json(properties: Option<&pb::MessageProperties>) -> serde_json::Value {
+    let properties = properties.cloned().unwrap_or_default();
+    json!({
+        "label": properties.label,
+        "correlation_id": properties.correlation_id,
+        "reply_to": properties.reply_to,
+        "content_type": properties.content_type,
+    })
+}
+
+fn group_text(group: &str) -> String {
+    if group.is_empty() {
+        String::new()
+    } else {
+        format!("  group={group}")
+    }
 }
 
 fn print_status(output: Output, status: &pb::ClusterStatusResponse) {

@@ -29,7 +29,9 @@ impl From<ServiceError> for Status {
                     QueueError::InvalidQueueName { .. }
                     | QueueError::InvalidArgument { .. }
                     | QueueError::MessageTooLarge { .. } => Code::InvalidArgument,
-                    QueueError::QueueNotFound { .. } => Code::NotFound,
+                    QueueError::QueueNotFound { .. } | QueueError::MessageNotFound { .. } => {
+                        Code::NotFound
+                    }
                     QueueError::QueueAlreadyExists { .. } => Code::AlreadyExists,
                     QueueError::QueueFull { .. } | QueueError::TooManyQueues { .. } => {
                         Code::ResourceExhausted

@@ -82,6 +82,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
             until(stopped.clone()),
         );
     let grpc_task = tokio::spawn(grpc);
+    let timer_task = tokio::spawn(timers(node.clone(), until(stopped.clone())));
     let http_task = tokio::spawn(http::serve(
         http_listener,
         node.clone(),
@@ -109,9 +110,30 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         .await
         .context("HTTP task")?
         .context("HTTP server")?;
+    timer_task.await.context("timer task")?;
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the leader looks for timed work (expiries, ended leases) to write a tick for.
+const TICK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Drives time-based queue work on the leader until `stop` resolves.
+async fn timers(node: RaftNode, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = interval.tick() => {
+                if let Err(error) = node.tick_if_due().await {
+                    tracing::debug!(%error, "tick not written");
+                }
+            }
+        }
+    }
 }
 
 async fn until(mut stopped: watch::Receiver<bool>) {

@@ -1,13 +1,45 @@
-use raftq_core::{Delivery, NewMessage, SendResult, StoredMessage, queue::MessageState};
+use raftq_core::{
+    Delivery, MessageProperties, NewMessage, SendResult, StoredMessage, queue::MessageState,
+};
 
 use crate::pb;
 
+/// A priority too large for a byte becomes 255, which validation refuses like any other
+/// value above 7.
 pub fn new_message(message: pb::OutgoingMessage) -> NewMessage {
     NewMessage {
         body: message.body,
         headers: message.headers.into_iter().collect(),
         idempotency_key: message.idempotency_key,
+        properties: message.properties.map(properties).unwrap_or_default(),
+        group: message.group,
+        priority: u8::try_from(message.priority).unwrap_or(u8::MAX),
+        delay_ms: message.delay_ms,
+        ttl_ms: message.ttl_ms,
     }
+}
+
+fn properties(properties: pb::MessageProperties) -> MessageProperties {
+    MessageProperties {
+        label: properties.label,
+        correlation_id: properties.correlation_id,
+        reply_to: properties.reply_to,
+        content_type: properties.content_type,
+    }
+}
+
+/// None when every property is empty, so messages without properties stay small on the
+/// wire.
+fn pb_properties(properties: MessageProperties) -> Option<pb::MessageProperties> {
+    if properties == MessageProperties::default() {
+        return None;
+    }
+    Some(pb::MessageProperties {
+        label: properties.label,
+        correlation_id: properties.correlation_id,
+        reply_to: properties.reply_to,
+        content_type: properties.content_type,
+    })
 }
 
 impl From<SendResult> for pb::SendResponse {
@@ -31,6 +63,10 @@ impl From<Delivery> for pb::ReceivedMessage {
             attempt: delivery.receipt.attempt,
             enqueued_at_ms: delivery.enqueued_at_ms,
             lease_expires_at_ms: delivery.lease_expires_at_ms,
+            group: delivery.group,
+            priority: u32::from(delivery.priority),
+            expires_at_ms: delivery.expires_at_ms,
+            properties: pb_properties(delivery.properties),
         }
     }
 }
@@ -53,6 +89,10 @@ impl From<StoredMessage> for pb::PeekedMessage {
             headers: message.headers.into_iter().collect(),
             enqueued_at_ms: message.enqueued_at_ms,
             deliveries: message.deliveries,
+            group: message.group,
+            priority: u32::from(message.priority),
+            expires_at_ms: message.expires_at_ms,
+            properties: pb_properties(message.properties),
         }
     }
 }
@@ -72,12 +112,16 @@ mod tests {
             sequence: 2,
             body: b"hi".to_vec(),
             headers: Default::default(),
+            properties: Default::default(),
+            group: String::new(),
+            priority: 0,
             receipt: Receipt {
                 message_id: 5,
                 attempt: 1,
             },
             enqueued_at_ms: 10,
             lease_expires_at_ms: 20,
+            expires_at_ms: 0,
         };
         let bytes = pb::ReceivedMessage::from(delivery).encode_to_vec();
         assert_eq!(

@@ -1,4 +1,4 @@
-use raftq_core::{QueueInfo, QueueOptions, QueueStats};
+use raftq_core::{Overflow, QueueInfo, QueueOptions, QueueStats};
 
 use crate::pb;
 
@@ -9,12 +9,21 @@ pub fn queue_options(options: Option<pb::QueueOptions>) -> QueueOptions {
         return defaults;
     };
     let or = |value: u64, default: u64| if value == 0 { default } else { value };
+    let overflow = match options.overflow() {
+        pb::OverflowPolicy::Reject => Overflow::Reject,
+        pb::OverflowPolicy::DeadLetterOldest => Overflow::DeadLetterOldest,
+    };
     QueueOptions {
         dedup_window_ms: or(options.dedup_window_ms, defaults.dedup_window_ms),
         default_lease_ms: or(options.default_lease_ms, defaults.default_lease_ms),
         max_delivery_count: options.max_delivery_count,
         max_message_bytes: or(options.max_message_bytes, defaults.max_message_bytes),
         max_depth: or(options.max_depth, defaults.max_depth),
+        dead_letter_queue: options.dead_letter_queue,
+        dead_letter_expired: options.dead_letter_expired,
+        default_ttl_ms: options.default_ttl_ms,
+        max_bytes: options.max_bytes,
+        overflow,
     }
 }
 
@@ -26,6 +35,14 @@ impl From<QueueOptions> for pb::QueueOptions {
             max_delivery_count: options.max_delivery_count,
             max_message_bytes: options.max_message_bytes,
             max_depth: options.max_depth,
+            dead_letter_queue: options.dead_letter_queue,
+            dead_letter_expired: options.dead_letter_expired,
+            default_ttl_ms: options.default_ttl_ms,
+            max_bytes: options.max_bytes,
+            overflow: match options.overflow {
+                Overflow::Reject => pb::OverflowPolicy::Reject,
+                Overflow::DeadLetterOldest => pb::OverflowPolicy::DeadLetterOldest,
+            } as i32,
         }
     }
 }
@@ -40,6 +57,10 @@ impl From<QueueStats> for pb::QueueStats {
             total_acked: stats.total_acked,
             total_deliveries: stats.total_deliveries,
             total_discarded: stats.total_discarded,
+            total_expired: stats.total_expired,
+            total_dead_lettered: stats.total_dead_lettered,
+            groups: stats.groups,
+            bytes: stats.bytes,
         }
     }
 }

@@ -1,6 +1,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use raftq_core::{Command, Outcome, Receipt};
+use raftq_core::{Command, Outcome, Receipt, TransactionAck, TransactionSend};
 use raftq_proto::pb::{
     self, message_service_client::MessageServiceClient, message_service_server::MessageService,
 };
@@ -138,21 +138,39 @@ impl MessageService for MessageApi {
         loop {
             // Only write a receive into the log when it would deliver something, or when
             // the caller does not wait (so an unknown queue still gets NOT_FOUND from Raft).
-            let deliverable = self
-                .context
-                .node
-                .state()
-                .read()
-                .has_deliverable(&request.queue, wall_clock_ms())
-                // An unknown queue here may be one a new leader has not applied yet: let
-                // the log decide.
-                .unwrap_or(true);
+            let selective = request.message_id != 0 || !request.correlation_id.is_empty();
+            let deliverable = {
+                let state = self.context.node.state().read();
+                if selective {
+                    state.has_selected_deliverable(
+                        &request.queue,
+                        request.message_id,
+                        &request.correlation_id,
+                        wall_clock_ms(),
+                    )
+                } else {
+                    state.has_deliverable(&request.queue, wall_clock_ms())
+                }
+            }
+            // An unknown queue here may be one a new leader has not applied yet: let the
+            // log decide.
+            .unwrap_or(true);
             let out_of_time = tokio::time::Instant::now() >= deadline;
             if deliverable || out_of_time {
-                let command = Command::Receive {
-                    queue: request.queue.clone(),
-                    max_messages,
-                    lease_ms: request.lease_ms,
+                let command = if selective {
+                    Command::ReceiveSelected {
+                        queue: request.queue.clone(),
+                        message_id: request.message_id,
+                        correlation_id: request.correlation_id.clone(),
+                        max_messages,
+                        lease_ms: request.lease_ms,
+                    }
+                } else {
+                    Command::Receive {
+                        queue: request.queue.clone(),
+                        max_messages,
+                        lease_ms: request.lease_ms,
+                    }
                 };
                 let deliveries = match self.context.write(command).await? {
                     Outcome::Received(deliveries) => deliveries,
@@ -276,10 +294,91 @@ impl MessageService for MessageApi {
             .node
             .state()
             .read()
-            .peek(&request.queue, request.after_sequence, max)
+            .peek_selected(
+                &request.queue,
+                request.after_sequence,
+                max,
+                request.message_id,
+                &request.correlation_id,
+            )
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::PeekResponse {
             messages: messages.into_iter().map(Into::into).collect(),
         }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, commit);
+        let request = request.into_inner();
+        let mut acks = Vec::with_capacity(request.acks.len());
+        for ack in request.acks {
+            self.context.check_queue_name(&ack.queue)?;
+            acks.push(TransactionAck {
+                queue: ack.queue,
+                receipt: receipt(&ack.receipt)?,
+            });
+        }
+        let mut sends = Vec::with_capacity(request.sends.len());
+        for send in request.sends {
+            self.context.check_queue_name(&send.queue)?;
+            let message = send.message.ok_or_else(|| {
+                invalid(raftq_core::QueueError::InvalidArgument {
+                    field: "sends.message".into(),
+                    reason: "every send needs a message".into(),
+                })
+            })?;
+            sends.push(TransactionSend {
+                queue: send.queue,
+                message: raftq_proto::new_message(message),
+            });
+        }
+        let command = Command::Commit {
+            transaction_id: request.transaction_id,
+            acks,
+            sends,
+        };
+        match self.context.write(command).await? {
+            Outcome::Committed {
+                sent,
+                already_committed,
+            } => {
+                if !already_committed {
+                    metrics::counter!("raftq_transactions_committed_total").increment(1);
+                }
+                Ok(Response::new(pb::CommitResponse {
+                    sent: sent.into_iter().map(Into::into).collect(),
+                    already_committed,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn redrive(
+        &self,
+        request: Request<pb::RedriveRequest>,
+    ) -> Result<Response<pb::RedriveResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, redrive);
+        let request = request.into_inner();
+        self.context.check_queue_name(&request.queue)?;
+        if !request.to.is_empty() {
+            self.context.check_queue_name(&request.to)?;
+        }
+        let command = Command::Redrive {
+            queue: request.queue,
+            message_ids: request.message_ids,
+            max: request.max_messages,
+            to: request.to,
+        };
+        match self.context.write(command).await? {
+            Outcome::Redriven { moved } => {
+                metrics::counter!("raftq_messages_redriven_total").increment(moved);
+                Ok(Response::new(pb::RedriveResponse { moved }))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 }
