@@ -258,3 +258,65 @@ async fn higher_priority_messages_are_received_first() {
     assert_eq!(bodies, ["urgent", "normal", "bulk-1", "bulk-2"]);
     assert_eq!(got[0].priority, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgement_messages_tell_the_sender_what_became_of_its_messages() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    create_queue(&client, "order-acks", pb::QueueOptions::default()).await;
+    let consumed = client
+        .send(
+            "orders",
+            Message::new("will be consumed").with_acknowledgements("order-acks", true, true),
+        )
+        .await
+        .expect("send");
+    let expiring = client
+        .send(
+            "orders",
+            Message::new("nobody takes this")
+                .with_ttl(Duration::from_millis(1_500))
+                .with_delay(Duration::from_millis(100))
+                .with_acknowledgements("order-acks", true, true),
+        )
+        .await
+        .expect("send");
+    let got = client
+        .receive("orders", 1, Duration::from_secs(2), None)
+        .await
+        .expect("receive");
+    assert_eq!(got[0].message_id, consumed.message_id);
+    client.ack("orders", &got[0].receipt).await.expect("ack");
+
+    // Both acknowledgements arrive: the positive one at once, the negative one when the
+    // leader's timer expires the second message.
+    let kinds: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    wait_until(
+        "both acknowledgements arrived",
+        Duration::from_secs(15),
+        || {
+            let client = client.clone();
+            let kinds = kinds.clone();
+            async move {
+                let notices = client
+                    .receive("order-acks", 10, Duration::from_millis(200), None)
+                    .await
+                    .ok()?;
+                for notice in notices {
+                    let properties = notice.properties.clone().unwrap_or_default();
+                    kinds.lock().unwrap().insert(
+                        properties.correlation_id,
+                        notice.headers["raftq-ack-kind"].clone(),
+                    );
+                    client.ack("order-acks", &notice.receipt).await.ok()?;
+                }
+                (kinds.lock().unwrap().len() == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    let kinds = kinds.lock().unwrap().clone();
+    assert_eq!(kinds[&consumed.message_id.to_string()], "consumed");
+    assert_eq!(kinds[&expiring.message_id.to_string()], "expired");
+}

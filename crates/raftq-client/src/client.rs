@@ -56,6 +56,12 @@ pub struct Message {
     /// Time to be received; zero takes the queue's default.
     pub ttl: Duration,
     pub properties: pb::MessageProperties,
+    /// Queue for acknowledgement messages about this one; empty: none.
+    pub ack_queue: String,
+    /// Ask for a "consumed" acknowledgement.
+    pub ack_positive: bool,
+    /// Ask for an acknowledgement when it expires or is dead-lettered or discarded.
+    pub ack_negative: bool,
 }
 
 impl Message {
@@ -96,6 +102,20 @@ impl Message {
         self
     }
 
+    /// Asks for acknowledgement messages in `queue`: positive (consumed) and/or negative
+    /// (expired, dead-lettered, discarded).
+    pub fn with_acknowledgements(
+        mut self,
+        queue: impl Into<String>,
+        positive: bool,
+        negative: bool,
+    ) -> Message {
+        self.ack_queue = queue.into();
+        self.ack_positive = positive;
+        self.ack_negative = negative;
+        self
+    }
+
     pub fn with_properties(mut self, properties: pb::MessageProperties) -> Message {
         self.properties = properties;
         self
@@ -113,6 +133,9 @@ impl Message {
             delay_ms: self.delay.as_millis() as u64,
             ttl_ms: self.ttl.as_millis() as u64,
             properties,
+            ack_queue: self.ack_queue,
+            ack_positive: self.ack_positive,
+            ack_negative: self.ack_negative,
         }
     }
 }

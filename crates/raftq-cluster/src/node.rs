@@ -251,7 +251,7 @@ impl RaftNode {
                 ),
             })?;
         match self.change(written)?.data {
-            Applied::Queue(outcome) => Ok(outcome),
+            Applied::Queue(outcome) => Ok(*outcome),
             Applied::Internal => Err(stopped("a queue command produced no outcome")),
         }
     }

@@ -58,6 +58,19 @@ pub struct NewMessage {
     /// Time to be received: the message expires if nobody has received it this long after
     /// the send. 0 takes the queue's default (which may be "never").
     pub ttl_ms: u64,
+    /// Where to post acknowledgement messages about this message, and which.
+    pub acknowledgement: AcknowledgementRequest,
+}
+
+/// A sender's request for acknowledgement messages: a positive one when the message is
+/// consumed (acked), a negative one when it expires, is dead-lettered or discarded. Each
+/// is posted to `queue` with the original message id as correlation id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcknowledgementRequest {
+    /// Empty: no acknowledgement messages.
+    pub queue: String,
+    pub positive: bool,
+    pub negative: bool,
 }
 
 impl NewMessage {

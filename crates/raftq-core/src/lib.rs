@@ -14,11 +14,11 @@ pub mod queue;
 mod state;
 
 pub use command::{
-    Command, Delivery, MessageProperties, NewMessage, Outcome, QueueInfo, QueueStats, Receipt,
-    Request, SendResult, TransactionAck, TransactionSend,
+    AcknowledgementRequest, Command, Delivery, MessageProperties, NewMessage, Outcome, QueueInfo,
+    QueueStats, Receipt, Request, SendResult, TransactionAck, TransactionSend,
 };
 pub use error::QueueError;
-pub use limits::{Limits, Overflow, QueueOptions, validate_queue_name};
+pub use limits::{Limits, Overflow, QueueOptions, journal_queue_name, validate_queue_name};
 pub use queue::StoredMessage;
 pub use state::StateMachine;
 

@@ -150,6 +150,23 @@ impl Limits {
                 ));
             }
         }
+        let acknowledgement = &message.acknowledgement;
+        if !acknowledgement.queue.is_empty() {
+            validate_queue_name(&acknowledgement.queue, self).map_err(|error| {
+                QueueError::invalid("ack_queue", format!("not a queue name: {error}"))
+            })?;
+            if !acknowledgement.positive && !acknowledgement.negative {
+                return Err(QueueError::invalid(
+                    "ack_queue",
+                    "ask for positive and/or negative acknowledgements",
+                ));
+            }
+        } else if acknowledgement.positive || acknowledgement.negative {
+            return Err(QueueError::invalid(
+                "ack_queue",
+                "acknowledgements need a queue to go to",
+            ));
+        }
         if !properties.reply_to.is_empty() {
             validate_queue_name(&properties.reply_to, self).map_err(|error| {
                 QueueError::invalid("reply_to", format!("not a queue name: {error}"))
@@ -183,6 +200,17 @@ pub struct QueueOptions {
     pub max_bytes: u64,
     /// What a send that would pass `max_depth` or `max_bytes` does.
     pub overflow: Overflow,
+    /// Keep a copy of every consumed (acked) message in the queue `<name>.journal`
+    /// (created on demand) for `journal_retention_ms`, at most `journal_max_messages`
+    /// (the oldest copies make room).
+    pub journal: bool,
+    pub journal_retention_ms: u64,
+    pub journal_max_messages: u64,
+}
+
+/// The journal queue of a queue.
+pub fn journal_queue_name(queue: &str) -> String {
+    format!("{queue}.journal")
 }
 
 /// A full queue's answer to a send.
@@ -209,6 +237,9 @@ impl Default for QueueOptions {
             default_ttl_ms: 0,
             max_bytes: 0,
             overflow: Overflow::Reject,
+            journal: false,
+            journal_retention_ms: 24 * 60 * 60 * 1000,
+            journal_max_messages: 100_000,
         }
     }
 }
@@ -249,6 +280,18 @@ impl QueueOptions {
             return Err(QueueError::invalid(
                 "dead_letter_expired",
                 "needs a dead_letter_queue",
+            ));
+        }
+        if self.journal_retention_ms == 0 || self.journal_retention_ms > limits.max_ttl_ms {
+            return Err(QueueError::invalid(
+                "journal_retention_ms",
+                format!("must be in 1..={} ms", limits.max_ttl_ms),
+            ));
+        }
+        if self.journal_max_messages == 0 || self.journal_max_messages > limits.max_queue_depth {
+            return Err(QueueError::invalid(
+                "journal_max_messages",
+                format!("must be in 1..={}", limits.max_queue_depth),
             ));
         }
         if self.default_ttl_ms > limits.max_ttl_ms {

@@ -3,7 +3,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Delivery, MessageProperties, NewMessage, QueueInfo, QueueStats, Receipt, SendResult,
+    AcknowledgementRequest, Delivery, MessageProperties, NewMessage, QueueInfo, QueueStats,
+    Receipt, SendResult,
 };
 use crate::{MessageId, Overflow, QueueError, QueueOptions, TimeMs};
 
@@ -11,6 +12,11 @@ use crate::{MessageId, Overflow, QueueError, QueueOptions, TimeMs};
 pub const DEAD_LETTER_REASON: &str = "raftq-dead-letter-reason";
 pub const DEAD_LETTER_SOURCE: &str = "raftq-dead-letter-source";
 pub const DELIVERY_COUNT: &str = "raftq-delivery-count";
+/// Headers of acknowledgement messages and journal copies.
+pub const ACK_KIND: &str = "raftq-ack-kind";
+pub const DEAD_LETTERED: &str = "raftq-dead-lettered";
+pub const SOURCE_QUEUE: &str = "raftq-source-queue";
+pub const ORIGINAL_MESSAGE_ID: &str = "raftq-original-message-id";
 
 /// Where a stored message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +47,7 @@ pub struct StoredMessage {
     /// Times handed out so far; the current delivery's attempt number when leased.
     pub deliveries: u32,
     pub state: MessageState,
+    pub acknowledgement: AcknowledgementRequest,
 }
 
 impl StoredMessage {
@@ -70,11 +77,19 @@ impl DeadLetterReason {
     }
 }
 
-/// A message on its way to a dead-letter queue; the state machine moves it.
+/// A message leaving a queue for another one during a command; the state machine
+/// delivers it before the command ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeadLetter {
-    pub(crate) message: StoredMessage,
-    pub(crate) target: String,
+pub(crate) enum Outgoing {
+    /// Moves to the dead-letter queue `target` (created on demand).
+    DeadLetter {
+        message: StoredMessage,
+        target: String,
+    },
+    /// A copy of a consumed message for the journal queue `target` (created on demand).
+    Journal { message: NewMessage, target: String },
+    /// An acknowledgement message for `target`, posted only if that queue exists.
+    Notice { message: NewMessage, target: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +145,7 @@ pub(crate) struct Queue {
     /// Messages leaving for the dead-letter queue during the current command; the state
     /// machine empties this before the command ends, so it is never part of the state.
     #[serde(skip)]
-    outbox: Vec<DeadLetter>,
+    outbox: Vec<Outgoing>,
 }
 
 impl Queue {
@@ -177,8 +192,8 @@ impl Queue {
         }
     }
 
-    /// Messages that left for a dead-letter queue since the last call.
-    pub(crate) fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+    /// Messages that left for other queues since the last call.
+    pub(crate) fn take_outgoing(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.outbox)
     }
 
@@ -340,6 +355,12 @@ impl Queue {
             }
             DeadLetterReason::Expired => self.options.dead_letter_expired,
         };
+        if message.acknowledgement.negative {
+            let kind = reason.as_str();
+            self.post_notice(&message, kind, Some(dead_letter));
+        }
+        // Acknowledgements are the sending queue's business; a dead letter asks for none.
+        message.acknowledgement = AcknowledgementRequest::default();
         if !dead_letter {
             self.stats.total_discarded += 1;
             return;
@@ -354,10 +375,58 @@ impl Queue {
         message
             .headers
             .insert(DELIVERY_COUNT.into(), message.deliveries.to_string());
-        self.outbox.push(DeadLetter {
+        self.outbox.push(Outgoing::DeadLetter {
             message,
             target: self.options.dead_letter_queue.clone(),
         });
+    }
+
+    /// Queues an acknowledgement message about `message` for its acknowledgement queue.
+    fn post_notice(&mut self, message: &StoredMessage, kind: &str, dead_lettered: Option<bool>) {
+        let mut headers = BTreeMap::from([
+            (ACK_KIND.to_string(), kind.to_string()),
+            (SOURCE_QUEUE.to_string(), self.name.clone()),
+        ]);
+        if let Some(dead_lettered) = dead_lettered {
+            headers.insert(DEAD_LETTERED.to_string(), dead_lettered.to_string());
+        }
+        self.outbox.push(Outgoing::Notice {
+            message: NewMessage {
+                headers,
+                properties: MessageProperties {
+                    label: message.properties.label.clone(),
+                    correlation_id: message.message_id.to_string(),
+                    ..MessageProperties::default()
+                },
+                ..NewMessage::default()
+            },
+            target: message.acknowledgement.queue.clone(),
+        });
+    }
+
+    /// After an ack: the journal copy and the positive acknowledgement, when asked for.
+    fn after_consumed(&mut self, message: &StoredMessage) {
+        if self.options.journal {
+            let mut headers = message.headers.clone();
+            headers.insert(SOURCE_QUEUE.to_string(), self.name.clone());
+            headers.insert(
+                ORIGINAL_MESSAGE_ID.to_string(),
+                message.message_id.to_string(),
+            );
+            self.outbox.push(Outgoing::Journal {
+                message: NewMessage {
+                    body: message.body.clone(),
+                    headers,
+                    properties: message.properties.clone(),
+                    priority: message.priority,
+                    ..NewMessage::default()
+                },
+                target: crate::journal_queue_name(&self.name),
+            });
+        }
+        if message.acknowledgement.positive {
+            self.post_notice(message, "consumed", None);
+        }
     }
 
     /// True when a receive at `now_ms` would hand out at least one message.
@@ -555,6 +624,7 @@ impl Queue {
             expires_at_ms,
             deliveries: 0,
             state,
+            acknowledgement: message.acknowledgement,
         });
         self.stats.total_sent += 1;
         SendResult {
@@ -859,14 +929,19 @@ impl Queue {
         }
     }
 
-    /// Whether `ack(receipt)` would succeed now, without doing it.
-    pub(crate) fn check_ack(&self, receipt: Receipt, now_ms: TimeMs) -> Result<(), QueueError> {
+    /// Whether the receipt is the current delivery with its lease running, so an ack now
+    /// would consume the message. Unlike a standalone ack, a receipt that already acked
+    /// the message does not pass: a transaction built on it would apply its sends twice.
+    pub(crate) fn check_current(&self, receipt: Receipt, now_ms: TimeMs) -> Result<(), QueueError> {
         if self
             .acked
             .get(&receipt.message_id)
             .is_some_and(|(attempt, _)| *attempt == receipt.attempt)
         {
-            return Ok(());
+            return Err(QueueError::StaleReceipt {
+                receipt: receipt.to_string(),
+                reason: "it already acknowledged the message".into(),
+            });
         }
         self.leased(receipt, now_ms).map(|_| ())
     }
@@ -881,7 +956,9 @@ impl Queue {
             return Ok(true);
         }
         let (sequence, _) = self.leased(receipt, now_ms)?;
-        self.remove_message(sequence);
+        if let Some(message) = self.remove_message(sequence) {
+            self.after_consumed(&message);
+        }
         let forget_at = now_ms.saturating_add(self.options.dedup_window_ms);
         self.acked
             .insert(receipt.message_id, (receipt.attempt, forget_at));

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::command::{
     Command, NewMessage, Outcome, QueueInfo, Request, SendResult, TransactionAck, TransactionSend,
 };
-use crate::queue::{Queue, StoredMessage};
-use crate::{Limits, MessageId, QueueError, QueueOptions, TimeMs, validate_queue_name};
+use crate::queue::{Outgoing, Queue, StoredMessage};
+use crate::{Limits, MessageId, Overflow, QueueError, QueueOptions, TimeMs, validate_queue_name};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CommittedTransaction {
@@ -67,39 +67,99 @@ impl StateMachine {
         self.now_ms = self.now_ms.max(request.now_ms);
         self.forget_transactions();
         let result = self.apply_command(request.command);
-        self.move_dead_letters();
+        self.deliver_outgoing();
         result
     }
 
-    /// Moves the messages that touched queues dead-lettered during this command into their
-    /// dead-letter queues, creating those on demand with default options. A dead-letter
-    /// queue takes them whatever its depth (dead-lettering never drops a message); when
-    /// no more queues may be created, the messages are discarded and counted.
-    fn move_dead_letters(&mut self) {
+    /// Delivers what touched queues sent elsewhere during this command: dead letters (to
+    /// dead-letter queues, created on demand with default options), journal copies (to
+    /// journal queues, created on demand) and acknowledgement messages (only to queues
+    /// that exist). Dead letters and acknowledgements go in whatever the target's depth
+    /// (moving a message never drops it for lack of room); when no more queues may be
+    /// created, a dead letter is discarded and counted. Journal copies make room by
+    /// dropping the oldest copies.
+    fn deliver_outgoing(&mut self) {
         let now = self.now_ms;
-        let touched = std::mem::take(&mut self.touched);
-        for name in touched {
-            let Some(queue) = self.queues.get_mut(&name) else {
-                continue;
-            };
-            for dead_letter in queue.take_dead_letters() {
-                if !self.queues.contains_key(&dead_letter.target)
-                    && (self.queues.len() as u64) < self.limits.max_queues
-                {
-                    let queue =
-                        Queue::new(dead_letter.target.clone(), QueueOptions::default(), now);
-                    self.queues.insert(dead_letter.target.clone(), queue);
+        // Delivering may touch more queues (a journal making room); those deliver nothing
+        // further, so a few rounds always finish.
+        for _ in 0..4 {
+            let touched = std::mem::take(&mut self.touched);
+            if touched.is_empty() {
+                return;
+            }
+            for name in touched {
+                let Some(queue) = self.queues.get_mut(&name) else {
+                    continue;
+                };
+                for outgoing in queue.take_outgoing() {
+                    self.deliver(&name, outgoing, now);
                 }
-                match self.queues.get_mut(&dead_letter.target) {
-                    Some(target) => target.accept_dead_letter(dead_letter.message),
+            }
+        }
+    }
+
+    fn deliver(&mut self, source: &str, outgoing: Outgoing, now: TimeMs) {
+        match outgoing {
+            Outgoing::DeadLetter { message, target } => {
+                self.create_on_demand(&target, QueueOptions::default(), now);
+                match self.queues.get_mut(&target) {
+                    Some(queue) => queue.accept_dead_letter(message),
                     None => {
-                        if let Some(source) = self.queues.get_mut(&name) {
-                            source.count_discarded();
+                        if let Some(queue) = self.queues.get_mut(source) {
+                            queue.count_discarded();
                         }
                     }
                 }
             }
+            Outgoing::Journal { message, target } => {
+                let Some(source_options) = self.queues.get(source).map(|q| q.options().clone())
+                else {
+                    return;
+                };
+                let options = QueueOptions {
+                    default_ttl_ms: source_options.journal_retention_ms,
+                    max_depth: source_options.journal_max_messages,
+                    overflow: Overflow::DeadLetterOldest,
+                    ..QueueOptions::default()
+                };
+                self.create_on_demand(&target, options, now);
+                let message_id = self.next_message_id;
+                if let Ok(queue) = self.queue_mut(&target) {
+                    queue.make_room(std::iter::once(&message));
+                    queue.send(message, message_id, now);
+                    self.next_message_id += 1;
+                }
+            }
+            Outgoing::Notice { message, target } => {
+                let message_id = self.next_message_id;
+                if let Some(queue) = self.queues.get_mut(&target) {
+                    queue.advance(now);
+                    queue.send(message, message_id, now);
+                    self.next_message_id += 1;
+                }
+            }
         }
+    }
+
+    fn create_on_demand(&mut self, name: &str, options: QueueOptions, now: TimeMs) {
+        if !self.queues.contains_key(name) && (self.queues.len() as u64) < self.limits.max_queues {
+            self.queues
+                .insert(name.to_string(), Queue::new(name.to_string(), options, now));
+        }
+    }
+
+    /// Acknowledgement queues named by new messages must exist.
+    fn check_acknowledgement_queues<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a NewMessage>,
+    ) -> Result<(), QueueError> {
+        for message in messages {
+            let queue = &message.acknowledgement.queue;
+            if !queue.is_empty() && !self.queues.contains_key(queue) {
+                return Err(QueueError::not_found(queue));
+            }
+        }
+        Ok(())
     }
 
     /// Validates a receive's size and lease; returns the byte limit and the lease to use.
@@ -172,8 +232,10 @@ impl StateMachine {
         for send in &sends {
             self.limits.check_message(&send.message)?;
         }
+        self.check_acknowledgement_queues(sends.iter().map(|send| &send.message))?;
         for ack in &acks {
-            self.queue_mut(&ack.queue)?.check_ack(ack.receipt, now)?;
+            self.queue_mut(&ack.queue)?
+                .check_current(ack.receipt, now)?;
         }
         let mut by_queue: BTreeMap<&str, Vec<&NewMessage>> = BTreeMap::new();
         for send in &sends {
@@ -221,6 +283,16 @@ impl StateMachine {
             Command::CreateQueue { name, options } => {
                 validate_queue_name(&name, &self.limits)?;
                 options.validate(&self.limits)?;
+                if options.journal {
+                    validate_queue_name(&crate::journal_queue_name(&name), &self.limits).map_err(
+                        |_| {
+                            QueueError::invalid(
+                                "journal",
+                                "the name is too long for a `.journal` queue beside it",
+                            )
+                        },
+                    )?;
+                }
                 if options.dead_letter_queue == name {
                     return Err(QueueError::invalid(
                         "dead_letter_queue",
@@ -270,6 +342,7 @@ impl StateMachine {
                 for message in &messages {
                     self.limits.check_message(message)?;
                 }
+                self.check_acknowledgement_queues(&messages)?;
                 let first_id = self.next_message_id;
                 let queue = self.queue_mut(&queue)?;
                 queue.check_send(&messages)?;

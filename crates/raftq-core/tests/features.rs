@@ -569,6 +569,20 @@ fn a_transaction_acks_and_sends_across_queues_at_once() {
         })
     );
     assert_eq!(sm, before);
+    // A new transaction over a receipt that already acknowledged its message is refused:
+    // otherwise its sends would happen twice.
+    let again = commit(
+        &mut sm,
+        2_002,
+        "tx-2",
+        vec![("q", got[0].receipt)],
+        vec![("out", body("out-1 again"))],
+    );
+    assert!(
+        matches!(again, Err(QueueError::StaleReceipt { .. })),
+        "{again:?}"
+    );
+    assert_eq!(sm, before);
 }
 
 #[test]
@@ -782,4 +796,111 @@ fn dead_letter_oldest_makes_room_from_the_head_but_never_takes_a_leased_message(
         },
     ));
     assert!(matches!(refused, Err(QueueError::QueueFull { .. })));
+}
+
+#[test]
+fn acknowledgement_messages_report_consumption_and_expiry_with_the_original_id() {
+    let mut sm = with_queue(QueueOptions::default());
+    create(&mut sm, "acks", QueueOptions::default());
+    let ask = |positive, negative| raftq_core::AcknowledgementRequest {
+        queue: "acks".into(),
+        positive,
+        negative,
+    };
+    let ids = send(
+        &mut sm,
+        2_000,
+        vec![
+            NewMessage {
+                acknowledgement: ask(true, true),
+                properties: MessageProperties {
+                    label: "order 1".into(),
+                    ..MessageProperties::default()
+                },
+                ..body("consumed")
+            },
+            NewMessage {
+                acknowledgement: ask(true, true),
+                ttl_ms: 100,
+                ..body("expires")
+            },
+            NewMessage {
+                acknowledgement: ask(false, true),
+                ..body("no positive")
+            },
+        ],
+    );
+    let got = receive(&mut sm, 2_000, 1);
+    ack(&mut sm, 2_001, &got[0]);
+    let later = receive(&mut sm, 2_200, 1);
+    ack(&mut sm, 2_201, &later[0]);
+    let notices = receive_from(&mut sm, 2_300, "acks", 10);
+    let summary: Vec<(String, String, String)> = notices
+        .iter()
+        .map(|n| {
+            (
+                n.properties.correlation_id.clone(),
+                n.headers["raftq-ack-kind"].clone(),
+                n.properties.label.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (ids[0].to_string(), "consumed".into(), "order 1".into()),
+            (ids[1].to_string(), "expired".into(), String::new()),
+        ]
+    );
+    assert_eq!(notices[1].headers["raftq-dead-lettered"], "false");
+    // The acknowledgement queue must exist when the message is sent.
+    let missing = sm.apply(at(
+        2_400,
+        Command::Send {
+            queue: "q".into(),
+            messages: vec![NewMessage {
+                acknowledgement: raftq_core::AcknowledgementRequest {
+                    queue: "nowhere".into(),
+                    positive: true,
+                    negative: false,
+                },
+                ..body("x")
+            }],
+        },
+    ));
+    assert!(matches!(missing, Err(QueueError::QueueNotFound { .. })));
+}
+
+#[test]
+fn the_journal_keeps_a_copy_of_each_consumed_message_within_its_bounds() {
+    let mut sm = with_queue(QueueOptions {
+        journal: true,
+        journal_retention_ms: 1_000,
+        journal_max_messages: 2,
+        ..QueueOptions::default()
+    });
+    let ids = send(&mut sm, 2_000, vec![body("a"), body("b"), body("c")]);
+    let got = receive(&mut sm, 2_000, 3);
+    for delivery in &got {
+        ack(&mut sm, 2_001, delivery);
+    }
+    // Three consumed, the journal keeps the newest two.
+    let kept = sm.peek("q.journal", 0, 10).unwrap();
+    let kept: Vec<(&[u8], &str)> = kept
+        .iter()
+        .map(|m| {
+            (
+                m.body.as_slice(),
+                m.headers["raftq-original-message-id"].as_str(),
+            )
+        })
+        .collect();
+    let (b, c) = (ids[1].to_string(), ids[2].to_string());
+    assert_eq!(
+        kept,
+        [(b"b".as_slice(), b.as_str()), (b"c".as_slice(), c.as_str())]
+    );
+    // Past the retention the copies expire.
+    receive_from(&mut sm, 3_100, "q.journal", 1);
+    assert_eq!(sm.queue_info("q.journal").unwrap().stats.depth, 0);
 }

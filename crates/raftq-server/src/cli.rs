@@ -139,6 +139,28 @@ enum Commands {
     /// Transactions: acks and sends across queues, all or nothing.
     #[command(subcommand)]
     Tx(TxCommand),
+    /// Journals of consumed messages (`<queue>.journal`; browse them with `peek`).
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum JournalCommand {
+    /// Send copies of journaled messages into a queue again, oldest first. Each copy is
+    /// sent with the idempotency key `replay-<journal message id>`, so repeating a replay
+    /// within the destination's dedup window sends nothing twice.
+    Replay {
+        /// The queue whose journal to replay (its journal is `<queue>.journal`).
+        queue: String,
+        /// Destination (default: the queue itself).
+        #[arg(long)]
+        to: Option<String>,
+        /// Start after this journal sequence (see `peek <queue>.journal`).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +249,9 @@ fn read_tx_file(path: &std::path::Path) -> Result<pb::CommitRequest, raftq_clien
                     delay_ms: send.delay_ms,
                     ttl_ms: send.ttl_ms,
                     properties: None,
+                    ack_queue: String::new(),
+                    ack_positive: false,
+                    ack_negative: false,
                 }),
             })
             .collect(),
@@ -248,6 +273,15 @@ struct SendDelivery {
     /// Time to be received; 0 takes the queue's default.
     #[arg(long, default_value_t = 0)]
     ttl_ms: u64,
+    /// Post acknowledgement messages about this message to this queue.
+    #[arg(long, default_value = "")]
+    ack_queue: String,
+    /// Ask for a "consumed" acknowledgement (with --ack-queue).
+    #[arg(long)]
+    ack_positive: bool,
+    /// Ask for an acknowledgement when it expires or is dead-lettered (with --ack-queue).
+    #[arg(long)]
+    ack_negative: bool,
 }
 
 /// Message properties, carried to the receiver unchanged.
@@ -334,6 +368,15 @@ enum QueueCommand {
         /// When full: `reject` sends, or `dead-letter-oldest` to make room.
         #[arg(long, value_enum, default_value = "reject")]
         overflow: OverflowArg,
+        /// Keep copies of consumed messages in `<name>.journal`.
+        #[arg(long)]
+        journal: bool,
+        /// How long journal copies are kept (0: 24 h).
+        #[arg(long, default_value_t = 0)]
+        journal_retention_ms: u64,
+        /// Most journal copies kept (0: 100000).
+        #[arg(long, default_value_t = 0)]
+        journal_max_messages: u64,
     },
     Get {
         name: String,
@@ -501,6 +544,9 @@ fn queue_json(queue: &pb::Queue) -> serde_json::Value {
             "default_ttl_ms": options.default_ttl_ms,
             "max_bytes": options.max_bytes,
             "overflow": options.overflow().as_str_name(),
+            "journal": options.journal,
+            "journal_retention_ms": options.journal_retention_ms,
+            "journal_max_messages": options.journal_max_messages,
         },
         "stats": {
             "depth": stats.depth,
@@ -551,12 +597,18 @@ async fn client_command(
             default_ttl_ms,
             max_bytes,
             overflow,
+            journal,
+            journal_retention_ms,
+            journal_max_messages,
         }) => {
             let overflow = match overflow {
                 OverflowArg::Reject => pb::OverflowPolicy::Reject,
                 OverflowArg::DeadLetterOldest => pb::OverflowPolicy::DeadLetterOldest,
             };
             let options = pb::QueueOptions {
+                journal,
+                journal_retention_ms,
+                journal_max_messages,
                 max_bytes,
                 overflow: overflow as i32,
                 dedup_window_ms,
@@ -623,6 +675,9 @@ async fn client_command(
                 priority: delivery.priority,
                 delay: Duration::from_millis(delivery.delay_ms),
                 ttl: Duration::from_millis(delivery.ttl_ms),
+                ack_queue: delivery.ack_queue,
+                ack_positive: delivery.ack_positive,
+                ack_negative: delivery.ack_negative,
                 properties: pb::MessageProperties {
                     label: properties.label,
                     correlation_id: properties.correlation_id,
@@ -816,6 +871,43 @@ async fn client_command(
                 output,
                 json!({"queue": queue, "moved": moved}),
                 format!("moved {moved} messages out of {queue}"),
+            );
+        }
+        Commands::Journal(JournalCommand::Replay {
+            queue,
+            to,
+            after,
+            max,
+        }) => {
+            let journal = format!("{queue}.journal");
+            let to = to.unwrap_or(queue);
+            let copies = client.peek(&journal, after, max).await?;
+            let last = copies.last().map_or(after, |copy| copy.sequence);
+            let messages: Vec<Message> = copies
+                .into_iter()
+                .map(|copy| {
+                    let mut headers = copy.headers;
+                    headers.remove("raftq-source-queue");
+                    Message {
+                        body: copy.body,
+                        headers,
+                        key: Some(format!("replay-{}", copy.message_id)),
+                        priority: copy.priority,
+                        properties: copy.properties.unwrap_or_default(),
+                        ..Message::default()
+                    }
+                })
+                .collect();
+            let count = messages.len();
+            if count > 0 {
+                client.send_batch(&to, messages).await?;
+            }
+            print(
+                output,
+                json!({"journal": journal, "to": to, "replayed": count, "last_sequence": last}),
+                format!(
+                    "replayed {count} messages from {journal} into {to} (continue with --after {last})"
+                ),
             );
         }
         Commands::Tx(TxCommand::Commit { file }) => {

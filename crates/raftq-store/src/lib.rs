@@ -20,7 +20,7 @@ pub use state_machine::{SharedState, StateMachineStore};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     /// A queue command's outcome.
-    Queue(Result<raftq_core::Outcome, raftq_core::QueueError>),
+    Queue(Box<Result<raftq_core::Outcome, raftq_core::QueueError>>),
     /// A blank or membership entry: nothing to report.
     Internal,
 }
@@ -28,8 +28,10 @@ pub enum Applied {
 impl fmt::Display for Applied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Applied::Queue(Ok(_)) => write!(f, "ok"),
-            Applied::Queue(Err(error)) => write!(f, "refused: {error}"),
+            Applied::Queue(outcome) => match outcome.as_ref() {
+                Ok(_) => write!(f, "ok"),
+                Err(error) => write!(f, "refused: {error}"),
+            },
             Applied::Internal => write!(f, "internal"),
         }
     }

@@ -182,7 +182,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let result = if outcome.is_ok() { "ok" } else { "refused" };
                     metrics::counter!("raftq_commands_applied_total", "command" => kind, "result" => result)
                         .increment(1);
-                    Applied::Queue(outcome)
+                    Applied::Queue(Box::new(outcome))
                 }
                 EntryPayload::Membership(membership) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);

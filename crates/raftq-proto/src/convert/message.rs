@@ -1,5 +1,6 @@
 use raftq_core::{
-    Delivery, MessageProperties, NewMessage, SendResult, StoredMessage, queue::MessageState,
+    AcknowledgementRequest, Delivery, MessageProperties, NewMessage, SendResult, StoredMessage,
+    queue::MessageState,
 };
 
 use crate::pb;
@@ -16,6 +17,11 @@ pub fn new_message(message: pb::OutgoingMessage) -> NewMessage {
         priority: u8::try_from(message.priority).unwrap_or(u8::MAX),
         delay_ms: message.delay_ms,
         ttl_ms: message.ttl_ms,
+        acknowledgement: AcknowledgementRequest {
+            queue: message.ack_queue,
+            positive: message.ack_positive,
+            negative: message.ack_negative,
+        },
     }
 }
 

@@ -24,6 +24,9 @@ pub fn queue_options(options: Option<pb::QueueOptions>) -> QueueOptions {
         default_ttl_ms: options.default_ttl_ms,
         max_bytes: options.max_bytes,
         overflow,
+        journal: options.journal,
+        journal_retention_ms: or(options.journal_retention_ms, defaults.journal_retention_ms),
+        journal_max_messages: or(options.journal_max_messages, defaults.journal_max_messages),
     }
 }
 
@@ -43,6 +46,9 @@ impl From<QueueOptions> for pb::QueueOptions {
                 Overflow::Reject => pb::OverflowPolicy::Reject,
                 Overflow::DeadLetterOldest => pb::OverflowPolicy::DeadLetterOldest,
             } as i32,
+            journal: options.journal,
+            journal_retention_ms: options.journal_retention_ms,
+            journal_max_messages: options.journal_max_messages,
         }
     }
 }
@@ -106,7 +112,9 @@ mod tests {
             bytes,
             [
                 0x08, 0xe0, 0xa7, 0x12, 0x10, 0xb0, 0xea, 0x01, 0x20, 0x80, 0x80, 0x40, 0x28, 0xc0,
-                0x84, 0x3d
+                0x84, 0x3d, // fields 1..5, unchanged since they were first frozen
+                0x60, 0x80, 0xb8, 0x99, 0x29, // 12: journal_retention_ms 86400000
+                0x68, 0xa0, 0x8d, 0x06, // 13: journal_max_messages 100000
             ]
         );
     }
