@@ -62,6 +62,10 @@ pub struct Message {
     pub ack_positive: bool,
     /// Ask for an acknowledgement when it expires or is dead-lettered or discarded.
     pub ack_negative: bool,
+    /// Time to reach the queue, counted from `sent_at_ms`; zero: none.
+    pub time_to_reach: Duration,
+    /// When the message was first handed to a sender (ms since the epoch).
+    pub sent_at_ms: u64,
 }
 
 impl Message {
@@ -116,6 +120,16 @@ impl Message {
         self
     }
 
+    /// The message must reach its queue within `limit` from now, or it expires on arrival.
+    pub fn with_time_to_reach(mut self, limit: Duration) -> Message {
+        self.time_to_reach = limit;
+        self.sent_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or(0);
+        self
+    }
+
     pub fn with_properties(mut self, properties: pb::MessageProperties) -> Message {
         self.properties = properties;
         self
@@ -136,6 +150,8 @@ impl Message {
             ack_queue: self.ack_queue,
             ack_positive: self.ack_positive,
             ack_negative: self.ack_negative,
+            time_to_reach_ms: self.time_to_reach.as_millis() as u64,
+            sent_at_ms: self.sent_at_ms,
         }
     }
 }

@@ -60,6 +60,12 @@ pub struct NewMessage {
     pub ttl_ms: u64,
     /// Where to post acknowledgement messages about this message, and which.
     pub acknowledgement: AcknowledgementRequest,
+    /// Time to reach the queue: when not 0, a message whose send is applied more than this
+    /// long after `sent_at_ms` (the time it was first handed to a sender, e.g. written to
+    /// an outbox) has not reached the queue in time. It is taken in (so retries stay
+    /// idempotent) and expires at once.
+    pub time_to_reach_ms: u64,
+    pub sent_at_ms: TimeMs,
 }
 
 /// A sender's request for acknowledgement messages: a positive one when the message is
@@ -231,6 +237,8 @@ pub struct SendResult {
     pub sequence: u64,
     /// True when the idempotency key was seen inside the dedup window: nothing new was stored.
     pub duplicate: bool,
+    /// True when the message arrived after its time to reach the queue and expired at once.
+    pub expired: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -131,6 +131,12 @@ impl Limits {
                 format!("must be at most {} ms", self.max_delay_ms),
             ));
         }
+        if message.time_to_reach_ms > self.max_ttl_ms {
+            return Err(QueueError::invalid(
+                "time_to_reach_ms",
+                format!("must be at most {} ms", self.max_ttl_ms),
+            ));
+        }
         if message.ttl_ms > self.max_ttl_ms {
             return Err(QueueError::invalid(
                 "ttl_ms",

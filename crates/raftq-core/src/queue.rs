@@ -65,6 +65,8 @@ pub enum DeadLetterReason {
     Expired,
     /// Removed to make room under the `DeadLetterOldest` overflow policy.
     Overflow,
+    /// Arrived after its time to reach the queue.
+    NotReached,
 }
 
 impl DeadLetterReason {
@@ -73,6 +75,7 @@ impl DeadLetterReason {
             DeadLetterReason::MaxDeliveries => "max-deliveries",
             DeadLetterReason::Expired => "expired",
             DeadLetterReason::Overflow => "overflow",
+            DeadLetterReason::NotReached => "not-reached",
         }
     }
 }
@@ -346,14 +349,19 @@ impl Queue {
         let Some(mut message) = self.remove_message(sequence) else {
             return;
         };
-        if reason == DeadLetterReason::Expired {
+        if matches!(
+            reason,
+            DeadLetterReason::Expired | DeadLetterReason::NotReached
+        ) {
             self.stats.total_expired += 1;
         }
         let dead_letter = match reason {
             DeadLetterReason::MaxDeliveries | DeadLetterReason::Overflow => {
                 !self.options.dead_letter_queue.is_empty()
             }
-            DeadLetterReason::Expired => self.options.dead_letter_expired,
+            DeadLetterReason::Expired | DeadLetterReason::NotReached => {
+                self.options.dead_letter_expired
+            }
         };
         if message.acknowledgement.negative {
             let kind = reason.as_str();
@@ -579,6 +587,7 @@ impl Queue {
                 message_id: record.message_id,
                 sequence: record.sequence,
                 duplicate: true,
+                expired: false,
             };
         }
         let sequence = self.next_sequence;
@@ -605,6 +614,8 @@ impl Queue {
         } else {
             now_ms.saturating_add(ttl_ms)
         };
+        let too_late = message.time_to_reach_ms != 0
+            && now_ms > message.sent_at_ms.saturating_add(message.time_to_reach_ms);
         let state = if message.delay_ms == 0 {
             MessageState::Ready
         } else {
@@ -627,10 +638,14 @@ impl Queue {
             acknowledgement: message.acknowledgement,
         });
         self.stats.total_sent += 1;
+        if too_late {
+            self.drop_message(sequence, DeadLetterReason::NotReached);
+        }
         SendResult {
             message_id,
             sequence,
             duplicate: false,
+            expired: too_late,
         }
     }
 

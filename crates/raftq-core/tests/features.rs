@@ -904,3 +904,44 @@ fn the_journal_keeps_a_copy_of_each_consumed_message_within_its_bounds() {
     receive_from(&mut sm, 3_100, "q.journal", 1);
     assert_eq!(sm.queue_info("q.journal").unwrap().stats.depth, 0);
 }
+
+#[test]
+fn a_message_that_reaches_the_queue_too_late_expires_on_arrival() {
+    let mut sm = with_queue(QueueOptions {
+        dead_letter_queue: "q.dlq".into(),
+        dead_letter_expired: true,
+        ..QueueOptions::default()
+    });
+    let in_time = NewMessage {
+        sent_at_ms: 1_800,
+        time_to_reach_ms: 500,
+        ..body("in time")
+    };
+    let too_late = NewMessage {
+        sent_at_ms: 1_000,
+        time_to_reach_ms: 500,
+        idempotency_key: "late".into(),
+        ..body("too late")
+    };
+    let outcome = sm.apply(at(
+        2_000,
+        Command::Send {
+            queue: "q".into(),
+            messages: vec![in_time, too_late.clone()],
+        },
+    ));
+    let Ok(Outcome::Sent(results)) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        results.iter().map(|r| r.expired).collect::<Vec<_>>(),
+        [false, true]
+    );
+    assert_eq!(bodies(&receive(&mut sm, 2_000, 10)), ["in time"]);
+    let dead = receive_from(&mut sm, 2_000, "q.dlq", 10);
+    assert_eq!(dead[0].headers["raftq-dead-letter-reason"], "not-reached");
+    // A retry of the late send is a duplicate, not a second dead letter.
+    let retry = send(&mut sm, 2_100, vec![too_late]);
+    assert_eq!(retry, [results[1].message_id]);
+    assert_eq!(sm.queue_info("q.dlq").unwrap().stats.total_sent, 1);
+}

@@ -252,6 +252,8 @@ fn read_tx_file(path: &std::path::Path) -> Result<pb::CommitRequest, raftq_clien
                     ack_queue: String::new(),
                     ack_positive: false,
                     ack_negative: false,
+                    time_to_reach_ms: 0,
+                    sent_at_ms: 0,
                 }),
             })
             .collect(),
@@ -282,6 +284,9 @@ struct SendDelivery {
     /// Ask for an acknowledgement when it expires or is dead-lettered (with --ack-queue).
     #[arg(long)]
     ack_negative: bool,
+    /// The message must reach the queue within this many ms from now (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    time_to_reach_ms: u64,
 }
 
 /// Message properties, carried to the receiver unchanged.
@@ -667,7 +672,7 @@ async fn client_command(
                 })?,
                 (None, None) => Vec::new(),
             };
-            let message = Message {
+            let mut message = Message {
                 body,
                 headers: headers.into_iter().collect(),
                 key,
@@ -684,17 +689,27 @@ async fn client_command(
                     reply_to: properties.reply_to,
                     content_type: properties.content_type,
                 },
+                ..Message::default()
             };
+            if delivery.time_to_reach_ms > 0 {
+                message =
+                    message.with_time_to_reach(Duration::from_millis(delivery.time_to_reach_ms));
+            }
             let sent = client.send(&queue, message).await?;
             print(
                 output,
-                json!({"message_id": sent.message_id, "sequence": sent.sequence, "duplicate": sent.duplicate}),
+                json!({"message_id": sent.message_id, "sequence": sent.sequence, "duplicate": sent.duplicate, "expired": sent.expired}),
                 format!(
-                    "sent message {} (sequence {}){}",
+                    "sent message {} (sequence {}){}{}",
                     sent.message_id,
                     sent.sequence,
                     if sent.duplicate {
                         ", duplicate of an earlier send"
+                    } else {
+                        ""
+                    },
+                    if sent.expired {
+                        "; it arrived after its time to reach the queue and expired"
                     } else {
                         ""
                     }

@@ -22,6 +22,8 @@ pub fn new_message(message: pb::OutgoingMessage) -> NewMessage {
             positive: message.ack_positive,
             negative: message.ack_negative,
         },
+        time_to_reach_ms: message.time_to_reach_ms,
+        sent_at_ms: message.sent_at_ms,
     }
 }
 
@@ -54,6 +56,7 @@ impl From<SendResult> for pb::SendResponse {
             message_id: result.message_id,
             sequence: result.sequence,
             duplicate: result.duplicate,
+            expired: result.expired,
         }
     }
 }
