@@ -169,12 +169,22 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
         }
     }
 
+    // Values sent in a message group are handed out in order within their group only:
+    // the producer-wide first-delivery order does not apply to them.
+    let grouped: HashSet<&str> = group_deliveries
+        .values()
+        .flat_map(|deliveries| deliveries.iter().map(|(_, _, value)| *value))
+        .collect();
+    let ungrouped_first: HashMap<&str, FirstDelivery> = first_delivery
+        .into_iter()
+        .filter(|(value, _)| !grouped.contains(value))
+        .collect();
     for (producer, sends) in &sends_by_producer {
         check_producer_order(
             producer,
             sends,
             &sequence_of,
-            &first_delivery,
+            &ungrouped_first,
             &mut verdict.order_violations,
         );
     }

@@ -77,6 +77,11 @@ pub struct RunArgs {
     grouped_producers: usize,
     #[arg(long, default_value_t = 2)]
     grouped_consumers: usize,
+    /// Transactional movers: a producer `t0` sends to a third queue, movers `m*` move each
+    /// value to a fourth queue in transactions (ack + send in one commit), a consumer
+    /// `tc0` consumes the result. 0 leaves transactions out.
+    #[arg(long, default_value_t = 2)]
+    tx_movers: usize,
     /// Where the history, summary and timeline go.
     #[arg(long, default_value = "chaos-out")]
     out: PathBuf,

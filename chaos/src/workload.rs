@@ -18,8 +18,19 @@ use crate::{NetworkMode, RunArgs};
 const QUEUE: &str = "chaos";
 /// Grouped producers send here, each with its own message group.
 const GROUP_QUEUE: &str = "chaos-groups";
-/// How long the final drain may take once every fault is healed.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+/// Transactional movers take values from here and, in one commit each, ack them and send
+/// `out:<value>` to `TX_OUT`.
+const TX_IN: &str = "chaos-tx-in";
+const TX_OUT: &str = "chaos-tx-out";
+const QUEUES: [&str; 4] = [QUEUE, GROUP_QUEUE, TX_IN, TX_OUT];
+/// The final drain, once every fault is healed, goes on while the queues keep shrinking:
+/// it gives up when they have not shrunk for `DRAIN_STALL`, and after `DRAIN_DEADLINE` in
+/// any case.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(900);
+const DRAIN_STALL: Duration = Duration::from_secs(60);
+/// A grouped producer spreads its values over this many message groups of its own, so
+/// grouped consumers keep up (one message of a group in flight at a time).
+const GROUPS_PER_PRODUCER: u64 = 8;
 
 #[derive(Clone)]
 struct Recorder {
@@ -84,7 +95,7 @@ async fn produce(
         let start = recorder.now_ms();
         let mut message = Message::new(value.clone());
         if grouped {
-            message = message.with_group(name.clone());
+            message = message.with_group(format!("{name}.{}", n % GROUPS_PER_PRODUCER));
         }
         let result = client.send(queue, message).await;
         let (outcome, error) = match &result {
@@ -195,7 +206,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let reproduce = format!(
-        "chaos/run --nodes {} --seed {} --duration {}s --network {} --faults {} --producers {} --consumers {} --grouped-producers {} --grouped-consumers {}",
+        "chaos/run --nodes {} --seed {} --duration {}s --network {} --faults {} --producers {} --consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {}",
         args.nodes,
         args.seed,
         args.duration.as_secs(),
@@ -204,7 +215,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         args.producers,
         args.consumers,
         args.grouped_producers,
-        args.grouped_consumers
+        args.grouped_consumers,
+        args.tx_movers
     );
     println!("raftq-chaos: {reproduce}");
     let mut cluster = Cluster::start_with(
@@ -216,7 +228,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     )
     .await;
     let client = workload_client(&cluster)?;
-    for queue in [QUEUE, GROUP_QUEUE] {
+    for queue in QUEUES {
         client
             .create_queue(
                 queue,
@@ -238,8 +250,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     // of each queue ("c*", "gc*").
     let plain = (0..args.producers).map(|i| (format!("p{i}"), QUEUE, false));
     let grouped = (0..args.grouped_producers).map(|i| (format!("g{i}"), GROUP_QUEUE, true));
+    let transactional = (0..args.tx_movers.min(1)).map(|i| (format!("t{i}"), TX_IN, false));
     let producers: Vec<_> = plain
         .chain(grouped)
+        .chain(transactional)
         .map(|(name, queue, grouped)| {
             let task = produce(
                 workload_client(&cluster)?,
@@ -254,8 +268,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         .collect::<anyhow::Result<_>>()?;
     let plain = (0..args.consumers).map(|i| (format!("c{i}"), QUEUE));
     let grouped = (0..args.grouped_consumers).map(|i| (format!("gc{i}"), GROUP_QUEUE));
-    let consumers: Vec<_> = plain
+    let moved = (0..args.tx_movers.min(1)).map(|i| (format!("tc{i}"), TX_OUT));
+    let mut consumers: Vec<_> = plain
         .chain(grouped)
+        .chain(moved)
         .map(|(name, queue)| {
             let task = consume(
                 workload_client(&cluster)?,
@@ -267,6 +283,15 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
             Ok(tokio::spawn(task))
         })
         .collect::<anyhow::Result<_>>()?;
+    for i in 0..args.tx_movers {
+        let task = mover(
+            workload_client(&cluster)?,
+            recorder.clone(),
+            format!("m{i}"),
+            stop_consumers.clone(),
+        );
+        consumers.push(tokio::spawn(task));
+    }
 
     let plan = nemesis::schedule(args.seed, &kinds, args.duration);
     for planned in plan {
@@ -327,7 +352,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     let mut verdict = checker::check(&events, producing_end_ms);
     if !drained {
         verdict.valid = false;
-        println!("raftq-chaos: the queue did not drain within {DRAIN_DEADLINE:?}");
+        println!(
+            "raftq-chaos: the queues did not drain (within {DRAIN_DEADLINE:?}, or they stopped shrinking for {DRAIN_STALL:?})"
+        );
     }
     std::fs::write(
         args.out.join("history.jsonl"),
@@ -370,20 +397,122 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     Ok(verdict)
 }
 
-/// Waits until every message of both queues has been consumed (consumers keep running
-/// meanwhile).
+/// Moves values from `TX_IN` to `TX_OUT` in transactions: receive a few, then commit their
+/// acks together with a send of `out:<value>` for each. The history records the receive,
+/// and for the commit an ack of each value and a send of each `out:` value, all with the
+/// commit's outcome, so the checker sees each value consumed once and each `out:` value
+/// produced and consumed once.
+async fn mover(client: Client, recorder: Recorder, name: String, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let start = recorder.now_ms();
+        let mut tx = client.begin();
+        let messages = match tx
+            .receive(
+                TX_IN,
+                20,
+                Duration::from_millis(300),
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(messages) => messages,
+            Err(error) => {
+                let outcome = outcome_of(&error);
+                let delivered = Vec::new();
+                recorder.record(
+                    &name,
+                    Op::Receive { delivered },
+                    start,
+                    outcome,
+                    error.to_string(),
+                );
+                continue;
+            }
+        };
+        let values: Vec<String> = messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect();
+        let delivered = messages
+            .iter()
+            .zip(&values)
+            .map(|(m, value)| Delivered {
+                value: value.clone(),
+                sequence: m.sequence,
+                attempt: m.attempt,
+                group: String::new(),
+            })
+            .collect();
+        recorder.record(
+            &name,
+            Op::Receive { delivered },
+            start,
+            Outcome::Ok,
+            String::new(),
+        );
+        if values.is_empty() {
+            continue;
+        }
+        for value in &values {
+            tx.send(TX_OUT, Message::new(format!("out:{value}")));
+        }
+        let start = recorder.now_ms();
+        let (outcome, error) = match tx.commit().await {
+            Ok(_) => (Outcome::Ok, String::new()),
+            // A lease ran out: nothing of the transaction was applied.
+            Err(error) if error.code() == Some(Code::FailedPrecondition) => {
+                (Outcome::Failed, error.to_string())
+            }
+            Err(error) => (outcome_of(&error), error.to_string()),
+        };
+        for value in values {
+            recorder.record(
+                &name,
+                Op::Ack {
+                    value: value.clone(),
+                },
+                start,
+                outcome,
+                error.clone(),
+            );
+            recorder.record(
+                &name,
+                Op::Send {
+                    value: format!("out:{value}"),
+                },
+                start,
+                outcome,
+                error.clone(),
+            );
+        }
+    }
+}
+
+/// Waits until every message of every queue has been consumed (consumers keep running
+/// meanwhile), as long as the queues keep shrinking (see `DRAIN_STALL`).
 async fn drain(client: &Client) -> bool {
     let end = tokio::time::Instant::now() + DRAIN_DEADLINE;
+    let mut smallest = u64::MAX;
+    let mut last_progress = tokio::time::Instant::now();
     while tokio::time::Instant::now() < end {
-        let mut empty = true;
-        for queue in [QUEUE, GROUP_QUEUE] {
-            empty &= client
-                .get_queue(queue)
-                .await
-                .is_ok_and(|queue| queue.stats.unwrap_or_default().depth == 0);
+        let mut depth = 0;
+        let mut known = true;
+        for queue in QUEUES {
+            match client.get_queue(queue).await {
+                Ok(queue) => depth += queue.stats.unwrap_or_default().depth,
+                Err(_) => known = false,
+            }
         }
-        if empty {
+        if known && depth == 0 {
             return true;
+        }
+        if known && depth < smallest {
+            smallest = depth;
+            last_progress = tokio::time::Instant::now();
+        }
+        if last_progress.elapsed() > DRAIN_STALL {
+            println!("raftq-chaos: the drain stalled with {smallest} messages left");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -316,6 +316,9 @@ enum DlqCommand {
         /// Destination queue instead of each message's source queue.
         #[arg(long, default_value = "")]
         to: String,
+        /// Move everything not under a lease, 1,000 at a time, until none is left.
+        #[arg(long, conflicts_with_all = ["ids", "max"])]
+        all: bool,
     },
 }
 
@@ -880,8 +883,28 @@ async fn client_command(
             ids,
             max,
             to,
+            all,
         }) => {
-            let moved = client.redrive(&queue, &ids, max, &to).await?;
+            let moved = if all {
+                // Bounded by what is there now, so a destination that sends messages
+                // straight back cannot keep this going.
+                let depth = client
+                    .get_queue(&queue)
+                    .await?
+                    .stats
+                    .map_or(0, |stats| stats.depth);
+                let mut total = 0;
+                for _ in 0..=depth / 1_000 {
+                    let moved = client.redrive(&queue, &[], 1_000, &to).await?;
+                    total += moved;
+                    if moved == 0 {
+                        break;
+                    }
+                }
+                total
+            } else {
+                client.redrive(&queue, &ids, max, &to).await?
+            };
             print(
                 output,
                 json!({"queue": queue, "moved": moved}),
