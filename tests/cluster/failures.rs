@@ -237,15 +237,22 @@ async fn stopped_follower_catches_up_by_snapshot() {
         .expect("leader info")
         .committed_index;
     let follower_client = cluster.node(follower).client();
-    let caught_up = wait_until(
-        "the follower catches up",
-        Duration::from_secs(60),
-        || async {
-            let info = follower_client.node_info().await.ok()?;
-            (info.applied_index >= leader_committed).then_some(info)
-        },
-    )
-    .await;
+    // Waits like `wait_until`, but a timeout shows the nodes' logs (this has timed out
+    // once under load and the logs are what tells why).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let caught_up = loop {
+        if let Ok(info) = follower_client.node_info().await
+            && info.applied_index >= leader_committed
+        {
+            break info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower did not catch up within 60 s (leader committed {leader_committed}):\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         caught_up.snapshot_index > stopped_at,
         "the follower installed a snapshot past where it stopped ({} <= {stopped_at})",
