@@ -115,46 +115,17 @@ async fn consume(
 ) {
     while !stop.load(Ordering::Relaxed) {
         let start = recorder.now_ms();
-        let messages = match client
+        let received = client
             .receive(
                 queue,
                 50,
                 Duration::from_millis(300),
                 Some(Duration::from_secs(5)),
             )
-            .await
-        {
-            Ok(messages) => messages,
-            Err(error) => {
-                let outcome = outcome_of(&error);
-                recorder.record(
-                    &name,
-                    Op::Receive {
-                        delivered: Vec::new(),
-                    },
-                    start,
-                    outcome,
-                    error.to_string(),
-                );
-                continue;
-            }
+            .await;
+        let Some(messages) = record_receive(&recorder, &name, start, received) else {
+            continue;
         };
-        let delivered = messages
-            .iter()
-            .map(|m| Delivered {
-                value: String::from_utf8_lossy(&m.body).into_owned(),
-                sequence: m.sequence,
-                attempt: m.attempt,
-                group: m.group.clone(),
-            })
-            .collect();
-        recorder.record(
-            &name,
-            Op::Receive { delivered },
-            start,
-            Outcome::Ok,
-            String::new(),
-        );
         for message in messages {
             let value = String::from_utf8_lossy(&message.body).into_owned();
             let start = recorder.now_ms();
@@ -397,6 +368,49 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     Ok(verdict)
 }
 
+/// Records a receive started at `start`: the values it handed out, or its error. Returns
+/// the messages, or `None` after an error.
+fn record_receive(
+    recorder: &Recorder,
+    name: &str,
+    start: u64,
+    received: Result<Vec<pb::ReceivedMessage>, ClientError>,
+) -> Option<Vec<pb::ReceivedMessage>> {
+    match received {
+        Ok(messages) => {
+            let delivered = messages
+                .iter()
+                .map(|m| Delivered {
+                    value: String::from_utf8_lossy(&m.body).into_owned(),
+                    sequence: m.sequence,
+                    attempt: m.attempt,
+                    group: m.group.clone(),
+                })
+                .collect();
+            recorder.record(
+                name,
+                Op::Receive { delivered },
+                start,
+                Outcome::Ok,
+                String::new(),
+            );
+            Some(messages)
+        }
+        Err(error) => {
+            let delivered = Vec::new();
+            let outcome = outcome_of(&error);
+            recorder.record(
+                name,
+                Op::Receive { delivered },
+                start,
+                outcome,
+                error.to_string(),
+            );
+            None
+        }
+    }
+}
+
 /// Moves values from `TX_IN` to `TX_OUT` in transactions: receive a few, then commit their
 /// acks together with a send of `out:<value>` for each. The history records the receive,
 /// and for the commit an ack of each value and a send of each `out:` value, all with the
@@ -406,50 +420,21 @@ async fn mover(client: Client, recorder: Recorder, name: String, stop: Arc<Atomi
     while !stop.load(Ordering::Relaxed) {
         let start = recorder.now_ms();
         let mut tx = client.begin();
-        let messages = match tx
+        let received = tx
             .receive(
                 TX_IN,
                 20,
                 Duration::from_millis(300),
                 Some(Duration::from_secs(5)),
             )
-            .await
-        {
-            Ok(messages) => messages,
-            Err(error) => {
-                let outcome = outcome_of(&error);
-                let delivered = Vec::new();
-                recorder.record(
-                    &name,
-                    Op::Receive { delivered },
-                    start,
-                    outcome,
-                    error.to_string(),
-                );
-                continue;
-            }
+            .await;
+        let Some(messages) = record_receive(&recorder, &name, start, received) else {
+            continue;
         };
         let values: Vec<String> = messages
             .iter()
             .map(|m| String::from_utf8_lossy(&m.body).into_owned())
             .collect();
-        let delivered = messages
-            .iter()
-            .zip(&values)
-            .map(|(m, value)| Delivered {
-                value: value.clone(),
-                sequence: m.sequence,
-                attempt: m.attempt,
-                group: String::new(),
-            })
-            .collect();
-        recorder.record(
-            &name,
-            Op::Receive { delivered },
-            start,
-            Outcome::Ok,
-            String::new(),
-        );
         if values.is_empty() {
             continue;
         }

@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftq_client::{Client, Message, pb};
-use raftq_tests::{Cluster, ClusterOptions, create_queue, wait_until};
+use raftq_tests::{Cluster, ClusterOptions, create_queue, wait_until, wait_until_or};
 
 #[derive(Default)]
 struct History {
@@ -237,22 +237,17 @@ async fn stopped_follower_catches_up_by_snapshot() {
         .expect("leader info")
         .committed_index;
     let follower_client = cluster.node(follower).client();
-    // Waits like `wait_until`, but a timeout shows the nodes' logs (this has timed out
-    // once under load and the logs are what tells why).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let caught_up = loop {
-        if let Ok(info) = follower_client.node_info().await
-            && info.applied_index >= leader_committed
-        {
-            break info;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the follower did not catch up within 60 s (leader committed {leader_committed}):\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // A timeout shows the nodes' logs: this wait once timed out under load.
+    let caught_up = wait_until_or(
+        "the follower catches up",
+        Duration::from_secs(60),
+        || async {
+            let info = follower_client.node_info().await.ok()?;
+            (info.applied_index >= leader_committed).then_some(info)
+        },
+        || format!("leader committed {leader_committed}\n{}", cluster.logs()),
+    )
+    .await;
     assert!(
         caught_up.snapshot_index > stopped_at,
         "the follower installed a snapshot past where it stopped ({} <= {stopped_at})",

@@ -367,7 +367,21 @@ impl Cluster {
 }
 
 /// Polls `check` until it yields a value, or panics after `deadline` naming `what`.
-pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_until_or(what, deadline, check, String::new).await
+}
+
+/// Like [`wait_until`]; a timeout also shows `context()` (for example the nodes' logs).
+pub async fn wait_until_or<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+    context: impl FnOnce() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -378,7 +392,10 @@ where
             return value;
         }
         if tokio::time::Instant::now() >= end {
-            panic!("timed out after {deadline:?} waiting until {what}");
+            panic!(
+                "timed out after {deadline:?} waiting until {what}\n{}",
+                context()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
