@@ -234,3 +234,66 @@ async fn client_given_a_follower_learns_and_caches_the_leader() {
         .await
         .expect("send straight to the leader");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_batch_acks_each_receipt_through_a_follower_and_refuses_bad_requests() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "batched", pb::QueueOptions::default()).await;
+    let messages = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
+    client.send_batch("batched", messages).await.expect("send");
+    let received = client
+        .receive("batched", 5, Duration::from_millis(500), None)
+        .await
+        .expect("receive");
+    assert_eq!(received.len(), 5);
+    let mut receipts: Vec<String> = received.iter().map(|m| m.receipt.clone()).collect();
+    // A receipt from a delivery that never happened (attempt 9) is refused on its own.
+    let stale = format!("{}:9", received[4].message_id);
+    receipts[4] = stale;
+    // Through a follower: forwarded to the leader like every write.
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|node| node.id != leader)
+        .expect("a follower")
+        .client();
+    let results = follower
+        .ack_batch("batched", &receipts)
+        .await
+        .expect("ack batch");
+    let codes: Vec<i32> = results.iter().map(|r| r.code).collect();
+    assert_eq!(codes[..4], [0, 0, 0, 0], "{results:?}");
+    assert_eq!(codes[4], Code::FailedPrecondition as i32, "{results:?}");
+    assert!(results.iter().all(|r| !r.already_acked));
+    // Retried: already acked, nothing changes.
+    let again = client
+        .ack_batch("batched", &receipts[..4])
+        .await
+        .expect("retry");
+    assert!(
+        again.iter().all(|r| r.code == 0 && r.already_acked),
+        "{again:?}"
+    );
+    let stats = client
+        .get_queue("batched")
+        .await
+        .expect("get")
+        .stats
+        .expect("stats");
+    assert_eq!((stats.depth, stats.total_acked), (1, 4));
+    // Bad requests change nothing.
+    let malformed = client
+        .ack_batch("batched", &["not-a-receipt".to_string()])
+        .await
+        .expect_err("malformed");
+    assert_eq!(malformed.code(), Some(Code::InvalidArgument));
+    let empty = client.ack_batch("batched", &[]).await.expect_err("empty");
+    assert_eq!(empty.code(), Some(Code::InvalidArgument));
+    let unknown = client
+        .ack_batch("missing", &[received[0].receipt.clone()])
+        .await
+        .expect_err("unknown queue");
+    assert_eq!(unknown.code(), Some(Code::NotFound));
+}

@@ -1,211 +1,635 @@
-//! raftq-bench: a load generator that prints figures. It drives a running cluster through
-//! the Rust client: producers send (one message per call, or batches), optionally
-//! consumers receive and ack, and it reports throughput and latency percentiles.
+//! raftq-bench: measures raftq and puts it beside its physical ceiling (`raw`: synced
+//! RocksDB with no Raft or network) and beside NATS JetStream and RabbitMQ quorum queues
+//! at equal durability. It prints figures and never asserts anything: speed is reported,
+//! never tested.
 //!
-//! It must not assert anything: speed is reported, never tested.
+//! `raftq-bench run` runs one scenario against one target; `raftq-bench suite` runs every
+//! scenario against every target named and prints one table.
 
+mod cluster;
+mod driver;
+mod nats;
+mod rabbitmq;
+mod raftq;
+mod raw;
+mod scenario;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::Parser;
-use hdrhistogram::Histogram;
-use raftq_client::{Client, ClientConfig, Message, pb};
-use serde_json::json;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
-#[derive(Parser, Debug, Clone)]
-#[command(name = "raftq-bench", about = "Load generator for a raftq cluster")]
-struct Args {
-    /// Cluster addresses (comma-separated).
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    addr: String,
-    #[arg(long, default_value = "bench")]
-    queue: String,
-    /// Concurrent producers.
-    #[arg(long, default_value_t = 16)]
-    producers: usize,
-    /// Concurrent consumers (0: produce only).
-    #[arg(long, default_value_t = 0)]
-    consumers: usize,
-    /// Messages in total.
-    #[arg(long, default_value_t = 20_000)]
-    messages: u64,
-    /// Body size in bytes.
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
-    /// Messages per send call (1: Send, more: SendBatch).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Messages per receive call.
-    #[arg(long, default_value_t = 100)]
-    receive_max: u32,
-    /// `text` or `json`.
+use crate::cluster::SpawnedCluster;
+use crate::driver::Driver;
+use crate::scenario::{Load, Measured};
+use crate::stats::{RssMonitor, processes_named};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftq-bench",
+    about = "Benchmarks raftq beside its ceiling and its peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// One scenario against one target.
+    Run(RunArgs),
+    /// Every scenario against every target named, one table at the end.
+    Suite(SuiteArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Target {
+    Raftq,
+    Raw,
+    Nats,
+    Rabbitmq,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Scenario {
+    /// One producer, one message per request, one request at a time.
+    Latency,
+    /// Producers only.
+    Produce,
+    /// Producers and consumers (send, receive, ack).
+    EndToEnd,
+    /// Many queues, one producer each.
+    ManyQueues,
+    /// Fill a backlog, (raftq, spawned: restart a follower), then drain it.
+    Backlog,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Targets {
+    /// raftq nodes to use (comma-separated) instead of starting a cluster.
+    #[arg(long, value_delimiter = ',')]
+    addr: Vec<String>,
+    /// The `raftq` binary used to start clusters (default: next to this program).
+    #[arg(long)]
+    raftq_bin: Option<PathBuf>,
+    /// First port of clusters the benchmark starts.
+    #[arg(long, default_value_t = 7600)]
+    base_port: u16,
+    /// NATS JetStream servers.
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
+    )]
+    nats: String,
+    /// RabbitMQ AMQP URI.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    rabbitmq: String,
+    /// Where data of started clusters and of `raw` goes (deleted afterwards).
+    #[arg(long, default_value = "/tmp/raftq-bench")]
+    work_dir: PathBuf,
+    /// `text` or `json` (one JSON document on stdout).
     #[arg(long, default_value = "text")]
     output: String,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value_t = Target::Raftq)]
+    target: Target,
+    #[arg(long, value_enum, default_value_t = Scenario::Produce)]
+    scenario: Scenario,
+    #[command(flatten)]
+    targets: Targets,
+    /// Body bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Producers (per queue).
+    #[arg(long, default_value_t = 16)]
+    producers: usize,
+    /// Consumers (per queue) for end-to-end and backlog.
+    #[arg(long, default_value_t = 4)]
+    consumers: usize,
+    /// Messages per send request (1: Send, more: SendBatch).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Messages per receive.
+    #[arg(long, default_value_t = 100)]
+    receive_max: usize,
+    /// Requests each producer keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Seconds to send for (ignored when --messages is given).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Messages to send in all (backlog: the backlog's size).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Queues (many-queues).
+    #[arg(long, default_value_t = 1_000)]
+    queues: usize,
+    /// raftq only: each producer sends in its own message group.
+    #[arg(long)]
+    groups: bool,
+}
+
+#[derive(Args, Debug)]
+struct SuiteArgs {
+    /// Targets in the order they run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "raw,raftq,nats,rabbitmq"
+    )]
+    targets_to_run: Vec<Target>,
+    #[command(flatten)]
+    targets: Targets,
+    /// Seconds per timed scenario.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Size of the backlog scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
+    /// Queues of the many-queues scenario.
+    #[arg(long, default_value_t = 1_000)]
+    queues: usize,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    json_file: Option<PathBuf>,
+}
+
+/// One scenario's result on one target.
+#[derive(Debug, Serialize)]
+struct Report {
+    target: Target,
+    scenario: String,
+    load: Load,
+    measured: Measured,
+    /// Peak resident memory of each server process during the scenario, MiB.
+    peak_rss_mib: BTreeMap<String, f64>,
+    /// Backlog only: fill and drain rates, and (spawned raftq) follower restart time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<BacklogFigures>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct BacklogFigures {
+    fill_msgs_per_s: f64,
+    drain_msgs_per_s: f64,
+    peak_rss_fill_mib: f64,
+    peak_rss_drain_mib: f64,
+    restart_ready_seconds: Option<f64>,
+}
+
+fn default_load(seconds: f64) -> Load {
+    Load {
+        queues: 1,
+        producers: 1,
+        window: 1,
+        batch: 1,
+        consumers: 0,
+        receive_max: 100,
+        size: 1024,
+        groups: false,
+        messages: None,
+        duration: Duration::from_secs_f64(seconds),
+        preloaded: 0,
+        drain_limit: Duration::from_secs(120),
+    }
+}
+
+/// The suite's scenarios: the targets name these shapes.
+fn suite_plan(args: &SuiteArgs) -> Vec<(String, Scenario, Load)> {
+    let base = default_load(args.seconds);
+    vec![
+        (
+            "latency (1 producer, 1 msg/request)".into(),
+            Scenario::Latency,
+            base.clone(),
+        ),
+        (
+            "produce, 64 producers x 1 msg/request".into(),
+            Scenario::Produce,
+            Load {
+                producers: 64,
+                ..base.clone()
+            },
+        ),
+        (
+            "produce, 8 producers x window 4 x batch 100".into(),
+            Scenario::Produce,
+            Load {
+                producers: 8,
+                window: 4,
+                batch: 100,
+                ..base.clone()
+            },
+        ),
+        (
+            "end-to-end, 8 producers x window 2 x batch 100, 8 consumers x 100".into(),
+            Scenario::EndToEnd,
+            Load {
+                producers: 8,
+                window: 2,
+                batch: 100,
+                consumers: 8,
+                ..base.clone()
+            },
+        ),
+        (
+            format!("many queues, {} queues x 1 producer", args.queues),
+            Scenario::ManyQueues,
+            Load {
+                queues: args.queues,
+                ..base.clone()
+            },
+        ),
+        (
+            format!(
+                "backlog of {} (fill: 8 x window 4 x batch 100; drain: 8 consumers x 100)",
+                args.backlog
+            ),
+            Scenario::Backlog,
+            Load {
+                producers: 8,
+                window: 4,
+                batch: 100,
+                consumers: 8,
+                messages: Some(args.backlog),
+                drain_limit: Duration::from_secs(600),
+                ..base
+            },
+        ),
+    ]
+}
+
+fn run_load(args: &RunArgs) -> Load {
+    let mut load = Load {
+        producers: args.producers,
+        window: args.window,
+        batch: args.batch,
+        consumers: args.consumers,
+        receive_max: args.receive_max,
+        size: args.size,
+        groups: args.groups,
+        messages: args.messages,
+        ..default_load(args.seconds)
+    };
+    match args.scenario {
+        Scenario::Latency => {
+            load.producers = 1;
+            load.window = 1;
+            load.batch = 1;
+            load.consumers = 0;
+        }
+        Scenario::Produce => load.consumers = 0,
+        Scenario::EndToEnd => {}
+        Scenario::ManyQueues => {
+            load.queues = args.queues;
+            load.producers = 1;
+            load.consumers = 0;
+        }
+        Scenario::Backlog => {
+            load.messages = Some(args.messages.unwrap_or(1_000_000));
+            load.drain_limit = Duration::from_secs(600);
+        }
+    }
+    load
+}
+
+/// A target ready to be measured, with what it owns (a started cluster, raw's files).
+struct Prepared {
+    driver: Arc<dyn Driver>,
+    processes: Vec<(String, u32)>,
+    cluster: Option<SpawnedCluster>,
+}
+
+fn raftq_bin(targets: &Targets) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = &targets.raftq_bin {
+        return Ok(bin.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name("raftq");
+    anyhow::ensure!(
+        sibling.exists(),
+        "no raftq binary next to {}; build it (cargo build --workspace) or pass --raftq-bin",
+        exe.display()
+    );
+    Ok(sibling)
+}
+
+async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> {
+    Ok(match target {
+        Target::Raftq if !targets.addr.is_empty() => Prepared {
+            driver: Arc::new(raftq::Raftq::connect(&targets.addr)?),
+            processes: processes_named("raftq"),
+            cluster: None,
+        },
+        Target::Raftq => {
+            let cluster = SpawnedCluster::start(
+                &raftq_bin(targets)?,
+                &targets.work_dir,
+                3,
+                targets.base_port,
+            )
+            .await?;
+            Prepared {
+                driver: Arc::new(raftq::Raftq::connect(&cluster.addresses())?),
+                processes: cluster.processes(),
+                cluster: Some(cluster),
+            }
+        }
+        Target::Raw => Prepared {
+            driver: Arc::new(raw::Raw::open(&targets.work_dir)?),
+            processes: vec![("raftq-bench".into(), std::process::id())],
+            cluster: None,
+        },
+        Target::Nats => Prepared {
+            driver: Arc::new(nats::Nats::connect(&targets.nats).await?),
+            processes: processes_named("nats-server"),
+            cluster: None,
+        },
+        Target::Rabbitmq => Prepared {
+            driver: Arc::new(rabbitmq::RabbitMq::connect(&targets.rabbitmq).await?),
+            processes: processes_named("beam.smp"),
+            cluster: None,
+        },
+    })
+}
+
+fn max_rss(peaks: &BTreeMap<String, f64>) -> f64 {
+    peaks.values().copied().fold(0.0, f64::max)
+}
+
+async fn measure(
+    target: Target,
+    title: &str,
+    scenario: Scenario,
+    load: &Load,
+    prepared: &mut Prepared,
+) -> anyhow::Result<Report> {
+    let label = format!("[{target:?} {scenario:?}]").to_lowercase();
+    let queues: Vec<String> = (0..load.queues).map(|i| format!("bench-{i}")).collect();
+    for queue in &queues {
+        prepared.driver.create_queue(queue).await?;
+    }
+    let report = if scenario == Scenario::Backlog {
+        let fill_load = Load {
+            consumers: 0,
+            ..load.clone()
+        };
+        let monitor = RssMonitor::start(prepared.processes.clone());
+        let fill = scenario::run(
+            prepared.driver.clone(),
+            &format!("{label} fill"),
+            &queues,
+            &fill_load,
+        )
+        .await?;
+        let fill_rss = monitor.finish().await;
+        let mut restart_ready_seconds = None;
+        if let Some(cluster) = &mut prepared.cluster {
+            let follower = cluster.follower().await?;
+            eprintln!("{label} restarting node {} with the backlog", follower + 1);
+            restart_ready_seconds = Some(cluster.restart(follower).await?.as_secs_f64());
+            prepared.processes = cluster.processes();
+        }
+        let drain_load = Load {
+            producers: 0,
+            messages: Some(0),
+            preloaded: fill.sent,
+            ..load.clone()
+        };
+        let monitor = RssMonitor::start(prepared.processes.clone());
+        let drain = scenario::run(
+            prepared.driver.clone(),
+            &format!("{label} drain"),
+            &queues,
+            &drain_load,
+        )
+        .await?;
+        let drain_rss = monitor.finish().await;
+        let mut peaks = fill_rss.clone();
+        for (name, mib) in &drain_rss {
+            let peak = peaks.entry(name.clone()).or_insert(0.0);
+            *peak = peak.max(*mib);
+        }
+        let backlog = BacklogFigures {
+            fill_msgs_per_s: fill.produce_msgs_per_s,
+            drain_msgs_per_s: drain.consume_msgs_per_s,
+            peak_rss_fill_mib: max_rss(&fill_rss),
+            peak_rss_drain_mib: max_rss(&drain_rss),
+            restart_ready_seconds,
+        };
+        let measured = Measured {
+            received: drain.received,
+            consume_seconds: drain.consume_seconds,
+            consume_msgs_per_s: drain.consume_msgs_per_s,
+            send_to_receive: drain.send_to_receive,
+            drain_incomplete: drain.drain_incomplete,
+            errors: fill.errors + drain.errors,
+            ..fill
+        };
+        Report {
+            target,
+            scenario: title.to_string(),
+            load: load.clone(),
+            measured,
+            peak_rss_mib: peaks,
+            backlog: Some(backlog),
+        }
+    } else {
+        let monitor = RssMonitor::start(prepared.processes.clone());
+        let measured = scenario::run(prepared.driver.clone(), &label, &queues, load).await?;
+        Report {
+            target,
+            scenario: title.to_string(),
+            load: load.clone(),
+            measured,
+            peak_rss_mib: monitor.finish().await,
+            backlog: None,
+        }
+    };
+    for queue in &queues {
+        if let Err(error) = prepared.driver.delete_queue(queue).await {
+            eprintln!("{label} deleting {queue}: {error:#}");
+        }
+    }
+    Ok(report)
+}
+
+fn print_report(report: &Report) {
+    let m = &report.measured;
+    println!("{:?} / {}", report.target, report.scenario);
+    if m.sent > 0 {
+        println!(
+            "  produce: {} msgs in {:.1} s = {:.0} msg/s, {:.1} MiB/s; send->ack ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            m.sent,
+            m.produce_seconds,
+            m.produce_msgs_per_s,
+            m.produce_mib_per_s,
+            m.send_to_ack.p50_ms,
+            m.send_to_ack.p90_ms,
+            m.send_to_ack.p99_ms,
+            m.send_to_ack.p999_ms,
+            m.send_to_ack.max_ms
+        );
+    }
+    if m.received > 0 {
+        println!(
+            "  consume: {} msgs in {:.1} s = {:.0} msg/s; send->receive ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}{}",
+            m.received,
+            m.consume_seconds,
+            m.consume_msgs_per_s,
+            m.send_to_receive.p50_ms,
+            m.send_to_receive.p90_ms,
+            m.send_to_receive.p99_ms,
+            m.send_to_receive.p999_ms,
+            m.send_to_receive.max_ms,
+            if m.drain_incomplete {
+                " (drain incomplete)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(backlog) = &report.backlog {
+        println!(
+            "  backlog: fill {:.0} msg/s, drain {:.0} msg/s, peak RSS fill {:.0} MiB, drain {:.0} MiB{}",
+            backlog.fill_msgs_per_s,
+            backlog.drain_msgs_per_s,
+            backlog.peak_rss_fill_mib,
+            backlog.peak_rss_drain_mib,
+            backlog
+                .restart_ready_seconds
+                .map(|s| format!(", follower restart ready in {s:.1} s"))
+                .unwrap_or_default()
+        );
+    }
+    let rss: Vec<String> = report
+        .peak_rss_mib
+        .iter()
+        .map(|(name, mib)| format!("{name} {mib:.0}"))
+        .collect();
+    println!("  errors {}; peak RSS MiB: {}", m.errors, rss.join(", "));
+}
+
+fn print_table(reports: &[Report]) {
+    println!();
+    println!(
+        "| scenario | target | msg/s | MiB/s | p50 ms | p99 ms | p99.9 ms | max ms | peak RSS MiB (max node) | errors |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for report in reports {
+        let m = &report.measured;
+        let (rate, latency) = if report.load.consumers > 0 && report.backlog.is_none() {
+            (m.consume_msgs_per_s, m.send_to_receive)
+        } else {
+            (m.produce_msgs_per_s, m.send_to_ack)
+        };
+        println!(
+            "| {} | {:?} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+            report.scenario,
+            report.target,
+            rate,
+            rate * report.load.size as f64 / (1024.0 * 1024.0),
+            latency.p50_ms,
+            latency.p99_ms,
+            latency.p999_ms,
+            latency.max_ms,
+            max_rss(&report.peak_rss_mib),
+            m.errors
+        );
+        if let Some(backlog) = &report.backlog {
+            println!(
+                "| ↳ backlog drain | {:?} | {:.0} | | | | | | {:.0} | |",
+                report.target, backlog.drain_msgs_per_s, backlog.peak_rss_drain_mib
+            );
+            if let Some(seconds) = backlog.restart_ready_seconds {
+                println!(
+                    "| ↳ follower restart with the backlog | {:?} | ready in {seconds:.1} s | | | | | | | |",
+                    report.target
+                );
+            }
+        }
+    }
+}
+
+async fn finish(prepared: Prepared) {
+    if let Some(cluster) = prepared.cluster {
+        cluster.stop().await;
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let load = run_load(&args);
+    let mut prepared = prepare(args.target, &args.targets).await?;
+    let title = format!("{:?}", args.scenario).to_lowercase();
+    let report = measure(args.target, &title, args.scenario, &load, &mut prepared).await;
+    finish(prepared).await;
+    let report = report?;
+    if args.targets.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
+    let plan = suite_plan(&args);
+    let mut reports = Vec::new();
+    for target in &args.targets_to_run {
+        for (title, scenario, load) in &plan {
+            // A fresh raftq cluster (and raw store) per scenario: every one starts empty.
+            let mut prepared = prepare(*target, &args.targets).await?;
+            let report = measure(*target, title, *scenario, load, &mut prepared).await;
+            finish(prepared).await;
+            let report = report?;
+            if args.targets.output != "json" {
+                print_report(&report);
+            }
+            reports.push(report);
+        }
+    }
+    let json = serde_json::to_string_pretty(&reports)?;
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, &json)?;
+    }
+    if args.targets.output == "json" {
+        println!("{json}");
+    } else {
+        print_table(&reports);
+    }
+    Ok(())
+}
+
+fn clean_work_dir(path: &Path) {
+    // Leftovers of an interrupted run; every run makes its own subdirectory.
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let client = Client::new(std::slice::from_ref(&args.addr), ClientConfig::default())?;
-    match client
-        .create_queue(&args.queue, pb::QueueOptions::default())
-        .await
-    {
-        Ok(_) => {}
-        Err(error) if error.code() == Some(raftq_client::Code::AlreadyExists) => {}
-        Err(error) => return Err(error.into()),
-    }
-    let body = vec![b'x'; args.size];
-    let per_producer = args.messages / args.producers as u64;
-    let total = per_producer * args.producers as u64;
-    let sent = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut producers = Vec::new();
-    for _ in 0..args.producers {
-        let (client, args, body, sent, errors) = (
-            client.clone(),
-            args.clone(),
-            body.clone(),
-            sent.clone(),
-            errors.clone(),
-        );
-        producers.push(tokio::spawn(async move {
-            let mut latencies = histogram();
-            let mut done = 0u64;
-            while done < per_producer {
-                let count = (args.batch as u64).min(per_producer - done);
-                let begin = Instant::now();
-                let result = if count == 1 {
-                    client
-                        .send(&args.queue, Message::new(body.clone()))
-                        .await
-                        .map(|_| ())
-                } else {
-                    let batch = (0..count).map(|_| Message::new(body.clone())).collect();
-                    client.send_batch(&args.queue, batch).await.map(|_| ())
-                };
-                match result {
-                    Ok(()) => {
-                        let _ = latencies.record(begin.elapsed().as_micros() as u64);
-                        sent.fetch_add(count, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                done += count;
-            }
-            latencies
-        }));
-    }
-    let received = Arc::new(AtomicU64::new(0));
-    let mut consumers = Vec::new();
-    for _ in 0..args.consumers {
-        let (client, args, received, errors) = (
-            client.clone(),
-            args.clone(),
-            received.clone(),
-            errors.clone(),
-        );
-        consumers.push(tokio::spawn(async move {
-            while received.load(Ordering::Relaxed) < total {
-                match client
-                    .receive(
-                        &args.queue,
-                        args.receive_max,
-                        Duration::from_millis(500),
-                        None,
-                    )
-                    .await
-                {
-                    Ok(messages) => {
-                        for message in messages {
-                            if client.ack(&args.queue, &message.receipt).await.is_ok() {
-                                received.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    let progress = {
-        let (sent, received) = (sent.clone(), received.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                eprint!(
-                    "\r{:>6.1}s sent {:>9} received {:>9}",
-                    started.elapsed().as_secs_f64(),
-                    sent.load(Ordering::Relaxed),
-                    received.load(Ordering::Relaxed)
-                );
-            }
-        })
-    };
-    let mut latencies = histogram();
-    for producer in producers {
-        latencies.add(producer.await?)?;
-    }
-    let produce_elapsed = started.elapsed();
-    for consumer in consumers {
-        consumer.await?;
-    }
-    let elapsed = started.elapsed();
-    progress.abort();
-    eprintln!();
-    let sent = sent.load(Ordering::Relaxed);
-    let rate = sent as f64 / produce_elapsed.as_secs_f64();
-    let mib = rate * args.size as f64 / (1024.0 * 1024.0);
-    let e2e_rate = (args.consumers > 0)
-        .then(|| received.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64());
-    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-    let report = json!({
-        "messages": sent,
-        "size": args.size,
-        "producers": args.producers,
-        "batch": args.batch,
-        "consumers": args.consumers,
-        "produce_seconds": produce_elapsed.as_secs_f64(),
-        "produce_msgs_per_s": rate,
-        "produce_mib_per_s": mib,
-        "end_to_end_msgs_per_s": e2e_rate,
-        "send_latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": latencies.max() as f64 / 1000.0},
-        "errors": errors.load(Ordering::Relaxed),
-    });
-    if args.output == "json" {
-        println!("{report}");
-    } else {
-        println!(
-            "sent {sent} x {} B with {} producers, batch {}: {rate:.0} msg/s, {mib:.1} MiB/s",
-            args.size, args.producers, args.batch
-        );
-        if let Some(e2e) = e2e_rate {
-            println!(
-                "end to end (send, receive, ack) with {} consumers: {e2e:.0} msg/s",
-                args.consumers
-            );
+    let cli = Cli::parse();
+    match cli.command {
+        Mode::Run(args) => {
+            clean_work_dir(&args.targets.work_dir);
+            run(args).await
         }
-        println!(
-            "send latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            latencies.max() as f64 / 1000.0
-        );
-        println!("errors: {}", errors.load(Ordering::Relaxed));
+        Mode::Suite(args) => {
+            clean_work_dir(&args.targets.work_dir);
+            suite(args).await
+        }
     }
-    Ok(())
 }

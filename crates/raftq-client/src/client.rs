@@ -516,6 +516,26 @@ impl Client {
         Ok(response.into_inner())
     }
 
+    /// Acknowledges many deliveries of `queue` in one call. Each receipt's result comes
+    /// back in order (`code` 0: acknowledged); retrying the call is safe, as each ack is.
+    pub async fn ack_batch(
+        &self,
+        queue: &str,
+        receipts: &[String],
+    ) -> Result<Vec<pb::AckResult>, ClientError> {
+        let request = pb::AckBatchRequest {
+            queue: queue.to_string(),
+            receipts: receipts.to_vec(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).ack_batch(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().results)
+    }
+
     pub async fn nack(
         &self,
         queue: &str,

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
@@ -104,7 +106,126 @@ pub struct RaftNode {
     raft: Raft,
     shared: SharedState,
     config: Arc<NodeConfig>,
+    proposer: Proposer,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+/// Most commands in one batched log entry.
+const MAX_BATCH_COMMANDS: usize = 256;
+/// A batch takes no more commands once it holds about this many bytes.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Batched entries being committed at once. While all are in flight, new writes wait in
+/// the queue and then go into the next entry together: batches grow with the load.
+const MAX_IN_FLIGHT_BATCHES: usize = 8;
+/// Writes waiting to be batched; callers wait while it is full.
+const PROPOSAL_QUEUE: usize = 8_192;
+
+type WriteResult = Result<Result<Outcome, QueueError>, ClusterError>;
+
+struct Proposal {
+    command: Command,
+    reply: oneshot::Sender<WriteResult>,
+}
+
+/// What proposing a log entry needs: the Raft handle, the applied state (for log time)
+/// and the clock.
+#[derive(Clone)]
+struct Proposer {
+    raft: Raft,
+    shared: SharedState,
     clock: Arc<LogClock>,
+    write_timeout: Duration,
+}
+
+impl Proposer {
+    /// Stamps the leader's time on `command`, replicates it to a quorum and returns the
+    /// state machine's outcome.
+    async fn propose(&self, command: Command) -> WriteResult {
+        let log_now_ms = self.shared.read().now_ms();
+        let request = Request {
+            now_ms: self.clock.stamp(log_now_ms, wall_clock_ms()),
+            command,
+        };
+        let timeout = self.write_timeout;
+        let written = tokio::time::timeout(timeout, self.raft.client_write(request))
+            .await
+            .map_err(|_| ClusterError::NoQuorum {
+                reason: format!(
+                    "write not committed within {} ms; outcome unknown",
+                    timeout.as_millis()
+                ),
+            })?;
+        match client_write_result(written)?.data {
+            Applied::Queue(outcome) => Ok(*outcome),
+            Applied::Internal => Err(stopped("a queue command produced no outcome")),
+        }
+    }
+
+    /// Proposes the commands of `batch` as one entry (a single command as itself) and
+    /// answers each caller with its own command's result.
+    async fn propose_batch(&self, mut batch: Vec<Proposal>) {
+        metrics::histogram!("raftq_write_batch_commands").record(batch.len() as f64);
+        if batch.len() == 1 {
+            let proposal = batch.remove(0);
+            let _ = proposal.reply.send(self.propose(proposal.command).await);
+            return;
+        }
+        let (commands, replies): (Vec<Command>, Vec<_>) = batch
+            .into_iter()
+            .map(|proposal| (proposal.command, proposal.reply))
+            .unzip();
+        let count = commands.len();
+        match self.propose(Command::Batch(commands)).await {
+            Ok(Ok(Outcome::Batch(results))) if results.len() == count => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Ok(Ok(other)) => {
+                let error = stopped(format!("a batch of {count} gave {other:?}"));
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Ok(Err(refused)) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(Err(refused.clone())));
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Takes writes off the queue and proposes them, as many per entry as have queued up
+/// while earlier entries were being committed.
+async fn run_batcher(proposer: Proposer, mut proposals: mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BATCHES));
+    while let Some(first) = proposals.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut bytes = first.command.approx_bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match proposals.try_recv() {
+                Ok(proposal) => {
+                    bytes += proposal.command.approx_bytes();
+                    batch.push(proposal);
+                }
+                Err(_) => break,
+            }
+        }
+        let proposer = proposer.clone();
+        tokio::spawn(async move {
+            proposer.propose_batch(batch).await;
+            drop(slot);
+        });
+    }
 }
 
 /// The time a leader stamps on commands: its wall clock, but never less than the log's
@@ -178,11 +299,20 @@ impl RaftNode {
         )
         .await
         .map_err(stopped)?;
+        let proposer = Proposer {
+            raft: raft.clone(),
+            shared: shared.clone(),
+            clock: Arc::new(LogClock::default()),
+            write_timeout: Duration::from_millis(config.tuning.write_timeout_ms),
+        };
+        let (proposals, queued) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(run_batcher(proposer.clone(), queued));
         Ok(RaftNode {
             raft,
             shared,
             config: Arc::new(config),
-            clock: Arc::new(LogClock::default()),
+            proposer,
+            proposals,
         })
     }
 
@@ -231,29 +361,16 @@ impl RaftNode {
     }
 
     /// Stamps the leader's wall-clock time on `command`, replicates it to a quorum and
-    /// returns the state machine's outcome.
-    pub async fn write(
-        &self,
-        command: Command,
-    ) -> Result<Result<Outcome, QueueError>, ClusterError> {
-        let log_now_ms = self.shared.read().now_ms();
-        let request = Request {
-            now_ms: self.clock.stamp(log_now_ms, wall_clock_ms()),
-            command,
-        };
-        let timeout = Duration::from_millis(self.config.tuning.write_timeout_ms);
-        let written = tokio::time::timeout(timeout, self.raft.client_write(request))
+    /// returns the state machine's outcome. Writes arriving together share log entries.
+    pub async fn write(&self, command: Command) -> WriteResult {
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Proposal { command, reply })
             .await
-            .map_err(|_| ClusterError::NoQuorum {
-                reason: format!(
-                    "write not committed within {} ms; outcome unknown",
-                    timeout.as_millis()
-                ),
-            })?;
-        match self.change(written)?.data {
-            Applied::Queue(outcome) => Ok(*outcome),
-            Applied::Internal => Err(stopped("a queue command produced no outcome")),
-        }
+            .map_err(|_| stopped("the write batcher has stopped"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(stopped("the write batcher dropped a write")))
     }
 
     /// On the leader, writes a [`Command::Tick`] when some queue has timed work due (an
@@ -265,7 +382,7 @@ impl RaftNode {
         }
         let due = {
             let state = self.shared.read();
-            state.has_due_work(self.clock.stamp(state.now_ms(), wall_clock_ms()))
+            state.has_due_work(self.proposer.clock.stamp(state.now_ms(), wall_clock_ms()))
         };
         if !due {
             return Ok(false);
@@ -410,28 +527,34 @@ impl RaftNode {
         &self,
         result: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
     ) -> Result<T, ClusterError> {
-        match result {
-            Ok(value) => Ok(value),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ClusterError::NotLeader {
-                    leader_id: forward.leader_id,
-                    leader_address: forward.leader_node.map(|node| node.addr),
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ClusterError::OutcomeUnknown)
-            }
-            Err(RaftError::APIError(error)) => Err(ClusterError::Membership {
-                reason: error.to_string(),
-            }),
-            Err(RaftError::Fatal(fatal)) => Err(stopped(fatal)),
-        }
+        client_write_result(result)
     }
 
     pub async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
+    }
+}
+
+fn client_write_result<T>(
+    result: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+) -> Result<T, ClusterError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ClusterError::NotLeader {
+                leader_id: forward.leader_id,
+                leader_address: forward.leader_node.map(|node| node.addr),
+            })
+        }
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+            Err(ClusterError::OutcomeUnknown)
+        }
+        Err(RaftError::APIError(error)) => Err(ClusterError::Membership {
+            reason: error.to_string(),
+        }),
+        Err(RaftError::Fatal(fatal)) => Err(stopped(fatal)),
     }
 }
 

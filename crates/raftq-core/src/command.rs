@@ -162,6 +162,12 @@ pub enum Command {
         queue: String,
         receipt: Receipt,
     },
+    /// Acknowledges each receipt on its own (not all or nothing): one log entry for many
+    /// acks. Each receipt's result is reported in order.
+    AckBatch {
+        queue: String,
+        receipts: Vec<Receipt>,
+    },
     Nack {
         queue: String,
         receipt: Receipt,
@@ -195,9 +201,34 @@ pub enum Command {
     /// forgotten dedup records) up to the command's time. The leader writes one when
     /// something is due, so expiry and dead-lettering happen without other traffic.
     Tick,
+    /// Several independent commands in one log entry, applied in order as if each were
+    /// its own entry (with this entry's time): each gets its own result. A leader puts
+    /// concurrent client writes together this way so they share one entry. A batch holds
+    /// no batch.
+    Batch(Vec<Command>),
 }
 
 impl Command {
+    /// About how many bytes the command adds to a log entry: its messages' sizes, or a
+    /// small constant. Used to bound batched entries.
+    pub fn approx_bytes(&self) -> usize {
+        const SMALL: usize = 64;
+        match self {
+            Command::Send { messages, .. } => messages
+                .iter()
+                .map(|message| message.size() as usize + SMALL)
+                .sum(),
+            Command::Commit { sends, .. } => sends
+                .iter()
+                .map(|send| send.message.size() as usize + SMALL)
+                .sum::<usize>()
+                .max(SMALL),
+            Command::AckBatch { receipts, .. } => receipts.len() * 16 + SMALL,
+            Command::Batch(commands) => commands.iter().map(Command::approx_bytes).sum(),
+            _ => SMALL,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Command::CreateQueue { .. } => "create_queue",
@@ -207,11 +238,13 @@ impl Command {
             Command::Receive { .. } => "receive",
             Command::ReceiveSelected { .. } => "receive_selected",
             Command::Ack { .. } => "ack",
+            Command::AckBatch { .. } => "ack_batch",
             Command::Nack { .. } => "nack",
             Command::ExtendLease { .. } => "extend_lease",
             Command::Redrive { .. } => "redrive",
             Command::Commit { .. } => "commit",
             Command::Tick => "tick",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -300,6 +333,8 @@ pub enum Outcome {
     Acked {
         already_acked: bool,
     },
+    /// Per receipt of an `AckBatch`, in order: acked (`true` when it already was), or why not.
+    AckedBatch(Vec<Result<bool, QueueError>>),
     Nacked {
         visible_at_ms: TimeMs,
     },
@@ -318,6 +353,8 @@ pub enum Outcome {
     Ticked {
         queues: u64,
     },
+    /// A `Batch`'s results, one per command in order.
+    Batch(Vec<Result<Outcome, QueueError>>),
 }
 
 #[cfg(test)]

@@ -66,7 +66,20 @@ impl StateMachine {
     pub fn apply(&mut self, request: Request) -> Result<Outcome, QueueError> {
         self.now_ms = self.now_ms.max(request.now_ms);
         self.forget_transactions();
-        let result = self.apply_command(request.command);
+        match request.command {
+            Command::Batch(commands) => Ok(Outcome::Batch(
+                commands
+                    .into_iter()
+                    .map(|command| self.apply_one(command))
+                    .collect(),
+            )),
+            command => self.apply_one(command),
+        }
+    }
+
+    /// One command and what it sent elsewhere: exactly what one log entry of it does.
+    fn apply_one(&mut self, command: Command) -> Result<Outcome, QueueError> {
+        let result = self.apply_command(command);
         self.deliver_outgoing();
         result
     }
@@ -403,6 +416,24 @@ impl StateMachine {
                 let queue = self.queue_mut(&queue)?;
                 let already_acked = queue.ack(receipt, now)?;
                 Ok(Outcome::Acked { already_acked })
+            }
+            Command::Batch(_) => Err(QueueError::invalid(
+                "command",
+                "a batch cannot hold another batch",
+            )),
+            Command::AckBatch { queue, receipts } => {
+                if receipts.is_empty() || receipts.len() > self.limits.max_batch_messages {
+                    return Err(QueueError::invalid(
+                        "receipts",
+                        format!("must hold 1 to {} receipts", self.limits.max_batch_messages),
+                    ));
+                }
+                let queue = self.queue_mut(&queue)?;
+                let results = receipts
+                    .into_iter()
+                    .map(|receipt| queue.ack(receipt, now))
+                    .collect();
+                Ok(Outcome::AckedBatch(results))
             }
             Command::Nack {
                 queue,

@@ -945,3 +945,62 @@ fn a_message_that_reaches_the_queue_too_late_expires_on_arrival() {
     assert_eq!(retry, [results[1].message_id]);
     assert_eq!(sm.queue_info("q.dlq").unwrap().stats.total_sent, 1);
 }
+
+#[test]
+fn an_ack_batch_acks_each_receipt_on_its_own_and_reports_each_result() {
+    let mut sm = with_queue(QueueOptions::default());
+    send(&mut sm, 2_000, vec![body("a"), body("b"), body("c")]);
+    let deliveries = receive(&mut sm, 2_000, 3);
+    assert_eq!(deliveries.len(), 3);
+    let stale = Receipt {
+        attempt: deliveries[2].receipt.attempt + 1,
+        ..deliveries[2].receipt
+    };
+    let batch = |sm: &mut StateMachine, receipts: Vec<Receipt>| match sm.apply(at(
+        2_100,
+        Command::AckBatch {
+            queue: "q".into(),
+            receipts,
+        },
+    )) {
+        Ok(Outcome::AckedBatch(results)) => results,
+        other => panic!("ack batch failed: {other:?}"),
+    };
+    let results = batch(
+        &mut sm,
+        vec![deliveries[0].receipt, deliveries[1].receipt, stale],
+    );
+    assert_eq!(results[0], Ok(false));
+    assert_eq!(results[1], Ok(false));
+    assert!(
+        results[2].is_err(),
+        "a stale receipt is refused: {results:?}"
+    );
+    assert_eq!(sm.queue_info("q").unwrap().stats.depth, 1);
+    // Retried: the first two report already acked; the third message is still leased.
+    let again = batch(&mut sm, vec![deliveries[0].receipt, deliveries[1].receipt]);
+    assert_eq!(again, vec![Ok(true), Ok(true)]);
+    // Empty or unknown queue: refused as a whole.
+    let empty = sm.apply(at(
+        2_200,
+        Command::AckBatch {
+            queue: "q".into(),
+            receipts: vec![],
+        },
+    ));
+    assert!(
+        matches!(empty, Err(QueueError::InvalidArgument { .. })),
+        "{empty:?}"
+    );
+    let unknown = sm.apply(at(
+        2_200,
+        Command::AckBatch {
+            queue: "nope".into(),
+            receipts: vec![deliveries[2].receipt],
+        },
+    ));
+    assert!(
+        matches!(unknown, Err(QueueError::QueueNotFound { .. })),
+        "{unknown:?}"
+    );
+}

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use raftq_core::{Command, NewMessage, Outcome, QueueOptions, Receipt, Request, StateMachine};
+use raftq_core::{
+    Command, NewMessage, Outcome, QueueError, QueueOptions, Receipt, Request, StateMachine,
+};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -234,7 +236,11 @@ impl Model {
     }
 }
 
-fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Every request applied, with its outcome, and the final state.
+type History = (Vec<(Request, Result<Outcome, QueueError>)>, StateMachine);
+
+fn run(config: Config, ops: Vec<Op>) -> Result<History, TestCaseError> {
+    let mut history = Vec::new();
     let mut sm = StateMachine::default();
     let mut now = 1_000u64;
     let create = Command::CreateQueue {
@@ -251,11 +257,13 @@ fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
             ..QueueOptions::default()
         },
     };
-    sm.apply(Request {
+    let request = Request {
         now_ms: now,
         command: create,
-    })
-    .unwrap();
+    };
+    let created = sm.apply(request.clone());
+    prop_assert!(created.is_ok());
+    history.push((request, created));
     // With a dead-letter queue, max-delivery dead letters go there too.
     let config = Config {
         dead_letter: config.dead_letter || config.dead_letter_expired,
@@ -305,10 +313,12 @@ fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 delay_ms: *delay_ms,
             },
         };
-        let outcome = sm.apply(Request {
+        let request = Request {
             now_ms: now,
             command: command.clone(),
-        });
+        };
+        let outcome = sm.apply(request.clone());
+        history.push((request, outcome.clone()));
         model.settle(now, config);
         match (op, outcome) {
             (
@@ -396,6 +406,42 @@ fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
             .unwrap_or_default();
         prop_assert_eq!(&dead, &model.dead_letters);
     }
+    Ok((history, sm))
+}
+
+/// Applies the same requests again, with runs of requests of equal time put together
+/// into `Batch` entries of up to `chunk` commands: every result and the final state must
+/// be exactly those of one entry per command.
+fn replay_batched(history: History, chunk: usize) -> Result<(), TestCaseError> {
+    let (history, expected_state) = history;
+    let mut sm = StateMachine::default();
+    let mut results = Vec::new();
+    let mut pending: Vec<Request> = Vec::new();
+    let mut flush = |sm: &mut StateMachine, pending: &mut Vec<Request>| {
+        let Some(first) = pending.first() else { return };
+        let now_ms = first.now_ms;
+        let commands = pending.drain(..).map(|request| request.command).collect();
+        match sm.apply(Request {
+            now_ms,
+            command: Command::Batch(commands),
+        }) {
+            Ok(Outcome::Batch(outcomes)) => results.extend(outcomes),
+            other => panic!("a batch gave {other:?}"),
+        }
+    };
+    for (request, _) in &history {
+        if pending.len() >= chunk || pending.first().is_some_and(|p| p.now_ms != request.now_ms) {
+            flush(&mut sm, &mut pending);
+        }
+        pending.push(request.clone());
+    }
+    flush(&mut sm, &mut pending);
+    let expected: Vec<_> = history.into_iter().map(|(_, outcome)| outcome).collect();
+    prop_assert_eq!(results, expected);
+    prop_assert!(
+        sm == expected_state,
+        "batched application left another state"
+    );
     Ok(())
 }
 
@@ -423,5 +469,14 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..80),
     ) {
         run(config, ops)?;
+    }
+
+    #[test]
+    fn batched_commands_give_the_same_results_and_state_as_single_entries(
+        config in config(),
+        ops in proptest::collection::vec(op(), 1..80),
+        chunk in 1usize..8,
+    ) {
+        replay_batched(run(config, ops)?, chunk)?;
     }
 }

@@ -51,6 +51,12 @@ enum Commands {
         #[arg(long, default_value_t = 7401)]
         base_port: u16,
     },
+    /// Run the benchmark (`raftq-bench`, installed next to this binary); see `raftq bench --help`.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Create, inspect, list, delete and purge queues.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -500,6 +506,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Commands::Bench { args } => {
+            let exe = std::env::current_exe()?;
+            let bench = exe.with_file_name("raftq-bench");
+            let status = std::process::Command::new(&bench)
+                .args(args)
+                .status()
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "cannot run {}: {error} (build it with `cargo build --workspace`)",
+                        bench.display()
+                    )
+                })?;
+            Ok(match status.code() {
+                Some(0) => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            })
         }
         command => {
             // A person is waiting: give up sooner than a service would.
@@ -972,7 +995,7 @@ async fn client_command(
                 ),
             );
         }
-        Commands::Serve(_) | Commands::Dev { .. } => {
+        Commands::Serve(_) | Commands::Dev { .. } | Commands::Bench { .. } => {
             unreachable!("server commands are handled by run")
         }
     }

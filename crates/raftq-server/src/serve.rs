@@ -10,6 +10,7 @@ use raftq_proto::pb::{
     queue_service_server::QueueServiceServer,
 };
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::MAX_REQUEST_BYTES;
@@ -78,7 +79,17 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         )
         .add_service(AdminServiceServer::new(AdminApi { context }))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
+            // Answers (to clients, and to the leader's append-entries) go out at once:
+            // without TCP_NODELAY, Nagle's algorithm meets the peer's delayed ACK and small
+            // responses wait up to 40 ms.
+            TcpListenerStream::new(grpc_listener).map(|accepted| {
+                if let Ok(stream) = &accepted
+                    && let Err(error) = stream.set_nodelay(true)
+                {
+                    tracing::warn!(%error, "setting TCP_NODELAY");
+                }
+                accepted
+            }),
             until(stopped.clone()),
         );
     let grpc_task = tokio::spawn(grpc);

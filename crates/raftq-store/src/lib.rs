@@ -6,6 +6,7 @@
 
 mod db;
 mod log_store;
+pub mod raw;
 mod state_machine;
 
 use std::fmt;

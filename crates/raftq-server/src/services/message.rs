@@ -222,6 +222,55 @@ impl MessageService for MessageApi {
         }
     }
 
+    async fn ack_batch(
+        &self,
+        request: Request<pb::AckBatchRequest>,
+    ) -> Result<Response<pb::AckBatchResponse>, Status> {
+        forward_to_leader!(self.context, request, MessageServiceClient<_>, ack_batch);
+        let request = request.into_inner();
+        self.context.check_queue_name(&request.queue)?;
+        let receipts = request
+            .receipts
+            .iter()
+            .map(|text| receipt(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self
+            .context
+            .write(Command::AckBatch {
+                queue: request.queue,
+                receipts,
+            })
+            .await?
+        {
+            Outcome::AckedBatch(results) => {
+                let results: Vec<pb::AckResult> = results
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(already_acked) => pb::AckResult {
+                            already_acked,
+                            ..pb::AckResult::default()
+                        },
+                        Err(error) => {
+                            let status = Status::from(ServiceError::from(error));
+                            pb::AckResult {
+                                code: status.code() as i32,
+                                error: status.message().to_string(),
+                                already_acked: false,
+                            }
+                        }
+                    })
+                    .collect();
+                let acked = results
+                    .iter()
+                    .filter(|r| r.code == 0 && !r.already_acked)
+                    .count();
+                metrics::counter!("raftq_messages_acked_total").increment(acked as u64);
+                Ok(Response::new(pb::AckBatchResponse { results }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn nack(
         &self,
         request: Request<pb::NackRequest>,

@@ -1,0 +1,172 @@
+//! A raftq cluster the benchmark starts itself: real `raftq serve` processes on
+//! 127.0.0.1 with fresh data directories, so each scenario starts from empty disks and
+//! the benchmark can read each node's memory and restart a node.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use raftq_client::{Client, ClientConfig};
+use tokio::process::{Child, Command};
+
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct SpawnedCluster {
+    exe: PathBuf,
+    dir: tempfile::TempDir,
+    base_port: u16,
+    peers: String,
+    nodes: Vec<Option<Child>>,
+}
+
+impl SpawnedCluster {
+    pub async fn start(
+        exe: &Path,
+        parent: &Path,
+        nodes: u16,
+        base_port: u16,
+    ) -> anyhow::Result<SpawnedCluster> {
+        std::fs::create_dir_all(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("raftq-")
+            .tempdir_in(parent)?;
+        let peers = (0..nodes)
+            .map(|i| format!("{}=127.0.0.1:{}", i + 1, base_port + i))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = SpawnedCluster {
+            exe: exe.to_path_buf(),
+            dir,
+            base_port,
+            peers,
+            nodes: (0..nodes).map(|_| None).collect(),
+        };
+        for index in 0..nodes as usize {
+            cluster.spawn(index)?;
+        }
+        cluster.wait_for_leader().await?;
+        Ok(cluster)
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        (0..self.nodes.len()).map(|i| self.address(i)).collect()
+    }
+
+    fn address(&self, index: usize) -> String {
+        format!("127.0.0.1:{}", self.base_port as usize + index)
+    }
+
+    /// `(node-N, pid)` of every running node.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, child)| Some((format!("raftq-node-{}", i + 1), child.as_ref()?.id()?)))
+            .collect()
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let node_id = index + 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{node_id}.log")))?;
+        let child = Command::new(&self.exe)
+            .arg("serve")
+            .arg("--node-id")
+            .arg(node_id.to_string())
+            .arg("--listen")
+            .arg(self.address(index))
+            .arg("--http-listen")
+            .arg(format!(
+                "127.0.0.1:{}",
+                self.base_port as usize + 100 + index
+            ))
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("node-{node_id}")))
+            .arg("--peers")
+            .arg(&self.peers)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} serve", self.exe.display()))?;
+        self.nodes[index] = Some(child);
+        Ok(())
+    }
+
+    async fn wait_for_leader(&self) -> anyhow::Result<()> {
+        let client = Client::new(&self.addresses(), ClientConfig::default())?;
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Ok(status) = client.cluster_status().await
+                && status.leader_id != 0
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no leader within {READY_DEADLINE:?}; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of a node that is not the leader.
+    pub async fn follower(&self) -> anyhow::Result<usize> {
+        let client = Client::new(&self.addresses(), ClientConfig::default())?;
+        let leader = client.cluster_status().await?.leader_id as usize;
+        Ok((0..self.nodes.len()).find(|i| i + 1 != leader).unwrap_or(0))
+    }
+
+    /// Kills node `index` with SIGKILL, starts it again on the same data and returns how
+    /// long it took until it answered and had applied everything the leader had committed
+    /// when it was killed.
+    pub async fn restart(&mut self, index: usize) -> anyhow::Result<Duration> {
+        let leader = Client::new(&self.addresses(), ClientConfig::default())?;
+        let status = leader.cluster_status().await?;
+        let target = status
+            .nodes
+            .iter()
+            .map(|node| node.committed_index)
+            .max()
+            .unwrap_or(0);
+        if let Some(mut child) = self.nodes[index].take() {
+            child.kill().await?;
+        }
+        let started = Instant::now();
+        self.spawn(index)?;
+        let node = Client::new(
+            &[self.address(index)],
+            ClientConfig {
+                retry_deadline: Duration::from_millis(500),
+                max_backoff: Duration::from_millis(50),
+                ..ClientConfig::default()
+            },
+        )?;
+        let deadline = started + READY_DEADLINE * 5;
+        loop {
+            if let Ok(info) = node.node_info().await
+                && info.applied_index >= target
+            {
+                return Ok(started.elapsed());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {} not caught up within {:?}",
+                index + 1,
+                deadline - started
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        for child in self.nodes.iter_mut().flatten() {
+            let _ = child.kill().await;
+        }
+    }
+}

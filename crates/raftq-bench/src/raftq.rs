@@ -1,0 +1,152 @@
+//! The raftq target, through the project's own Rust client.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, try_join_all};
+use raftq_client::{Client, ClientConfig, Code, Message, pb};
+
+use crate::driver::{Consumer, Driver, Producer, Result};
+
+/// How long a receive waits for a message before returning empty.
+const RECEIVE_WAIT: Duration = Duration::from_millis(200);
+
+pub struct Raftq {
+    client: Client,
+}
+
+impl Raftq {
+    pub fn connect(addresses: &[String]) -> Result<Raftq> {
+        Ok(Raftq {
+            client: Client::new(addresses, ClientConfig::default())?,
+        })
+    }
+}
+
+impl Driver for Raftq {
+    fn create_queue<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move {
+            match self.client.delete_queue(queue).await {
+                Ok(()) => {}
+                Err(error) if error.code() == Some(Code::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
+            let options = pb::QueueOptions {
+                // Room for the largest backlog scenario.
+                max_depth: 10_000_000,
+                ..pb::QueueOptions::default()
+            };
+            self.client.create_queue(queue, options).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn delete_queue<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move { Ok(self.client.delete_queue(queue).await?) }.boxed()
+    }
+
+    fn producer<'a>(
+        &'a self,
+        queue: &'a str,
+        group: Option<String>,
+    ) -> BoxFuture<'a, Result<Box<dyn Producer>>> {
+        let producer = RaftqProducer {
+            client: self.client.clone(),
+            queue: queue.to_string(),
+            group,
+        };
+        async move { Ok(Box::new(producer) as Box<dyn Producer>) }.boxed()
+    }
+
+    fn consumer<'a>(
+        &'a self,
+        queue: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
+        let consumer = RaftqConsumer {
+            client: self.client.clone(),
+            queue: queue.to_string(),
+            max: max as u32,
+            receipts: Vec::new(),
+        };
+        async move { Ok(Box::new(consumer) as Box<dyn Consumer>) }.boxed()
+    }
+}
+
+struct RaftqProducer {
+    client: Client,
+    queue: String,
+    group: Option<String>,
+}
+
+impl RaftqProducer {
+    fn message(&self, body: Bytes) -> Message {
+        let message = Message::new(body.to_vec());
+        match &self.group {
+            Some(group) => message.with_group(group.clone()),
+            None => message,
+        }
+    }
+}
+
+impl Producer for RaftqProducer {
+    fn send(&mut self, bodies: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+        async move {
+            if bodies.len() == 1 {
+                let body = bodies.into_iter().next().unwrap_or_default();
+                self.client.send(&self.queue, self.message(body)).await?;
+            } else {
+                let messages = bodies.into_iter().map(|body| self.message(body)).collect();
+                self.client.send_batch(&self.queue, messages).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+struct RaftqConsumer {
+    client: Client,
+    queue: String,
+    max: u32,
+    receipts: Vec<String>,
+}
+
+impl Consumer for RaftqConsumer {
+    fn receive(&mut self) -> BoxFuture<'_, Result<Vec<Bytes>>> {
+        async move {
+            let messages = self
+                .client
+                .receive(&self.queue, self.max, RECEIVE_WAIT, None)
+                .await?;
+            self.receipts = messages.iter().map(|m| m.receipt.clone()).collect();
+            Ok(messages.into_iter().map(|m| Bytes::from(m.body)).collect())
+        }
+        .boxed()
+    }
+
+    fn ack(&mut self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let receipts = std::mem::take(&mut self.receipts);
+            if receipts.is_empty() {
+                return Ok(());
+            }
+            let results = match self.client.ack_batch(&self.queue, &receipts).await {
+                Ok(results) => results,
+                // A server from before AckBatch: one ack per message, concurrently.
+                Err(error) if error.code() == Some(Code::Unimplemented) => {
+                    try_join_all(receipts.iter().map(|r| self.client.ack(&self.queue, r))).await?;
+                    return Ok(());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            match results.iter().find(|result| result.code != 0) {
+                Some(failed) => anyhow::bail!("ack refused: {}", failed.error),
+                None => Ok(()),
+            }
+        }
+        .boxed()
+    }
+}

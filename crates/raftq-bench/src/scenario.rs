@@ -1,0 +1,283 @@
+//! Runs one load against one target: producers (each with a window of requests in flight)
+//! and consumers spread over a set of queues, until a message budget or a duration is
+//! used up and the consumers have drained what was sent.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::driver::{Driver, Result};
+use crate::stats::{Counters, Percentiles, Progress, histogram};
+
+/// Bytes at the start of every body that carry its send time.
+const STAMP_BYTES: usize = 8;
+const FILLER_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Load {
+    pub queues: usize,
+    /// Producers per queue.
+    pub producers: usize,
+    /// Requests each producer keeps in flight.
+    pub window: usize,
+    /// Messages per send request.
+    pub batch: usize,
+    /// Consumers per queue (0: produce only).
+    pub consumers: usize,
+    /// Messages per receive.
+    pub receive_max: usize,
+    /// Body bytes.
+    pub size: usize,
+    /// raftq only: each producer sends in its own message group.
+    pub groups: bool,
+    /// Messages to send in all; `None`: send for `duration`.
+    pub messages: Option<u64>,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+    /// Messages already in the queues that consumers must drain too.
+    pub preloaded: u64,
+    /// How long consumers may take to drain once producers are done.
+    #[serde(serialize_with = "seconds")]
+    pub drain_limit: Duration,
+}
+
+fn seconds<S: serde::Serializer>(
+    duration: &Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(duration.as_secs_f64())
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Measured {
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub produce_seconds: f64,
+    pub consume_seconds: f64,
+    pub produce_msgs_per_s: f64,
+    pub produce_mib_per_s: f64,
+    pub consume_msgs_per_s: f64,
+    /// Producer request: from send to the target's acknowledgement.
+    pub send_to_ack: Percentiles,
+    /// Per message: from send to a consumer receiving it.
+    pub send_to_receive: Percentiles,
+    /// Consumers stopped at `drain_limit` with messages left.
+    pub drain_incomplete: bool,
+}
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Incompressible filler (xorshift), so no target gains from compressing bodies.
+fn filler() -> &'static [u8] {
+    static FILLER: OnceLock<Vec<u8>> = OnceLock::new();
+    FILLER.get_or_init(|| {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        (0..FILLER_BYTES)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    })
+}
+
+/// A body of `size` bytes: the send time, then filler from a varying offset.
+fn body(size: usize) -> Bytes {
+    let size = size.max(STAMP_BYTES);
+    let stamp = base().elapsed().as_micros() as u64;
+    let filler = filler();
+    let offset = (stamp as usize).wrapping_mul(31) % (filler.len() - size.min(filler.len()) + 1);
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(&stamp.to_le_bytes());
+    while body.len() < size {
+        let take = (size - body.len()).min(filler.len() - offset);
+        body.extend_from_slice(&filler[offset..offset + take]);
+    }
+    Bytes::from(body)
+}
+
+fn age_micros(body: &[u8]) -> Option<u64> {
+    let stamp = u64::from_le_bytes(body.get(..STAMP_BYTES)?.try_into().ok()?);
+    (base().elapsed().as_micros() as u64).checked_sub(stamp)
+}
+
+/// Hands out the message budget in batches; `None` once it is used up or time is over.
+struct Budget {
+    remaining: Option<AtomicU64>,
+    deadline: Instant,
+}
+
+impl Budget {
+    fn take(&self, batch: u64) -> Option<u64> {
+        match &self.remaining {
+            Some(remaining) => remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    (left > 0).then(|| left - left.min(batch))
+                })
+                .ok()
+                .map(|left| left.min(batch)),
+            None => (Instant::now() < self.deadline).then_some(batch),
+        }
+    }
+}
+
+pub async fn run(
+    driver: Arc<dyn Driver>,
+    label: &str,
+    queues: &[String],
+    load: &Load,
+) -> Result<Measured> {
+    let counters = Arc::new(Counters::default());
+    let budget = Arc::new(Budget {
+        remaining: load.messages.map(AtomicU64::new),
+        deadline: Instant::now() + load.duration,
+    });
+    let producers_done = Arc::new(AtomicBool::new(load.producers == 0));
+    // Connect everything before the clock starts.
+    let mut producer_handles = Vec::new();
+    for (q, queue) in queues.iter().enumerate() {
+        for p in 0..load.producers {
+            for _ in 0..load.window.max(1) {
+                let group = load.groups.then(|| format!("q{q}-p{p}"));
+                producer_handles.push(driver.producer(queue, group).await?);
+            }
+        }
+    }
+    let mut consumer_handles = Vec::new();
+    for queue in queues {
+        for _ in 0..load.consumers {
+            consumer_handles.push(driver.consumer(queue, load.receive_max).await?);
+        }
+    }
+    let progress = Progress::start(label.to_string(), counters.clone());
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    for mut producer in producer_handles {
+        let (counters, budget, size, batch) = (
+            counters.clone(),
+            budget.clone(),
+            load.size,
+            load.batch as u64,
+        );
+        producers.push(tokio::spawn(async move {
+            let mut latencies = histogram();
+            while let Some(count) = budget.take(batch) {
+                let bodies = (0..count).map(|_| body(size)).collect();
+                let begin = Instant::now();
+                match producer.send(bodies).await {
+                    Ok(()) => {
+                        let _ = latencies.record(begin.elapsed().as_micros() as u64);
+                        counters.sent.fetch_add(count, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("send failed: {error:#}");
+                        }
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut consumers = Vec::new();
+    for mut consumer in consumer_handles {
+        let (counters, producers_done) = (counters.clone(), producers_done.clone());
+        let (preloaded, drain_limit) = (load.preloaded, load.drain_limit);
+        consumers.push(tokio::spawn(async move {
+            let mut latencies = histogram();
+            let mut drain_deadline: Option<Instant> = None;
+            let mut last_ack = Instant::now();
+            loop {
+                if producers_done.load(Ordering::Relaxed) {
+                    if counters.received() >= counters.sent() + preloaded {
+                        break;
+                    }
+                    let deadline =
+                        *drain_deadline.get_or_insert_with(|| Instant::now() + drain_limit);
+                    if Instant::now() > deadline {
+                        return (latencies, last_ack, true);
+                    }
+                }
+                let bodies = match consumer.receive().await {
+                    Ok(bodies) => bodies,
+                    Err(error) => {
+                        if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("receive failed: {error:#}");
+                        }
+                        continue;
+                    }
+                };
+                if bodies.is_empty() {
+                    continue;
+                }
+                for body in &bodies {
+                    if let Some(age) = age_micros(body) {
+                        let _ = latencies.record(age.max(1));
+                    }
+                }
+                match consumer.ack().await {
+                    Ok(()) => {
+                        counters
+                            .received
+                            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                        last_ack = Instant::now();
+                    }
+                    Err(error) => {
+                        if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("ack failed: {error:#}");
+                        }
+                    }
+                }
+            }
+            (latencies, last_ack, false)
+        }));
+    }
+    let mut send_to_ack = histogram();
+    for producer in producers {
+        send_to_ack.add(producer.await?)?;
+    }
+    let produce_seconds = started.elapsed().as_secs_f64();
+    producers_done.store(true, Ordering::Relaxed);
+    let mut send_to_receive: Histogram<u64> = histogram();
+    let mut consume_end = started;
+    let mut drain_incomplete = false;
+    for consumer in consumers {
+        let (latencies, last_ack, incomplete) = consumer.await?;
+        send_to_receive.add(latencies)?;
+        consume_end = consume_end.max(last_ack);
+        drain_incomplete |= incomplete;
+    }
+    progress.finish().await;
+    let consume_seconds = consume_end.duration_since(started).as_secs_f64();
+    let (sent, received) = (counters.sent(), counters.received());
+    let per_s = |count: u64, seconds: f64| {
+        if seconds > 0.0 {
+            count as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    Ok(Measured {
+        sent,
+        received,
+        errors: counters.errors(),
+        produce_seconds,
+        consume_seconds,
+        produce_msgs_per_s: per_s(sent, produce_seconds),
+        produce_mib_per_s: per_s(sent, produce_seconds) * load.size as f64 / (1024.0 * 1024.0),
+        consume_msgs_per_s: per_s(received, consume_seconds),
+        send_to_ack: Percentiles::of(&send_to_ack),
+        send_to_receive: Percentiles::of(&send_to_receive),
+        drain_incomplete,
+    })
+}
