@@ -22,7 +22,8 @@ pub struct Nats {
 
 impl Nats {
     pub async fn connect(urls: &str) -> Result<Nats> {
-        let client = async_nats::connect(urls).await?;
+        let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let client = async_nats::connect(servers).await?;
         Ok(Nats {
             context: jetstream::new(client),
         })

@@ -138,10 +138,6 @@ pub async fn run(
     load: &Load,
 ) -> Result<Measured> {
     let counters = Arc::new(Counters::default());
-    let budget = Arc::new(Budget {
-        remaining: load.messages.map(AtomicU64::new),
-        deadline: Instant::now() + load.duration,
-    });
     let producers_done = Arc::new(AtomicBool::new(load.producers == 0));
     // Connect everything before the clock starts.
     let mut producer_handles = Vec::new();
@@ -161,6 +157,10 @@ pub async fn run(
     }
     let progress = Progress::start(label.to_string(), counters.clone());
     let started = Instant::now();
+    let budget = Arc::new(Budget {
+        remaining: load.messages.map(AtomicU64::new),
+        deadline: started + load.duration,
+    });
     let mut producers = Vec::new();
     for mut producer in producer_handles {
         let (counters, budget, size, batch) = (

@@ -43,6 +43,7 @@ impl MessageProperties {
 /// A message as the producer hands it over.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
     /// Empty means "no idempotency key": the send is never deduplicated.
@@ -278,6 +279,7 @@ pub struct SendResult {
 pub struct Delivery {
     pub message_id: MessageId,
     pub sequence: u64,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
     pub properties: MessageProperties,

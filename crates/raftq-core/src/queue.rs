@@ -36,6 +36,7 @@ pub enum MessageState {
 pub struct StoredMessage {
     pub message_id: MessageId,
     pub sequence: u64,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
     pub properties: MessageProperties,

@@ -139,3 +139,33 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     bincode::deserialize(bytes).map_err(|source| StoreError::Decode { what, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use raftq_core::{Command, NewMessage, Request};
+
+    #[test]
+    fn a_body_is_stored_as_its_length_then_its_bytes_as_before() {
+        // Bodies are (de)serialized as byte runs; bincode lays them out exactly as the
+        // earlier per-byte encoding did (u64 length, then the bytes), so logs and
+        // snapshots written before still read back.
+        let request = Request {
+            now_ms: 7,
+            command: Command::Send {
+                queue: "q".into(),
+                messages: vec![NewMessage {
+                    body: vec![0xAB, 0xCD, 0xEF],
+                    ..NewMessage::default()
+                }],
+            },
+        };
+        let bytes = super::encode("request", &request).expect("encode");
+        let run = [3, 0, 0, 0, 0, 0, 0, 0, 0xAB, 0xCD, 0xEF];
+        assert!(
+            bytes.windows(run.len()).any(|window| window == run),
+            "{bytes:?}"
+        );
+        let decoded: Request = super::decode("request", &bytes).expect("decode");
+        assert_eq!(decoded, request);
+    }
+}
