@@ -341,3 +341,67 @@ async fn log_time_stays_monotonic_and_leases_expire_after_a_leader_clock_ran_an_
     .await;
     assert!(again.iter().all(|m| m.attempt == 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_through_the_log_in_pieces() {
+    // 160 entries of about 1 MiB each (batches of 1,000 messages), no snapshot: the
+    // follower must receive about 160 MiB of log, far more than one append-entries call
+    // may carry in its time limit.
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "far", pb::QueueOptions::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|node| node.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.node(follower).kill();
+    let body = vec![b'x'; 1000];
+    for batch in 0..160 {
+        let messages = (0..1000)
+            .map(|i| {
+                let mut body = body.clone();
+                body[..8].copy_from_slice(&(batch * 1000 + i as u64).to_le_bytes());
+                Message::new(body)
+            })
+            .collect();
+        client
+            .send_batch("far", messages)
+            .await
+            .expect("send while a follower is down");
+    }
+    let leader_client = cluster.node(leader).client();
+    let leader_info = leader_client.node_info().await.expect("leader info");
+    assert_eq!(
+        leader_info.snapshot_index, 0,
+        "no snapshot: the log must carry it"
+    );
+    cluster.node(follower).restart();
+    let follower_client = cluster.node(follower).client();
+    wait_until_or(
+        "the follower catches up",
+        Duration::from_secs(90),
+        || async {
+            let info = follower_client.node_info().await.ok()?;
+            (info.applied_index >= leader_info.committed_index).then_some(())
+        },
+        || {
+            format!(
+                "leader committed {}\n{}",
+                leader_info.committed_index,
+                cluster.logs()
+            )
+        },
+    )
+    .await;
+    let depth = follower_client
+        .get_queue("far")
+        .await
+        .expect("get")
+        .stats
+        .expect("stats")
+        .depth;
+    assert_eq!(depth, 160_000);
+}

@@ -136,6 +136,9 @@ struct RunArgs {
     /// raftq only: each producer sends in its own message group.
     #[arg(long)]
     groups: bool,
+    /// Messages per second across all producers (default: as fast as they can).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -176,6 +179,9 @@ struct Report {
     /// Backlog only: fill and drain rates, and (spawned raftq) follower restart time.
     #[serde(skip_serializing_if = "Option::is_none")]
     backlog: Option<BacklogFigures>,
+    /// Why the scenario could not run to the end (its figures are then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,6 +204,7 @@ fn default_load(seconds: f64) -> Load {
         size: 1024,
         groups: false,
         messages: None,
+        rate: None,
         duration: Duration::from_secs_f64(seconds),
         preloaded: 0,
         drain_limit: Duration::from_secs(120),
@@ -243,6 +250,17 @@ fn suite_plan(args: &SuiteArgs) -> Vec<(String, Scenario, Load)> {
             },
         ),
         (
+            "end-to-end at 5,000 msg/s (8 producers x batch 10, 8 consumers x 100)".into(),
+            Scenario::EndToEnd,
+            Load {
+                producers: 8,
+                batch: 10,
+                consumers: 8,
+                rate: Some(5_000.0),
+                ..base.clone()
+            },
+        ),
+        (
             format!("many queues, {} queues x 1 producer", args.queues),
             Scenario::ManyQueues,
             Load {
@@ -279,6 +297,7 @@ fn run_load(args: &RunArgs) -> Load {
         size: args.size,
         groups: args.groups,
         messages: args.messages,
+        rate: args.rate,
         ..default_load(args.seconds)
     };
     match args.scenario {
@@ -377,7 +396,7 @@ async fn measure(
     let label = format!("[{target:?} {scenario:?}]").to_lowercase();
     let queues: Vec<String> = (0..load.queues).map(|i| format!("bench-{i}")).collect();
     for queue in &queues {
-        prepared.driver.create_queue(queue).await?;
+        scenario::within_setup_limit(prepared.driver.create_queue(queue)).await?;
     }
     let report = if scenario == Scenario::Backlog {
         let fill_load = Load {
@@ -443,6 +462,7 @@ async fn measure(
             measured,
             peak_rss_mib: peaks,
             backlog: Some(backlog),
+            error: None,
         }
     } else {
         let monitor = RssMonitor::start(prepared.processes.clone());
@@ -454,10 +474,12 @@ async fn measure(
             measured,
             peak_rss_mib: monitor.finish().await,
             backlog: None,
+            error: None,
         }
     };
     for queue in &queues {
-        if let Err(error) = prepared.driver.delete_queue(queue).await {
+        if let Err(error) = scenario::within_setup_limit(prepared.driver.delete_queue(queue)).await
+        {
             eprintln!("{label} deleting {queue}: {error:#}");
         }
     }
@@ -467,6 +489,10 @@ async fn measure(
 fn print_report(report: &Report) {
     let m = &report.measured;
     println!("{:?} / {}", report.target, report.scenario);
+    if let Some(error) = &report.error {
+        println!("  failed: {error}");
+        return;
+    }
     if m.sent > 0 {
         println!(
             "  produce: {} msgs in {:.1} s = {:.0} msg/s, {:.1} MiB/s; send->ack ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
@@ -527,6 +553,13 @@ fn print_table(reports: &[Report]) {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for report in reports {
+        if let Some(error) = &report.error {
+            println!(
+                "| {} | {:?} | failed: {error} | | | | | | | |",
+                report.scenario, report.target
+            );
+            continue;
+        }
         let m = &report.measured;
         let (rate, latency) = if report.load.consumers > 0 && report.backlog.is_none() {
             (m.consume_msgs_per_s, m.send_to_receive)
@@ -588,16 +621,37 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
     for target in &args.targets_to_run {
         for (title, scenario, load) in &plan {
             // A fresh raftq cluster (and raw store) per scenario: every one starts empty.
-            let mut prepared = prepare(*target, &args.targets).await?;
-            let report = measure(*target, title, *scenario, load, &mut prepared).await;
-            finish(prepared).await;
-            let report = report?;
+            // A scenario that fails is reported as such and the suite goes on.
+            let report = match prepare(*target, &args.targets).await {
+                Ok(mut prepared) => {
+                    let report = measure(*target, title, *scenario, load, &mut prepared).await;
+                    finish(prepared).await;
+                    report
+                }
+                Err(error) => Err(error),
+            };
+            let report = report.unwrap_or_else(|error| {
+                eprintln!("{target:?} / {title}: failed: {error:#}");
+                Report {
+                    target: *target,
+                    scenario: title.clone(),
+                    load: load.clone(),
+                    measured: Measured::default(),
+                    peak_rss_mib: BTreeMap::new(),
+                    backlog: None,
+                    error: Some(format!("{error:#}")),
+                }
+            });
             if args.targets.output != "json" {
                 print_report(&report);
             }
             reports.push(report);
         }
     }
+    let failed = reports
+        .iter()
+        .filter(|report| report.error.is_some())
+        .count();
     let json = serde_json::to_string_pretty(&reports)?;
     if let Some(path) = &args.json_file {
         std::fs::write(path, &json)?;
@@ -607,6 +661,7 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
     } else {
         print_table(&reports);
     }
+    anyhow::ensure!(failed == 0, "{failed} scenario(s) failed");
     Ok(())
 }
 

@@ -38,6 +38,8 @@ pub struct Load {
     pub messages: Option<u64>,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
+    /// Messages per second across all producers; `None`: as fast as they can.
+    pub rate: Option<f64>,
     /// Messages already in the queues that consumers must drain too.
     pub preloaded: u64,
     /// How long consumers may take to drain once producers are done.
@@ -115,10 +117,28 @@ fn age_micros(body: &[u8]) -> Option<u64> {
 struct Budget {
     remaining: Option<AtomicU64>,
     deadline: Instant,
+    /// Paced sends: messages per second across all producers (None: as fast as possible).
+    rate: Option<f64>,
+    started: Instant,
+    claimed: AtomicU64,
 }
 
 impl Budget {
-    fn take(&self, batch: u64) -> Option<u64> {
+    /// Like [`Budget::claim`], but with a rate, waits until the batch is due.
+    async fn take(&self, batch: u64) -> Option<u64> {
+        let count = self.claim(batch)?;
+        if let Some(rate) = self.rate {
+            let before = self.claimed.fetch_add(count, Ordering::Relaxed);
+            let due = self.started + Duration::from_secs_f64(before as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            if self.remaining.is_none() && Instant::now() >= self.deadline {
+                return None;
+            }
+        }
+        Some(count)
+    }
+
+    fn claim(&self, batch: u64) -> Option<u64> {
         match &self.remaining {
             Some(remaining) => remaining
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
@@ -129,6 +149,19 @@ impl Budget {
             None => (Instant::now() < self.deadline).then_some(batch),
         }
     }
+}
+
+/// Longest a target may take to create a queue, a producer or a consumer.
+const SETUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// A setup step of a target, failed if it does not finish within [`SETUP_LIMIT`]: a peer
+/// that stops answering ends the scenario instead of hanging the suite.
+pub async fn within_setup_limit<T>(
+    step: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(SETUP_LIMIT, step).await.map_err(|_| {
+        anyhow::anyhow!("the target did not answer a setup step within {SETUP_LIMIT:?}")
+    })?
 }
 
 pub async fn run(
@@ -145,14 +178,15 @@ pub async fn run(
         for p in 0..load.producers {
             for _ in 0..load.window.max(1) {
                 let group = load.groups.then(|| format!("q{q}-p{p}"));
-                producer_handles.push(driver.producer(queue, group).await?);
+                producer_handles.push(within_setup_limit(driver.producer(queue, group)).await?);
             }
         }
     }
     let mut consumer_handles = Vec::new();
     for queue in queues {
         for _ in 0..load.consumers {
-            consumer_handles.push(driver.consumer(queue, load.receive_max).await?);
+            consumer_handles
+                .push(within_setup_limit(driver.consumer(queue, load.receive_max)).await?);
         }
     }
     let progress = Progress::start(label.to_string(), counters.clone());
@@ -160,6 +194,9 @@ pub async fn run(
     let budget = Arc::new(Budget {
         remaining: load.messages.map(AtomicU64::new),
         deadline: started + load.duration,
+        rate: load.rate,
+        started,
+        claimed: AtomicU64::new(0),
     });
     let mut producers = Vec::new();
     for mut producer in producer_handles {
@@ -171,7 +208,7 @@ pub async fn run(
         );
         producers.push(tokio::spawn(async move {
             let mut latencies = histogram();
-            while let Some(count) = budget.take(batch) {
+            while let Some(count) = budget.take(batch).await {
                 let bodies = (0..count).map(|_| body(size)).collect();
                 let begin = Instant::now();
                 match producer.send(bodies).await {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use openraft::OptionalSend;
+use openraft::entry::RaftEntry;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -14,12 +15,20 @@ use tonic::transport::{Channel, Endpoint};
 
 use raftq_core::GroupId;
 use raftq_proto::raft_pb::{RaftRequest, SnapshotChunk, raft_service_client::RaftServiceClient};
-use raftq_store::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use raftq_store::{Entry, Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
 use crate::MAX_RAFT_MESSAGE_BYTES;
 
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most entry bytes one append-entries call carries. openraft hands over up to
+/// `max_payload_entries` entries at once, and entries holding batches of messages are
+/// large: a follower far behind would get calls of hundreds of MiB that never finish
+/// within the call's time limit, and would never catch up. Entries beyond this go in the
+/// next call (the answer is then `PartialSuccess` up to the last entry sent).
+const MAX_APPEND_BYTES: u64 = 8 * 1024 * 1024;
+/// Time a call is allowed per byte it carries, on top of openraft's limit (10 MB/s).
+const APPEND_NANOS_PER_BYTE: u64 = 100;
 
 pub(crate) struct Network {
     pub(crate) group: GroupId,
@@ -93,6 +102,19 @@ impl Peer {
     }
 }
 
+/// How many of `entries` (at least one) fit in `limit` serialized bytes, and their bytes.
+fn entries_within(entries: &[Entry], limit: u64) -> (usize, u64) {
+    let mut total = 0u64;
+    for (count, entry) in entries.iter().enumerate() {
+        let size = bincode::serialized_size(entry).unwrap_or(0);
+        if count > 0 && total + size > limit {
+            return (count, total);
+        }
+        total += size;
+    }
+    (entries.len(), total)
+}
+
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RPCError<TypeConfig>> {
     bincode::deserialize(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
@@ -102,13 +124,23 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let request = self.request(&rpc, option.hard_ttl())?;
+        let (keep, bytes) = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        let truncated = keep < rpc.entries.len();
+        rpc.entries.truncate(keep);
+        let last_sent = rpc.entries.last().map(|entry| entry.log_id());
+        let timeout = option.hard_ttl() + Duration::from_nanos(bytes * APPEND_NANOS_PER_BYTE);
+        let request = self.request(&rpc, timeout)?;
         let mut client = self.client()?;
         let response = client.append_entries(request).await.map_err(status_error)?;
-        decode(&response.into_inner().payload)
+        match decode(&response.into_inner().payload)? {
+            AppendEntriesResponse::Success if truncated => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
+            response => Ok(response),
+        }
     }
 
     async fn vote(
@@ -162,5 +194,48 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         };
         bincode::deserialize(&response.into_inner().payload)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::entry::RaftEntry;
+    use raftq_core::{Command, NewMessage, Request};
+    use raftq_store::{Entry, TypeConfig};
+
+    use super::entries_within;
+
+    fn entry(index: u64, body_bytes: usize) -> Entry {
+        let request = Request {
+            now_ms: 1,
+            command: Command::Send {
+                queue: "q".into(),
+                messages: vec![NewMessage {
+                    body: vec![0; body_bytes],
+                    ..NewMessage::default()
+                }],
+            },
+        };
+        Entry::new(
+            openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            EntryPayload::Normal(request),
+        )
+    }
+
+    #[test]
+    fn an_append_takes_entries_up_to_the_byte_limit_and_at_least_one() {
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1000)).collect();
+        let (count, bytes) = entries_within(&entries, 3_500);
+        assert_eq!(count, 3);
+        assert!(bytes > 3_000 && bytes <= 3_500, "{bytes}");
+        assert_eq!(entries_within(&entries, u64::MAX).0, 10);
+        let huge = vec![entry(1, 10_000), entry(2, 10)];
+        assert_eq!(
+            entries_within(&huge, 100).0,
+            1,
+            "one entry even when it alone is larger"
+        );
+        assert_eq!(entries_within(&[], 100), (0, 0));
     }
 }

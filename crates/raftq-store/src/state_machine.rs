@@ -95,12 +95,16 @@ impl StateMachineStore {
 
     fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
         let state: StateMachine = decode("snapshot", data)?;
+        self.install(meta, state);
+        Ok(())
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta, state: StateMachine) {
         self.shared.replace(state);
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         self.shared.applied.send_replace(index);
-        Ok(())
     }
 
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
@@ -141,12 +145,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data = encode("snapshot", &self.state)?;
-        let stored = StoredSnapshot {
-            meta: self.meta.clone(),
-            data,
-        };
-        save_snapshot(&self.db, self.group, &stored)?;
+        let state = std::mem::take(&mut self.state);
+        let (db, group, meta) = (self.db.clone(), self.group, self.meta.clone());
+        // Serializing and writing a large state takes a while: do it off the async
+        // workers, so heartbeats and client calls go on meanwhile.
+        let stored = tokio::task::spawn_blocking(move || -> Result<StoredSnapshot, StoreError> {
+            let data = encode("snapshot", &state)?;
+            drop(state);
+            let stored = StoredSnapshot { meta, data };
+            save_snapshot(&db, group, &stored)?;
+            Ok(stored)
+        })
+        .await
+        .map_err(io::Error::other)??;
         metrics::counter!("raftq_snapshots_built_total").increment(1);
         metrics::gauge!("raftq_snapshot_bytes").set(stored.data.len() as f64);
         Ok(Snapshot {
@@ -219,9 +230,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data: snapshot.into_inner(),
         };
-        // Decode first: a snapshot that cannot be read must not replace anything.
-        self.restore(&stored.meta, &stored.data)?;
-        save_snapshot(&self.db, self.group, &stored)?;
+        // Decode first: a snapshot that cannot be read must not replace anything. Both
+        // decoding and the synced write run off the async workers (see build_snapshot).
+        let (db, group) = (self.db.clone(), self.group);
+        let (state, stored) = tokio::task::spawn_blocking(
+            move || -> Result<(StateMachine, StoredSnapshot), StoreError> {
+                let state: StateMachine = decode("snapshot", &stored.data)?;
+                save_snapshot(&db, group, &stored)?;
+                Ok((state, stored))
+            },
+        )
+        .await
+        .map_err(io::Error::other)??;
+        self.install(&stored.meta, state);
         metrics::counter!("raftq_snapshots_installed_total").increment(1);
         Ok(())
     }
