@@ -347,7 +347,8 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
     Ok(match target {
         Target::Raftq if !targets.addr.is_empty() => Prepared {
             driver: Arc::new(raftq::Raftq::connect(&targets.addr)?),
-            processes: processes_named("raftq"),
+            // Server processes only: not `raftq dev` or a `raftq bench` wrapper.
+            processes: processes_named("raftq", Some("serve")),
             cluster: None,
         },
         Target::Raftq => {
@@ -371,12 +372,12 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
         },
         Target::Nats => Prepared {
             driver: Arc::new(nats::Nats::connect(&targets.nats).await?),
-            processes: processes_named("nats-server"),
+            processes: processes_named("nats-server", None),
             cluster: None,
         },
         Target::Rabbitmq => Prepared {
             driver: Arc::new(rabbitmq::RabbitMq::connect(&targets.rabbitmq).await?),
-            processes: processes_named("beam.smp"),
+            processes: processes_named("beam.smp", None),
             cluster: None,
         },
     })

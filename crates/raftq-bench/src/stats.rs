@@ -162,8 +162,9 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Every running process whose command name is `name`, labelled `name-<pid>`.
-pub fn processes_named(name: &str) -> Vec<(String, u32)> {
+/// Every running process whose command name is `name` and whose command line holds
+/// `argument` (when given), labelled `name-<pid>`.
+pub fn processes_named(name: &str, argument: Option<&str>) -> Vec<(String, u32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -173,6 +174,15 @@ pub fn processes_named(name: &str) -> Vec<(String, u32)> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .filter(|pid| {
+            argument.is_none_or(|argument| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    cmdline
+                        .split(|byte| *byte == 0)
+                        .any(|arg| arg == argument.as_bytes())
+                })
+            })
         })
         .map(|pid| (format!("{name}-{pid}"), pid))
         .collect();
