@@ -237,7 +237,7 @@ async fn client_given_a_follower_learns_and_caches_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_batch_acks_each_receipt_through_a_follower_and_refuses_bad_requests() {
-    let cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
     create_queue(&client, "batched", pb::QueueOptions::default()).await;
     let messages = (0..5).map(|i| Message::new(format!("m{i}"))).collect();
@@ -253,12 +253,7 @@ async fn ack_batch_acks_each_receipt_through_a_follower_and_refuses_bad_requests
     receipts[4] = stale;
     // Through a follower: forwarded to the leader like every write.
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .nodes
-        .iter()
-        .find(|node| node.id != leader)
-        .expect("a follower")
-        .client();
+    let follower = cluster.node(cluster.follower_of(leader)).client();
     let results = follower
         .ack_batch("batched", &receipts)
         .await

@@ -188,12 +188,7 @@ async fn stopped_follower_catches_up_by_snapshot() {
     let client = cluster.client();
     create_queue(&client, "backlog", pb::QueueOptions::default()).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .nodes
-        .iter()
-        .map(|node| node.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.follower_of(leader);
     let stopped_at = cluster
         .node(follower)
         .client()
@@ -351,12 +346,7 @@ async fn a_follower_far_behind_catches_up_through_the_log_in_pieces() {
     let client = cluster.client();
     create_queue(&client, "far", pb::QueueOptions::default()).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = cluster
-        .nodes
-        .iter()
-        .map(|node| node.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.follower_of(leader);
     cluster.node(follower).kill();
     let body = vec![b'x'; 1000];
     for batch in 0..160 {

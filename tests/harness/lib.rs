@@ -357,6 +357,15 @@ impl Cluster {
         .await
     }
 
+    /// The id of some running node other than `leader`.
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        self.nodes
+            .iter()
+            .find(|node| node.id != leader && node.is_running())
+            .expect("a running follower")
+            .id
+    }
+
     pub fn logs(&self) -> String {
         self.nodes
             .iter()
