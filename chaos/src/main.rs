@@ -35,6 +35,27 @@ enum Command {
     /// Remove network namespaces and bridges left by runs that were killed (only while no
     /// other run is going on).
     Cleanup,
+    /// Run the workload against a cluster started elsewhere (containers, say) until
+    /// `--stop-file` exists or `--duration` passes, then drain and check.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// gRPC addresses of the cluster (comma-separated); the client follows the leader.
+    #[arg(long, value_delimiter = ',', required = true)]
+    addr: Vec<String>,
+    /// Stop producing once this file exists.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
+    /// Stop producing after this long at the latest, e.g. 10m.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    mix: workload::Mix,
+    /// Where the history, summary and timeline go.
+    #[arg(long, default_value = "chaos-out")]
+    out: PathBuf,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,21 +88,8 @@ pub struct RunArgs {
     /// Where the nodes run: own network namespaces (needed for network faults) or loopback.
     #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
     network: NetworkMode,
-    #[arg(long, default_value_t = 3)]
-    producers: usize,
-    #[arg(long, default_value_t = 3)]
-    consumers: usize,
-    /// Producers that send to a second queue, each in its own message group (order and
-    /// one-in-flight per group are checked).
-    #[arg(long, default_value_t = 2)]
-    grouped_producers: usize,
-    #[arg(long, default_value_t = 2)]
-    grouped_consumers: usize,
-    /// Transactional movers: a producer `t0` sends to a third queue, movers `m*` move each
-    /// value to a fourth queue in transactions (ack + send in one commit), a consumer
-    /// `tc0` consumes the result. 0 leaves transactions out.
-    #[arg(long, default_value_t = 2)]
-    tx_movers: usize,
+    #[command(flatten)]
+    mix: workload::Mix,
     /// Where the history, summary and timeline go.
     #[arg(long, default_value = "chaos-out")]
     out: PathBuf,
@@ -124,6 +132,10 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Run(args) => {
             let verdict = workload::run(&args).await?;
+            Ok(exit(verdict.valid))
+        }
+        Command::Load(args) => {
+            let verdict = workload::load(&args).await?;
             Ok(exit(verdict.valid))
         }
     }

@@ -13,7 +13,7 @@ use crate::checker::{self, Verdict};
 use crate::history::{Delivered, Event, Op, Outcome};
 use crate::nemesis::{self, FaultKind};
 use crate::timeline;
-use crate::{NetworkMode, RunArgs};
+use crate::{LoadArgs, NetworkMode, RunArgs};
 
 const QUEUE: &str = "chaos";
 /// Grouped producers send here, each with its own message group.
@@ -66,10 +66,9 @@ fn outcome_of(error: &ClientError) -> Outcome {
     }
 }
 
-fn workload_client(cluster: &Cluster) -> anyhow::Result<Client> {
-    let addresses: Vec<String> = cluster.nodes.iter().map(|node| node.grpc.clone()).collect();
+fn workload_client(addresses: &[String]) -> anyhow::Result<Client> {
     Ok(Client::new(
-        &addresses,
+        addresses,
         ClientConfig {
             retry_deadline: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(2),
@@ -177,17 +176,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let reproduce = format!(
-        "chaos/run --nodes {} --seed {} --duration {}s --network {} --faults {} --producers {} --consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {}",
+        "chaos/run --nodes {} --seed {} --duration {}s --network {} --faults {} {}",
         args.nodes,
         args.seed,
         args.duration.as_secs(),
         if namespaces { "netns" } else { "loopback" },
         faults,
-        args.producers,
-        args.consumers,
-        args.grouped_producers,
-        args.grouped_consumers,
-        args.tx_movers
+        args.mix.flags()
     );
     println!("raftq-chaos: {reproduce}");
     let mut cluster = Cluster::start_with(
@@ -198,72 +193,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         },
     )
     .await;
-    let client = workload_client(&cluster)?;
-    for queue in QUEUES {
-        client
-            .create_queue(
-                queue,
-                pb::QueueOptions {
-                    default_lease_ms: 5_000,
-                    dedup_window_ms: 3_600_000,
-                    ..pb::QueueOptions::default()
-                },
-            )
-            .await?;
-    }
-    let recorder = Recorder {
-        started: Instant::now(),
-        events: Arc::new(Mutex::new(Vec::new())),
-    };
-    let stop_producers = Arc::new(AtomicBool::new(false));
-    let stop_consumers = Arc::new(AtomicBool::new(false));
-    // Plain producers ("p*") and grouped ones ("g*", one message group each); consumers
-    // of each queue ("c*", "gc*").
-    let plain = (0..args.producers).map(|i| (format!("p{i}"), QUEUE, false));
-    let grouped = (0..args.grouped_producers).map(|i| (format!("g{i}"), GROUP_QUEUE, true));
-    let transactional = (0..args.tx_movers.min(1)).map(|i| (format!("t{i}"), TX_IN, false));
-    let producers: Vec<_> = plain
-        .chain(grouped)
-        .chain(transactional)
-        .map(|(name, queue, grouped)| {
-            let task = produce(
-                workload_client(&cluster)?,
-                recorder.clone(),
-                name,
-                queue,
-                grouped,
-                stop_producers.clone(),
-            );
-            Ok(tokio::spawn(task))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let plain = (0..args.consumers).map(|i| (format!("c{i}"), QUEUE));
-    let grouped = (0..args.grouped_consumers).map(|i| (format!("gc{i}"), GROUP_QUEUE));
-    let moved = (0..args.tx_movers.min(1)).map(|i| (format!("tc{i}"), TX_OUT));
-    let mut consumers: Vec<_> = plain
-        .chain(grouped)
-        .chain(moved)
-        .map(|(name, queue)| {
-            let task = consume(
-                workload_client(&cluster)?,
-                recorder.clone(),
-                name,
-                queue,
-                stop_consumers.clone(),
-            );
-            Ok(tokio::spawn(task))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    for i in 0..args.tx_movers {
-        let task = mover(
-            workload_client(&cluster)?,
-            recorder.clone(),
-            format!("m{i}"),
-            stop_consumers.clone(),
-        );
-        consumers.push(tokio::spawn(task));
-    }
-
+    let workload = Workload::start(cluster_addresses(&cluster), &args.mix).await?;
+    let recorder = workload.recorder.clone();
     let plan = nemesis::schedule(args.seed, &kinds, args.duration);
     for planned in plan {
         if recorder.started.elapsed() >= args.duration {
@@ -303,69 +234,238 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         nemesis::wait_for_leader(&cluster, Duration::from_secs(30)).await;
     }
 
-    stop_producers.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.context("producer task")?;
-    }
-    // Availability is judged while producers run; the drain comes after.
-    let producing_end_ms = recorder.now_ms();
-    let drained = drain(&client).await;
-    stop_consumers.store(true, Ordering::Relaxed);
-    for consumer in consumers {
-        consumer.await.context("consumer task")?;
-    }
-    let run_end_ms = recorder.now_ms();
-    let events = recorder
-        .events
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mut verdict = checker::check(&events, producing_end_ms);
-    if !drained {
-        verdict.valid = false;
-        println!(
-            "raftq-chaos: the queues did not drain (within {DRAIN_DEADLINE:?}, or they stopped shrinking for {DRAIN_STALL:?})"
-        );
-    }
-    std::fs::write(
-        args.out.join("history.jsonl"),
-        crate::history::to_jsonl(&events),
-    )?;
     let summary = serde_json::json!({
         "command": reproduce,
         "seed": args.seed,
         "nodes": args.nodes,
         "duration_s": args.duration.as_secs(),
-        "drained": drained,
-        "verdict": verdict,
     });
-    std::fs::write(
-        args.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
-    std::fs::write(
-        args.out.join("timeline.svg"),
-        timeline::render(&events, run_end_ms),
-    )?;
-    println!("raftq-chaos: {}", verdict.counts_line());
-    println!(
-        "raftq-chaos: {} — history, summary.json and timeline.svg in {}",
-        if verdict.valid { "VALID" } else { "INVALID" },
-        args.out.display()
+    workload.finish(&args.out, &reproduce, summary).await
+}
+
+/// Runs the workload against a cluster someone else drives (see `LoadArgs`).
+pub async fn load(args: &LoadArgs) -> anyhow::Result<Verdict> {
+    let reproduce = format!(
+        "raftq-chaos load --addr {} {}",
+        args.addr.join(","),
+        args.mix.flags()
     );
-    if !verdict.valid {
-        println!("raftq-chaos: reproduce with: {reproduce}");
-        for problem in verdict.lost.iter().take(5) {
-            println!("  lost {problem}");
-        }
-        for problem in verdict.duplicates.iter().take(5) {
-            println!("  duplicate {problem}");
-        }
-        for problem in verdict.order_violations.iter().take(5) {
-            println!("  order: {problem}");
-        }
+    println!("raftq-chaos: {reproduce}");
+    let workload = Workload::start(args.addr.clone(), &args.mix).await?;
+    let deadline = tokio::time::Instant::now() + args.duration;
+    println!("raftq-chaos: load running");
+    while tokio::time::Instant::now() < deadline
+        && !args.stop_file.as_ref().is_some_and(|file| file.exists())
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(verdict)
+    let summary = serde_json::json!({ "command": reproduce });
+    workload.finish(&args.out, &reproduce, summary).await
+}
+
+/// What the workload runs: how many of each kind of process.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Mix {
+    #[arg(long, default_value_t = 3)]
+    pub producers: usize,
+    #[arg(long, default_value_t = 3)]
+    pub consumers: usize,
+    /// Producers that send to a second queue, each in its own message group (order and
+    /// one-in-flight per group are checked).
+    #[arg(long, default_value_t = 2)]
+    pub grouped_producers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub grouped_consumers: usize,
+    /// Transactional movers: a producer `t0` sends to a third queue, movers `m*` move each
+    /// value to a fourth queue in transactions (ack + send in one commit), a consumer
+    /// `tc0` consumes the result. 0 leaves transactions out.
+    #[arg(long, default_value_t = 2)]
+    pub tx_movers: usize,
+}
+
+impl Mix {
+    /// The flags that give this mix, for a command line that reproduces a run.
+    pub fn flags(&self) -> String {
+        format!(
+            "--producers {} --consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {}",
+            self.producers,
+            self.consumers,
+            self.grouped_producers,
+            self.grouped_consumers,
+            self.tx_movers
+        )
+    }
+}
+
+fn cluster_addresses(cluster: &Cluster) -> Vec<String> {
+    cluster.nodes.iter().map(|node| node.grpc.clone()).collect()
+}
+
+/// Producers and consumers running against a cluster, recording every operation.
+pub struct Workload {
+    addresses: Vec<String>,
+    client: Client,
+    recorder: Recorder,
+    stop_producers: Arc<AtomicBool>,
+    stop_consumers: Arc<AtomicBool>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Creates the queues (if missing) and starts every process of `mix`.
+    pub async fn start(addresses: Vec<String>, mix: &Mix) -> anyhow::Result<Workload> {
+        let client = workload_client(&addresses)?;
+        for queue in QUEUES {
+            let created = client
+                .create_queue(
+                    queue,
+                    pb::QueueOptions {
+                        default_lease_ms: 5_000,
+                        dedup_window_ms: 3_600_000,
+                        ..pb::QueueOptions::default()
+                    },
+                )
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(error) if error.code() == Some(Code::AlreadyExists) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let recorder = Recorder {
+            started: Instant::now(),
+            events: Arc::new(Mutex::new(Vec::new())),
+        };
+        let stop_producers = Arc::new(AtomicBool::new(false));
+        let stop_consumers = Arc::new(AtomicBool::new(false));
+        // Plain producers ("p*") and grouped ones ("g*", one message group each); consumers
+        // of each queue ("c*", "gc*").
+        let plain = (0..mix.producers).map(|i| (format!("p{i}"), QUEUE, false));
+        let grouped = (0..mix.grouped_producers).map(|i| (format!("g{i}"), GROUP_QUEUE, true));
+        let transactional = (0..mix.tx_movers.min(1)).map(|i| (format!("t{i}"), TX_IN, false));
+        let producers: Vec<_> = plain
+            .chain(grouped)
+            .chain(transactional)
+            .map(|(name, queue, grouped)| {
+                let task = produce(
+                    workload_client(&addresses)?,
+                    recorder.clone(),
+                    name,
+                    queue,
+                    grouped,
+                    stop_producers.clone(),
+                );
+                Ok(tokio::spawn(task))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let plain = (0..mix.consumers).map(|i| (format!("c{i}"), QUEUE));
+        let grouped = (0..mix.grouped_consumers).map(|i| (format!("gc{i}"), GROUP_QUEUE));
+        let moved = (0..mix.tx_movers.min(1)).map(|i| (format!("tc{i}"), TX_OUT));
+        let mut consumers: Vec<_> = plain
+            .chain(grouped)
+            .chain(moved)
+            .map(|(name, queue)| {
+                let task = consume(
+                    workload_client(&addresses)?,
+                    recorder.clone(),
+                    name,
+                    queue,
+                    stop_consumers.clone(),
+                );
+                Ok(tokio::spawn(task))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        for i in 0..mix.tx_movers {
+            let task = mover(
+                workload_client(&addresses)?,
+                recorder.clone(),
+                format!("m{i}"),
+                stop_consumers.clone(),
+            );
+            consumers.push(tokio::spawn(task));
+        }
+        Ok(Workload {
+            addresses,
+            client,
+            recorder,
+            stop_producers,
+            stop_consumers,
+            producers,
+            consumers,
+        })
+    }
+
+    /// Stops the producers, drains the queues, stops the consumers, checks the history and
+    /// writes it with `summary` (the verdict added) to `out`.
+    pub async fn finish(
+        self,
+        out: &std::path::Path,
+        reproduce: &str,
+        mut summary: serde_json::Value,
+    ) -> anyhow::Result<Verdict> {
+        let Workload {
+            addresses,
+            client,
+            recorder,
+            stop_producers,
+            stop_consumers,
+            producers,
+            consumers,
+        } = self;
+        stop_producers.store(true, Ordering::Relaxed);
+        for producer in producers {
+            producer.await.context("producer task")?;
+        }
+        // Availability is judged while producers run; the drain comes after.
+        let producing_end_ms = recorder.now_ms();
+        let drained = drain(&client).await;
+        stop_consumers.store(true, Ordering::Relaxed);
+        for consumer in consumers {
+            consumer.await.context("consumer task")?;
+        }
+        let run_end_ms = recorder.now_ms();
+        let events = recorder
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut verdict = checker::check(&events, producing_end_ms);
+        if !drained {
+            verdict.valid = false;
+            println!(
+                "raftq-chaos: the queues did not drain (within {DRAIN_DEADLINE:?}, or they stopped shrinking for {DRAIN_STALL:?}) through {addresses:?}"
+            );
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        std::fs::write(out.join("history.jsonl"), crate::history::to_jsonl(&events))?;
+        summary["drained"] = serde_json::json!(drained);
+        summary["verdict"] = serde_json::to_value(&verdict)?;
+        std::fs::write(
+            out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
+        std::fs::write(out.join("timeline.svg"), timeline::render(&events, run_end_ms))?;
+        println!("raftq-chaos: {}", verdict.counts_line());
+        println!(
+            "raftq-chaos: {} — history, summary.json and timeline.svg in {}",
+            if verdict.valid { "VALID" } else { "INVALID" },
+            out.display()
+        );
+        if !verdict.valid {
+            println!("raftq-chaos: reproduce with: {reproduce}");
+            for problem in verdict.lost.iter().take(5) {
+                println!("  lost {problem}");
+            }
+            for problem in verdict.duplicates.iter().take(5) {
+                println!("  duplicate {problem}");
+            }
+            for problem in verdict.order_violations.iter().take(5) {
+                println!("  order: {problem}");
+            }
+        }
+        Ok(verdict)
+    }
 }
 
 /// Records a receive started at `start`: the values it handed out, or its error. Returns

@@ -63,3 +63,107 @@ async fn fourth_node_joins_as_voter_and_a_removed_node_leaves_the_cluster_servin
         .expect("node 4 info");
     assert!(four.voter);
 }
+
+/// Whether `id` is a voter that has applied everything the leader has.
+async fn is_caught_up_voter(client: &raftq_client::Client, id: u64) -> bool {
+    let Ok(status) = client.cluster_status().await else {
+        return false;
+    };
+    let Some(leader) = status.nodes.iter().find(|n| n.role == "leader") else {
+        return false;
+    };
+    status
+        .nodes
+        .iter()
+        .any(|n| n.node_id == id && n.voter && n.applied_index >= leader.applied_index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shrink_removes_the_members_above_the_count_and_a_removed_node_joins_again() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "jobs", pb::QueueOptions::default()).await;
+    client
+        .send("jobs", Message::new("before"))
+        .await
+        .expect("send");
+    cluster.spawn_joining_node(4);
+    wait_until("node 4 is a caught-up voter", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move { is_caught_up_voter(&client, 4).await.then_some(()) }
+    })
+    .await;
+
+    // What the chart's pre-upgrade hook runs on a scale-down from 4 to 3.
+    let address = cluster.node(1).grpc.clone();
+    let shrink = || {
+        std::process::Command::new(raftq_tests::raftq_binary())
+            .args(["--addr", &address, "--output", "json", "cluster", "shrink", "--to", "3"])
+            .output()
+            .expect("run raftq cluster shrink")
+    };
+    let output = shrink();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let members: Vec<u64> = client
+        .cluster_status()
+        .await
+        .expect("status")
+        .nodes
+        .iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(members, [1, 2, 3]);
+    // Again: nothing above 3 is left, nothing changes, and that is no error.
+    let again = shrink();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).is_empty());
+
+    // The removed node comes back on its old data (a scale-up again): it still remembers
+    // itself as a member, but the cluster does not count it, so it joins again.
+    cluster.node(4).stop();
+    cluster.node(4).restart();
+    wait_until(
+        "node 4 is a caught-up voter again",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move { is_caught_up_voter(&client, 4).await.then_some(()) }
+        },
+    )
+    .await;
+    let four = cluster.node(4).client();
+    let depth = four
+        .get_queue("jobs")
+        .await
+        .expect("get through node 4")
+        .stats
+        .expect("stats")
+        .depth;
+    assert_eq!(depth, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_leadership_over_before_it_exits() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "jobs", pb::QueueOptions::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.node(leader).stop();
+    let log = std::fs::read_to_string(&cluster.node(leader).log).unwrap_or_default();
+    assert!(
+        log.contains("leadership handed over"),
+        "node {leader} stopped without handing over:\n{}",
+        cluster.node(leader).log_tail()
+    );
+    // Another node leads, and writes go on.
+    let next = cluster.wait_for_leader().await;
+    assert_ne!(next, leader);
+    client
+        .send("jobs", Message::new("after"))
+        .await
+        .expect("send after the leader stopped");
+}

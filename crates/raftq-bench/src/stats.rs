@@ -79,7 +79,7 @@ impl Progress {
                     // Look at the stop flag often, print once a second.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     tick += 1;
-                    if tick % 10 != 0 {
+                    if !tick.is_multiple_of(10) {
                         continue;
                     }
                     let now = (counters.sent(), counters.received());
@@ -95,7 +95,7 @@ impl Progress {
                     last = now;
                     if tty {
                         eprint!("\r{line}\x1b[K");
-                    } else if tick % 50 == 0 {
+                    } else if tick.is_multiple_of(50) {
                         eprintln!("{line}");
                     }
                 }

@@ -9,7 +9,8 @@ use openraft::entry::RaftEntry;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -154,6 +155,20 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         decode(&response.into_inner().payload)
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.request(&rpc, option.hard_ttl())?;
+        let mut client = self.client()?;
+        let response = client
+            .transfer_leader(request)
+            .await
+            .map_err(status_error)?;
+        decode(&response.into_inner().payload)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -161,26 +176,21 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let header = bincode::serialize(&(vote, snapshot.meta.clone()))
+        let file = snapshot
+            .snapshot
+            .into_file()
             .map_err(|e| NetworkError::new(&e))?;
-        let data = snapshot.snapshot.into_inner();
-        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK_BYTES + 1);
-        chunks.push(SnapshotChunk {
-            group_id: self.group,
-            target_node_id: self.target,
+        let size = file.metadata().map_err(|e| NetworkError::new(&e))?.len();
+        let header = bincode::serialize(&(vote, snapshot.meta.clone(), size))
+            .map_err(|e| NetworkError::new(&e))?;
+        let chunks = snapshot_chunks(
+            self.group,
+            self.target,
             header,
-            data: Vec::new(),
-        });
-        for piece in data.chunks(SNAPSHOT_CHUNK_BYTES) {
-            chunks.push(SnapshotChunk {
-                group_id: self.group,
-                target_node_id: self.target,
-                header: Vec::new(),
-                data: piece.to_vec(),
-            });
-        }
+            tokio::fs::File::from_std(file),
+        );
         metrics::counter!("raftq_snapshots_sent_total").increment(1);
-        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        let mut request = tonic::Request::new(chunks);
         request.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
         let mut client = self.client()?;
         let send = client.install_snapshot(request);
@@ -195,6 +205,50 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         bincode::deserialize(&response.into_inner().payload)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
+}
+
+/// The chunks of one snapshot stream: the header first, then the file in pieces of
+/// `SNAPSHOT_CHUNK_BYTES`, read as the transport takes them (the file may be far larger
+/// than memory). A read error ends the stream early; the receiver then refuses the
+/// snapshot, as it is shorter than the header says.
+fn snapshot_chunks(
+    group: GroupId,
+    target: NodeId,
+    header: Vec<u8>,
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = SnapshotChunk> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    let head = SnapshotChunk {
+        group_id: group,
+        target_node_id: target,
+        header,
+        data: Vec::new(),
+    };
+    let rest = futures::stream::unfold(Some(file), move |file| async move {
+        let mut file = file?;
+        let mut data = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES);
+        match (&mut file)
+            .take(SNAPSHOT_CHUNK_BYTES as u64)
+            .read_to_end(&mut data)
+            .await
+        {
+            Ok(0) => None,
+            Ok(_) => Some((
+                SnapshotChunk {
+                    group_id: group,
+                    target_node_id: target,
+                    header: Vec::new(),
+                    data,
+                },
+                Some(file),
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "reading a snapshot file to send failed");
+                None
+            }
+        }
+    });
+    futures::StreamExt::chain(futures::stream::once(async move { head }), rest)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 
 /// Raft timing and log-compaction knobs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RaftTuning {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -270,8 +270,7 @@ impl RaftNode {
     /// recovers its log, vote and newest snapshot from disk.
     pub async fn start(config: NodeConfig) -> Result<RaftNode, ClusterError> {
         std::fs::create_dir_all(&config.data_dir).map_err(stopped)?;
-        let db =
-            Db::open(&config.data_dir.join("rocksdb"), &OpenOptions::default()).map_err(stopped)?;
+        let db = Db::open(&config.data_dir, &OpenOptions::default()).map_err(stopped)?;
         let log_store = LogStore::new(db.clone(), config.group).map_err(stopped)?;
         let state_machine = StateMachineStore::open(db, config.group).map_err(stopped)?;
         let shared = state_machine.shared();
@@ -328,6 +327,7 @@ impl RaftNode {
             raft: self.raft.clone(),
             node_id: self.config.node_id,
             group: self.config.group,
+            snapshot_dir: self.config.data_dir.join("snapshots"),
         })
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -482,6 +482,16 @@ impl RaftNode {
         address: String,
         promote: bool,
     ) -> Result<(), ClusterError> {
+        // A node that restarts asks to join again; when it already is what it asks to be,
+        // nothing changes.
+        if self
+            .status()
+            .members
+            .get(&node_id)
+            .is_some_and(|(known, voter)| *known == address && (*voter || !promote))
+        {
+            return Ok(());
+        }
         self.change(
             self.raft
                 .add_learner(node_id, Node { addr: address }, true)
@@ -528,6 +538,50 @@ impl RaftNode {
         result: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
     ) -> Result<T, ClusterError> {
         client_write_result(result)
+    }
+
+    /// On the leader: names the voter whose log is furthest along as the next leader and
+    /// waits, at most `within`, until another node leads. Lets a node that is about to stop
+    /// hand over at once instead of leaving the cluster leaderless for an election timeout.
+    /// Returns the new leader, or `None` when this node was not the leader or nobody took
+    /// over in time.
+    pub async fn hand_over_leadership(&self, within: Duration) -> Option<NodeId> {
+        let me = self.config.node_id;
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(me) {
+            return None;
+        }
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let successor = metrics
+            .replication
+            .as_ref()?
+            .iter()
+            .filter(|(id, _)| **id != me && voters.contains(id))
+            .max_by_key(|(_, matched)| matched.map(|log_id| log_id.index))
+            .map(|(id, _)| *id)?;
+        tracing::info!(successor, "handing leadership over");
+        if let Err(error) = self.raft.trigger().transfer_leader(successor).await {
+            tracing::warn!(%error, "leadership transfer");
+            return None;
+        }
+        match self
+            .raft
+            .wait(Some(within))
+            .metrics(
+                |metrics| metrics.current_leader.is_some_and(|leader| leader != me),
+                "another node leads",
+            )
+            .await
+        {
+            Ok(metrics) => {
+                tracing::info!(leader = ?metrics.current_leader, "leadership handed over");
+                metrics.current_leader
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no other node took over leadership");
+                None
+            }
+        }
     }
 
     pub async fn shutdown(&self) {

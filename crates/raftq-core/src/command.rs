@@ -279,8 +279,11 @@ pub struct SendResult {
 pub struct Delivery {
     pub message_id: MessageId,
     pub sequence: u64,
+    /// The bytes. Empty in the state machine's outcome when the embedder keeps bodies
+    /// (see [`crate::StateMachine::keep_bodies_outside`]): it fills them in from `body_ref`.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    pub body_ref: crate::BodyRef,
     pub headers: BTreeMap<String, String>,
     pub properties: MessageProperties,
     pub group: String,

@@ -7,19 +7,23 @@
 //! command (stamped by the Raft leader), so replaying the log gives the same state on
 //! every node.
 
+pub mod body;
 mod command;
 mod error;
 mod limits;
 pub mod queue;
+pub mod sparse;
 mod state;
 
 pub use command::{
     AcknowledgementRequest, Command, Delivery, MessageProperties, NewMessage, Outcome, QueueInfo,
     QueueStats, Receipt, Request, SendResult, TransactionAck, TransactionSend,
 };
+pub use body::{BodyEffect, BodyRef};
 pub use error::QueueError;
 pub use limits::{Limits, Overflow, QueueOptions, journal_queue_name, validate_queue_name};
 pub use queue::StoredMessage;
+pub use sparse::Sparse;
 pub use state::StateMachine;
 
 /// Identifier of a Raft group. One group holds every queue today; the id is carried in

@@ -2,10 +2,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::body::{BodyChange, BodyRef};
 use crate::command::{
     AcknowledgementRequest, Delivery, MessageProperties, NewMessage, QueueInfo, QueueStats,
     Receipt, SendResult,
 };
+use crate::sparse::Sparse;
 use crate::{MessageId, Overflow, QueueError, QueueOptions, TimeMs};
 
 /// Headers a dead-lettered message gains.
@@ -36,10 +38,12 @@ pub enum MessageState {
 pub struct StoredMessage {
     pub message_id: MessageId,
     pub sequence: u64,
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-    pub properties: MessageProperties,
+    /// Where the body is kept (see [`crate::body`]).
+    pub body: BodyRef,
+    /// Headers, properties and acknowledgement requests are empty on most messages:
+    /// [`Sparse`] keeps each empty one at 8 bytes.
+    pub headers: Sparse<BTreeMap<String, String>>,
+    pub properties: Sparse<MessageProperties>,
     pub group: String,
     pub priority: u8,
     pub enqueued_at_ms: TimeMs,
@@ -48,14 +52,14 @@ pub struct StoredMessage {
     /// Times handed out so far; the current delivery's attempt number when leased.
     pub deliveries: u32,
     pub state: MessageState,
-    pub acknowledgement: AcknowledgementRequest,
+    pub acknowledgement: Sparse<AcknowledgementRequest>,
 }
 
 impl StoredMessage {
     /// Bytes counted against `max_bytes`, as `NewMessage::size` counts them.
     pub fn size(&self) -> u64 {
         let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        (self.body.len() + headers + self.group.len() + self.properties.size()) as u64
+        self.body.len + (headers + self.group.len() + self.properties.size()) as u64
     }
 }
 
@@ -91,7 +95,12 @@ pub(crate) enum Outgoing {
         target: String,
     },
     /// A copy of a consumed message for the journal queue `target` (created on demand).
-    Journal { message: NewMessage, target: String },
+    /// `message` has no body of its own: the copy shares `body` with the original.
+    Journal {
+        message: NewMessage,
+        body: BodyRef,
+        target: String,
+    },
     /// An acknowledgement message for `target`, posted only if that queue exists.
     Notice { message: NewMessage, target: String },
 }
@@ -128,7 +137,9 @@ pub(crate) struct Queue {
     options: QueueOptions,
     created_at_ms: TimeMs,
     next_sequence: u64,
-    messages: BTreeMap<u64, StoredMessage>,
+    /// Boxed: a B-tree node holds eleven entries and is about half full when messages
+    /// arrive in order, so inline values would leave about half their space unused.
+    messages: BTreeMap<u64, Box<StoredMessage>>,
     sequence_by_id: BTreeMap<MessageId, u64>,
     ready: BTreeSet<ReadyKey>,
     delayed: BTreeSet<(TimeMs, u64)>,
@@ -150,6 +161,10 @@ pub(crate) struct Queue {
     /// machine empties this before the command ends, so it is never part of the state.
     #[serde(skip)]
     outbox: Vec<Outgoing>,
+    /// Bodies that arrived, were shared or were let go during the current command; the
+    /// state machine takes them before the command ends, like the outbox.
+    #[serde(skip)]
+    body_changes: Vec<BodyChange>,
 }
 
 impl Queue {
@@ -174,6 +189,7 @@ impl Queue {
             stats: QueueStats::default(),
             bytes: 0,
             outbox: Vec::new(),
+            body_changes: Vec::new(),
         }
     }
 
@@ -199,6 +215,24 @@ impl Queue {
     /// Messages that left for other queues since the last call.
     pub(crate) fn take_outgoing(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// Body changes since the last call.
+    pub(crate) fn take_body_changes(&mut self) -> Vec<BodyChange> {
+        std::mem::take(&mut self.body_changes)
+    }
+
+    /// Every stored message's body, let go (the queue itself is going away).
+    pub(crate) fn release_all_bodies(&self) -> Vec<BodyChange> {
+        self.messages
+            .values()
+            .map(|message| BodyChange::Released(message.body))
+            .collect()
+    }
+
+    /// The bodies of every stored message (for checks of the state's bookkeeping).
+    pub(crate) fn bodies(&self) -> impl Iterator<Item = BodyRef> + '_ {
+        self.messages.values().map(|message| message.body)
     }
 
     /// Brings the queue up to `now_ms`: delays that ran out and leases that expired make
@@ -302,7 +336,7 @@ impl Queue {
 
     /// Takes a message out of every index; its group's next message may move up.
     fn remove_message(&mut self, sequence: u64) -> Option<StoredMessage> {
-        let message = self.messages.remove(&sequence)?;
+        let message = *self.messages.remove(&sequence)?;
         self.bytes -= message.size();
         self.sequence_by_id.remove(&message.message_id);
         self.ready.remove(&ready_key(message.priority, sequence));
@@ -369,21 +403,18 @@ impl Queue {
             self.post_notice(&message, kind, Some(dead_letter));
         }
         // Acknowledgements are the sending queue's business; a dead letter asks for none.
-        message.acknowledgement = AcknowledgementRequest::default();
+        message.acknowledgement = Sparse::default();
         if !dead_letter {
             self.stats.total_discarded += 1;
+            self.body_changes.push(BodyChange::Released(message.body));
             return;
         }
         self.stats.total_dead_lettered += 1;
-        message
-            .headers
-            .insert(DEAD_LETTER_REASON.into(), reason.as_str().into());
-        message
-            .headers
-            .insert(DEAD_LETTER_SOURCE.into(), self.name.clone());
-        message
-            .headers
-            .insert(DELIVERY_COUNT.into(), message.deliveries.to_string());
+        let deliveries = message.deliveries.to_string();
+        let headers = message.headers.make_mut();
+        headers.insert(DEAD_LETTER_REASON.into(), reason.as_str().into());
+        headers.insert(DEAD_LETTER_SOURCE.into(), self.name.clone());
+        headers.insert(DELIVERY_COUNT.into(), deliveries);
         self.outbox.push(Outgoing::DeadLetter {
             message,
             target: self.options.dead_letter_queue.clone(),
@@ -416,17 +447,17 @@ impl Queue {
     /// After an ack: the journal copy and the positive acknowledgement, when asked for.
     fn after_consumed(&mut self, message: &StoredMessage) {
         if self.options.journal {
-            let mut headers = message.headers.clone();
+            let mut headers = message.headers.clone().into_inner();
             headers.insert(SOURCE_QUEUE.to_string(), self.name.clone());
             headers.insert(
                 ORIGINAL_MESSAGE_ID.to_string(),
                 message.message_id.to_string(),
             );
             self.outbox.push(Outgoing::Journal {
+                body: message.body,
                 message: NewMessage {
-                    body: message.body.clone(),
                     headers,
-                    properties: message.properties.clone(),
+                    properties: message.properties.clone().into_inner(),
                     priority: message.priority,
                     ..NewMessage::default()
                 },
@@ -436,6 +467,7 @@ impl Queue {
         if message.acknowledgement.positive {
             self.post_notice(message, "consumed", None);
         }
+        self.body_changes.push(BodyChange::Released(message.body));
     }
 
     /// True when a receive at `now_ms` would hand out at least one message.
@@ -556,15 +588,21 @@ impl Queue {
     fn evictable(&self) -> impl Iterator<Item = &StoredMessage> {
         self.messages
             .values()
+            .map(|m| &**m)
             .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
     }
 
     /// Under `DeadLetterOldest`, removes the oldest unleased messages until a batch that
     /// passed [`Queue::check_send`] fits.
     pub(crate) fn make_room<'a>(&mut self, messages: impl IntoIterator<Item = &'a NewMessage>) {
-        let Ok((count, bytes)) = self.new_footprint(messages) else {
-            return;
-        };
+        if let Ok((count, bytes)) = self.new_footprint(messages) {
+            self.make_room_for(count, bytes);
+        }
+    }
+
+    /// Under `DeadLetterOldest`, removes the oldest unleased messages until `count` more
+    /// messages of `bytes` fit (or nothing more can go).
+    pub(crate) fn make_room_for(&mut self, count: u64, bytes: u64) {
         loop {
             let (excess_count, excess_bytes) = self.excess(count, bytes);
             if excess_count == 0 && excess_bytes == 0 {
@@ -577,9 +615,38 @@ impl Queue {
         }
     }
 
+    /// Stores a new message with the body it carries (kept under `message_id`).
     pub(crate) fn send(
         &mut self,
+        mut message: NewMessage,
+        message_id: MessageId,
+        now_ms: TimeMs,
+    ) -> SendResult {
+        let bytes = std::mem::take(&mut message.body);
+        let body = BodyRef {
+            key: message_id,
+            len: bytes.len() as u64,
+        };
+        self.store_new(message, body, Some(bytes), message_id, now_ms)
+    }
+
+    /// Stores a new message whose body is another message's (a journal copy).
+    pub(crate) fn send_shared(
+        &mut self,
         message: NewMessage,
+        body: BodyRef,
+        message_id: MessageId,
+        now_ms: TimeMs,
+    ) -> SendResult {
+        self.store_new(message, body, None, message_id, now_ms)
+    }
+
+    /// `bytes` are the body's when it is new; `None` when the body is shared.
+    fn store_new(
+        &mut self,
+        message: NewMessage,
+        body: BodyRef,
+        bytes: Option<Vec<u8>>,
         message_id: MessageId,
         now_ms: TimeMs,
     ) -> SendResult {
@@ -624,19 +691,23 @@ impl Queue {
                 visible_at_ms: now_ms.saturating_add(message.delay_ms),
             }
         };
+        self.body_changes.push(match bytes {
+            Some(bytes) => BodyChange::New(body, bytes),
+            None => BodyChange::Shared(body),
+        });
         self.store(StoredMessage {
             message_id,
             sequence,
-            body: message.body,
-            headers: message.headers,
-            properties: message.properties,
+            body,
+            headers: message.headers.into(),
+            properties: message.properties.into(),
             group: message.group,
             priority: message.priority,
             enqueued_at_ms: now_ms,
             expires_at_ms,
             deliveries: 0,
             state,
-            acknowledgement: message.acknowledgement,
+            acknowledgement: message.acknowledgement.into(),
         });
         self.stats.total_sent += 1;
         if too_late {
@@ -676,7 +747,7 @@ impl Queue {
         let state = message.state;
         let (group, priority) = (message.group.clone(), message.priority);
         self.sequence_by_id.insert(message.message_id, sequence);
-        self.messages.insert(sequence, message);
+        self.messages.insert(sequence, Box::new(message));
         match state {
             MessageState::Delayed { visible_at_ms } => {
                 self.delayed.insert((visible_at_ms, sequence));
@@ -700,7 +771,11 @@ impl Queue {
         if let Some(old) = self.sequence_by_id.get(&message.message_id).copied() {
             // The same id can only be here already if it was redriven and came back while a
             // copy stayed; keep one.
-            self.remove_message(old);
+            if let Some(old) = self.remove_message(old)
+                && old.body.key != message.body.key
+            {
+                self.body_changes.push(BodyChange::Released(old.body));
+            }
         }
         self.store(message);
         self.stats.total_sent += 1;
@@ -763,7 +838,7 @@ impl Queue {
                 .values()
                 .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
                 .take(max)
-                .map(source)
+                .map(|m| source(m))
                 .collect()
         } else {
             message_ids
@@ -783,7 +858,7 @@ impl Queue {
     /// Takes in a redriven message as new: no deliveries, dead-letter headers removed.
     pub(crate) fn accept_redriven(&mut self, mut message: StoredMessage) {
         for header in [DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, DELIVERY_COUNT] {
-            message.headers.remove(header);
+            message.headers.make_mut().remove(header);
         }
         self.accept_dead_letter(message);
     }
@@ -884,7 +959,7 @@ impl Queue {
             let Some(message) = self.messages.get_mut(&sequence) else {
                 continue;
             };
-            let size = message.body.len() as u64;
+            let size = message.body.len;
             if !deliveries.is_empty() && bytes + size > max_bytes {
                 break;
             }
@@ -901,9 +976,10 @@ impl Queue {
             deliveries.push(Delivery {
                 message_id: message.message_id,
                 sequence,
-                body: message.body.clone(),
-                headers: message.headers.clone(),
-                properties: message.properties.clone(),
+                body: Vec::new(),
+                body_ref: message.body,
+                headers: message.headers.clone().into_inner(),
+                properties: message.properties.clone().into_inner(),
                 group: message.group.clone(),
                 priority: message.priority,
                 receipt: Receipt {
@@ -1036,6 +1112,9 @@ impl Queue {
     /// Removes every stored message; dedup records stay so retried sends are not re-stored.
     pub(crate) fn purge(&mut self) -> u64 {
         let removed = self.messages.len() as u64;
+        let released = self.release_all_bodies();
+        self.body_changes.extend(released);
+        self.bytes = 0;
         self.messages.clear();
         self.sequence_by_id.clear();
         self.ready.clear();
@@ -1061,14 +1140,14 @@ impl Queue {
                 .messages
                 .range(after_sequence.saturating_add(1)..)
                 .take(max)
-                .map(|(_, message)| message.clone())
+                .map(|(_, message)| StoredMessage::clone(message))
                 .collect();
         }
         self.selected(message_id, correlation_id)
             .into_iter()
             .filter(|sequence| *sequence > after_sequence)
             .take(max)
-            .filter_map(|sequence| self.messages.get(&sequence).cloned())
+            .filter_map(|sequence| self.messages.get(&sequence).map(|m| StoredMessage::clone(m)))
             .collect()
     }
 }

@@ -2,6 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::body::{BodyChange, BodyEffect, BodyRef, Bodies};
 use crate::command::{
     Command, NewMessage, Outcome, QueueInfo, Request, SendResult, TransactionAck, TransactionSend,
 };
@@ -27,10 +28,18 @@ pub struct StateMachine {
     /// Committed transaction ids, with the outcome a retried commit is answered with.
     transactions: BTreeMap<String, CommittedTransaction>,
     transaction_expiry: BTreeSet<(TimeMs, String)>,
+    bodies: Bodies,
     /// Queues touched by the command being applied, whose dead letters must be moved
     /// before it ends. Always empty between commands.
     #[serde(skip)]
     touched: Vec<String>,
+    /// Every queue touched by the command being applied, whose body changes are taken
+    /// when it ends; and body changes of queues that went away. Always empty between
+    /// commands.
+    #[serde(skip)]
+    changed: Vec<String>,
+    #[serde(skip)]
+    body_changes: Vec<BodyChange>,
 }
 
 impl Default for StateMachine {
@@ -48,8 +57,54 @@ impl StateMachine {
             now_ms: 0,
             transactions: BTreeMap::new(),
             transaction_expiry: BTreeSet::new(),
+            bodies: Bodies::default(),
             touched: Vec::new(),
+            changed: Vec::new(),
+            body_changes: Vec::new(),
         }
+    }
+
+    /// From now on bodies are kept by the embedder, not in the state: applying a command
+    /// records what to write and delete (see [`StateMachine::take_body_effects`]), and
+    /// deliveries come out with empty bodies for the embedder to fill in from their
+    /// [`BodyRef`]. Bodies held so far are handed over as effects.
+    pub fn keep_bodies_outside(&mut self) {
+        self.bodies.keep_outside();
+    }
+
+    /// Every body key in use is below this (keys are ids of messages that were sent).
+    pub fn body_keys_end(&self) -> u64 {
+        self.next_message_id
+    }
+
+    pub fn bodies_kept_outside(&self) -> bool {
+        self.bodies.kept_outside()
+    }
+
+    /// Body writes and deletes since the last call, in order; only when bodies are kept
+    /// outside. Applying them after each command keeps the embedder's bodies exactly those
+    /// of the stored messages.
+    pub fn take_body_effects(&mut self) -> Vec<BodyEffect> {
+        self.bodies.take_effects()
+    }
+
+    /// The bytes of a stored message's body when the state keeps them; `None` when the
+    /// embedder does.
+    pub fn body(&self, body: BodyRef) -> Option<Vec<u8>> {
+        self.bodies.get(body)
+    }
+
+    /// Checks the bodies' bookkeeping against the stored messages: each body is counted
+    /// once per message that refers to it, and (when the state keeps them) exactly the
+    /// referred bodies are held. For tests.
+    pub fn check_bodies(&self) -> Result<(), String> {
+        let mut refs: BTreeMap<u64, u64> = BTreeMap::new();
+        for queue in self.queues.values() {
+            for body in queue.bodies().filter(|body| body.len > 0) {
+                *refs.entry(body.key).or_default() += 1;
+            }
+        }
+        self.bodies.check(&refs)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -79,9 +134,38 @@ impl StateMachine {
 
     /// One command and what it sent elsewhere: exactly what one log entry of it does.
     fn apply_one(&mut self, command: Command) -> Result<Outcome, QueueError> {
-        let result = self.apply_command(command);
+        let mut result = self.apply_command(command);
         self.deliver_outgoing();
+        self.settle_bodies();
+        if let Ok(Outcome::Received(deliveries)) = &mut result {
+            for delivery in deliveries {
+                if let Some(bytes) = self.bodies.get(delivery.body_ref) {
+                    delivery.body = bytes;
+                }
+            }
+        }
         result
+    }
+
+    /// Takes the body changes of every queue the command touched into the bookkeeping.
+    fn settle_bodies(&mut self) {
+        let mut changes = std::mem::take(&mut self.body_changes);
+        for name in std::mem::take(&mut self.changed) {
+            if let Some(queue) = self.queues.get_mut(&name) {
+                changes.extend(queue.take_body_changes());
+            }
+        }
+        self.bodies.apply(changes);
+    }
+
+    /// Notes that `name` may change during this command.
+    fn mark(&mut self, name: &str) {
+        if !self.touched.iter().any(|touched| touched == name) {
+            self.touched.push(name.to_string());
+        }
+        if !self.changed.iter().any(|changed| changed == name) {
+            self.changed.push(name.to_string());
+        }
     }
 
     /// Delivers what touched queues sent elsewhere during this command: dead letters (to
@@ -115,16 +199,24 @@ impl StateMachine {
         match outgoing {
             Outgoing::DeadLetter { message, target } => {
                 self.create_on_demand(&target, QueueOptions::default(), now);
+                if self.queues.contains_key(&target) {
+                    self.mark(&target);
+                }
                 match self.queues.get_mut(&target) {
                     Some(queue) => queue.accept_dead_letter(message),
                     None => {
+                        self.body_changes.push(BodyChange::Released(message.body));
                         if let Some(queue) = self.queues.get_mut(source) {
                             queue.count_discarded();
                         }
                     }
                 }
             }
-            Outgoing::Journal { message, target } => {
+            Outgoing::Journal {
+                message,
+                body,
+                target,
+            } => {
                 let Some(source_options) = self.queues.get(source).map(|q| q.options().clone())
                 else {
                     return;
@@ -137,14 +229,18 @@ impl StateMachine {
                 };
                 self.create_on_demand(&target, options, now);
                 let message_id = self.next_message_id;
+                // Without a journal queue (none could be created) the copy is not kept.
                 if let Ok(queue) = self.queue_mut(&target) {
-                    queue.make_room(std::iter::once(&message));
-                    queue.send(message, message_id, now);
+                    queue.make_room_for(1, message.size() + body.len);
+                    queue.send_shared(message, body, message_id, now);
                     self.next_message_id += 1;
                 }
             }
             Outgoing::Notice { message, target } => {
                 let message_id = self.next_message_id;
+                if self.queues.contains_key(&target) {
+                    self.mark(&target);
+                }
                 if let Some(queue) = self.queues.get_mut(&target) {
                     queue.advance(now);
                     queue.send(message, message_id, now);
@@ -327,9 +423,12 @@ impl StateMachine {
                 Ok(Outcome::Created(info))
             }
             Command::DeleteQueue { name } => {
-                self.queues
+                let mut queue = self
+                    .queues
                     .remove(&name)
                     .ok_or_else(|| QueueError::not_found(&name))?;
+                self.body_changes.extend(queue.take_body_changes());
+                self.body_changes.extend(queue.release_all_bodies());
                 Ok(Outcome::Deleted)
             }
             Command::PurgeQueue { name } => {
@@ -563,14 +662,14 @@ impl StateMachine {
     /// The named queue, brought up to the state machine's time.
     fn queue_mut(&mut self, name: &str) -> Result<&mut Queue, QueueError> {
         let now = self.now_ms;
+        if self.queues.contains_key(name) {
+            self.mark(name);
+        }
         let queue = self
             .queues
             .get_mut(name)
             .ok_or_else(|| QueueError::not_found(name))?;
         queue.advance(now);
-        if !self.touched.iter().any(|touched| touched == name) {
-            self.touched.push(name.to_string());
-        }
         Ok(queue)
     }
 

@@ -886,19 +886,20 @@ fn the_journal_keeps_a_copy_of_each_consumed_message_within_its_bounds() {
     }
     // Three consumed, the journal keeps the newest two.
     let kept = sm.peek("q.journal", 0, 10).unwrap();
-    let kept: Vec<(&[u8], &str)> = kept
+    let kept: Vec<(Vec<u8>, &str)> = kept
         .iter()
         .map(|m| {
             (
-                m.body.as_slice(),
+                sm.body(m.body).expect("the state keeps bodies"),
                 m.headers["raftq-original-message-id"].as_str(),
             )
         })
         .collect();
+    sm.check_bodies().unwrap();
     let (b, c) = (ids[1].to_string(), ids[2].to_string());
     assert_eq!(
         kept,
-        [(b"b".as_slice(), b.as_str()), (b"c".as_slice(), c.as_str())]
+        [(b"b".to_vec(), b.as_str()), (b"c".to_vec(), c.as_str())]
     );
     // Past the retention the copies expire.
     receive_from(&mut sm, 3_100, "q.journal", 1);
@@ -1003,4 +1004,108 @@ fn an_ack_batch_acks_each_receipt_on_its_own_and_reports_each_result() {
         matches!(unknown, Err(QueueError::QueueNotFound { .. })),
         "{unknown:?}"
     );
+}
+
+/// Applies one request to a state that keeps bodies outside, keeping them in `kept` as its
+/// effects say, and checks the bookkeeping against the stored messages.
+fn apply_outside(
+    sm: &mut StateMachine,
+    kept: &mut std::collections::BTreeMap<u64, Vec<u8>>,
+    request: Request,
+) -> Result<Outcome, QueueError> {
+    let outcome = sm.apply(request);
+    for effect in sm.take_body_effects() {
+        match effect {
+            raftq_core::BodyEffect::Put { key, bytes } => {
+                assert!(kept.insert(key, bytes).is_none(), "body {key} put twice");
+            }
+            raftq_core::BodyEffect::Delete { key } => {
+                assert!(kept.remove(&key).is_some(), "body {key} deleted unheld");
+            }
+        }
+    }
+    sm.check_bodies().unwrap();
+    outcome
+}
+
+#[test]
+fn kept_bodies_follow_messages_through_journals_dead_letters_redrive_purge_and_delete() {
+    let mut sm = StateMachine::default();
+    sm.keep_bodies_outside();
+    let mut kept = std::collections::BTreeMap::new();
+    let run = |sm: &mut StateMachine, kept: &mut _, now: u64, command: Command| {
+        apply_outside(sm, kept, at(now, command)).expect("applied")
+    };
+    let options = QueueOptions {
+        journal: true,
+        max_delivery_count: 1,
+        dead_letter_queue: "dlq".into(),
+        ..QueueOptions::default()
+    };
+    run(
+        &mut sm,
+        &mut kept,
+        1_000,
+        Command::CreateQueue {
+            name: "q".into(),
+            options,
+        },
+    );
+    let send = |texts: &[&str]| Command::Send {
+        queue: "q".into(),
+        messages: texts.iter().map(|text| body(text)).collect(),
+    };
+    run(&mut sm, &mut kept, 1_000, send(&["a", "b", "c", ""]));
+    let receive = |queue: &str| Command::Receive {
+        queue: queue.into(),
+        max_messages: 10,
+        lease_ms: 1_000,
+    };
+    let Outcome::Received(got) = run(&mut sm, &mut kept, 1_000, receive("q")) else {
+        panic!("no deliveries")
+    };
+    assert!(got.iter().all(|d| d.body.is_empty()), "bodies are left out");
+    // "a" is consumed: its body stays for the journal copy.
+    run(
+        &mut sm,
+        &mut kept,
+        1_001,
+        Command::Ack {
+            queue: "q".into(),
+            receipt: got[0].receipt,
+        },
+    );
+    // The rest run out of deliveries and move to the dead-letter queue with their bodies.
+    run(&mut sm, &mut kept, 2_500, Command::Tick);
+    assert_eq!(sm.queue_info("dlq").unwrap().stats.depth, 3);
+    run(
+        &mut sm,
+        &mut kept,
+        2_500,
+        Command::Redrive {
+            queue: "dlq".into(),
+            message_ids: vec![got[1].message_id],
+            max: 0,
+            to: String::new(),
+        },
+    );
+    let Outcome::Received(again) = run(&mut sm, &mut kept, 2_500, receive("q")) else {
+        panic!("no deliveries")
+    };
+    assert_eq!(kept[&again[0].body_ref.key], b"b");
+    let held: Vec<&[u8]> = kept.values().map(Vec::as_slice).collect();
+    assert_eq!(held, [b"a".as_slice(), b"b", b"c"]);
+    run(
+        &mut sm,
+        &mut kept,
+        2_500,
+        Command::PurgeQueue {
+            name: "q.journal".into(),
+        },
+    );
+    run(&mut sm, &mut kept, 2_500, Command::DeleteQueue { name: "dlq".into() });
+    let held: Vec<&[u8]> = kept.values().map(Vec::as_slice).collect();
+    assert_eq!(held, [b"b".as_slice()]);
+    run(&mut sm, &mut kept, 2_500, Command::DeleteQueue { name: "q".into() });
+    assert!(kept.is_empty(), "{kept:?}");
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use raftq_core::{
-    Command, NewMessage, Outcome, QueueError, QueueOptions, Receipt, Request, StateMachine,
+    BodyEffect, BodyRef, Command, NewMessage, Outcome, QueueError, QueueOptions, Receipt, Request, StateMachine,
 };
 
 #[derive(Debug, Clone)]
@@ -273,7 +273,9 @@ fn run(config: Config, ops: Vec<Op>) -> Result<History, TestCaseError> {
     let mut receipts: Vec<Receipt> = Vec::new();
     let mut acked: Vec<u64> = Vec::new();
     let mut acked_receipts: Vec<Receipt> = Vec::new();
-    for op in ops {
+    let mut bodies: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for (step, op) in ops.into_iter().enumerate() {
+        let body = format!("body of step {step}").into_bytes();
         let command = match &op {
             Op::Wait { ms } => {
                 now += ms;
@@ -288,7 +290,7 @@ fn run(config: Config, ops: Vec<Op>) -> Result<History, TestCaseError> {
             } => Command::Send {
                 queue: "q".into(),
                 messages: vec![NewMessage {
-                    body: vec![1],
+                    body: body.clone(),
                     idempotency_key: key.map(|k| format!("k{k}")).unwrap_or_default(),
                     group: group.map(|g| format!("g{g}")).unwrap_or_default(),
                     priority: *priority,
@@ -333,8 +335,12 @@ fn run(config: Config, ops: Vec<Op>) -> Result<History, TestCaseError> {
             ) => {
                 let id = model.send(now, key, group, priority, delay_ms, ttl_ms);
                 prop_assert_eq!(results[0].message_id, id);
+                bodies.entry(id).or_insert(body);
             }
             (Op::Receive { max, lease_ms }, Ok(Outcome::Received(deliveries))) => {
+                for delivery in &deliveries {
+                    prop_assert_eq!(Some(&delivery.body), bodies.get(&delivery.message_id));
+                }
                 let got: Vec<Receipt> = deliveries.iter().map(|d| d.receipt).collect();
                 let want = model.receive(now, max, lease_ms);
                 prop_assert_eq!(&got, &want);
@@ -405,6 +411,9 @@ fn run(config: Config, ops: Vec<Op>) -> Result<History, TestCaseError> {
             .map(|messages| messages.iter().map(|m| m.message_id).collect())
             .unwrap_or_default();
         prop_assert_eq!(&dead, &model.dead_letters);
+        if let Err(problem) = sm.check_bodies() {
+            prop_assert!(false, "{}", problem);
+        }
     }
     Ok((history, sm))
 }
@@ -445,6 +454,51 @@ fn replay_batched(history: History, chunk: usize) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Applies the same requests to a state that keeps its bodies outside, with the bodies
+/// kept in a map by its effects: every outcome, once its deliveries' bodies are filled in
+/// from the map, must be the one the inline state gave, and the map must hold exactly the
+/// bodies the inline state holds.
+fn replay_with_bodies_outside(history: History) -> Result<(), TestCaseError> {
+    let (history, inline_state) = history;
+    let mut sm = StateMachine::default();
+    sm.keep_bodies_outside();
+    let mut kept: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for (request, expected) in history {
+        let mut outcome = sm.apply(request);
+        for effect in sm.take_body_effects() {
+            match effect {
+                BodyEffect::Put { key, bytes } => {
+                    prop_assert!(kept.insert(key, bytes).is_none(), "body {} put twice", key);
+                }
+                BodyEffect::Delete { key } => {
+                    prop_assert!(kept.remove(&key).is_some(), "body {} deleted unheld", key);
+                }
+            }
+        }
+        if let Ok(Outcome::Received(deliveries)) = &mut outcome {
+            for delivery in deliveries {
+                prop_assert!(delivery.body.is_empty());
+                if delivery.body_ref.len > 0 {
+                    delivery.body = kept[&delivery.body_ref.key].clone();
+                }
+            }
+        }
+        prop_assert_eq!(outcome, expected);
+        if let Err(problem) = sm.check_bodies() {
+            prop_assert!(false, "{}", problem);
+        }
+    }
+    for (key, bytes) in &kept {
+        let body = BodyRef {
+            key: *key,
+            len: bytes.len() as u64,
+        };
+        let held = inline_state.body(body);
+        prop_assert_eq!(held.as_ref(), Some(bytes));
+    }
+    Ok(())
+}
+
 fn config() -> impl Strategy<Value = Config> {
     (
         prop_oneof![Just(0u32), Just(1), Just(2)],
@@ -478,5 +532,13 @@ proptest! {
         chunk in 1usize..8,
     ) {
         replay_batched(run(config, ops)?, chunk)?;
+    }
+
+    #[test]
+    fn bodies_kept_outside_give_the_same_results_and_bodies_as_kept_inside(
+        config in config(),
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        replay_with_bodies_outside(run(config, ops)?)?;
     }
 }

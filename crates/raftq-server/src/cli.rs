@@ -428,6 +428,13 @@ enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Remove every member whose id is above `--to`, one at a time, highest first: what a
+    /// scale-down to `--to` nodes (ids 1..=to) needs before the departing nodes stop.
+    /// Nothing to remove is not an error.
+    Shrink {
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        to: u64,
+    },
 }
 
 /// Exit status of a failed client command, so scripts can tell failures apart
@@ -900,6 +907,22 @@ async fn client_command(
         }) => print_status(output, &client.add_node(id, &node_addr, !no_promote).await?),
         Commands::Cluster(ClusterCommand::RemoveNode { id }) => {
             print_status(output, &client.remove_node(id).await?)
+        }
+        Commands::Cluster(ClusterCommand::Shrink { to }) => {
+            let status = client.cluster_status().await?;
+            let mut departing: Vec<u64> = status
+                .nodes
+                .iter()
+                .map(|node| node.node_id)
+                .filter(|id| *id > to)
+                .collect();
+            departing.sort_unstable_by(|a, b| b.cmp(a));
+            let mut status = status;
+            for id in departing {
+                eprintln!("removing node {id}");
+                status = client.remove_node(id).await?;
+            }
+            print_status(output, &status)
         }
         Commands::Dlq(DlqCommand::Redrive {
             queue,

@@ -189,6 +189,17 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelt_raft_setting_is_refused_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("raftq.toml");
+        std::fs::write(&file, "[raft]\nheartbeat = 77\n").unwrap();
+        let error = ServeConfig::load(Some(&file), FlagOverrides::default())
+            .expect_err("unknown key accepted")
+            .to_string();
+        assert!(error.contains("heartbeat"), "{error}");
+    }
+
+    #[test]
     fn peer_lists_parse_and_reject_garbage() {
         let peers = parse_peers("1=127.0.0.1:7401, 2=127.0.0.1:7402").unwrap();
         assert_eq!(peers.len(), 2);

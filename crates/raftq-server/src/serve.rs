@@ -112,6 +112,10 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         None => shutdown_signal().await,
     };
     tracing::info!(signal, "shutting down");
+    // A leader hands over first, while it still serves Raft traffic, so the cluster has a
+    // leader again at once rather than after an election timeout. Then the server stops
+    // taking calls and finishes those in flight (clients retry elsewhere).
+    node.hand_over_leadership(HAND_OVER_TIMEOUT).await;
     let _ = stop.send(true);
     grpc_task
         .await
@@ -126,6 +130,9 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Longest a stopping leader waits for another node to take over.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the leader looks for timed work (expiries, ended leases) to write a tick for.
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
@@ -192,11 +199,11 @@ async fn bootstrap(
     Ok(())
 }
 
+/// Joins the cluster through `join` as a voter, unless the cluster already has this node as
+/// a voter at this address. The node's own view is not enough: a node removed while it was
+/// down (a scale-down) still remembers itself as a member, and must join again when it comes
+/// back; one that the cluster counts as a learner is promoted.
 async fn join_cluster(node: &RaftNode, join: &str, advertise: &str) -> anyhow::Result<()> {
-    if node.status().members.contains_key(&node.node_id()) {
-        tracing::info!("already a member; not joining again");
-        return Ok(());
-    }
     let client = raftq_client::Client::new(
         &[join.to_string()],
         raftq_client::ClientConfig {
@@ -204,6 +211,30 @@ async fn join_cluster(node: &RaftNode, join: &str, advertise: &str) -> anyhow::R
             ..raftq_client::ClientConfig::default()
         },
     )?;
+    let locally_voter = node
+        .status()
+        .members
+        .get(&node.node_id())
+        .is_some_and(|(_, voter)| *voter);
+    if locally_voter {
+        // The cluster may need this node's vote to answer at all (every node restarting at
+        // once): Raft already runs, so only ask, and stay as is when nobody answers.
+        match client.cluster_status().await {
+            Ok(status)
+                if status.nodes.iter().any(|member| {
+                    member.node_id == node.node_id() && member.voter && member.address == advertise
+                }) =>
+            {
+                tracing::info!("already a voter; not joining again");
+                return Ok(());
+            }
+            Ok(_) => tracing::info!("the cluster does not count this node as a voter"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot confirm membership with the cluster; staying a member");
+                return Ok(());
+            }
+        }
+    }
     tracing::info!(%join, "asking the cluster to add this node");
     client
         .add_node(node.node_id(), advertise, true)

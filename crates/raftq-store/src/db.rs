@@ -8,6 +8,8 @@ use raftq_core::GroupId;
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_META: &str = "raft_meta";
 pub(crate) const CF_STATE: &str = "state_machine";
+/// Message bodies, keyed by group and body key (see `raftq_core::body`).
+pub(crate) const CF_BODIES: &str = "bodies";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -18,6 +20,16 @@ pub enum StoreError {
     },
     #[error("the database is closed")]
     Closed,
+    #[error("snapshot file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("message body {key} is missing from the store")]
+    MissingBody { key: u64 },
+    #[error(
+        "{path} was written by an earlier raftq whose snapshots held message bodies in \
+         memory; this version cannot read it: start the node with an empty data directory \
+         and let it catch up from the cluster"
+    )]
+    OldLayout { path: PathBuf },
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("stored {what} cannot be decoded: {source}")]
@@ -59,14 +71,22 @@ impl Default for OpenOptions {
     }
 }
 
-/// One RocksDB instance per node, shared by the log store and the state machine.
+/// One RocksDB instance per node, shared by the log store and the state machine, and the
+/// directory of its snapshot files.
 #[derive(Clone)]
 pub struct Db {
     pub(crate) inner: Arc<DB>,
+    snapshot_dir: PathBuf,
 }
 
 impl Db {
-    pub fn open(path: &Path, options: &OpenOptions) -> Result<Db, StoreError> {
+    /// Opens (or creates) a node's storage in its data directory `dir`: RocksDB in
+    /// `dir/rocksdb`, snapshot files in `dir/snapshots`.
+    pub fn open(dir: &Path, options: &OpenOptions) -> Result<Db, StoreError> {
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let path = dir.join("rocksdb");
+        let path = path.as_path();
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
@@ -76,10 +96,13 @@ impl Db {
         log_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut state_options = Options::default();
         state_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut body_options = Options::default();
+        body_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let families = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_options),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
             ColumnFamilyDescriptor::new(CF_STATE, state_options),
+            ColumnFamilyDescriptor::new(CF_BODIES, body_options),
         ];
         let inner = DB::open_cf_descriptors(&db_options, path, families).map_err(|source| {
             StoreError::Open {
@@ -89,7 +112,13 @@ impl Db {
         })?;
         Ok(Db {
             inner: Arc::new(inner),
+            snapshot_dir,
         })
+    }
+
+    /// Where snapshot files are kept.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
@@ -112,6 +141,11 @@ pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 16] {
     key[..8].copy_from_slice(&group.to_be_bytes());
     key[8..].copy_from_slice(&index.to_be_bytes());
     key
+}
+
+/// Bodies are keyed like log entries: group, then the body's key.
+pub(crate) fn body_key(group: GroupId, key: u64) -> [u8; 16] {
+    log_key(group, key)
 }
 
 pub(crate) fn index_of_log_key(key: &[u8]) -> Option<u64> {

@@ -1,5 +1,5 @@
-//! raftq-store: everything that touches RocksDB — the Raft log, vote and commit state, and
-//! the persisted state-machine snapshots — plus the openraft type configuration they share
+//! raftq-store: everything that touches RocksDB or the disk — the Raft log, vote and commit
+//! state, message bodies, and the state-machine snapshot files — plus the openraft type configuration they share
 //! with raftq-cluster.
 //!
 //! It is the only crate that depends on `rocksdb`. It must not know about gRPC.
@@ -7,6 +7,7 @@
 mod db;
 mod log_store;
 pub mod raw;
+mod snapshot;
 mod state_machine;
 
 use std::fmt;
@@ -15,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub use db::{Db, OpenOptions, StoreError};
 pub use log_store::LogStore;
-pub use state_machine::{SharedState, StateMachineStore};
+pub use snapshot::{IncomingSnapshot, SnapshotData};
+pub use state_machine::{ReadError, SharedState, StateMachineStore};
 
 /// What applying one log entry returns to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,4 @@ pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-/// Snapshot bytes: the serialized state machine.
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;

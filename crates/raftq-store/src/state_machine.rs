@@ -1,24 +1,151 @@
-//! The openraft state machine: applies log entries to the pure [`raftq_core::StateMachine`]
-//! and keeps snapshots of it in RocksDB.
+//! The openraft state machine: applies log entries to the pure [`raftq_core::StateMachine`],
+//! keeps message bodies in RocksDB, and keeps snapshots in files.
 //!
-//! The queue state lives in memory; it is rebuilt on start from the newest snapshot plus
-//! the committed log after it, so a node restarted after `kill -9` recovers from its own
-//! disk. Snapshots are written synced before they are reported.
+//! The queue state without bodies lives in memory; bodies live in the `bodies` column
+//! family, written as entries are applied and read when messages are delivered or peeked,
+//! so a large backlog does not have to fit in memory. On start the state is rebuilt from
+//! the newest snapshot plus the committed log after it, so a node restarted after
+//! `kill -9` recovers from its own disk.
+//!
+//! The rule that keeps bodies and state together: the `bodies` column family holds every
+//! body that the state at the newest durable snapshot, or any later state, refers to.
+//! - A body is written (not synced) while the entry that brought it is applied, under the
+//!   state's write lock, so a reader never sees a message without its body. The next synced
+//!   write (a log append or a snapshot) makes it durable: RocksDB has one write-ahead log.
+//! - A body no longer referred to is deleted only with the next snapshot, in the same
+//!   synced write that makes that snapshot the current one. Until then it waits in a list
+//!   in memory (bounded by the snapshot interval). A crash loses the list, not the rule:
+//!   the log after the snapshot is applied again on start, and lists the deletes again.
+//! - So a restart from snapshot S finds the bodies of every state from S on, and a snapshot
+//!   built at any index finds the bodies its state refers to. It skips those waiting to be
+//!   deleted, so it carries no garbage to the node that installs it.
+//! - Installing a snapshot first records it as "bodies not loaded", then replaces every
+//!   body, then records it as loaded; a restart in between loads the bodies again.
 
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::{ReadOptions, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{OwnedMutexGuard, watch};
 
-use raftq_core::{GroupId, StateMachine};
+use raftq_core::{
+    BodyEffect, BodyRef, Delivery, GroupId, MessageId, Outcome, QueueError, StateMachine,
+    StoredMessage,
+};
 
-use crate::db::{CF_STATE, Db, StoreError, decode, encode, meta_key};
-use crate::{Applied, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::db::{
+    CF_BODIES, CF_STATE, Db, StoreError, body_key, decode, encode, index_of_log_key, meta_key,
+};
+use crate::snapshot::{SnapshotData, SnapshotReader, SnapshotWriter, encode_state};
+use crate::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// Bodies loaded from a snapshot per RocksDB write.
+const LOAD_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a read of stored messages failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Message bodies of one group in RocksDB.
+#[derive(Clone)]
+struct Bodies {
+    db: Db,
+    group: GroupId,
+    /// Keys of bodies no longer referred to, deleted with the next snapshot.
+    unreferenced: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Bodies {
+    /// Carries out one command's body writes; its deletes wait for the next snapshot.
+    /// Not synced: see the module's notes.
+    fn write(&self, effects: Vec<BodyEffect>) -> Result<(), StoreError> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let cf = self.db.cf(CF_BODIES);
+        let mut batch = WriteBatch::default();
+        let mut unreferenced = self.unreferenced();
+        for effect in effects {
+            match effect {
+                BodyEffect::Put { key, bytes } => {
+                    batch.put_cf(cf, body_key(self.group, key), bytes);
+                }
+                BodyEffect::Delete { key } => unreferenced.push(key),
+            }
+        }
+        drop(unreferenced);
+        if !batch.is_empty() {
+            self.db.inner.write_opt(batch, &WriteOptions::default())?;
+        }
+        Ok(())
+    }
+
+    fn unreferenced(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.unreferenced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The bytes of each body, in order.
+    fn read(&self, bodies: &[BodyRef]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let cf = self.db.cf(CF_BODIES);
+        let stored: Vec<&BodyRef> = bodies.iter().filter(|body| body.len > 0).collect();
+        let mut found = self
+            .db
+            .inner
+            .multi_get_cf(
+                stored
+                    .iter()
+                    .map(|body| (cf, body_key(self.group, body.key))),
+            )
+            .into_iter();
+        bodies
+            .iter()
+            .map(|body| {
+                if body.len == 0 {
+                    return Ok(Vec::new());
+                }
+                found
+                    .next()
+                    .and_then(Result::transpose)
+                    .ok_or(StoreError::MissingBody { key: body.key })?
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
+    /// Fills in the bodies of the deliveries an outcome holds.
+    fn fill(&self, outcome: &mut Result<Outcome, QueueError>) -> Result<(), StoreError> {
+        match outcome {
+            Ok(Outcome::Received(deliveries)) => self.fill_deliveries(deliveries),
+            Ok(Outcome::Batch(outcomes)) => {
+                for outcome in outcomes {
+                    self.fill(outcome)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn fill_deliveries(&self, deliveries: &mut [Delivery]) -> Result<(), StoreError> {
+        let refs: Vec<BodyRef> = deliveries.iter().map(|d| d.body_ref).collect();
+        for (delivery, bytes) in deliveries.iter_mut().zip(self.read(&refs)?) {
+            delivery.body = bytes;
+        }
+        Ok(())
+    }
+}
 
 /// The queue state shared between the Raft state machine (the only writer) and the gRPC
 /// services (readers). Locks are held for one command or one read, never across `.await`.
@@ -26,15 +153,7 @@ use crate::{Applied, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembersh
 pub struct SharedState {
     state: Arc<RwLock<StateMachine>>,
     applied: watch::Sender<u64>,
-}
-
-impl Default for SharedState {
-    fn default() -> Self {
-        SharedState {
-            state: Arc::new(RwLock::new(StateMachine::default())),
-            applied: watch::channel(0).0,
-        }
-    }
+    bodies: Bodies,
 }
 
 impl SharedState {
@@ -45,24 +164,116 @@ impl SharedState {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn replace(&self, state: StateMachine) {
-        *self
-            .state
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachine> {
+        self.state
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Receives the index of the last applied entry each time entries are applied.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
     }
+
+    /// Stored messages of `queue` in send order after `after_sequence` (only those a
+    /// selector names, when it names any), each with its body.
+    pub fn peek(
+        &self,
+        queue: &str,
+        after_sequence: u64,
+        max: usize,
+        message_id: MessageId,
+        correlation_id: &str,
+    ) -> Result<Vec<(StoredMessage, Vec<u8>)>, ReadError> {
+        // The bodies are read under the same lock as the messages: a body is written and
+        // deleted only under the write lock, with the command that changes its message.
+        let state = self.read();
+        let messages =
+            state.peek_selected(queue, after_sequence, max, message_id, correlation_id)?;
+        let refs: Vec<BodyRef> = messages.iter().map(|m| m.body).collect();
+        let bodies = self.bodies.read(&refs)?;
+        Ok(messages.into_iter().zip(bodies).collect())
+    }
 }
 
+/// Where the newest snapshot is: its file in the snapshot directory, and whether its
+/// bodies are in the `bodies` column family yet.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+struct SnapshotPointer {
     meta: SnapshotMeta,
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
+    file: String,
+    bodies_loaded: bool,
+}
+
+const POINTER_KEY: &str = "snapshot-file";
+/// Where raftq kept whole snapshots, bodies included, before bodies moved to RocksDB.
+const OLD_SNAPSHOT_KEY: &str = "snapshot";
+
+fn load_pointer(db: &Db, group: GroupId) -> Result<Option<SnapshotPointer>, StoreError> {
+    let bytes = db
+        .inner
+        .get_cf(db.cf(CF_STATE), meta_key(group, POINTER_KEY))?;
+    bytes
+        .map(|bytes| decode("snapshot pointer", &bytes))
+        .transpose()
+}
+
+/// Makes `pointer` the current snapshot, with whatever else `batch` holds, synced.
+fn save_pointer(
+    db: &Db,
+    mut batch: WriteBatch,
+    group: GroupId,
+    pointer: &SnapshotPointer,
+) -> Result<(), StoreError> {
+    batch.put_cf(
+        db.cf(CF_STATE),
+        meta_key(group, POINTER_KEY),
+        encode("snapshot pointer", pointer)?,
+    );
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.inner.write_opt(batch, &options)?;
+    Ok(())
+}
+
+/// Replaces every body of `group` by those of the snapshot `reader` is positioned at.
+fn load_bodies(db: &Db, group: GroupId, reader: &mut SnapshotReader) -> Result<(), StoreError> {
+    let cf = db.cf(CF_BODIES);
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf, body_key(group, 0), body_key(group, u64::MAX));
+    let mut bytes = 0;
+    while let Some((key, body)) = reader.next_body()? {
+        bytes += body.len();
+        batch.put_cf(cf, body_key(group, key), body);
+        if bytes >= LOAD_BATCH_BYTES {
+            db.inner
+                .write_opt(std::mem::take(&mut batch), &WriteOptions::default())?;
+            bytes = 0;
+        }
+    }
+    db.inner.write_opt(batch, &WriteOptions::default())?;
+    Ok(())
+}
+
+/// Removes this group's snapshot files other than `keep`: older snapshots, and files left
+/// half-written by a crash. Files still being received are left alone unless `at_start`.
+fn remove_other_snapshots(dir: &Path, group: GroupId, keep: Option<&str>, at_start: bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let snapshot = format!("g{group}-");
+    let incoming = format!("incoming-g{group}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.starts_with(&snapshot) || (at_start && name.starts_with(&incoming));
+        if Some(name) == keep || !ours {
+            continue;
+        }
+        if let Err(error) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(file = name, %error, "cannot remove an old snapshot file");
+        }
+    }
 }
 
 pub struct StateMachineStore {
@@ -71,20 +282,66 @@ pub struct StateMachineStore {
     shared: SharedState,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
+    /// Held by a snapshot build from the moment its state is copied until it is durable,
+    /// and by an install: the two never touch the bodies at once.
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
-    /// Opens the state machine of `group`, restoring the newest stored snapshot if any.
+    /// Opens the state machine of `group`, restoring the newest snapshot if any.
     pub fn open(db: Db, group: GroupId) -> Result<StateMachineStore, StoreError> {
-        let mut store = StateMachineStore {
-            db,
+        if db
+            .inner
+            .get_cf(db.cf(CF_STATE), meta_key(group, OLD_SNAPSHOT_KEY))?
+            .is_some()
+        {
+            return Err(StoreError::OldLayout {
+                path: db.snapshot_dir().to_path_buf(),
+            });
+        }
+        let bodies = Bodies {
+            db: db.clone(),
             group,
-            shared: SharedState::default(),
+            unreferenced: Arc::new(Mutex::new(Vec::new())),
+        };
+        let mut store = StateMachineStore {
+            db: db.clone(),
+            group,
+            shared: SharedState {
+                state: Arc::new(RwLock::new(StateMachine::default())),
+                applied: watch::channel(0).0,
+                bodies,
+            },
             last_applied: None,
             last_membership: StoredMembership::default(),
+            snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
-        if let Some(snapshot) = store.load_snapshot()? {
-            store.restore(&snapshot.meta, &snapshot.data)?;
+        let pointer = load_pointer(&db, group)?;
+        remove_other_snapshots(
+            db.snapshot_dir(),
+            group,
+            pointer.as_ref().map(|p| p.file.as_str()),
+            true,
+        );
+        match pointer {
+            Some(mut pointer) => {
+                let path = db.snapshot_dir().join(&pointer.file);
+                let mut reader = SnapshotReader::open(&path)?;
+                let state = reader.state()?;
+                if !pointer.bodies_loaded {
+                    // A crash interrupted installing this snapshot: load its bodies again.
+                    load_bodies(&db, group, &mut reader)?;
+                    pointer.bodies_loaded = true;
+                    save_pointer(&db, WriteBatch::default(), group, &pointer)?;
+                }
+                store.install(&pointer.meta, state)?;
+            }
+            None => {
+                let mut state = store.shared.write();
+                state.keep_bodies_outside();
+                let effects = state.take_body_effects();
+                store.shared.bodies.write(effects)?;
+            }
         }
         Ok(store)
     }
@@ -93,76 +350,131 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
-        let state: StateMachine = decode("snapshot", data)?;
-        self.install(meta, state);
-        Ok(())
-    }
-
-    fn install(&mut self, meta: &SnapshotMeta, state: StateMachine) {
-        self.shared.replace(state);
+    fn install(&mut self, meta: &SnapshotMeta, mut state: StateMachine) -> Result<(), StoreError> {
+        // Snapshots always hold states that keep bodies outside; this only guards the rule.
+        state.keep_bodies_outside();
+        let effects = state.take_body_effects();
+        self.shared.bodies.write(effects)?;
+        *self.shared.write() = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         self.shared.applied.send_replace(index);
+        Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
-        load_snapshot(&self.db, self.group)
+    fn current_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        let Some(pointer) = load_pointer(&self.db, self.group)? else {
+            return Ok(None);
+        };
+        let data = SnapshotData::open(self.db.snapshot_dir().join(&pointer.file))?;
+        Ok(Some(Snapshot {
+            meta: pointer.meta,
+            snapshot: data,
+        }))
     }
 }
 
-fn load_snapshot(db: &Db, group: GroupId) -> Result<Option<StoredSnapshot>, StoreError> {
-    let bytes = db
-        .inner
-        .get_cf(db.cf(CF_STATE), meta_key(group, "snapshot"))?;
-    bytes.map(|bytes| decode("snapshot", &bytes)).transpose()
-}
-
-fn save_snapshot(db: &Db, group: GroupId, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
-    let mut batch = WriteBatch::default();
-    batch.put_cf(
-        db.cf(CF_STATE),
-        meta_key(group, "snapshot"),
-        encode("snapshot", snapshot)?,
-    );
-    let mut options = WriteOptions::default();
-    options.set_sync(true);
-    db.inner.write_opt(batch, &options)?;
-    Ok(())
-}
-
-/// Builds a snapshot from a copy of the state taken on the state-machine task, so
-/// serializing and writing it does not hold up applying new entries.
+/// Builds a snapshot from the state encoded on the state-machine task (a fraction of the
+/// state's size in memory, and faster than a copy of it); the file, with the bodies, is
+/// written on a blocking thread, so applying new entries goes on meanwhile.
 pub struct SnapshotBuilder {
-    db: Db,
-    group: GroupId,
-    state: StateMachine,
+    bodies: Bodies,
+    /// The encoded state, and the end of its body keys (see `write_snapshot`).
+    state: Option<(Vec<u8>, u64)>,
     meta: SnapshotMeta,
+    /// Bodies unreferenced at the copied state, sorted: left out of the snapshot and
+    /// deleted when it becomes the current one.
+    unreferenced: Option<Vec<u64>>,
+    _exclusive: OwnedMutexGuard<()>,
+}
+
+impl Drop for SnapshotBuilder {
+    fn drop(&mut self) {
+        // Not built (or the build failed): the deletes wait for the next snapshot.
+        if let Some(keys) = self.unreferenced.take() {
+            self.bodies.unreferenced().extend(keys);
+        }
+    }
+}
+
+/// Writes the snapshot file of `state` with the bodies it refers to, then points to it and
+/// deletes the `unreferenced` bodies, in one synced write.
+fn write_snapshot(
+    bodies: &Bodies,
+    (state, end): (Vec<u8>, u64),
+    meta: SnapshotMeta,
+    unreferenced: &[u64],
+) -> Result<(PathBuf, SnapshotMeta), StoreError> {
+    let (db, group) = (&bodies.db, bodies.group);
+    let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+    let mut writer = SnapshotWriter::create(db.snapshot_dir(), group, index, &state)?;
+    drop(state);
+    // Every body the state refers to has a key below `end`, and no body written after the
+    // state was encoded has (keys are the ids of messages sent).
+    let mut options = ReadOptions::default();
+    options.fill_cache(false);
+    options.set_iterate_upper_bound(body_key(group, end));
+    let mut iter = db.inner.raw_iterator_cf_opt(db.cf(CF_BODIES), options);
+    iter.seek(body_key(group, 0));
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+        if let Some(key) = index_of_log_key(key)
+            && unreferenced.binary_search(&key).is_err()
+        {
+            writer.body(key, value)?;
+        }
+        iter.next();
+    }
+    iter.status()?;
+    let file = writer.finish()?;
+    let mut batch = WriteBatch::default();
+    for key in unreferenced {
+        batch.delete_cf(db.cf(CF_BODIES), body_key(group, *key));
+    }
+    save_pointer(
+        db,
+        batch,
+        group,
+        &SnapshotPointer {
+            meta: meta.clone(),
+            file: file.clone(),
+            bodies_loaded: true,
+        },
+    )?;
+    remove_other_snapshots(db.snapshot_dir(), group, Some(&file), false);
+    Ok((db.snapshot_dir().join(file), meta))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let state = std::mem::take(&mut self.state);
-        let (db, group, meta) = (self.db.clone(), self.group, self.meta.clone());
-        // Serializing and writing a large state takes a while: do it off the async
+        let state = self.state.take().ok_or_else(|| {
+            io::Error::other("the state could not be encoded, or this snapshot was built already")
+        })?;
+        let (bodies, meta) = (self.bodies.clone(), self.meta.clone());
+        let unreferenced = self.unreferenced.take().unwrap_or_default();
+        // Writing a large state and its bodies takes a while: do it off the async
         // workers, so heartbeats and client calls go on meanwhile.
-        let stored = tokio::task::spawn_blocking(move || -> Result<StoredSnapshot, StoreError> {
-            let data = encode("snapshot", &state)?;
-            drop(state);
-            let stored = StoredSnapshot { meta, data };
-            save_snapshot(&db, group, &stored)?;
-            Ok(stored)
+        let written = tokio::task::spawn_blocking(move || {
+            let written = write_snapshot(&bodies, state, meta, &unreferenced);
+            (written, unreferenced)
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)?;
+        let (path, meta) = match written {
+            (Ok(written), _) => written,
+            (Err(error), unreferenced) => {
+                self.unreferenced = Some(unreferenced);
+                return Err(error.into());
+            }
+        };
+        let data = SnapshotData::open(path)?;
         metrics::counter!("raftq_snapshots_built_total").increment(1);
-        metrics::gauge!("raftq_snapshot_bytes").set(stored.data.len() as f64);
+        metrics::gauge!("raftq_snapshot_bytes").set(data.len()? as f64);
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: std::io::Cursor::new(stored.data),
+            meta,
+            snapshot: data,
         })
     }
 }
@@ -185,12 +497,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => Applied::Internal,
                 EntryPayload::Normal(request) => {
                     let kind = request.command.kind();
-                    let outcome = self
-                        .shared
-                        .state
-                        .write()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .apply(request);
+                    let mut outcome = {
+                        let mut state = self.shared.write();
+                        let outcome = state.apply(request);
+                        let effects = state.take_body_effects();
+                        self.shared.bodies.write(effects)?;
+                        outcome
+                    };
+                    // Only the node that proposed the entry answers, so only it reads the
+                    // delivered bodies.
+                    if responder.is_some() {
+                        self.shared.bodies.fill(&mut outcome)?;
+                    }
                     let result = if outcome.is_ok() { "ok" } else { "refused" };
                     metrics::counter!("raftq_commands_applied_total", "command" => kind, "result" => result)
                         .increment(1);
@@ -210,14 +528,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let exclusive = self.snapshot_lock.clone().lock_owned().await;
+        let mut unreferenced = std::mem::take(&mut *self.shared.bodies.unreferenced());
+        unreferenced.sort_unstable();
+        let state = {
+            let state = self.shared.read();
+            // A state that cannot be encoded is a bug in raftq-core; the build reports it.
+            encode_state(&state)
+                .map(|bytes| (bytes, state.body_keys_end()))
+                .map_err(|error| tracing::error!(%error, "encoding the state for a snapshot"))
+                .ok()
+        };
         SnapshotBuilder {
-            db: self.db.clone(),
-            group: self.group,
-            state: self.shared.read().clone(),
+            bodies: self.shared.bodies.clone(),
+            state,
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.last_membership.clone(),
             },
+            unreferenced: Some(unreferenced),
+            _exclusive: exclusive,
         }
     }
 
@@ -226,31 +556,81 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
-        };
-        // Decode first: a snapshot that cannot be read must not replace anything. Both
-        // decoding and the synced write run off the async workers (see build_snapshot).
-        let (db, group) = (self.db.clone(), self.group);
-        let (state, stored) = tokio::task::spawn_blocking(
-            move || -> Result<(StateMachine, StoredSnapshot), StoreError> {
-                let state: StateMachine = decode("snapshot", &stored.data)?;
-                save_snapshot(&db, group, &stored)?;
-                Ok((state, stored))
-            },
-        )
+        let _exclusive = self.snapshot_lock.clone().lock_owned().await;
+        let (db, group, meta_copy) = (self.db.clone(), self.group, meta.clone());
+        // Reading and loading a large snapshot runs off the async workers (see
+        // build_snapshot).
+        let state = tokio::task::spawn_blocking(move || -> Result<StateMachine, StoreError> {
+            let file = adopt_snapshot_file(&db, group, &meta_copy, snapshot)?;
+            // Decode first: a snapshot that cannot be read must not replace anything.
+            let mut reader = SnapshotReader::open(&db.snapshot_dir().join(&file))?;
+            let state = reader.state()?;
+            let mut pointer = SnapshotPointer {
+                meta: meta_copy,
+                file,
+                bodies_loaded: false,
+            };
+            save_pointer(&db, WriteBatch::default(), group, &pointer)?;
+            load_bodies(&db, group, &mut reader)?;
+            pointer.bodies_loaded = true;
+            save_pointer(&db, WriteBatch::default(), group, &pointer)?;
+            remove_other_snapshots(db.snapshot_dir(), group, Some(&pointer.file), false);
+            Ok(state)
+        })
         .await
         .map_err(io::Error::other)??;
-        self.install(&stored.meta, state);
+        // Every body was replaced by the snapshot's: nothing older waits to be deleted.
+        self.shared.bodies.unreferenced().clear();
+        self.install(meta, state)?;
         metrics::counter!("raftq_snapshots_installed_total").increment(1);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.load_snapshot()?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: std::io::Cursor::new(stored.data),
-        }))
+        Ok(self.current_snapshot()?)
+    }
+}
+
+/// Gives a received snapshot file its own name in this node's snapshot directory (copying
+/// it there when it is elsewhere) and returns that name.
+fn adopt_snapshot_file(
+    db: &Db,
+    group: GroupId,
+    meta: &SnapshotMeta,
+    snapshot: SnapshotData,
+) -> Result<String, StoreError> {
+    let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+    let name = crate::snapshot::unique_name("", group, index, "snap");
+    let target = db.snapshot_dir().join(&name);
+    let source = snapshot.path().to_path_buf();
+    let received_here = source.parent() == Some(db.snapshot_dir())
+        && source
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("incoming-"));
+    if received_here {
+        std::fs::rename(&source, &target)?;
+    } else {
+        std::fs::copy(&source, &target)?;
+        std::fs::File::open(&target)?.sync_all()?;
+    }
+    std::fs::File::open(db.snapshot_dir())?.sync_all()?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OpenOptions;
+
+    #[test]
+    fn a_data_directory_with_a_snapshot_of_the_old_layout_is_refused_not_misread() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        db.inner
+            .put_cf(db.cf(CF_STATE), meta_key(1, OLD_SNAPSHOT_KEY), b"old")
+            .unwrap();
+        let error = StateMachineStore::open(db, 1).err().expect("opened");
+        assert!(matches!(error, StoreError::OldLayout { .. }), "{error}");
     }
 }

@@ -124,3 +124,94 @@ async fn snapshot_restores_the_queue_state_after_reopen() {
         "log time, not a clock, is what the state saw"
     );
 }
+
+fn entry(index: u64, command: Command) -> Entry {
+    Entry::new_normal(
+        log_id(1, index),
+        Request {
+            now_ms: 1_000 + index,
+            command,
+        },
+    )
+}
+
+async fn apply_all(sm: &mut StateMachineStore, entries: Vec<Entry>) {
+    let entries: Vec<_> = entries.into_iter().map(|e| Ok((e, None))).collect();
+    sm.apply(futures::stream::iter(entries)).await.unwrap();
+}
+
+fn peeked_bodies(sm: &StateMachineStore) -> Vec<String> {
+    sm.shared()
+        .peek("q", 0, 10, 0, "")
+        .expect("peek")
+        .into_iter()
+        .map(|(_, body)| String::from_utf8(body).unwrap())
+        .collect()
+}
+
+fn ack(index: u64, message_id: u64) -> Entry {
+    entry(
+        index,
+        Command::Ack {
+            queue: "q".into(),
+            receipt: raftq_core::Receipt {
+                message_id,
+                attempt: 1,
+            },
+        },
+    )
+}
+
+#[tokio::test]
+async fn bodies_live_in_rocksdb_through_snapshots_restarts_and_installs() {
+    let dir = TempDir::new().unwrap();
+    let elsewhere = TempDir::new().unwrap();
+    {
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let mut sm = StateMachineStore::open(db, 1).unwrap();
+        let send = Command::Send {
+            queue: "q".into(),
+            messages: ["a", "b", "c"]
+                .iter()
+                .map(|text| raftq_core::NewMessage {
+                    body: text.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let receive = Command::Receive {
+            queue: "q".into(),
+            max_messages: 10,
+            lease_ms: 60_000,
+        };
+        apply_all(&mut sm, vec![create("q", 1), entry(2, send)]).await;
+        assert!(sm.shared().read().bodies_kept_outside());
+        assert_eq!(peeked_bodies(&sm), ["a", "b", "c"]);
+        apply_all(&mut sm, vec![entry(3, receive), ack(4, 1)]).await;
+        assert_eq!(peeked_bodies(&sm), ["b", "c"]);
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        // Another node installs the snapshot: the bodies travel in it.
+        let db = Db::open(elsewhere.path(), &OpenOptions::default()).unwrap();
+        let mut other = StateMachineStore::open(db, 1).unwrap();
+        other
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(peeked_bodies(&other), ["b", "c"]);
+
+        apply_all(&mut sm, vec![ack(5, 2)]).await;
+        assert_eq!(peeked_bodies(&sm), ["c"]);
+    }
+    // After a crash the state is the snapshot's again, and so are its bodies (the ack
+    // after it comes back when the log is applied again).
+    let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+    let mut sm = StateMachineStore::open(db, 1).unwrap();
+    assert_eq!(peeked_bodies(&sm), ["b", "c"]);
+    apply_all(&mut sm, vec![ack(5, 2)]).await;
+    assert_eq!(peeked_bodies(&sm), ["c"]);
+    // The installed copy survives a restart too.
+    let db = Db::open(elsewhere.path(), &OpenOptions::default()).unwrap();
+    let other = StateMachineStore::open(db, 1).unwrap();
+    assert_eq!(peeked_bodies(&other), ["b", "c"]);
+}

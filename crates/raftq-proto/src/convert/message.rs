@@ -88,20 +88,22 @@ pub fn message_state_name(state: &MessageState) -> &'static str {
     }
 }
 
-impl From<StoredMessage> for pb::PeekedMessage {
-    fn from(message: StoredMessage) -> Self {
+/// A stored message and its body's bytes (kept apart from the message, see
+/// `raftq_core::body`).
+impl From<(StoredMessage, Vec<u8>)> for pb::PeekedMessage {
+    fn from((message, body): (StoredMessage, Vec<u8>)) -> Self {
         pb::PeekedMessage {
             message_id: message.message_id,
             sequence: message.sequence,
             state: message_state_name(&message.state).to_string(),
-            body: message.body,
-            headers: message.headers.into_iter().collect(),
+            body,
+            headers: message.headers.into_inner().into_iter().collect(),
             enqueued_at_ms: message.enqueued_at_ms,
             deliveries: message.deliveries,
             group: message.group,
             priority: u32::from(message.priority),
             expires_at_ms: message.expires_at_ms,
-            properties: pb_properties(message.properties),
+            properties: pb_properties(message.properties.into_inner()),
         }
     }
 }
@@ -120,6 +122,7 @@ mod tests {
             message_id: 5,
             sequence: 2,
             body: b"hi".to_vec(),
+            body_ref: Default::default(),
             headers: Default::default(),
             properties: Default::default(),
             group: String::new(),

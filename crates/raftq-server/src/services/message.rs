@@ -1,6 +1,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use raftq_core::{Command, Outcome, Receipt, TransactionAck, TransactionSend};
+use raftq_store::ReadError;
 use raftq_proto::pb::{
     self, message_service_client::MessageServiceClient, message_service_server::MessageService,
 };
@@ -342,15 +343,17 @@ impl MessageService for MessageApi {
             .context
             .node
             .state()
-            .read()
-            .peek_selected(
+            .peek(
                 &request.queue,
                 request.after_sequence,
                 max,
                 request.message_id,
                 &request.correlation_id,
             )
-            .map_err(ServiceError::from)?;
+            .map_err(|error| match error {
+                ReadError::Queue(error) => Status::from(ServiceError::from(error)),
+                ReadError::Store(error) => Status::internal(error.to_string()),
+            })?;
         Ok(Response::new(pb::PeekResponse {
             messages: messages.into_iter().map(Into::into).collect(),
         }))
