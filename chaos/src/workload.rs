@@ -445,7 +445,10 @@ impl Workload {
             out.join("summary.json"),
             serde_json::to_string_pretty(&summary)?,
         )?;
-        std::fs::write(out.join("timeline.svg"), timeline::render(&events, run_end_ms))?;
+        std::fs::write(
+            out.join("timeline.svg"),
+            timeline::render(&events, run_end_ms),
+        )?;
         println!("raftq-chaos: {}", verdict.counts_line());
         println!(
             "raftq-chaos: {} — history, summary.json and timeline.svg in {}",

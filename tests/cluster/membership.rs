@@ -88,17 +88,23 @@ async fn shrink_removes_the_members_above_the_count_and_a_removed_node_joins_aga
         .await
         .expect("send");
     cluster.spawn_joining_node(4);
-    wait_until("node 4 is a caught-up voter", Duration::from_secs(60), || {
-        let client = client.clone();
-        async move { is_caught_up_voter(&client, 4).await.then_some(()) }
-    })
+    wait_until(
+        "node 4 is a caught-up voter",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move { is_caught_up_voter(&client, 4).await.then_some(()) }
+        },
+    )
     .await;
 
     // What the chart's pre-upgrade hook runs on a scale-down from 4 to 3.
     let address = cluster.node(1).grpc.clone();
     let shrink = || {
         std::process::Command::new(raftq_tests::raftq_binary())
-            .args(["--addr", &address, "--output", "json", "cluster", "shrink", "--to", "3"])
+            .args([
+                "--addr", &address, "--output", "json", "cluster", "shrink", "--to", "3",
+            ])
             .output()
             .expect("run raftq cluster shrink")
     };

@@ -104,6 +104,7 @@ pub struct MemberStatus {
 #[derive(Clone)]
 pub struct RaftNode {
     raft: Raft,
+    db: Db,
     shared: SharedState,
     config: Arc<NodeConfig>,
     proposer: Proposer,
@@ -272,7 +273,7 @@ impl RaftNode {
         std::fs::create_dir_all(&config.data_dir).map_err(stopped)?;
         let db = Db::open(&config.data_dir, &OpenOptions::default()).map_err(stopped)?;
         let log_store = LogStore::new(db.clone(), config.group).map_err(stopped)?;
-        let state_machine = StateMachineStore::open(db, config.group).map_err(stopped)?;
+        let state_machine = StateMachineStore::open(db.clone(), config.group).map_err(stopped)?;
         let shared = state_machine.shared();
         let tuning = &config.tuning;
         let raft_config = openraft::Config {
@@ -308,6 +309,7 @@ impl RaftNode {
         tokio::spawn(run_batcher(proposer.clone(), queued));
         Ok(RaftNode {
             raft,
+            db,
             shared,
             config: Arc::new(config),
             proposer,
@@ -331,6 +333,11 @@ impl RaftNode {
         })
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    }
+
+    /// What the node's RocksDB holds in memory.
+    pub fn storage_memory(&self) -> raftq_store::StorageMemory {
+        self.db.memory()
     }
 
     /// The replicated queue state as applied on this node.

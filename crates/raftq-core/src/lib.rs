@@ -15,11 +15,11 @@ pub mod queue;
 pub mod sparse;
 mod state;
 
+pub use body::{BodyEffect, BodyRef};
 pub use command::{
     AcknowledgementRequest, Command, Delivery, MessageProperties, NewMessage, Outcome, QueueInfo,
     QueueStats, Receipt, Request, SendResult, TransactionAck, TransactionSend,
 };
-pub use body::{BodyEffect, BodyRef};
 pub use error::QueueError;
 pub use limits::{Limits, Overflow, QueueOptions, journal_queue_name, validate_queue_name};
 pub use queue::StoredMessage;

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -109,7 +109,21 @@ pub(crate) enum Outgoing {
 struct DedupRecord {
     message_id: MessageId,
     sequence: u64,
-    expires_at_ms: TimeMs,
+}
+
+/// An idempotency key as the dedup table keeps it: the first 16 bytes of its SHA-256.
+/// Every message sent by the raftq client carries a key (a 36-character UUID), and a
+/// queue remembers each for its dedup window: at tens of thousands of messages a second
+/// that is millions of keys, so each is kept in 16 bytes, not as a string. Two different
+/// keys share a digest with a probability of about n²/2¹²⁹ (n keys in one window).
+type DedupKey = [u8; 16];
+
+fn dedup_key(key: &str) -> DedupKey {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&digest[..16]);
+    short
 }
 
 /// The stored messages of one group, in send order, and the one in flight if any.
@@ -149,11 +163,14 @@ pub(crate) struct Queue {
     groups: BTreeMap<String, Group>,
     /// Sequences of stored messages by correlation id, for selective receive and peek.
     by_correlation: BTreeMap<String, BTreeSet<u64>>,
-    dedup: BTreeMap<String, DedupRecord>,
-    dedup_expiry: BTreeSet<(TimeMs, String)>,
+    dedup: BTreeMap<DedupKey, DedupRecord>,
+    /// When each dedup record is forgotten, oldest first. The window is fixed per queue
+    /// and time never goes back, so records are forgotten in the order they were made.
+    dedup_expiry: VecDeque<(TimeMs, DedupKey)>,
     /// Recently acked receipts, so that a retried ack of the same receipt succeeds again.
-    acked: BTreeMap<MessageId, (u32, TimeMs)>,
-    acked_expiry: BTreeSet<(TimeMs, MessageId)>,
+    acked: BTreeMap<MessageId, u32>,
+    /// When each ack record is forgotten, oldest first (as `dedup_expiry`).
+    acked_expiry: VecDeque<(TimeMs, MessageId)>,
     stats: QueueStats,
     /// Bytes of every stored message (see `StoredMessage::size`).
     bytes: u64,
@@ -183,9 +200,9 @@ impl Queue {
             groups: BTreeMap::new(),
             by_correlation: BTreeMap::new(),
             dedup: BTreeMap::new(),
-            dedup_expiry: BTreeSet::new(),
+            dedup_expiry: VecDeque::new(),
             acked: BTreeMap::new(),
-            acked_expiry: BTreeSet::new(),
+            acked_expiry: VecDeque::new(),
             stats: QueueStats::default(),
             bytes: 0,
             outbox: Vec::new(),
@@ -268,19 +285,18 @@ impl Queue {
                 self.drop_message(sequence, DeadLetterReason::Expired);
             }
         }
-        while let Some((at, _)) = self.dedup_expiry.first() {
-            if *at > now_ms {
-                break;
-            }
-            if let Some((_, key)) = self.dedup_expiry.pop_first() {
-                self.dedup.remove(&key);
-            }
-        }
-        while let Some(&(at, message_id)) = self.acked_expiry.first() {
+        while let Some(&(at, key)) = self.dedup_expiry.front() {
             if at > now_ms {
                 break;
             }
-            self.acked_expiry.pop_first();
+            self.dedup_expiry.pop_front();
+            self.dedup.remove(&key);
+        }
+        while let Some(&(at, message_id)) = self.acked_expiry.front() {
+            if at > now_ms {
+                break;
+            }
+            self.acked_expiry.pop_front();
             self.acked.remove(&message_id);
         }
     }
@@ -494,8 +510,8 @@ impl Queue {
             self.delayed.first().map(|(at, _)| *at),
             self.leases.first().map(|(at, _)| *at),
             self.expiry.first().map(|(at, _)| *at),
-            self.dedup_expiry.first().map(|(at, _)| *at),
-            self.acked_expiry.first().map(|(at, _)| *at),
+            self.dedup_expiry.front().map(|(at, _)| *at),
+            self.acked_expiry.front().map(|(at, _)| *at),
         ]
         .into_iter()
         .flatten()
@@ -566,7 +582,9 @@ impl Queue {
                 });
             }
             if message.idempotency_key.is_empty()
-                || !self.dedup.contains_key(&message.idempotency_key)
+                || !self
+                    .dedup
+                    .contains_key(&dedup_key(&message.idempotency_key))
             {
                 count += 1;
                 bytes += size;
@@ -650,7 +668,9 @@ impl Queue {
         message_id: MessageId,
         now_ms: TimeMs,
     ) -> SendResult {
-        if let Some(record) = self.dedup.get(&message.idempotency_key) {
+        let key =
+            (!message.idempotency_key.is_empty()).then(|| dedup_key(&message.idempotency_key));
+        if let Some(record) = key.and_then(|key| self.dedup.get(&key)) {
             return SendResult {
                 message_id: record.message_id,
                 sequence: record.sequence,
@@ -659,16 +679,16 @@ impl Queue {
             };
         }
         let sequence = self.next_sequence;
-        if !message.idempotency_key.is_empty() && self.options.dedup_window_ms > 0 {
+        if let Some(key) = key
+            && self.options.dedup_window_ms > 0
+        {
             let expires_at_ms = now_ms.saturating_add(self.options.dedup_window_ms);
-            self.dedup_expiry
-                .insert((expires_at_ms, message.idempotency_key.clone()));
+            self.dedup_expiry.push_back((expires_at_ms, key));
             self.dedup.insert(
-                message.idempotency_key,
+                key,
                 DedupRecord {
                     message_id,
                     sequence,
-                    expires_at_ms,
                 },
             );
         }
@@ -1028,7 +1048,7 @@ impl Queue {
         if self
             .acked
             .get(&receipt.message_id)
-            .is_some_and(|(attempt, _)| *attempt == receipt.attempt)
+            .is_some_and(|attempt| *attempt == receipt.attempt)
         {
             return Err(QueueError::StaleReceipt {
                 receipt: receipt.to_string(),
@@ -1039,12 +1059,7 @@ impl Queue {
     }
 
     pub(crate) fn ack(&mut self, receipt: Receipt, now_ms: TimeMs) -> Result<bool, QueueError> {
-        if self
-            .acked
-            .get(&receipt.message_id)
-            .map(|(attempt, _)| *attempt)
-            == Some(receipt.attempt)
-        {
+        if self.acked.get(&receipt.message_id) == Some(&receipt.attempt) {
             return Ok(true);
         }
         let (sequence, _) = self.leased(receipt, now_ms)?;
@@ -1052,9 +1067,8 @@ impl Queue {
             self.after_consumed(&message);
         }
         let forget_at = now_ms.saturating_add(self.options.dedup_window_ms);
-        self.acked
-            .insert(receipt.message_id, (receipt.attempt, forget_at));
-        self.acked_expiry.insert((forget_at, receipt.message_id));
+        self.acked.insert(receipt.message_id, receipt.attempt);
+        self.acked_expiry.push_back((forget_at, receipt.message_id));
         self.stats.total_acked += 1;
         Ok(false)
     }
@@ -1147,7 +1161,11 @@ impl Queue {
             .into_iter()
             .filter(|sequence| *sequence > after_sequence)
             .take(max)
-            .filter_map(|sequence| self.messages.get(&sequence).map(|m| StoredMessage::clone(m)))
+            .filter_map(|sequence| {
+                self.messages
+                    .get(&sequence)
+                    .map(|m| StoredMessage::clone(m))
+            })
             .collect()
     }
 }

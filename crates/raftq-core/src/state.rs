@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::body::{BodyChange, BodyEffect, BodyRef, Bodies};
+use crate::body::{Bodies, BodyChange, BodyEffect, BodyRef};
 use crate::command::{
     Command, NewMessage, Outcome, QueueInfo, Request, SendResult, TransactionAck, TransactionSend,
 };

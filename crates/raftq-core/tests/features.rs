@@ -1103,9 +1103,19 @@ fn kept_bodies_follow_messages_through_journals_dead_letters_redrive_purge_and_d
             name: "q.journal".into(),
         },
     );
-    run(&mut sm, &mut kept, 2_500, Command::DeleteQueue { name: "dlq".into() });
+    run(
+        &mut sm,
+        &mut kept,
+        2_500,
+        Command::DeleteQueue { name: "dlq".into() },
+    );
     let held: Vec<&[u8]> = kept.values().map(Vec::as_slice).collect();
     assert_eq!(held, [b"b".as_slice()]);
-    run(&mut sm, &mut kept, 2_500, Command::DeleteQueue { name: "q".into() });
+    run(
+        &mut sm,
+        &mut kept,
+        2_500,
+        Command::DeleteQueue { name: "q".into() },
+    );
     assert!(kept.is_empty(), "{kept:?}");
 }

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use raftq_core::{
-    BodyEffect, BodyRef, Command, NewMessage, Outcome, QueueError, QueueOptions, Receipt, Request, StateMachine,
+    BodyEffect, BodyRef, Command, NewMessage, Outcome, QueueError, QueueOptions, Receipt, Request,
+    StateMachine,
 };
 
 #[derive(Debug, Clone)]

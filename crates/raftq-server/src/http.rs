@@ -52,6 +52,10 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
         0.0
     });
     metrics::gauge!("raftq_raft_members").set(status.members.len() as f64);
+    let memory = state.node.storage_memory();
+    metrics::gauge!("raftq_rocksdb_memtable_bytes").set(memory.memtables as f64);
+    metrics::gauge!("raftq_rocksdb_block_cache_bytes").set(memory.block_cache as f64);
+    metrics::gauge!("raftq_rocksdb_table_readers_bytes").set(memory.table_readers as f64);
     let queues = state.node.state().read().list_queues("", MAX_QUEUE_GAUGES);
     metrics::gauge!("raftq_queues").set(queues.len() as f64);
     for queue in queues {

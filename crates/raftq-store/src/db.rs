@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options};
 
 use raftq_core::GroupId;
 
@@ -61,14 +61,29 @@ impl From<StoreError> for std::io::Error {
 pub struct OpenOptions {
     /// Memory for RocksDB's write buffers across column families.
     pub write_buffer_bytes: usize,
+    /// One block cache shared by every column family (without it, each family would get a
+    /// cache of its own).
+    pub block_cache_bytes: usize,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             write_buffer_bytes: 64 * 1024 * 1024,
+            block_cache_bytes: 32 * 1024 * 1024,
         }
     }
+}
+
+/// Memory RocksDB holds, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageMemory {
+    /// Write buffers (memtables), active and being flushed, of every column family.
+    pub memtables: u64,
+    /// Blocks in the shared block cache.
+    pub block_cache: u64,
+    /// Index and filter blocks of open table files (outside the cache).
+    pub table_readers: u64,
 }
 
 /// One RocksDB instance per node, shared by the log store and the state machine, and the
@@ -92,17 +107,23 @@ impl Db {
         db_options.create_missing_column_families(true);
         db_options.set_db_write_buffer_size(options.write_buffer_bytes);
         db_options.set_max_background_jobs(2);
-        let mut log_options = Options::default();
-        log_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut state_options = Options::default();
-        state_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut body_options = Options::default();
-        body_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let family = |compressed: bool| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            let mut family = Options::default();
+            family.set_block_based_table_factory(&table);
+            if compressed {
+                family.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            family
+        };
+        let bodies = family(true);
         let families = vec![
-            ColumnFamilyDescriptor::new(CF_LOG, log_options),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
-            ColumnFamilyDescriptor::new(CF_STATE, state_options),
-            ColumnFamilyDescriptor::new(CF_BODIES, body_options),
+            ColumnFamilyDescriptor::new(CF_LOG, family(true)),
+            ColumnFamilyDescriptor::new(CF_META, family(false)),
+            ColumnFamilyDescriptor::new(CF_STATE, family(true)),
+            ColumnFamilyDescriptor::new(CF_BODIES, bodies),
         ];
         let inner = DB::open_cf_descriptors(&db_options, path, families).map_err(|source| {
             StoreError::Open {
@@ -119,6 +140,26 @@ impl Db {
     /// Where snapshot files are kept.
     pub fn snapshot_dir(&self) -> &Path {
         &self.snapshot_dir
+    }
+
+    /// What RocksDB holds in memory now (for the node's metrics).
+    pub fn memory(&self) -> StorageMemory {
+        let mut memory = StorageMemory::default();
+        for name in [CF_LOG, CF_META, CF_STATE, CF_BODIES] {
+            let cf = self.cf(name);
+            let property = |key: &str| {
+                self.inner
+                    .property_int_value_cf(cf, key)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            memory.memtables += property("rocksdb.cur-size-all-mem-tables");
+            memory.table_readers += property("rocksdb.estimate-table-readers-mem");
+            // The cache is shared: every family reports the same figure.
+            memory.block_cache = property("rocksdb.block-cache-usage");
+        }
+        memory
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {

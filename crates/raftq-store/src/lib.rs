@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use db::{Db, OpenOptions, StoreError};
+pub use db::{Db, OpenOptions, StorageMemory, StoreError};
 pub use log_store::LogStore;
 pub use snapshot::{IncomingSnapshot, SnapshotData};
 pub use state_machine::{ReadError, SharedState, StateMachineStore};

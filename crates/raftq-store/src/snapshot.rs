@@ -201,10 +201,7 @@ impl SnapshotReader {
         let mut file = File::open(path)?;
         let size = file.metadata()?.len();
         if size < (MAGIC.len() + 8 + 16) as u64 {
-            return Err(damaged(format!(
-                "snapshot {} is too short",
-                path.display()
-            )));
+            return Err(damaged(format!("snapshot {} is too short", path.display())));
         }
         file.seek(SeekFrom::End(-16))?;
         if read_u64(&mut file)? != END {
@@ -232,12 +229,11 @@ impl SnapshotReader {
     pub(crate) fn state(&mut self) -> Result<StateMachine, StoreError> {
         let length = read_u64(&mut self.file)?;
         let mut limited = (&mut self.file).take(length);
-        let state = bincode::deserialize_from(&mut limited).map_err(|source| {
-            StoreError::Decode {
+        let state =
+            bincode::deserialize_from(&mut limited).map_err(|source| StoreError::Decode {
                 what: "snapshot state",
                 source,
-            }
-        })?;
+            })?;
         if limited.limit() != 0 {
             return Err(damaged("the snapshot state is shorter than its length says").into());
         }

@@ -9,9 +9,13 @@
 //!
 //! The rule that keeps bodies and state together: the `bodies` column family holds every
 //! body that the state at the newest durable snapshot, or any later state, refers to.
-//! - A body is written (not synced) while the entry that brought it is applied, under the
-//!   state's write lock, so a reader never sees a message without its body. The next synced
-//!   write (a log append or a snapshot) makes it durable: RocksDB has one write-ahead log.
+//! - A body is written while the entry that brought it is applied, under the state's write
+//!   lock, so a reader never sees a message without its body. It is written without the
+//!   write-ahead log (the Raft log already holds it once, durably): a crash loses the
+//!   bodies still in the write buffer, and applying the log again on start writes them
+//!   again. Only those of entries behind the newest snapshot cannot come back that way
+//!   (the log before it is purged), so the family is flushed to its files before a
+//!   snapshot becomes the current one.
 //! - A body no longer referred to is deleted only with the next snapshot, in the same
 //!   synced write that makes that snapshot the current one. Until then it waits in a list
 //!   in memory (bounded by the snapshot interval). A crash loses the list, not the rule:
@@ -85,7 +89,7 @@ impl Bodies {
         }
         drop(unreferenced);
         if !batch.is_empty() {
-            self.db.inner.write_opt(batch, &WriteOptions::default())?;
+            self.db.inner.write_opt(batch, &without_wal())?;
         }
         Ok(())
     }
@@ -236,6 +240,20 @@ fn save_pointer(
     Ok(())
 }
 
+/// Body writes skip the write-ahead log; see the module's notes.
+fn without_wal() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.disable_wal(true);
+    options
+}
+
+/// Writes what the `bodies` family holds in memory to its files, so that the bodies of a
+/// snapshot about to become current survive a crash (they are not in the write-ahead log).
+fn flush_bodies(db: &Db) -> Result<(), StoreError> {
+    db.inner.flush_cf(db.cf(CF_BODIES))?;
+    Ok(())
+}
+
 /// Replaces every body of `group` by those of the snapshot `reader` is positioned at.
 fn load_bodies(db: &Db, group: GroupId, reader: &mut SnapshotReader) -> Result<(), StoreError> {
     let cf = db.cf(CF_BODIES);
@@ -247,12 +265,12 @@ fn load_bodies(db: &Db, group: GroupId, reader: &mut SnapshotReader) -> Result<(
         batch.put_cf(cf, body_key(group, key), body);
         if bytes >= LOAD_BATCH_BYTES {
             db.inner
-                .write_opt(std::mem::take(&mut batch), &WriteOptions::default())?;
+                .write_opt(std::mem::take(&mut batch), &without_wal())?;
             bytes = 0;
         }
     }
-    db.inner.write_opt(batch, &WriteOptions::default())?;
-    Ok(())
+    db.inner.write_opt(batch, &without_wal())?;
+    flush_bodies(db)
 }
 
 /// Removes this group's snapshot files other than `keep`: older snapshots, and files left
@@ -426,7 +444,9 @@ fn write_snapshot(
         iter.next();
     }
     iter.status()?;
+    drop(iter);
     let file = writer.finish()?;
+    flush_bodies(db)?;
     let mut batch = WriteBatch::default();
     for key in unreferenced {
         batch.delete_cf(db.cf(CF_BODIES), body_key(group, *key));

@@ -189,7 +189,12 @@ async fn bodies_live_in_rocksdb_through_snapshots_restarts_and_installs() {
         assert_eq!(peeked_bodies(&sm), ["a", "b", "c"]);
         apply_all(&mut sm, vec![entry(3, receive), ack(4, 1)]).await;
         assert_eq!(peeked_bodies(&sm), ["b", "c"]);
-        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
 
         // Another node installs the snapshot: the bodies travel in it.
         let db = Db::open(elsewhere.path(), &OpenOptions::default()).unwrap();

@@ -1,10 +1,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use raftq_core::{Command, Outcome, Receipt, TransactionAck, TransactionSend};
-use raftq_store::ReadError;
 use raftq_proto::pb::{
     self, message_service_client::MessageServiceClient, message_service_server::MessageService,
 };
+use raftq_store::ReadError;
 use tonic::{Request, Response, Status};
 
 use super::forward_to_leader;
