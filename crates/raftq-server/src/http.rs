@@ -1,6 +1,7 @@
 //! The HTTP side port: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -75,20 +76,57 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Ready when this node knows a leader and is a member: it can serve (or forward) calls.
+/// A follower counts as caught up while it has applied the leader's commit index less
+/// this many entries (under load the commit index moves on between the two readings).
+const READY_LAG_ENTRIES: u64 = 1_000;
+/// Longest a readiness probe waits for the leader's answer.
+const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Ready when this node is a caught-up member: it knows a leader, is in the membership,
+/// and (a follower) has applied what the leader has committed, within `READY_LAG_ENTRIES`.
+/// A node restarted far behind, or still receiving a snapshot, is not ready, so a rolling
+/// update waits for it before taking down the next node.
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    let unavailable = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, reason);
     let status = state.node.status();
-    match status.leader_id {
-        Some(leader) if status.members.contains_key(&status.node_id) => {
-            (StatusCode::OK, format!("ready; leader is node {leader}\n"))
+    let Some(leader) = status.leader_id else {
+        return unavailable("no leader known\n".to_string());
+    };
+    if !status.members.contains_key(&status.node_id) {
+        return unavailable("not a member yet\n".to_string());
+    }
+    if leader == status.node_id {
+        return (StatusCode::OK, "ready; this node leads\n".to_string());
+    }
+    let Some((_, address)) = state.node.leader() else {
+        return unavailable("no leader address known\n".to_string());
+    };
+    let config = raftq_client::ClientConfig {
+        retry_deadline: LEADER_QUERY_TIMEOUT,
+        attempt_timeout: LEADER_QUERY_TIMEOUT,
+        connect_timeout: LEADER_QUERY_TIMEOUT,
+        ..raftq_client::ClientConfig::default()
+    };
+    let leader_status = match raftq_client::Client::new(&[address], config) {
+        Ok(client) => client.node_info().await,
+        Err(error) => Err(error),
+    };
+    match leader_status {
+        Ok(leader_status)
+            if status.applied_index + READY_LAG_ENTRIES >= leader_status.committed_index =>
+        {
+            (
+                StatusCode::OK,
+                format!(
+                    "ready; leader is node {leader}; applied {} of its {} committed\n",
+                    status.applied_index, leader_status.committed_index
+                ),
+            )
         }
-        Some(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not a member yet\n".to_string(),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no leader known\n".to_string(),
-        ),
+        Ok(leader_status) => unavailable(format!(
+            "catching up: applied {} of the {} entries node {leader} has committed\n",
+            status.applied_index, leader_status.committed_index
+        )),
+        Err(error) => unavailable(format!("cannot reach the leader, node {leader}: {error}\n")),
     }
 }
