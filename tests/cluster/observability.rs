@@ -1,5 +1,7 @@
 use raftq_client::{Message, pb};
-use raftq_tests::{Cluster, create_queue, http_get};
+use std::time::Duration;
+
+use raftq_tests::{Cluster, create_queue, http_get, wait_until};
 use tonic::transport::Endpoint;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -35,6 +37,29 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
             .expect("health check")
             .into_inner();
         assert_eq!(health.status, ServingStatus::Serving as i32);
+        // The probes' services: live, and ready once the node is a caught-up member.
+        for service in ["raftq.liveness", "raftq.readiness"] {
+            let health = HealthClient::new(channel.clone());
+            wait_until(
+                &format!("{service} is serving on node {}", node.id),
+                Duration::from_secs(20),
+                || {
+                    let mut health = health.clone();
+                    async move {
+                        let status = health
+                            .check(HealthCheckRequest {
+                                service: service.into(),
+                            })
+                            .await
+                            .ok()?
+                            .into_inner()
+                            .status;
+                        (status == ServingStatus::Serving as i32).then_some(())
+                    }
+                },
+            )
+            .await;
+        }
 
         let request = ServerReflectionRequest {
             host: String::new(),

@@ -70,9 +70,9 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
 }
 
 async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    match state.node.status().role {
-        Role::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n"),
-        _ => (StatusCode::OK, "ok\n"),
+    match liveness(&state.node) {
+        Ok(()) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n"),
     }
 }
 
@@ -82,24 +82,23 @@ const READY_LAG_ENTRIES: u64 = 1_000;
 /// Longest a readiness probe waits for the leader's answer.
 const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Ready when this node is a caught-up member: it knows a leader, is in the membership,
-/// and (a follower) has applied what the leader has committed, within `READY_LAG_ENTRIES`.
-/// A node restarted far behind, or still receiving a snapshot, is not ready, so a rolling
-/// update waits for it before taking down the next node.
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
-    let unavailable = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, reason);
-    let status = state.node.status();
+/// Whether this node is a caught-up member: it knows a leader, is in the membership, and
+/// (a follower) has applied what the leader has committed, within `READY_LAG_ENTRIES`. A
+/// node restarted far behind, or still receiving a snapshot, is not ready, so a rolling
+/// update waits for it before taking down the next node. `Ok` and `Err` carry the reason.
+pub(crate) async fn readiness(node: &RaftNode) -> Result<String, String> {
+    let status = node.status();
     let Some(leader) = status.leader_id else {
-        return unavailable("no leader known\n".to_string());
+        return Err("no leader known".to_string());
     };
     if !status.members.contains_key(&status.node_id) {
-        return unavailable("not a member yet\n".to_string());
+        return Err("not a member yet".to_string());
     }
     if leader == status.node_id {
-        return (StatusCode::OK, "ready; this node leads\n".to_string());
+        return Ok("ready; this node leads".to_string());
     }
-    let Some((_, address)) = state.node.leader() else {
-        return unavailable("no leader address known\n".to_string());
+    let Some((_, address)) = node.leader() else {
+        return Err("no leader address known".to_string());
     };
     let config = raftq_client::ClientConfig {
         retry_deadline: LEADER_QUERY_TIMEOUT,
@@ -115,18 +114,30 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
         Ok(leader_status)
             if status.applied_index + READY_LAG_ENTRIES >= leader_status.committed_index =>
         {
-            (
-                StatusCode::OK,
-                format!(
-                    "ready; leader is node {leader}; applied {} of its {} committed\n",
-                    status.applied_index, leader_status.committed_index
-                ),
-            )
+            Ok(format!(
+                "ready; leader is node {leader}; applied {} of its {} committed",
+                status.applied_index, leader_status.committed_index
+            ))
         }
-        Ok(leader_status) => unavailable(format!(
-            "catching up: applied {} of the {} entries node {leader} has committed\n",
+        Ok(leader_status) => Err(format!(
+            "catching up: applied {} of the {} entries node {leader} has committed",
             status.applied_index, leader_status.committed_index
         )),
-        Err(error) => unavailable(format!("cannot reach the leader, node {leader}: {error}\n")),
+        Err(error) => Err(format!("cannot reach the leader, node {leader}: {error}")),
+    }
+}
+
+/// Whether Raft runs on this node.
+pub(crate) fn liveness(node: &RaftNode) -> Result<(), String> {
+    match node.status().role {
+        Role::Shutdown => Err("raft stopped".to_string()),
+        _ => Ok(()),
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    match readiness(&state.node).await {
+        Ok(reason) => (StatusCode::OK, format!("{reason}\n")),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }

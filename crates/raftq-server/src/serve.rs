@@ -94,6 +94,11 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         );
     let grpc_task = tokio::spawn(grpc);
     let timer_task = tokio::spawn(timers(node.clone(), until(stopped.clone())));
+    let probe_task = tokio::spawn(health_probes(
+        node.clone(),
+        health_reporter.clone(),
+        until(stopped.clone()),
+    ));
     let http_task = tokio::spawn(http::serve(
         http_listener,
         node.clone(),
@@ -126,6 +131,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         .context("HTTP task")?
         .context("HTTP server")?;
     timer_task.await.context("timer task")?;
+    probe_task.await.context("health probe task")?;
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -133,6 +139,44 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
 
 /// Longest a stopping leader waits for another node to take over.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// gRPC health service names that carry the node's liveness and readiness (the same checks
+/// as `/healthz` and `/readyz`), for probes that speak gRPC health.
+pub const LIVENESS_SERVICE: &str = "raftq.liveness";
+pub const READINESS_SERVICE: &str = "raftq.readiness";
+/// How often those two are brought up to date.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps the gRPC health statuses of `LIVENESS_SERVICE` and `READINESS_SERVICE` up to date
+/// until `stop` resolves.
+async fn health_probes(
+    node: RaftNode,
+    reporter: tonic_health::server::HealthReporter,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use tonic_health::ServingStatus;
+    let status = |ok: bool| {
+        if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    tokio::pin!(stop);
+    let mut interval = tokio::time::interval(PROBE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = interval.tick() => {
+                let live = crate::http::liveness(&node).is_ok();
+                reporter.set_service_status(LIVENESS_SERVICE, status(live)).await;
+                let ready = crate::http::readiness(&node).await.is_ok();
+                reporter.set_service_status(READINESS_SERVICE, status(ready)).await;
+            }
+        }
+    }
+}
 
 /// How often the leader looks for timed work (expiries, ended leases) to write a tick for.
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
