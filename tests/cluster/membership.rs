@@ -78,6 +78,35 @@ async fn is_caught_up_voter(client: &raftq_client::Client, id: u64) -> bool {
         .any(|n| n.node_id == id && n.voter && n.applied_index >= leader.applied_index)
 }
 
+/// Two pods of a scale-up start together: the second membership change is refused while
+/// the first is being committed, and the joining node must wait and ask again, not exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_joining_at_once_both_become_voters() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "jobs", pb::QueueOptions::default()).await;
+    client
+        .send("jobs", Message::new("before"))
+        .await
+        .expect("send");
+    cluster.spawn_joining_node(4);
+    cluster.spawn_joining_node(5);
+    wait_until(
+        "nodes 4 and 5 are caught-up voters",
+        Duration::from_secs(90),
+        || {
+            let client = client.clone();
+            async move {
+                (is_caught_up_voter(&client, 4).await && is_caught_up_voter(&client, 5).await)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let status = client.cluster_status().await.expect("status");
+    assert_eq!(status.nodes.len(), 5, "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shrink_removes_the_members_above_the_count_and_a_removed_node_joins_again() {
     let mut cluster = Cluster::start(3).await;

@@ -14,6 +14,8 @@ pub enum ClusterError {
     OutcomeUnknown,
     #[error("membership change refused: {reason}")]
     Membership { reason: String },
+    #[error("another membership change is still being committed; retry shortly: {reason}")]
+    MembershipBusy { reason: String },
     #[error("the raft node has stopped: {reason}")]
     Stopped { reason: String },
 }
@@ -34,7 +36,8 @@ impl ClusterError {
         match self {
             ClusterError::NotLeader { .. }
             | ClusterError::NoQuorum { .. }
-            | ClusterError::OutcomeUnknown => true,
+            | ClusterError::OutcomeUnknown
+            | ClusterError::MembershipBusy { .. } => true,
             ClusterError::Membership { .. } | ClusterError::Stopped { .. } => false,
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 
 use raftq_core::{Command, GroupId, Outcome, QueueError, Request};
@@ -612,6 +612,12 @@ fn client_write_result<T>(
         Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
             Err(ClusterError::OutcomeUnknown)
         }
+        // Two nodes joining at once: the second change waits for the first to commit.
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(in_progress),
+        ))) => Err(ClusterError::MembershipBusy {
+            reason: in_progress.to_string(),
+        }),
         Err(RaftError::APIError(error)) => Err(ClusterError::Membership {
             reason: error.to_string(),
         }),

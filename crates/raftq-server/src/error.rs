@@ -49,6 +49,7 @@ impl From<ServiceError> for Status {
                     ClusterError::NoQuorum { .. } => (Code::Unavailable, None, 500),
                     ClusterError::OutcomeUnknown => (Code::Unavailable, None, 100),
                     ClusterError::Membership { .. } => (Code::FailedPrecondition, None, 0),
+                    ClusterError::MembershipBusy { .. } => (Code::Unavailable, None, 200),
                     ClusterError::Stopped { .. } => (Code::Unavailable, None, 1_000),
                 };
                 let mut status = Status::new(code, message);
@@ -112,6 +113,14 @@ mod tests {
             (
                 ClusterError::NoQuorum { reason: "x".into() }.into(),
                 Code::Unavailable,
+            ),
+            (
+                ClusterError::MembershipBusy { reason: "x".into() }.into(),
+                Code::Unavailable,
+            ),
+            (
+                ClusterError::Membership { reason: "x".into() }.into(),
+                Code::FailedPrecondition,
             ),
         ];
         for (error, code) in cases {
