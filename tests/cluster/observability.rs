@@ -98,6 +98,11 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
         assert_eq!(status, 200);
         assert!(metrics.contains("raftq_raft_term "), "{metrics}");
         assert!(metrics.contains("raftq_raft_applied_index "), "{metrics}");
+        let committed = metric_value(&metrics, "raftq_allocator_committed_bytes");
+        assert!(
+            committed > 0.0,
+            "allocator committed {committed}: {metrics}"
+        );
         if node.id == leader {
             assert!(
                 metrics.contains("raftq_queue_depth{queue=\"observed\"} 5"),
@@ -108,4 +113,12 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
             assert!(metrics.contains("raftq_raft_is_leader 1"), "{metrics}");
         }
     }
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition (0 when absent).
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }

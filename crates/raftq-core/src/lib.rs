@@ -9,9 +9,11 @@
 
 pub mod body;
 mod command;
+mod dedup;
 mod error;
 mod limits;
 pub mod queue;
+mod runs;
 pub mod sparse;
 mod state;
 

@@ -7,6 +7,8 @@ use crate::command::{
     AcknowledgementRequest, Delivery, MessageProperties, NewMessage, QueueInfo, QueueStats,
     Receipt, SendResult,
 };
+use crate::dedup::{DedupTable, dedup_key};
+use crate::runs::{AsMap, ReadySet, RunMap};
 use crate::sparse::Sparse;
 use crate::{MessageId, Overflow, QueueError, QueueOptions, TimeMs};
 
@@ -44,7 +46,8 @@ pub struct StoredMessage {
     /// [`Sparse`] keeps each empty one at 8 bytes.
     pub headers: Sparse<BTreeMap<String, String>>,
     pub properties: Sparse<MessageProperties>,
-    pub group: String,
+    /// Most messages have no group.
+    pub group: Sparse<String>,
     pub priority: u8,
     pub enqueued_at_ms: TimeMs,
     /// Expires (time to be received) at this time unless acknowledged; 0: never.
@@ -105,25 +108,64 @@ pub(crate) enum Outgoing {
     Notice { message: NewMessage, target: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct DedupRecord {
-    message_id: MessageId,
-    sequence: u64,
+/// Ack records forgotten at the same time, for consecutive message ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AckedRun {
+    at: TimeMs,
+    first: MessageId,
+    count: u64,
 }
 
-/// An idempotency key as the dedup table keeps it: the first 16 bytes of its SHA-256.
-/// Every message sent by the raftq client carries a key (a 36-character UUID), and a
-/// queue remembers each for its dedup window: at tens of thousands of messages a second
-/// that is millions of keys, so each is kept in 16 bytes, not as a string. Two different
-/// keys share a digest with a probability of about n²/2¹²⁹ (n keys in one window).
-type DedupKey = [u8; 16];
+/// The ack expiry runs, serialized one (time, id) pair per record as before they were runs.
+mod acked_runs {
+    use std::collections::VecDeque;
 
-fn dedup_key(key: &str) -> DedupKey {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(key.as_bytes());
-    let mut short = [0u8; 16];
-    short.copy_from_slice(&digest[..16]);
-    short
+    use serde::de::{SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserializer, Serializer};
+
+    use super::AckedRun;
+
+    pub(super) fn serialize<S: Serializer>(
+        runs: &VecDeque<AckedRun>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let records: u64 = runs.iter().map(|run| run.count).sum();
+        let mut seq = serializer.serialize_seq(Some(records as usize))?;
+        for run in runs {
+            for id in run.first..run.first + run.count {
+                seq.serialize_element(&(run.at, id))?;
+            }
+        }
+        seq.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<VecDeque<AckedRun>, D::Error> {
+        struct RunsVisitor;
+        impl<'de> Visitor<'de> for RunsVisitor {
+            type Value = VecDeque<AckedRun>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of (time, message id) pairs")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut runs: VecDeque<AckedRun> = VecDeque::new();
+                while let Some((at, id)) = seq.next_element::<(u64, u64)>()? {
+                    match runs.back_mut() {
+                        Some(run) if run.at == at && run.first + run.count == id => run.count += 1,
+                        _ => runs.push_back(AckedRun {
+                            at,
+                            first: id,
+                            count: 1,
+                        }),
+                    }
+                }
+                Ok(runs)
+            }
+        }
+        deserializer.deserialize_seq(RunsVisitor)
+    }
 }
 
 /// The stored messages of one group, in send order, and the one in flight if any.
@@ -154,8 +196,11 @@ pub(crate) struct Queue {
     /// Boxed: a B-tree node holds eleven entries and is about half full when messages
     /// arrive in order, so inline values would leave about half their space unused.
     messages: BTreeMap<u64, Box<StoredMessage>>,
-    sequence_by_id: BTreeMap<MessageId, u64>,
-    ready: BTreeSet<ReadyKey>,
+    /// Ids and sequences grow together for messages sent here, so this index is mostly a
+    /// few runs (see [`crate::runs`]); moved-in messages keep their ids and add runs of one.
+    #[serde(with = "AsMap::<u64>")]
+    sequence_by_id: RunMap<1>,
+    ready: ReadySet,
     delayed: BTreeSet<(TimeMs, u64)>,
     leases: BTreeSet<(TimeMs, u64)>,
     /// Time-to-be-received deadlines of stored messages.
@@ -163,14 +208,15 @@ pub(crate) struct Queue {
     groups: BTreeMap<String, Group>,
     /// Sequences of stored messages by correlation id, for selective receive and peek.
     by_correlation: BTreeMap<String, BTreeSet<u64>>,
-    dedup: BTreeMap<DedupKey, DedupRecord>,
-    /// When each dedup record is forgotten, oldest first. The window is fixed per queue
-    /// and time never goes back, so records are forgotten in the order they were made.
-    dedup_expiry: VecDeque<(TimeMs, DedupKey)>,
-    /// Recently acked receipts, so that a retried ack of the same receipt succeeds again.
-    acked: BTreeMap<MessageId, u32>,
-    /// When each ack record is forgotten, oldest first (as `dedup_expiry`).
-    acked_expiry: VecDeque<(TimeMs, MessageId)>,
+    dedup: DedupTable,
+    /// Recently acked receipts (message id → attempt), so that a retried ack of the same
+    /// receipt succeeds again.
+    #[serde(with = "AsMap::<u32>")]
+    acked: RunMap<0>,
+    /// When ack records are forgotten, oldest first (as `dedup_expiry`): (time, first id,
+    /// count) for runs of consecutive ids acked with the same forget time.
+    #[serde(with = "acked_runs")]
+    acked_expiry: VecDeque<AckedRun>,
     stats: QueueStats,
     /// Bytes of every stored message (see `StoredMessage::size`).
     bytes: u64,
@@ -192,16 +238,15 @@ impl Queue {
             created_at_ms: now_ms,
             next_sequence: 1,
             messages: BTreeMap::new(),
-            sequence_by_id: BTreeMap::new(),
-            ready: BTreeSet::new(),
+            sequence_by_id: RunMap::default(),
+            ready: ReadySet::default(),
             delayed: BTreeSet::new(),
             leases: BTreeSet::new(),
             expiry: BTreeSet::new(),
             groups: BTreeMap::new(),
             by_correlation: BTreeMap::new(),
-            dedup: BTreeMap::new(),
-            dedup_expiry: VecDeque::new(),
-            acked: BTreeMap::new(),
+            dedup: DedupTable::default(),
+            acked: RunMap::default(),
             acked_expiry: VecDeque::new(),
             stats: QueueStats::default(),
             bytes: 0,
@@ -285,19 +330,15 @@ impl Queue {
                 self.drop_message(sequence, DeadLetterReason::Expired);
             }
         }
-        while let Some(&(at, key)) = self.dedup_expiry.front() {
-            if at > now_ms {
-                break;
-            }
-            self.dedup_expiry.pop_front();
-            self.dedup.remove(&key);
-        }
-        while let Some(&(at, message_id)) = self.acked_expiry.front() {
+        self.dedup.expire(now_ms);
+        while let Some(&AckedRun { at, first, count }) = self.acked_expiry.front() {
             if at > now_ms {
                 break;
             }
             self.acked_expiry.pop_front();
-            self.acked.remove(&message_id);
+            for message_id in first..first + count {
+                self.acked.remove(message_id);
+            }
         }
     }
 
@@ -318,7 +359,7 @@ impl Queue {
             return;
         }
         message.state = MessageState::Ready;
-        let group = message.group.clone();
+        let group = message.group.to_string();
         let priority = message.priority;
         if group.is_empty() {
             self.ready.insert(ready_key(priority, sequence));
@@ -354,7 +395,7 @@ impl Queue {
     fn remove_message(&mut self, sequence: u64) -> Option<StoredMessage> {
         let message = *self.messages.remove(&sequence)?;
         self.bytes -= message.size();
-        self.sequence_by_id.remove(&message.message_id);
+        self.sequence_by_id.remove(message.message_id);
         self.ready.remove(&ready_key(message.priority, sequence));
         match message.state {
             MessageState::Ready => {}
@@ -378,16 +419,16 @@ impl Queue {
             }
         }
         if !message.group.is_empty()
-            && let Some(entry) = self.groups.get_mut(&message.group)
+            && let Some(entry) = self.groups.get_mut(message.group.as_str())
         {
             entry.pending.remove(&sequence);
             if entry.in_flight == Some(sequence) {
                 entry.in_flight = None;
             }
             if entry.pending.is_empty() {
-                self.groups.remove(&message.group);
+                self.groups.remove(message.group.as_str());
             } else {
-                let group = message.group.clone();
+                let group = message.group.to_string();
                 self.offer_group(&group);
             }
         }
@@ -510,8 +551,8 @@ impl Queue {
             self.delayed.first().map(|(at, _)| *at),
             self.leases.first().map(|(at, _)| *at),
             self.expiry.first().map(|(at, _)| *at),
-            self.dedup_expiry.front().map(|(at, _)| *at),
-            self.acked_expiry.front().map(|(at, _)| *at),
+            self.dedup.next_due_ms(),
+            self.acked_expiry.front().map(|run| run.at),
         ]
         .into_iter()
         .flatten()
@@ -582,9 +623,7 @@ impl Queue {
                 });
             }
             if message.idempotency_key.is_empty()
-                || !self
-                    .dedup
-                    .contains_key(&dedup_key(&message.idempotency_key))
+                || !self.dedup.contains(&dedup_key(&message.idempotency_key))
             {
                 count += 1;
                 bytes += size;
@@ -670,10 +709,10 @@ impl Queue {
     ) -> SendResult {
         let key =
             (!message.idempotency_key.is_empty()).then(|| dedup_key(&message.idempotency_key));
-        if let Some(record) = key.and_then(|key| self.dedup.get(&key)) {
+        if let Some((message_id, sequence)) = key.and_then(|key| self.dedup.get(&key)) {
             return SendResult {
-                message_id: record.message_id,
-                sequence: record.sequence,
+                message_id,
+                sequence,
                 duplicate: true,
                 expired: false,
             };
@@ -682,15 +721,8 @@ impl Queue {
         if let Some(key) = key
             && self.options.dedup_window_ms > 0
         {
-            let expires_at_ms = now_ms.saturating_add(self.options.dedup_window_ms);
-            self.dedup_expiry.push_back((expires_at_ms, key));
-            self.dedup.insert(
-                key,
-                DedupRecord {
-                    message_id,
-                    sequence,
-                },
-            );
+            let forget_at_ms = now_ms.saturating_add(self.options.dedup_window_ms);
+            self.dedup.insert(key, message_id, sequence, forget_at_ms);
         }
         let ttl_ms = if message.ttl_ms == 0 {
             self.options.default_ttl_ms
@@ -721,7 +753,7 @@ impl Queue {
             body,
             headers: message.headers.into(),
             properties: message.properties.into(),
-            group: message.group,
+            group: message.group.into(),
             priority: message.priority,
             enqueued_at_ms: now_ms,
             expires_at_ms,
@@ -752,7 +784,7 @@ impl Queue {
         }
         if !message.group.is_empty() {
             self.groups
-                .entry(message.group.clone())
+                .entry(message.group.to_string())
                 .or_default()
                 .pending
                 .insert(sequence);
@@ -765,7 +797,7 @@ impl Queue {
         }
         self.bytes += message.size();
         let state = message.state;
-        let (group, priority) = (message.group.clone(), message.priority);
+        let (group, priority) = (message.group.to_string(), message.priority);
         self.sequence_by_id.insert(message.message_id, sequence);
         self.messages.insert(sequence, Box::new(message));
         match state {
@@ -785,10 +817,10 @@ impl Queue {
     /// properties, starts with no deliveries, no group and no expiry, ready at once.
     pub(crate) fn accept_dead_letter(&mut self, mut message: StoredMessage) {
         message.deliveries = 0;
-        message.group.clear();
+        message.group = Sparse::default();
         message.expires_at_ms = 0;
         message.state = MessageState::Ready;
-        if let Some(old) = self.sequence_by_id.get(&message.message_id).copied() {
+        if let Some(old) = self.sequence_by_id.get(message.message_id) {
             // The same id can only be here already if it was redriven and came back while a
             // copy stayed; keep one.
             if let Some(old) = self.remove_message(old)
@@ -808,33 +840,33 @@ impl Queue {
         message_ids: &[MessageId],
         max: usize,
     ) -> Result<Vec<StoredMessage>, QueueError> {
-        let sequences: Vec<u64> =
-            if message_ids.is_empty() {
-                self.messages
-                    .values()
-                    .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
-                    .take(max)
-                    .map(|m| m.sequence)
-                    .collect()
-            } else {
-                let mut sequences = Vec::with_capacity(message_ids.len());
-                for id in message_ids {
-                    let sequence = *self.sequence_by_id.get(id).ok_or_else(|| {
-                        QueueError::MessageNotFound {
+        let sequences: Vec<u64> = if message_ids.is_empty() {
+            self.messages
+                .values()
+                .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
+                .take(max)
+                .map(|m| m.sequence)
+                .collect()
+        } else {
+            let mut sequences = Vec::with_capacity(message_ids.len());
+            for id in message_ids {
+                let sequence =
+                    self.sequence_by_id
+                        .get(*id)
+                        .ok_or_else(|| QueueError::MessageNotFound {
                             queue: self.name.clone(),
                             message_id: *id,
-                        }
-                    })?;
-                    if matches!(self.messages[&sequence].state, MessageState::Leased { .. }) {
-                        return Err(QueueError::invalid(
-                            "message_ids",
-                            format!("message {id} is under a lease"),
-                        ));
-                    }
-                    sequences.push(sequence);
+                        })?;
+                if matches!(self.messages[&sequence].state, MessageState::Leased { .. }) {
+                    return Err(QueueError::invalid(
+                        "message_ids",
+                        format!("message {id} is under a lease"),
+                    ));
                 }
-                sequences
-            };
+                sequences.push(sequence);
+            }
+            sequences
+        };
         Ok(sequences
             .into_iter()
             .filter_map(|sequence| self.remove_message(sequence))
@@ -863,8 +895,8 @@ impl Queue {
         } else {
             message_ids
                 .iter()
-                .filter_map(|id| self.sequence_by_id.get(id))
-                .map(|sequence| source(&self.messages[sequence]))
+                .filter_map(|id| self.sequence_by_id.get(*id))
+                .map(|sequence| source(&self.messages[&sequence]))
                 .collect()
         }
     }
@@ -894,7 +926,7 @@ impl Queue {
             .ready
             .iter()
             .take(max as usize)
-            .map(|(_, sequence)| *sequence)
+            .map(|(_, sequence)| sequence)
             .collect();
         self.lease_all(ready, max_bytes, lease_ms, now_ms)
     }
@@ -902,7 +934,7 @@ impl Queue {
     /// The stored messages a selector names, in send order: the message with `message_id`
     /// (when not 0) and/or those carrying `correlation_id` (when not empty).
     fn selected(&self, message_id: MessageId, correlation_id: &str) -> Vec<u64> {
-        let by_id = (message_id != 0).then(|| self.sequence_by_id.get(&message_id).copied());
+        let by_id = (message_id != 0).then(|| self.sequence_by_id.get(message_id));
         let by_correlation = (!correlation_id.is_empty()).then(|| {
             self.by_correlation
                 .get(correlation_id)
@@ -989,7 +1021,7 @@ impl Queue {
             message.state = MessageState::Leased { expires_at_ms };
             self.leases.insert((expires_at_ms, sequence));
             if !message.group.is_empty()
-                && let Some(entry) = self.groups.get_mut(&message.group)
+                && let Some(entry) = self.groups.get_mut(message.group.as_str())
             {
                 entry.in_flight = Some(sequence);
             }
@@ -1000,7 +1032,7 @@ impl Queue {
                 body_ref: message.body,
                 headers: message.headers.clone().into_inner(),
                 properties: message.properties.clone().into_inner(),
-                group: message.group.clone(),
+                group: message.group.to_string(),
                 priority: message.priority,
                 receipt: Receipt {
                     message_id: message.message_id,
@@ -1021,9 +1053,9 @@ impl Queue {
             receipt: receipt.to_string(),
             reason: reason.to_string(),
         };
-        let sequence = *self
+        let sequence = self
             .sequence_by_id
-            .get(&receipt.message_id)
+            .get(receipt.message_id)
             .ok_or_else(|| stale("the message is no longer in the queue"))?;
         let message = &self.messages[&sequence];
         if message.deliveries != receipt.attempt {
@@ -1047,8 +1079,8 @@ impl Queue {
     pub(crate) fn check_current(&self, receipt: Receipt, now_ms: TimeMs) -> Result<(), QueueError> {
         if self
             .acked
-            .get(&receipt.message_id)
-            .is_some_and(|attempt| *attempt == receipt.attempt)
+            .get(receipt.message_id)
+            .is_some_and(|attempt| attempt == u64::from(receipt.attempt))
         {
             return Err(QueueError::StaleReceipt {
                 receipt: receipt.to_string(),
@@ -1059,7 +1091,7 @@ impl Queue {
     }
 
     pub(crate) fn ack(&mut self, receipt: Receipt, now_ms: TimeMs) -> Result<bool, QueueError> {
-        if self.acked.get(&receipt.message_id) == Some(&receipt.attempt) {
+        if self.acked.get(receipt.message_id) == Some(u64::from(receipt.attempt)) {
             return Ok(true);
         }
         let (sequence, _) = self.leased(receipt, now_ms)?;
@@ -1067,8 +1099,18 @@ impl Queue {
             self.after_consumed(&message);
         }
         let forget_at = now_ms.saturating_add(self.options.dedup_window_ms);
-        self.acked.insert(receipt.message_id, receipt.attempt);
-        self.acked_expiry.push_back((forget_at, receipt.message_id));
+        self.acked
+            .insert(receipt.message_id, u64::from(receipt.attempt));
+        match self.acked_expiry.back_mut() {
+            Some(run) if run.at == forget_at && run.first + run.count == receipt.message_id => {
+                run.count += 1;
+            }
+            _ => self.acked_expiry.push_back(AckedRun {
+                at: forget_at,
+                first: receipt.message_id,
+                count: 1,
+            }),
+        }
         self.stats.total_acked += 1;
         Ok(false)
     }
@@ -1095,7 +1137,7 @@ impl Queue {
             // Still the head of its group: the group waits for it (order is kept).
             message.state = MessageState::Delayed { visible_at_ms };
             self.delayed.insert((visible_at_ms, sequence));
-            let group = message.group.clone();
+            let group = message.group.to_string();
             if let Some(entry) = self.groups.get_mut(&group)
                 && entry.in_flight == Some(sequence)
             {

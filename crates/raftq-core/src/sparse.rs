@@ -29,6 +29,10 @@ impl Empty for AcknowledgementRequest {
     };
 }
 
+impl Empty for String {
+    const EMPTY: &'static Self = &String::new();
+}
+
 impl Empty for BTreeMap<String, String> {
     const EMPTY: &'static Self = &BTreeMap::new();
 }

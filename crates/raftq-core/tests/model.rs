@@ -500,6 +500,29 @@ fn replay_with_bodies_outside(history: History) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Applies the same requests, but after `cut` of them the state goes through its snapshot
+/// encoding and the rest is applied to the decoded copy: every result and the final state
+/// must be those of the state that was never encoded.
+fn replay_through_a_snapshot(history: History, cut: usize) -> Result<(), TestCaseError> {
+    let (history, expected_state) = history;
+    let cut = cut.min(history.len());
+    let mut sm = StateMachine::default();
+    for (request, expected) in &history[..cut] {
+        prop_assert_eq!(&sm.apply(request.clone()), expected);
+    }
+    let bytes = bincode::serialize(&sm).expect("the state encodes");
+    let mut sm: StateMachine = bincode::deserialize(&bytes).expect("the state decodes");
+    for (request, expected) in &history[cut..] {
+        prop_assert_eq!(&sm.apply(request.clone()), expected);
+    }
+    prop_assert!(sm == expected_state, "the decoded state went elsewhere");
+    prop_assert_eq!(
+        bincode::serialize(&sm).expect("encodes"),
+        bincode::serialize(&expected_state).expect("encodes")
+    );
+    Ok(())
+}
+
 fn config() -> impl Strategy<Value = Config> {
     (
         prop_oneof![Just(0u32), Just(1), Just(2)],
@@ -533,6 +556,15 @@ proptest! {
         chunk in 1usize..8,
     ) {
         replay_batched(run(config, ops)?, chunk)?;
+    }
+
+    #[test]
+    fn a_state_restored_from_its_snapshot_encoding_goes_on_as_the_original(
+        config in config(),
+        ops in proptest::collection::vec(op(), 1..80),
+        cut in 0usize..100,
+    ) {
+        replay_through_a_snapshot(run(config, ops)?, cut)?;
     }
 
     #[test]

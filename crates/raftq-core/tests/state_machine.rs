@@ -111,6 +111,40 @@ fn idempotency_key_is_forgotten_after_the_dedup_window() {
 }
 
 #[test]
+fn ack_records_of_consecutive_messages_are_kept_for_the_window_then_forgotten() {
+    let mut sm = with_queue(QueueOptions {
+        dedup_window_ms: 1_000,
+        ..QueueOptions::default()
+    });
+    for body in ["a", "b", "c"] {
+        send(&mut sm, 2_000, body, "");
+    }
+    let receipts: Vec<Receipt> = receive(&mut sm, 2_000, 3, 0)
+        .into_iter()
+        .map(|(_, receipt)| receipt)
+        .collect();
+    assert_eq!(receipts.len(), 3);
+    // Acked together: consecutive ids with the same forget time.
+    for receipt in &receipts {
+        ack(&mut sm, 2_100, *receipt).unwrap();
+    }
+    for receipt in &receipts {
+        assert_eq!(
+            ack(&mut sm, 3_099, *receipt),
+            Ok(Outcome::Acked {
+                already_acked: true
+            })
+        );
+    }
+    for receipt in &receipts {
+        assert!(matches!(
+            ack(&mut sm, 3_100, *receipt),
+            Err(QueueError::StaleReceipt { .. })
+        ));
+    }
+}
+
+#[test]
 fn expired_lease_redelivers_and_the_old_receipt_is_stale() {
     let mut sm = with_queue(QueueOptions::default());
     send(&mut sm, 2_000, "a", "");

@@ -57,6 +57,7 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
     metrics::gauge!("raftq_rocksdb_memtable_bytes").set(memory.memtables as f64);
     metrics::gauge!("raftq_rocksdb_block_cache_bytes").set(memory.block_cache as f64);
     metrics::gauge!("raftq_rocksdb_table_readers_bytes").set(memory.table_readers as f64);
+    metrics::gauge!("raftq_allocator_committed_bytes").set(allocator_committed_bytes() as f64);
     let queues = state.node.state().read().list_queues("", MAX_QUEUE_GAUGES);
     metrics::gauge!("raftq_queues").set(queues.len() as f64);
     for queue in queues {
@@ -67,6 +68,28 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
         metrics::gauge!("raftq_queue_delayed", "queue" => name).set(queue.stats.delayed as f64);
     }
     state.prometheus.render()
+}
+
+/// Memory the allocator has taken from the system for the Rust side (queue state,
+/// buffers); RocksDB's is in the `raftq_rocksdb_*` gauges.
+fn allocator_committed_bytes() -> usize {
+    let (mut elapsed_ms, mut user_ms, mut system_ms) = (0, 0, 0);
+    let (mut rss, mut peak_rss, mut committed, mut peak_committed, mut page_faults) =
+        (0, 0, 0, 0, 0);
+    // SAFETY: mi_process_info only writes its figures to the places given.
+    unsafe {
+        libmimalloc_sys::mi_process_info(
+            &mut elapsed_ms,
+            &mut user_ms,
+            &mut system_ms,
+            &mut rss,
+            &mut peak_rss,
+            &mut committed,
+            &mut peak_committed,
+            &mut page_faults,
+        );
+    }
+    committed
 }
 
 async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {

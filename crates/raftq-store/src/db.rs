@@ -69,7 +69,7 @@ pub struct OpenOptions {
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
-            write_buffer_bytes: 64 * 1024 * 1024,
+            write_buffer_bytes: 32 * 1024 * 1024,
             block_cache_bytes: 32 * 1024 * 1024,
         }
     }

@@ -127,19 +127,36 @@ pub(crate) struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Starts the file with `state`, the state already encoded (see [`encode_state`]).
+    /// Starts the file with `state`, encoded straight into it: a state of a million
+    /// messages encodes to a few hundred MiB, which must not be held in memory as well.
     pub(crate) fn create(
         dir: &Path,
         group: u64,
         index: u64,
-        state: &[u8],
+        state: &StateMachine,
     ) -> Result<SnapshotWriter, StoreError> {
         let name = unique_name("", group, index, "snap");
         let part = dir.join(format!("{name}.part"));
         let mut file = BufWriter::with_capacity(BUFFER_BYTES, File::create(&part)?);
-        file.write_all(MAGIC)?;
-        file.write_all(&(state.len() as u64).to_le_bytes())?;
-        file.write_all(state)?;
+        let mut writer = || -> Result<(), StoreError> {
+            file.write_all(MAGIC)?;
+            // The length is known once the state is written: a placeholder, then the length.
+            let length_at = MAGIC.len() as u64;
+            file.write_all(&0u64.to_le_bytes())?;
+            bincode::serialize_into(&mut file, state).map_err(|source| StoreError::Encode {
+                what: "snapshot state",
+                source,
+            })?;
+            let end = file.stream_position()?;
+            file.seek(SeekFrom::Start(length_at))?;
+            file.write_all(&(end - length_at - 8).to_le_bytes())?;
+            file.seek(SeekFrom::Start(end))?;
+            Ok(())
+        };
+        if let Err(error) = writer() {
+            let _ = fs::remove_file(&part);
+            return Err(error);
+        }
         Ok(SnapshotWriter {
             dir: dir.to_path_buf(),
             part,
@@ -147,6 +164,12 @@ impl SnapshotWriter {
             file,
             bodies: 0,
         })
+    }
+
+    /// Removes a file that will not be finished.
+    pub(crate) fn discard(self) {
+        drop(self.file);
+        let _ = fs::remove_file(&self.part);
     }
 
     pub(crate) fn body(&mut self, key: u64, bytes: &[u8]) -> io::Result<()> {
@@ -168,14 +191,6 @@ impl SnapshotWriter {
         File::open(&self.dir)?.sync_all()?;
         Ok(self.name)
     }
-}
-
-/// The state as a snapshot file holds it.
-pub(crate) fn encode_state(state: &StateMachine) -> Result<Vec<u8>, StoreError> {
-    bincode::serialize(state).map_err(|source| StoreError::Encode {
-        what: "snapshot state",
-        source,
-    })
 }
 
 /// Reads a snapshot file: first the state, then the bodies one by one.

@@ -45,7 +45,7 @@ use raftq_core::{
 use crate::db::{
     CF_BODIES, CF_STATE, Db, StoreError, body_key, decode, encode, index_of_log_key, meta_key,
 };
-use crate::snapshot::{SnapshotData, SnapshotReader, SnapshotWriter, encode_state};
+use crate::snapshot::{SnapshotData, SnapshotReader, SnapshotWriter};
 use crate::{Applied, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// Bodies loaded from a snapshot per RocksDB write.
@@ -393,13 +393,14 @@ impl StateMachineStore {
     }
 }
 
-/// Builds a snapshot from the state encoded on the state-machine task (a fraction of the
-/// state's size in memory, and faster than a copy of it); the file, with the bodies, is
-/// written on a blocking thread, so applying new entries goes on meanwhile.
+/// Builds a snapshot from the state encoded on the state-machine task, straight into the
+/// snapshot file (faster than a copy of the state, and nothing state-sized in memory); the
+/// bodies are added on a blocking thread, so applying new entries goes on meanwhile.
 pub struct SnapshotBuilder {
     bodies: Bodies,
-    /// The encoded state, and the end of its body keys (see `write_snapshot`).
-    state: Option<(Vec<u8>, u64)>,
+    /// The file with the state written, and the end of its body keys (see
+    /// `write_snapshot`).
+    state: Option<(SnapshotWriter, u64)>,
     meta: SnapshotMeta,
     /// Bodies unreferenced at the copied state, sorted: left out of the snapshot and
     /// deleted when it becomes the current one.
@@ -413,6 +414,9 @@ impl Drop for SnapshotBuilder {
         if let Some(keys) = self.unreferenced.take() {
             self.bodies.unreferenced().extend(keys);
         }
+        if let Some((writer, _)) = self.state.take() {
+            writer.discard();
+        }
     }
 }
 
@@ -420,14 +424,11 @@ impl Drop for SnapshotBuilder {
 /// deletes the `unreferenced` bodies, in one synced write.
 fn write_snapshot(
     bodies: &Bodies,
-    (state, end): (Vec<u8>, u64),
+    (mut writer, end): (SnapshotWriter, u64),
     meta: SnapshotMeta,
     unreferenced: &[u64],
 ) -> Result<(PathBuf, SnapshotMeta), StoreError> {
     let (db, group) = (&bodies.db, bodies.group);
-    let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
-    let mut writer = SnapshotWriter::create(db.snapshot_dir(), group, index, &state)?;
-    drop(state);
     // Every body the state refers to has a key below `end`, and no body written after the
     // state was encoded has (keys are the ids of messages sent).
     let mut options = ReadOptions::default();
@@ -470,7 +471,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let state = self.state.take().ok_or_else(|| {
-            io::Error::other("the state could not be encoded, or this snapshot was built already")
+            io::Error::other("the state could not be written, or this snapshot was built already")
         })?;
         let (bodies, meta) = (self.bodies.clone(), self.meta.clone());
         let unreferenced = self.unreferenced.take().unwrap_or_default();
@@ -551,12 +552,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let exclusive = self.snapshot_lock.clone().lock_owned().await;
         let mut unreferenced = std::mem::take(&mut *self.shared.bodies.unreferenced());
         unreferenced.sort_unstable();
+        let index = self.last_applied.map_or(0, |log_id| log_id.index);
         let state = {
             let state = self.shared.read();
-            // A state that cannot be encoded is a bug in raftq-core; the build reports it.
-            encode_state(&state)
-                .map(|bytes| (bytes, state.body_keys_end()))
-                .map_err(|error| tracing::error!(%error, "encoding the state for a snapshot"))
+            // A state that cannot be written is reported; the build then fails.
+            SnapshotWriter::create(self.db.snapshot_dir(), self.group, index, &state)
+                .map(|writer| (writer, state.body_keys_end()))
+                .map_err(|error| tracing::error!(%error, "writing the state for a snapshot"))
                 .ok()
         };
         SnapshotBuilder {

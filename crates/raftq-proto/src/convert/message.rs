@@ -100,7 +100,7 @@ impl From<(StoredMessage, Vec<u8>)> for pb::PeekedMessage {
             headers: message.headers.into_inner().into_iter().collect(),
             enqueued_at_ms: message.enqueued_at_ms,
             deliveries: message.deliveries,
-            group: message.group,
+            group: message.group.into_inner(),
             priority: u32::from(message.priority),
             expires_at_ms: message.expires_at_ms,
             properties: pb_properties(message.properties.into_inner()),
