@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use raftq_client::{Message, pb};
-use raftq_tests::{Cluster, create_queue, wait_until};
+use raftq_tests::{Cluster, create_queue, wait_until_or};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fourth_node_joins_as_voter_and_a_removed_node_leaves_the_cluster_serving() {
@@ -15,7 +15,7 @@ async fn fourth_node_joins_as_voter_and_a_removed_node_leaves_the_cluster_servin
             .expect("send");
     }
     cluster.spawn_joining_node(4);
-    let status = wait_until(
+    let status = wait_until_or(
         "node 4 is a caught-up voter",
         Duration::from_secs(60),
         || async {
@@ -29,6 +29,7 @@ async fn fourth_node_joins_as_voter_and_a_removed_node_leaves_the_cluster_servin
             (four.voter && four.role == "follower" && four.applied_index >= leader_applied)
                 .then_some(status)
         },
+        || cluster.logs(),
     )
     .await;
     assert_eq!(status.nodes.len(), 4);
@@ -91,7 +92,7 @@ async fn two_nodes_joining_at_once_both_become_voters() {
         .expect("send");
     cluster.spawn_joining_node(4);
     cluster.spawn_joining_node(5);
-    wait_until(
+    wait_until_or(
         "nodes 4 and 5 are caught-up voters",
         Duration::from_secs(90),
         || {
@@ -101,6 +102,7 @@ async fn two_nodes_joining_at_once_both_become_voters() {
                     .then_some(())
             }
         },
+        || cluster.logs(),
     )
     .await;
     let status = client.cluster_status().await.expect("status");
@@ -117,13 +119,14 @@ async fn shrink_removes_the_members_above_the_count_and_a_removed_node_joins_aga
         .await
         .expect("send");
     cluster.spawn_joining_node(4);
-    wait_until(
+    wait_until_or(
         "node 4 is a caught-up voter",
         Duration::from_secs(60),
         || {
             let client = client.clone();
             async move { is_caught_up_voter(&client, 4).await.then_some(()) }
         },
+        || cluster.logs(),
     )
     .await;
 
@@ -161,13 +164,14 @@ async fn shrink_removes_the_members_above_the_count_and_a_removed_node_joins_aga
     // itself as a member, but the cluster does not count it, so it joins again.
     cluster.node(4).stop();
     cluster.node(4).restart();
-    wait_until(
+    wait_until_or(
         "node 4 is a caught-up voter again",
         Duration::from_secs(60),
         || {
             let client = client.clone();
             async move { is_caught_up_voter(&client, 4).await.then_some(()) }
         },
+        || cluster.logs(),
     )
     .await;
     let four = cluster.node(4).client();

@@ -45,11 +45,26 @@ pub fn raftq_binary() -> PathBuf {
     binary
 }
 
+/// A port for a test node. Not one the kernel picks for port 0: those come from the
+/// ephemeral range, from which every outgoing connection (the tests make many) also takes
+/// its local port, so one could take it between this check and the node's bind. Instead,
+/// ports below that range, from a block of 1,000 per test process, handed out in turn
+/// and each checked free.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const BLOCKS: u32 = 20;
+    const BLOCK: u32 = 1_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let block = FIRST + (std::process::id() % BLOCKS) * BLOCK;
+    for _ in 0..BLOCK {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
+        let port = u16::try_from(port).expect("ports below 30,000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {block}..{}", block + BLOCK);
 }
 
 pub struct NodeProcess {

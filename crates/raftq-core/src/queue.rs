@@ -153,7 +153,11 @@ mod acked_runs {
                 let mut runs: VecDeque<AckedRun> = VecDeque::new();
                 while let Some((at, id)) = seq.next_element::<(u64, u64)>()? {
                     match runs.back_mut() {
-                        Some(run) if run.at == at && run.first + run.count == id => run.count += 1,
+                        Some(run)
+                            if run.at == at && run.first.checked_add(run.count) == Some(id) =>
+                        {
+                            run.count += 1
+                        }
                         _ => runs.push_back(AckedRun {
                             at,
                             first: id,
@@ -1102,7 +1106,10 @@ impl Queue {
         self.acked
             .insert(receipt.message_id, u64::from(receipt.attempt));
         match self.acked_expiry.back_mut() {
-            Some(run) if run.at == forget_at && run.first + run.count == receipt.message_id => {
+            Some(run)
+                if run.at == forget_at
+                    && run.first.checked_add(run.count) == Some(receipt.message_id) =>
+            {
                 run.count += 1;
             }
             _ => self.acked_expiry.push_back(AckedRun {

@@ -180,16 +180,30 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Ends the file, makes it durable under its final name and returns that name.
-    pub(crate) fn finish(mut self) -> io::Result<String> {
-        self.file.write_all(&END.to_le_bytes())?;
-        self.file.write_all(&self.bodies.to_le_bytes())?;
-        let file = self.file.into_inner().map_err(|error| error.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.part, self.dir.join(&self.name))?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(self.name)
+    /// Ends the file, makes it durable under its final name and returns that name; a file
+    /// that cannot be finished is removed.
+    pub(crate) fn finish(self) -> io::Result<String> {
+        let SnapshotWriter {
+            dir,
+            part,
+            name,
+            mut file,
+            bodies,
+        } = self;
+        let finished = (|| {
+            file.write_all(&END.to_le_bytes())?;
+            file.write_all(&bodies.to_le_bytes())?;
+            let file = file.into_inner().map_err(|error| error.into_error())?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&part, dir.join(&name))
+        })();
+        if let Err(error) = finished {
+            let _ = fs::remove_file(&part);
+            return Err(error);
+        }
+        File::open(&dir)?.sync_all()?;
+        Ok(name)
     }
 }
 

@@ -393,9 +393,10 @@ impl StateMachineStore {
     }
 }
 
-/// Builds a snapshot from the state encoded on the state-machine task, straight into the
-/// snapshot file (faster than a copy of the state, and nothing state-sized in memory); the
-/// bodies are added on a blocking thread, so applying new entries goes on meanwhile.
+/// Builds a snapshot from the state encoded straight into the snapshot file while the
+/// state-machine task waits (faster than a copy of the state, and nothing state-sized in
+/// memory); the bodies are added on a blocking thread, so applying new entries goes on
+/// meanwhile.
 pub struct SnapshotBuilder {
     bodies: Bodies,
     /// The file with the state written, and the end of its body keys (see
@@ -436,16 +437,22 @@ fn write_snapshot(
     options.set_iterate_upper_bound(body_key(group, end));
     let mut iter = db.inner.raw_iterator_cf_opt(db.cf(CF_BODIES), options);
     iter.seek(body_key(group, 0));
-    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-        if let Some(key) = index_of_log_key(key)
-            && unreferenced.binary_search(&key).is_err()
-        {
-            writer.body(key, value)?;
+    let copied = (|| -> Result<(), StoreError> {
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if let Some(key) = index_of_log_key(key)
+                && unreferenced.binary_search(&key).is_err()
+            {
+                writer.body(key, value)?;
+            }
+            iter.next();
         }
-        iter.next();
-    }
-    iter.status()?;
+        Ok(iter.status()?)
+    })();
     drop(iter);
+    if let Err(error) = copied {
+        writer.discard();
+        return Err(error);
+    }
     let file = writer.finish()?;
     flush_bodies(db)?;
     let mut batch = WriteBatch::default();
@@ -553,13 +560,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut unreferenced = std::mem::take(&mut *self.shared.bodies.unreferenced());
         unreferenced.sort_unstable();
         let index = self.last_applied.map_or(0, |log_id| log_id.index);
-        let state = {
-            let state = self.shared.read();
-            // A state that cannot be written is reported; the build then fails.
-            SnapshotWriter::create(self.db.snapshot_dir(), self.group, index, &state)
+        let (shared, dir, group) = (
+            self.shared.clone(),
+            self.db.snapshot_dir().to_path_buf(),
+            self.group,
+        );
+        // Writing the state takes a while for a large backlog: off the async workers. The
+        // state stays the one at `last_applied`, as only this task applies, and it waits
+        // here; reads (peek) go on meanwhile.
+        let written = tokio::task::spawn_blocking(move || {
+            let state = shared.read();
+            SnapshotWriter::create(&dir, group, index, &state)
                 .map(|writer| (writer, state.body_keys_end()))
-                .map_err(|error| tracing::error!(%error, "writing the state for a snapshot"))
-                .ok()
+        })
+        .await;
+        // A state that cannot be written is reported; the build then fails.
+        let state = match written {
+            Ok(Ok(written)) => Some(written),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "writing the state for a snapshot");
+                None
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing the state for a snapshot");
+                None
+            }
         };
         SnapshotBuilder {
             bodies: self.shared.bodies.clone(),
