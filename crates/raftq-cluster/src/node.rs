@@ -559,34 +559,57 @@ impl RaftNode {
             return None;
         }
         let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        // A voter that has stopped answering heartbeats (it is stopping too, say: every
+        // node of a cluster stopped at once) cannot take over.
+        let alive = Duration::from_millis(self.config.tuning.election_timeout_min_ms);
         let successor = metrics
             .replication
             .as_ref()?
             .iter()
             .filter(|(id, _)| **id != me && voters.contains(id))
+            .filter(|(id, _)| answered_within(&metrics, **id, alive))
             .max_by_key(|(_, matched)| matched.map(|log_id| log_id.index))
-            .map(|(id, _)| *id)?;
+            .map(|(id, _)| *id);
+        let Some(successor) = successor else {
+            tracing::info!("no voter is answering; stopping without a handover");
+            return None;
+        };
         tracing::info!(successor, "handing leadership over");
         if let Err(error) = self.raft.trigger().transfer_leader(successor).await {
             tracing::warn!(%error, "leadership transfer");
             return None;
         }
-        match self
-            .raft
-            .wait(Some(within))
-            .metrics(
-                |metrics| metrics.current_leader.is_some_and(|leader| leader != me),
-                "another node leads",
-            )
-            .await
-        {
-            Ok(metrics) => {
-                tracing::info!(leader = ?metrics.current_leader, "leadership handed over");
-                metrics.current_leader
+        // Wait for another leader, but not for a successor that stops answering.
+        let deadline = tokio::time::Instant::now() + within;
+        let step = Duration::from_millis(self.config.tuning.heartbeat_ms.max(10));
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!("no other node took over leadership in time");
+                return None;
             }
-            Err(error) => {
-                tracing::warn!(%error, "no other node took over leadership");
-                None
+            match self
+                .raft
+                .wait(Some(step.min(left)))
+                .metrics(
+                    |metrics| metrics.current_leader.is_some_and(|leader| leader != me),
+                    "another node leads",
+                )
+                .await
+            {
+                Ok(metrics) => {
+                    tracing::info!(leader = ?metrics.current_leader, "leadership handed over");
+                    return metrics.current_leader;
+                }
+                Err(_) => {
+                    let metrics = self.raft.metrics().borrow_watched().clone();
+                    if metrics.current_leader == Some(me)
+                        && !answered_within(&metrics, successor, alive)
+                    {
+                        tracing::warn!(successor, "the successor stopped answering; no handover");
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -596,6 +619,20 @@ impl RaftNode {
             tracing::warn!(%error, "raft shutdown");
         }
     }
+}
+
+/// Whether `node` answered one of this leader's heartbeats within `within`.
+fn answered_within(
+    metrics: &openraft::RaftMetrics<TypeConfig>,
+    node: NodeId,
+    within: Duration,
+) -> bool {
+    use openraft::async_runtime::Instant as _;
+    metrics
+        .heartbeat
+        .as_ref()
+        .and_then(|heartbeats| heartbeats.get(&node).cloned().flatten())
+        .is_some_and(|at| at.elapsed() < within)
 }
 
 fn client_write_result<T>(
