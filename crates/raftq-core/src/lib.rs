@@ -14,6 +14,7 @@ mod error;
 mod limits;
 pub mod queue;
 mod runs;
+mod seqmap;
 pub mod sparse;
 mod state;
 

@@ -9,6 +9,7 @@ use crate::command::{
 };
 use crate::dedup::{DedupTable, dedup_key};
 use crate::runs::{AsMap, ReadySet, RunMap};
+use crate::seqmap::SeqMap;
 use crate::sparse::Sparse;
 use crate::{MessageId, Overflow, QueueError, QueueOptions, TimeMs};
 
@@ -197,9 +198,8 @@ pub(crate) struct Queue {
     options: QueueOptions,
     created_at_ms: TimeMs,
     next_sequence: u64,
-    /// Boxed: a B-tree node holds eleven entries and is about half full when messages
-    /// arrive in order, so inline values would leave about half their space unused.
-    messages: BTreeMap<u64, Box<StoredMessage>>,
+    /// By sequence, in chunks (see [`crate::seqmap`]).
+    messages: SeqMap<StoredMessage>,
     /// Ids and sequences grow together for messages sent here, so this index is mostly a
     /// few runs (see [`crate::runs`]); moved-in messages keep their ids and add runs of one.
     #[serde(with = "AsMap::<u64>")]
@@ -241,7 +241,7 @@ impl Queue {
             options,
             created_at_ms: now_ms,
             next_sequence: 1,
-            messages: BTreeMap::new(),
+            messages: SeqMap::default(),
             sequence_by_id: RunMap::default(),
             ready: ReadySet::default(),
             delayed: BTreeSet::new(),
@@ -328,7 +328,7 @@ impl Queue {
             // ends without an ack (see `make_ready`).
             let leased = self
                 .messages
-                .get(&sequence)
+                .get(sequence)
                 .is_none_or(|m| matches!(m.state, MessageState::Leased { .. }));
             if !leased {
                 self.drop_message(sequence, DeadLetterReason::Expired);
@@ -351,7 +351,7 @@ impl Queue {
     /// out again (at the head of its group, if it has one).
     fn make_ready(&mut self, sequence: u64, now_ms: TimeMs) {
         let max = self.options.max_delivery_count;
-        let Some(message) = self.messages.get_mut(&sequence) else {
+        let Some(message) = self.messages.get_mut(sequence) else {
             return;
         };
         if max > 0 && message.deliveries >= max {
@@ -388,7 +388,7 @@ impl Queue {
         let Some(&head) = entry.pending.first() else {
             return;
         };
-        if let Some(message) = self.messages.get(&head)
+        if let Some(message) = self.messages.get(head)
             && message.state == MessageState::Ready
         {
             self.ready.insert(ready_key(message.priority, head));
@@ -397,7 +397,7 @@ impl Queue {
 
     /// Takes a message out of every index; its group's next message may move up.
     fn remove_message(&mut self, sequence: u64) -> Option<StoredMessage> {
-        let message = *self.messages.remove(&sequence)?;
+        let message = self.messages.remove(sequence)?;
         self.bytes -= message.size();
         self.sequence_by_id.remove(message.message_id);
         self.ready.remove(&ready_key(message.priority, sequence));
@@ -649,7 +649,6 @@ impl Queue {
     fn evictable(&self) -> impl Iterator<Item = &StoredMessage> {
         self.messages
             .values()
-            .map(|m| &**m)
             .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
     }
 
@@ -803,7 +802,7 @@ impl Queue {
         let state = message.state;
         let (group, priority) = (message.group.to_string(), message.priority);
         self.sequence_by_id.insert(message.message_id, sequence);
-        self.messages.insert(sequence, Box::new(message));
+        self.messages.insert(sequence, message);
         match state {
             MessageState::Delayed { visible_at_ms } => {
                 self.delayed.insert((visible_at_ms, sequence));
@@ -861,7 +860,7 @@ impl Queue {
                             queue: self.name.clone(),
                             message_id: *id,
                         })?;
-                if matches!(self.messages[&sequence].state, MessageState::Leased { .. }) {
+                if matches!(self.messages[sequence].state, MessageState::Leased { .. }) {
                     return Err(QueueError::invalid(
                         "message_ids",
                         format!("message {id} is under a lease"),
@@ -894,13 +893,13 @@ impl Queue {
                 .values()
                 .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
                 .take(max)
-                .map(|m| source(m))
+                .map(&source)
                 .collect()
         } else {
             message_ids
                 .iter()
                 .filter_map(|id| self.sequence_by_id.get(*id))
-                .map(|sequence| source(&self.messages[&sequence]))
+                .map(|sequence| source(&self.messages[sequence]))
                 .collect()
         }
     }
@@ -955,7 +954,7 @@ impl Queue {
 
     fn is_ready(&self, sequence: u64) -> bool {
         self.messages
-            .get(&sequence)
+            .get(sequence)
             .is_some_and(|m| self.ready.contains(&ready_key(m.priority, sequence)))
     }
 
@@ -991,7 +990,7 @@ impl Queue {
             .into_iter()
             .any(|sequence| {
                 self.is_ready(sequence)
-                    || self.messages.get(&sequence).is_some_and(|m| match m.state {
+                    || self.messages.get(sequence).is_some_and(|m| match m.state {
                         MessageState::Ready => false,
                         MessageState::Delayed { visible_at_ms } => visible_at_ms <= now_ms,
                         MessageState::Leased { expires_at_ms } => expires_at_ms <= now_ms,
@@ -1012,7 +1011,7 @@ impl Queue {
         let mut deliveries = Vec::new();
         let mut bytes = 0u64;
         for sequence in sequences {
-            let Some(message) = self.messages.get_mut(&sequence) else {
+            let Some(message) = self.messages.get_mut(sequence) else {
                 continue;
             };
             let size = message.body.len;
@@ -1061,7 +1060,7 @@ impl Queue {
             .sequence_by_id
             .get(receipt.message_id)
             .ok_or_else(|| stale("the message is no longer in the queue"))?;
-        let message = &self.messages[&sequence];
+        let message = &self.messages[sequence];
         if message.deliveries != receipt.attempt {
             return Err(stale(&format!(
                 "the message was delivered again (attempt {})",
@@ -1133,14 +1132,14 @@ impl Queue {
         let visible_at_ms = now_ms.saturating_add(delay_ms);
         let expired = self
             .messages
-            .get(&sequence)
+            .get(sequence)
             .is_some_and(|m| m.expires_at_ms != 0 && m.expires_at_ms <= now_ms);
         if delay_ms == 0 {
             self.make_ready(sequence, now_ms);
         } else if expired {
             // Released after its time to be received: it expires now, not after the delay.
             self.drop_message(sequence, DeadLetterReason::Expired);
-        } else if let Some(message) = self.messages.get_mut(&sequence) {
+        } else if let Some(message) = self.messages.get_mut(sequence) {
             // Still the head of its group: the group waits for it (order is kept).
             message.state = MessageState::Delayed { visible_at_ms };
             self.delayed.insert((visible_at_ms, sequence));
@@ -1164,7 +1163,7 @@ impl Queue {
         let new_expiry = now_ms.saturating_add(lease_ms);
         self.leases.remove(&(expires_at_ms, sequence));
         self.leases.insert((new_expiry, sequence));
-        if let Some(message) = self.messages.get_mut(&sequence) {
+        if let Some(message) = self.messages.get_mut(sequence) {
             message.state = MessageState::Leased {
                 expires_at_ms: new_expiry,
             };
@@ -1201,7 +1200,7 @@ impl Queue {
         if message_id == 0 && correlation_id.is_empty() {
             return self
                 .messages
-                .range(after_sequence.saturating_add(1)..)
+                .range_from(after_sequence.saturating_add(1))
                 .take(max)
                 .map(|(_, message)| StoredMessage::clone(message))
                 .collect();
@@ -1210,11 +1209,7 @@ impl Queue {
             .into_iter()
             .filter(|sequence| *sequence > after_sequence)
             .take(max)
-            .filter_map(|sequence| {
-                self.messages
-                    .get(&sequence)
-                    .map(|m| StoredMessage::clone(m))
-            })
+            .filter_map(|sequence| self.messages.get(sequence).cloned())
             .collect()
     }
 }
