@@ -82,7 +82,8 @@ pub struct StorageMemory {
     pub memtables: u64,
     /// Blocks in the shared block cache.
     pub block_cache: u64,
-    /// Index and filter blocks of open table files (outside the cache).
+    /// What open table files hold outside the cache (their index and filter blocks are
+    /// kept in the cache).
     pub table_readers: u64,
 }
 
@@ -111,6 +112,12 @@ impl Db {
         let family = |compressed: bool| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
+            // Index and filter blocks live in the cache too, so what RocksDB holds for
+            // reading stays within the cache's size however much data there is (outside
+            // it they grow with every table file). Level 0's stay pinned: they are read
+            // on every lookup.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             let mut family = Options::default();
             family.set_block_based_table_factory(&table);
             if compressed {

@@ -22,6 +22,9 @@ use crate::db::{
 };
 use crate::{Entry, LogId, TypeConfig, Vote};
 
+/// Encoded entry bytes one read of the log brings into memory (at least one entry).
+const READ_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+
 /// Callbacks waiting for one fsync; beyond this, `append` syncs inline (backpressure).
 const SYNC_QUEUE_CAPACITY: usize = 4_096;
 
@@ -125,12 +128,10 @@ fn end_index<RB: RangeBounds<u64>>(range: &RB) -> u64 {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
-        let (start, end) = (start_index(&range), end_index(&range));
+impl LogStore {
+    /// The entries of `[start, end)` in order, stopping after the first entry that brings
+    /// the encoded bytes read to `budget` (so at least one entry when the range has any).
+    fn read_entries(&self, start: u64, end: u64, budget: usize) -> Result<Vec<Entry>, io::Error> {
         let mut entries = Vec::new();
         if start >= end {
             return Ok(entries);
@@ -140,6 +141,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             self.db.cf(CF_LOG),
             IteratorMode::From(&from, Direction::Forward),
         );
+        let mut bytes = 0usize;
         for item in iter {
             let (key, value) = item.map_err(StoreError::from)?;
             if key[..8] != self.group.to_be_bytes() {
@@ -150,8 +152,61 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 _ => break,
             }
             entries.push(decode::<Entry>("log entry", &value)?);
+            bytes += value.len();
+            if bytes >= budget {
+                break;
+            }
         }
         Ok(entries)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.read_entries(start_index(&range), end_index(&range), usize::MAX)
+    }
+
+    /// Replication reads at most [`READ_BUDGET_BYTES`] of entries per call: a follower far
+    /// behind would otherwise have hundreds of entries of whole client batches read into
+    /// the leader's memory at once.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.read_entries(start, end, READ_BUDGET_BYTES)
+    }
+
+    /// Entries to apply are read [`READ_BUDGET_BYTES`] at a time as the state machine takes
+    /// them, not all at once: a node restarted behind its commit point, or a follower
+    /// catching up, applies a long stretch of the log in one go.
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl futures::Stream<Item = Result<Entry, io::Error>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        use futures::StreamExt;
+        let (start, end) = (start_index(&range), end_index(&range));
+        let store = self.clone();
+        futures::stream::unfold(Some(start), move |next| {
+            let store = store.clone();
+            async move {
+                let from = next.filter(|from| *from < end)?;
+                let page = match store.read_entries(from, end, READ_BUDGET_BYTES) {
+                    Ok(page) if page.is_empty() => return None,
+                    Ok(page) => page,
+                    Err(error) => return Some((vec![Err(error)], None)),
+                };
+                let after = page.last().map(|entry| entry.index() + 1);
+                Some((page.into_iter().map(Ok).collect::<Vec<_>>(), after))
+            }
+        })
+        .flat_map(futures::stream::iter)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {

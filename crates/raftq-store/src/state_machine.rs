@@ -101,16 +101,22 @@ impl Bodies {
     }
 
     /// The bytes of each body, in order.
+    ///
+    /// Bodies are read to be handed out, mostly once each: the reads bypass the block
+    /// cache, which a draining backlog would otherwise fill with blocks read only once.
     fn read(&self, bodies: &[BodyRef]) -> Result<Vec<Vec<u8>>, StoreError> {
         let cf = self.db.cf(CF_BODIES);
         let stored: Vec<&BodyRef> = bodies.iter().filter(|body| body.len > 0).collect();
+        let mut options = ReadOptions::default();
+        options.fill_cache(false);
         let mut found = self
             .db
             .inner
-            .multi_get_cf(
+            .multi_get_cf_opt(
                 stored
                     .iter()
                     .map(|body| (cf, body_key(self.group, body.key))),
+                &options,
             )
             .into_iter();
         bodies

@@ -95,6 +95,36 @@ async fn appended_log_and_vote_survive_reopen() {
 }
 
 #[tokio::test]
+async fn replication_and_apply_read_the_log_a_bounded_page_at_a_time() {
+    use futures::StreamExt;
+    let dir = TempDir::new().unwrap();
+    let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+    let mut log = LogStore::new(db, 1).unwrap();
+    // Twenty entries of about 1 MiB each: more than one read's budget (8 MiB).
+    let big = |index: u64| create(&"q".repeat(1 << 20), index);
+    append_synced(&mut log, (1..=20).map(big).collect()).await;
+    let page = log.limited_get_log_entries(1, 21).await.unwrap();
+    let indexes: Vec<u64> = page.iter().map(|e| e.log_id().index).collect();
+    assert!(
+        (8..20).contains(&indexes.len()),
+        "a page stops after about 8 MiB: {} entries",
+        indexes.len()
+    );
+    assert_eq!(indexes, (1..=indexes.len() as u64).collect::<Vec<_>>());
+    // A range within the budget comes whole, and a page is never empty.
+    assert_eq!(log.limited_get_log_entries(3, 6).await.unwrap().len(), 3);
+    assert_eq!(log.limited_get_log_entries(20, 21).await.unwrap().len(), 1);
+    // Applying streams every entry of the range, in order, across pages.
+    let streamed: Vec<u64> = log
+        .entries_stream(2..=20)
+        .await
+        .map(|entry| entry.expect("entry").log_id().index)
+        .collect()
+        .await;
+    assert_eq!(streamed, (2..=20).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn snapshot_restores_the_queue_state_after_reopen() {
     let dir = TempDir::new().unwrap();
     let expected;
