@@ -181,7 +181,8 @@ async fn health_probes(
 /// How often the leader looks for timed work (expiries, ended leases) to write a tick for.
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Drives time-based queue work on the leader until `stop` resolves.
+/// Drives time-based queue work on the leader until `stop` resolves, and on every node
+/// gives the allocator's free pages back to the system at the same pace.
 async fn timers(node: RaftNode, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     let mut interval = tokio::time::interval(TICK_INTERVAL);
@@ -190,6 +191,7 @@ async fn timers(node: RaftNode, stop: impl std::future::Future<Output = ()>) {
         tokio::select! {
             () = &mut stop => return,
             _ = interval.tick() => {
+                crate::release_freed_memory();
                 if let Err(error) = node.tick_if_due().await {
                     tracing::debug!(%error, "tick not written");
                 }
