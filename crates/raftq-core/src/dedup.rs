@@ -281,7 +281,7 @@ impl<'de> Deserialize<'de> for DedupTable {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<DedupTable, A::Error> {
                 // The records come by key, their order with the FIFO after them: the
-                // records wait in one vector (24 bytes each) until the FIFO orders them.
+                // records wait in one vector (32 bytes each) until the FIFO orders them.
                 let RecordList(mut records) = seq
                     .next_element()?
                     .ok_or_else(|| de::Error::invalid_length(0, &self))?;
