@@ -145,11 +145,7 @@ impl<V> SeqMap<V> {
 
     /// Every entry in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
-        self.chunks.iter().flat_map(|(&chunk, c)| {
-            c.offsets()
-                .zip(&c.values)
-                .map(move |(offset, value)| (chunk << SHIFT | u64::from(offset), value))
-        })
+        self.range_from(0)
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
