@@ -13,6 +13,7 @@ mod dedup;
 mod error;
 mod limits;
 pub mod queue;
+mod record;
 mod runs;
 mod seqmap;
 pub mod sparse;

@@ -8,6 +8,7 @@ use crate::command::{
     Receipt, SendResult,
 };
 use crate::dedup::{DedupTable, dedup_key};
+use crate::record::{Record, as_messages};
 use crate::runs::{AsMap, ReadySet, RunMap};
 use crate::seqmap::SeqMap;
 use crate::sparse::Sparse;
@@ -198,8 +199,10 @@ pub(crate) struct Queue {
     options: QueueOptions,
     created_at_ms: TimeMs,
     next_sequence: u64,
-    /// By sequence, in chunks (see [`crate::seqmap`]).
-    messages: SeqMap<StoredMessage>,
+    /// By sequence, in chunks (see [`crate::seqmap`]), as compact records (see
+    /// [`crate::record`]).
+    #[serde(with = "as_messages")]
+    messages: SeqMap<Record>,
     /// Ids and sequences grow together for messages sent here, so this index is mostly a
     /// few runs (see [`crate::runs`]); moved-in messages keep their ids and add runs of one.
     #[serde(with = "AsMap::<u64>")]
@@ -292,13 +295,13 @@ impl Queue {
     pub(crate) fn release_all_bodies(&self) -> Vec<BodyChange> {
         self.messages
             .values()
-            .map(|message| BodyChange::Released(message.body))
+            .map(|message| BodyChange::Released(message.body()))
             .collect()
     }
 
     /// The bodies of every stored message (for checks of the state's bookkeeping).
     pub(crate) fn bodies(&self) -> impl Iterator<Item = BodyRef> + '_ {
-        self.messages.values().map(|message| message.body)
+        self.messages.values().map(Record::body)
     }
 
     /// Brings the queue up to `now_ms`: delays that ran out and leases that expired make
@@ -326,10 +329,7 @@ impl Queue {
             self.expiry.pop_first();
             // A message under a lease may still be acknowledged; it expires when its lease
             // ends without an ack (see `make_ready`).
-            let leased = self
-                .messages
-                .get(sequence)
-                .is_none_or(|m| matches!(m.state, MessageState::Leased { .. }));
+            let leased = self.messages.get(sequence).is_none_or(Record::is_leased);
             if !leased {
                 self.drop_message(sequence, DeadLetterReason::Expired);
             }
@@ -362,8 +362,8 @@ impl Queue {
             self.drop_message(sequence, DeadLetterReason::Expired);
             return;
         }
-        message.state = MessageState::Ready;
-        let group = message.group.to_string();
+        message.set_state(MessageState::Ready);
+        let group = message.group().to_string();
         let priority = message.priority;
         if group.is_empty() {
             self.ready.insert(ready_key(priority, sequence));
@@ -389,19 +389,19 @@ impl Queue {
             return;
         };
         if let Some(message) = self.messages.get(head)
-            && message.state == MessageState::Ready
+            && message.state() == MessageState::Ready
         {
             self.ready.insert(ready_key(message.priority, head));
         }
     }
 
     /// Takes a message out of every index; its group's next message may move up.
-    fn remove_message(&mut self, sequence: u64) -> Option<StoredMessage> {
+    fn remove_message(&mut self, sequence: u64) -> Option<Record> {
         let message = self.messages.remove(sequence)?;
         self.bytes -= message.size();
         self.sequence_by_id.remove(message.message_id);
         self.ready.remove(&ready_key(message.priority, sequence));
-        match message.state {
+        match message.state() {
             MessageState::Ready => {}
             MessageState::Delayed { visible_at_ms } => {
                 self.delayed.remove(&(visible_at_ms, sequence));
@@ -413,7 +413,7 @@ impl Queue {
         if message.expires_at_ms != 0 {
             self.expiry.remove(&(message.expires_at_ms, sequence));
         }
-        let correlation = &message.properties.correlation_id;
+        let correlation = &message.properties().correlation_id;
         if !correlation.is_empty()
             && let Some(sequences) = self.by_correlation.get_mut(correlation)
         {
@@ -422,17 +422,17 @@ impl Queue {
                 self.by_correlation.remove(correlation);
             }
         }
-        if !message.group.is_empty()
-            && let Some(entry) = self.groups.get_mut(message.group.as_str())
+        if !message.group().is_empty()
+            && let Some(entry) = self.groups.get_mut(message.group())
         {
             entry.pending.remove(&sequence);
             if entry.in_flight == Some(sequence) {
                 entry.in_flight = None;
             }
             if entry.pending.is_empty() {
-                self.groups.remove(message.group.as_str());
+                self.groups.remove(message.group());
             } else {
-                let group = message.group.to_string();
+                let group = message.group().to_string();
                 self.offer_group(&group);
             }
         }
@@ -442,7 +442,7 @@ impl Queue {
     /// Removes a message that will not be acknowledged here: to the dead-letter queue when
     /// the queue has one for this reason, else discarded (and counted).
     fn drop_message(&mut self, sequence: u64, reason: DeadLetterReason) {
-        let Some(mut message) = self.remove_message(sequence) else {
+        let Some(message) = self.remove_message(sequence) else {
             return;
         };
         if matches!(
@@ -459,17 +459,18 @@ impl Queue {
                 self.options.dead_letter_expired
             }
         };
-        if message.acknowledgement.negative {
+        if message.acknowledgement().negative {
             let kind = reason.as_str();
             self.post_notice(&message, kind, Some(dead_letter));
         }
-        // Acknowledgements are the sending queue's business; a dead letter asks for none.
-        message.acknowledgement = Sparse::default();
         if !dead_letter {
             self.stats.total_discarded += 1;
-            self.body_changes.push(BodyChange::Released(message.body));
+            self.body_changes.push(BodyChange::Released(message.body()));
             return;
         }
+        let mut message = message.to_message(sequence);
+        // Acknowledgements are the sending queue's business; a dead letter asks for none.
+        message.acknowledgement = Sparse::default();
         self.stats.total_dead_lettered += 1;
         let deliveries = message.deliveries.to_string();
         let headers = message.headers.make_mut();
@@ -483,7 +484,7 @@ impl Queue {
     }
 
     /// Queues an acknowledgement message about `message` for its acknowledgement queue.
-    fn post_notice(&mut self, message: &StoredMessage, kind: &str, dead_lettered: Option<bool>) {
+    fn post_notice(&mut self, message: &Record, kind: &str, dead_lettered: Option<bool>) {
         let mut headers = BTreeMap::from([
             (ACK_KIND.to_string(), kind.to_string()),
             (SOURCE_QUEUE.to_string(), self.name.clone()),
@@ -495,40 +496,40 @@ impl Queue {
             message: NewMessage {
                 headers,
                 properties: MessageProperties {
-                    label: message.properties.label.clone(),
+                    label: message.properties().label.clone(),
                     correlation_id: message.message_id.to_string(),
                     ..MessageProperties::default()
                 },
                 ..NewMessage::default()
             },
-            target: message.acknowledgement.queue.clone(),
+            target: message.acknowledgement().queue.clone(),
         });
     }
 
     /// After an ack: the journal copy and the positive acknowledgement, when asked for.
-    fn after_consumed(&mut self, message: &StoredMessage) {
+    fn after_consumed(&mut self, message: &Record) {
         if self.options.journal {
-            let mut headers = message.headers.clone().into_inner();
+            let mut headers = message.headers().clone();
             headers.insert(SOURCE_QUEUE.to_string(), self.name.clone());
             headers.insert(
                 ORIGINAL_MESSAGE_ID.to_string(),
                 message.message_id.to_string(),
             );
             self.outbox.push(Outgoing::Journal {
-                body: message.body,
+                body: message.body(),
                 message: NewMessage {
                     headers,
-                    properties: message.properties.clone().into_inner(),
+                    properties: message.properties().clone(),
                     priority: message.priority,
                     ..NewMessage::default()
                 },
                 target: crate::journal_queue_name(&self.name),
             });
         }
-        if message.acknowledgement.positive {
+        if message.acknowledgement().positive {
             self.post_notice(message, "consumed", None);
         }
-        self.body_changes.push(BodyChange::Released(message.body));
+        self.body_changes.push(BodyChange::Released(message.body()));
     }
 
     /// True when a receive at `now_ms` would hand out at least one message.
@@ -589,7 +590,7 @@ impl Queue {
             return Err(full());
         }
         let (mut freed_count, mut freed_bytes) = (0u64, 0u64);
-        for message in self.evictable() {
+        for (_, message) in self.evictable() {
             if freed_count >= excess_count && freed_bytes >= excess_bytes {
                 break;
             }
@@ -646,10 +647,8 @@ impl Queue {
     }
 
     /// Oldest first, the messages an overflow may remove: those not under a lease.
-    fn evictable(&self) -> impl Iterator<Item = &StoredMessage> {
-        self.messages
-            .values()
-            .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
+    fn evictable(&self) -> impl Iterator<Item = (u64, &Record)> {
+        self.messages.iter().filter(|(_, m)| !m.is_leased())
     }
 
     /// Under `DeadLetterOldest`, removes the oldest unleased messages until a batch that
@@ -668,7 +667,7 @@ impl Queue {
             if excess_count == 0 && excess_bytes == 0 {
                 return;
             }
-            let Some(oldest) = self.evictable().next().map(|m| m.sequence) else {
+            let Some((oldest, _)) = self.evictable().next() else {
                 return;
             };
             self.drop_message(oldest, DeadLetterReason::Overflow);
@@ -752,7 +751,7 @@ impl Queue {
         });
         self.store(StoredMessage {
             message_id,
-            sequence,
+            sequence: 0,
             body,
             headers: message.headers.into(),
             properties: message.properties.into(),
@@ -778,10 +777,9 @@ impl Queue {
 
     /// Adds a message at the tail (its `sequence` is replaced by the next one) in the state
     /// it carries (`Ready` or `Delayed`).
-    fn store(&mut self, mut message: StoredMessage) -> u64 {
+    fn store(&mut self, message: StoredMessage) -> u64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        message.sequence = sequence;
         if message.expires_at_ms != 0 {
             self.expiry.insert((message.expires_at_ms, sequence));
         }
@@ -802,7 +800,7 @@ impl Queue {
         let state = message.state;
         let (group, priority) = (message.group.to_string(), message.priority);
         self.sequence_by_id.insert(message.message_id, sequence);
-        self.messages.insert(sequence, message);
+        self.messages.insert(sequence, Record::new(message));
         match state {
             MessageState::Delayed { visible_at_ms } => {
                 self.delayed.insert((visible_at_ms, sequence));
@@ -827,9 +825,9 @@ impl Queue {
             // The same id can only be here already if it was redriven and came back while a
             // copy stayed; keep one.
             if let Some(old) = self.remove_message(old)
-                && old.body.key != message.body.key
+                && old.body().key != message.body.key
             {
-                self.body_changes.push(BodyChange::Released(old.body));
+                self.body_changes.push(BodyChange::Released(old.body()));
             }
         }
         self.store(message);
@@ -844,11 +842,9 @@ impl Queue {
         max: usize,
     ) -> Result<Vec<StoredMessage>, QueueError> {
         let sequences: Vec<u64> = if message_ids.is_empty() {
-            self.messages
-                .values()
-                .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
+            self.evictable()
                 .take(max)
-                .map(|m| m.sequence)
+                .map(|(sequence, _)| sequence)
                 .collect()
         } else {
             let mut sequences = Vec::with_capacity(message_ids.len());
@@ -860,7 +856,7 @@ impl Queue {
                             queue: self.name.clone(),
                             message_id: *id,
                         })?;
-                if matches!(self.messages[sequence].state, MessageState::Leased { .. }) {
+                if self.messages[sequence].is_leased() {
                     return Err(QueueError::invalid(
                         "message_ids",
                         format!("message {id} is under a lease"),
@@ -872,7 +868,10 @@ impl Queue {
         };
         Ok(sequences
             .into_iter()
-            .filter_map(|sequence| self.remove_message(sequence))
+            .filter_map(|sequence| {
+                self.remove_message(sequence)
+                    .map(|record| record.to_message(sequence))
+            })
             .collect())
     }
 
@@ -882,19 +881,14 @@ impl Queue {
         message_ids: &[MessageId],
         max: usize,
     ) -> Vec<String> {
-        let source = |m: &StoredMessage| {
-            m.headers
+        let source = |m: &Record| {
+            m.headers()
                 .get(DEAD_LETTER_SOURCE)
                 .cloned()
                 .unwrap_or_default()
         };
         if message_ids.is_empty() {
-            self.messages
-                .values()
-                .filter(|m| !matches!(m.state, MessageState::Leased { .. }))
-                .take(max)
-                .map(&source)
-                .collect()
+            self.evictable().take(max).map(|(_, m)| source(m)).collect()
         } else {
             message_ids
                 .iter()
@@ -990,11 +984,14 @@ impl Queue {
             .into_iter()
             .any(|sequence| {
                 self.is_ready(sequence)
-                    || self.messages.get(sequence).is_some_and(|m| match m.state {
-                        MessageState::Ready => false,
-                        MessageState::Delayed { visible_at_ms } => visible_at_ms <= now_ms,
-                        MessageState::Leased { expires_at_ms } => expires_at_ms <= now_ms,
-                    })
+                    || self
+                        .messages
+                        .get(sequence)
+                        .is_some_and(|m| match m.state() {
+                            MessageState::Ready => false,
+                            MessageState::Delayed { visible_at_ms } => visible_at_ms <= now_ms,
+                            MessageState::Leased { expires_at_ms } => expires_at_ms <= now_ms,
+                        })
             })
     }
 
@@ -1014,17 +1011,18 @@ impl Queue {
             let Some(message) = self.messages.get_mut(sequence) else {
                 continue;
             };
-            let size = message.body.len;
+            let body = message.body();
+            let size = body.len;
             if !deliveries.is_empty() && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
             self.ready.remove(&ready_key(message.priority, sequence));
             message.deliveries += 1;
-            message.state = MessageState::Leased { expires_at_ms };
+            message.set_state(MessageState::Leased { expires_at_ms });
             self.leases.insert((expires_at_ms, sequence));
-            if !message.group.is_empty()
-                && let Some(entry) = self.groups.get_mut(message.group.as_str())
+            if !message.group().is_empty()
+                && let Some(entry) = self.groups.get_mut(message.group())
             {
                 entry.in_flight = Some(sequence);
             }
@@ -1032,10 +1030,10 @@ impl Queue {
                 message_id: message.message_id,
                 sequence,
                 body: Vec::new(),
-                body_ref: message.body,
-                headers: message.headers.clone().into_inner(),
-                properties: message.properties.clone().into_inner(),
-                group: message.group.to_string(),
+                body_ref: body,
+                headers: message.headers().clone(),
+                properties: message.properties().clone(),
+                group: message.group().to_string(),
                 priority: message.priority,
                 receipt: Receipt {
                     message_id: message.message_id,
@@ -1067,7 +1065,7 @@ impl Queue {
                 message.deliveries
             )));
         }
-        match message.state {
+        match message.state() {
             MessageState::Leased { expires_at_ms } if expires_at_ms > now_ms => {
                 Ok((sequence, expires_at_ms))
             }
@@ -1141,9 +1139,9 @@ impl Queue {
             self.drop_message(sequence, DeadLetterReason::Expired);
         } else if let Some(message) = self.messages.get_mut(sequence) {
             // Still the head of its group: the group waits for it (order is kept).
-            message.state = MessageState::Delayed { visible_at_ms };
+            message.set_state(MessageState::Delayed { visible_at_ms });
             self.delayed.insert((visible_at_ms, sequence));
-            let group = message.group.to_string();
+            let group = message.group().to_string();
             if let Some(entry) = self.groups.get_mut(&group)
                 && entry.in_flight == Some(sequence)
             {
@@ -1164,9 +1162,9 @@ impl Queue {
         self.leases.remove(&(expires_at_ms, sequence));
         self.leases.insert((new_expiry, sequence));
         if let Some(message) = self.messages.get_mut(sequence) {
-            message.state = MessageState::Leased {
+            message.set_state(MessageState::Leased {
                 expires_at_ms: new_expiry,
-            };
+            });
         }
         Ok(new_expiry)
     }
@@ -1202,14 +1200,18 @@ impl Queue {
                 .messages
                 .range_from(after_sequence.saturating_add(1))
                 .take(max)
-                .map(|(_, message)| StoredMessage::clone(message))
+                .map(|(sequence, message)| message.to_message(sequence))
                 .collect();
         }
         self.selected(message_id, correlation_id)
             .into_iter()
             .filter(|sequence| *sequence > after_sequence)
             .take(max)
-            .filter_map(|sequence| self.messages.get(sequence).cloned())
+            .filter_map(|sequence| {
+                self.messages
+                    .get(sequence)
+                    .map(|message| message.to_message(sequence))
+            })
             .collect()
     }
 }

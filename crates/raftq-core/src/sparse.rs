@@ -54,6 +54,9 @@ impl<T: Empty> PartialEq for Sparse<T> {
 impl<T: Empty + Eq> Eq for Sparse<T> {}
 
 impl<T: Empty> Sparse<T> {
+    /// The empty value, for constants.
+    pub const NONE: Self = Sparse(None);
+
     pub fn new(value: T) -> Self {
         if value == *T::EMPTY {
             Sparse(None)
