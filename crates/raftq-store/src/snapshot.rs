@@ -27,6 +27,11 @@ const END: u64 = u64::MAX;
 /// Largest body a snapshot may hold; anything larger means the file is damaged.
 const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 const BUFFER_BYTES: usize = 1024 * 1024;
+/// Bytes a snapshot being written may hold in the page cache before they are made
+/// durable. The snapshot of a backlog is gigabytes: left to the final fsync, it would go
+/// to the disk all at once and hold up every other fsync there (the Raft log's among
+/// them) for seconds; written out as it goes, it delays them by one slice at most.
+const SYNC_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A finished snapshot file, open for reading. openraft hands it around as the snapshot's
 /// data; the file stays readable even after a newer snapshot replaces it on disk.
@@ -124,6 +129,8 @@ pub(crate) struct SnapshotWriter {
     name: String,
     file: BufWriter<File>,
     bodies: u64,
+    /// Bytes written since the file was last synced.
+    unsynced: u64,
 }
 
 impl SnapshotWriter {
@@ -138,7 +145,7 @@ impl SnapshotWriter {
         let name = unique_name("", group, index, "snap");
         let part = dir.join(format!("{name}.part"));
         let mut file = BufWriter::with_capacity(BUFFER_BYTES, File::create(&part)?);
-        let mut writer = || -> Result<(), StoreError> {
+        let mut writer = || -> Result<u64, StoreError> {
             file.write_all(MAGIC)?;
             // The length is known once the state is written: a placeholder, then the length.
             let length_at = MAGIC.len() as u64;
@@ -151,18 +158,22 @@ impl SnapshotWriter {
             file.seek(SeekFrom::Start(length_at))?;
             file.write_all(&(end - length_at - 8).to_le_bytes())?;
             file.seek(SeekFrom::Start(end))?;
-            Ok(())
+            Ok(end)
         };
-        if let Err(error) = writer() {
-            let _ = fs::remove_file(&part);
-            return Err(error);
-        }
+        let unsynced = match writer() {
+            Ok(written) => written,
+            Err(error) => {
+                let _ = fs::remove_file(&part);
+                return Err(error);
+            }
+        };
         Ok(SnapshotWriter {
             dir: dir.to_path_buf(),
             part,
             name,
             file,
             bodies: 0,
+            unsynced,
         })
     }
 
@@ -177,6 +188,12 @@ impl SnapshotWriter {
         self.file.write_all(&(bytes.len() as u64).to_le_bytes())?;
         self.file.write_all(bytes)?;
         self.bodies += 1;
+        self.unsynced += 16 + bytes.len() as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.flush()?;
+            self.file.get_ref().sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(())
     }
 
@@ -189,6 +206,7 @@ impl SnapshotWriter {
             name,
             mut file,
             bodies,
+            unsynced: _,
         } = self;
         let finished = (|| {
             file.write_all(&END.to_le_bytes())?;
@@ -293,5 +311,31 @@ impl SnapshotReader {
         self.file.read_exact(&mut bytes)?;
         self.bodies += 1;
         Ok(Some((key, bytes)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_written_out_in_slices_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateMachine::default();
+        let mut writer = SnapshotWriter::create(dir.path(), 1, 7, &state).unwrap();
+        // Three times the slice: the file is synced twice on the way and once at the end.
+        let body = |key: u64| vec![key as u8; 1024 * 1024];
+        let count = 3 * SYNC_EVERY_BYTES / (1024 * 1024);
+        for key in 0..count {
+            writer.body(key, &body(key)).unwrap();
+            assert!(writer.unsynced < SYNC_EVERY_BYTES);
+        }
+        let name = writer.finish().unwrap();
+        let mut reader = SnapshotReader::open(&dir.path().join(name)).unwrap();
+        assert_eq!(reader.state().unwrap(), state);
+        for key in 0..count {
+            assert_eq!(reader.next_body().unwrap(), Some((key, body(key))));
+        }
+        assert_eq!(reader.next_body().unwrap(), None);
     }
 }
