@@ -7,7 +7,7 @@ use raftq_core::GroupId;
 use raftq_proto::raft_pb::{
     RaftRequest, RaftResponse, SnapshotChunk, raft_service_server::RaftService,
 };
-use raftq_store::{IncomingSnapshot, NodeId, Snapshot, SnapshotMeta, Vote};
+use raftq_store::{IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, Vote};
 
 use crate::node::Raft;
 
@@ -112,17 +112,11 @@ impl RaftService for RaftGrpc {
         }
         // Written to a file as it arrives: a snapshot holds every stored body and may be far
         // larger than memory.
-        let mut incoming = IncomingSnapshot::create(&self.snapshot_dir, self.group)
+        let incoming = IncomingSnapshot::create(&self.snapshot_dir, self.group)
             .map_err(|e| Status::internal(format!("cannot store a snapshot: {e}")))?;
-        if let Err(status) = receive_into(&mut incoming, first.data, &mut stream, size).await {
-            incoming.discard();
-            return Err(status);
-        }
         // A file left behind by a failure here is removed when the node next installs a
         // snapshot or starts.
-        let data = incoming
-            .finish()
-            .map_err(|e| Status::internal(format!("cannot store a snapshot: {e}")))?;
+        let data = receive_into(incoming, first.data, &mut stream, size).await?;
         metrics::counter!("raftq_snapshots_received_total").increment(1);
         let snapshot = Snapshot {
             meta,
@@ -137,34 +131,68 @@ impl RaftService for RaftGrpc {
     }
 }
 
+/// Chunks queued for the thread writing a received snapshot (1 MiB each).
+const INCOMING_CHUNKS: usize = 4;
+
 /// Writes the snapshot's chunks to `incoming` until the stream ends; it must carry exactly
-/// the announced `size`.
+/// the announced `size`. The file is written, synced and finished on a blocking thread:
+/// syncing gigabytes must not hold up an async worker (and the heartbeats it serves).
 async fn receive_into(
-    incoming: &mut IncomingSnapshot,
+    incoming: IncomingSnapshot,
     first: Vec<u8>,
     stream: &mut Streaming<SnapshotChunk>,
     size: u64,
-) -> Result<(), Status> {
+) -> Result<SnapshotData, Status> {
+    let store_error = |e: std::io::Error| Status::internal(format!("cannot store a snapshot: {e}"));
+    let (chunks, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(INCOMING_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut incoming = incoming;
+        while let Some(chunk) = queued.blocking_recv() {
+            if let Err(error) = incoming.write(&chunk) {
+                incoming.discard();
+                return Err(error);
+            }
+        }
+        Ok(incoming)
+    });
+    let mut received = 0u64;
     let mut chunk = first;
-    loop {
-        if incoming.written() + chunk.len() as u64 > size {
+    let streamed = async {
+        loop {
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(Status::invalid_argument(format!(
+                    "the snapshot is longer than the {size} bytes announced"
+                )));
+            }
+            if chunks.send(chunk).await.is_err() {
+                // The writer stopped on an error, which it reports below.
+                return Ok(());
+            }
+            match stream.message().await? {
+                Some(next) => chunk = next.data,
+                None => break,
+            }
+        }
+        if received != size {
             return Err(Status::invalid_argument(format!(
-                "the snapshot is longer than the {size} bytes announced"
+                "the snapshot stream ended after {received} of {size} bytes"
             )));
         }
-        incoming
-            .write(&chunk)
-            .map_err(|e| Status::internal(format!("cannot store a snapshot: {e}")))?;
-        match stream.message().await? {
-            Some(next) => chunk = next.data,
-            None => break,
-        }
+        Ok(())
     }
-    if incoming.written() != size {
-        return Err(Status::invalid_argument(format!(
-            "the snapshot stream ended after {} of {size} bytes",
-            incoming.written()
-        )));
+    .await;
+    drop(chunks);
+    let incoming = writer
+        .await
+        .map_err(|e| Status::internal(format!("the snapshot writer failed: {e}")))?
+        .map_err(store_error)?;
+    if let Err(status) = streamed {
+        incoming.discard();
+        return Err(status);
     }
-    Ok(())
+    tokio::task::spawn_blocking(move || incoming.finish())
+        .await
+        .map_err(|e| Status::internal(format!("the snapshot writer failed: {e}")))?
+        .map_err(store_error)
 }

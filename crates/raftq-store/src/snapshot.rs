@@ -67,6 +67,18 @@ impl SnapshotData {
     }
 }
 
+/// Counts `added` bytes written to `file`; once `unsynced` reaches a slice, makes them
+/// durable.
+fn sync_slice(file: &mut BufWriter<File>, unsynced: &mut u64, added: u64) -> io::Result<()> {
+    *unsynced += added;
+    if *unsynced >= SYNC_EVERY_BYTES {
+        file.flush()?;
+        file.get_ref().sync_data()?;
+        *unsynced = 0;
+    }
+    Ok(())
+}
+
 /// Gives every snapshot file written by this process its own name.
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
@@ -85,6 +97,8 @@ pub struct IncomingSnapshot {
     path: PathBuf,
     file: BufWriter<File>,
     written: u64,
+    /// Bytes written since the file was last synced.
+    unsynced: u64,
 }
 
 impl IncomingSnapshot {
@@ -95,13 +109,16 @@ impl IncomingSnapshot {
             path,
             file: BufWriter::with_capacity(BUFFER_BYTES, file),
             written: 0,
+            unsynced: 0,
         })
     }
 
+    /// Appends `bytes`, syncing the file every `SYNC_EVERY_BYTES` (so this blocks: call it
+    /// off the async workers).
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         self.written += bytes.len() as u64;
-        Ok(())
+        sync_slice(&mut self.file, &mut self.unsynced, bytes.len() as u64)
     }
 
     pub fn written(&self) -> u64 {
@@ -188,13 +205,7 @@ impl SnapshotWriter {
         self.file.write_all(&(bytes.len() as u64).to_le_bytes())?;
         self.file.write_all(bytes)?;
         self.bodies += 1;
-        self.unsynced += 16 + bytes.len() as u64;
-        if self.unsynced >= SYNC_EVERY_BYTES {
-            self.file.flush()?;
-            self.file.get_ref().sync_data()?;
-            self.unsynced = 0;
-        }
-        Ok(())
+        sync_slice(&mut self.file, &mut self.unsynced, 16 + bytes.len() as u64)
     }
 
     /// Ends the file, makes it durable under its final name and returns that name; a file
