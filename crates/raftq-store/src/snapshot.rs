@@ -349,4 +349,21 @@ mod tests {
         }
         assert_eq!(reader.next_body().unwrap(), None);
     }
+
+    #[test]
+    fn a_received_snapshot_is_synced_in_slices_and_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut incoming = IncomingSnapshot::create(dir.path(), 1).unwrap();
+        let chunk = |n: u64| vec![n as u8; 1024 * 1024];
+        let count = 3 * SYNC_EVERY_BYTES / (1024 * 1024);
+        for n in 0..count {
+            incoming.write(&chunk(n)).unwrap();
+            assert!(incoming.unsynced < SYNC_EVERY_BYTES);
+        }
+        assert_eq!(incoming.written(), count * 1024 * 1024);
+        let data = incoming.finish().unwrap();
+        let bytes = fs::read(data.path()).unwrap();
+        let expected: Vec<u8> = (0..count).flat_map(chunk).collect();
+        assert!(bytes == expected, "the file holds every chunk in order");
+    }
 }
