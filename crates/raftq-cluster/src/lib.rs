@@ -10,7 +10,7 @@ mod node;
 mod service;
 
 pub use error::ClusterError;
-pub use node::{MemberStatus, NodeConfig, RaftNode, RaftTuning, Role};
+pub use node::{MemberStatus, NodeConfig, RaftNode, RaftTuning, Role, StorageTuning};
 pub use raftq_store::NodeId;
 
 /// Largest Raft RPC accepted or sent over gRPC. Bounded: a batch of append entries holds

@@ -52,6 +52,61 @@ impl Default for RaftTuning {
     }
 }
 
+/// The memory RocksDB may use whatever the backlog: its write buffers and its block cache.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageTuning {
+    /// Write buffers across all column families, MiB; flushed to table files when full.
+    pub write_buffer_mib: u64,
+    /// The block cache shared by every column family (index and filter blocks included), MiB.
+    pub block_cache_mib: u64,
+}
+
+impl StorageTuning {
+    /// Smallest write buffers: below this RocksDB flushes tiny table files all the time.
+    pub const MIN_WRITE_BUFFER_MIB: u64 = 4;
+    /// Largest value either setting takes (1 TiB).
+    pub const MAX_MIB: u64 = 1 << 20;
+
+    /// Why these settings cannot be used, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let range = |name: &str, value: u64, min: u64| {
+            if (min..=Self::MAX_MIB).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name} must be in {min}..={}, not {value}",
+                    Self::MAX_MIB
+                ))
+            }
+        };
+        range(
+            "write_buffer_mib",
+            self.write_buffer_mib,
+            Self::MIN_WRITE_BUFFER_MIB,
+        )?;
+        range("block_cache_mib", self.block_cache_mib, 1)
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        let bytes = |mib: u64| usize::try_from(mib << 20).unwrap_or(usize::MAX);
+        OpenOptions {
+            write_buffer_bytes: bytes(self.write_buffer_mib),
+            block_cache_bytes: bytes(self.block_cache_mib),
+        }
+    }
+}
+
+impl Default for StorageTuning {
+    fn default() -> Self {
+        let defaults = OpenOptions::default();
+        StorageTuning {
+            write_buffer_mib: (defaults.write_buffer_bytes >> 20) as u64,
+            block_cache_mib: (defaults.block_cache_bytes >> 20) as u64,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,
@@ -60,6 +115,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub group: GroupId,
     pub tuning: RaftTuning,
+    pub storage: StorageTuning,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,7 +327,8 @@ impl RaftNode {
     /// recovers its log, vote and newest snapshot from disk.
     pub async fn start(config: NodeConfig) -> Result<RaftNode, ClusterError> {
         std::fs::create_dir_all(&config.data_dir).map_err(stopped)?;
-        let db = Db::open(&config.data_dir, &OpenOptions::default()).map_err(stopped)?;
+        config.storage.check().map_err(stopped)?;
+        let db = Db::open(&config.data_dir, &config.storage.open_options()).map_err(stopped)?;
         let log_store = LogStore::new(db.clone(), config.group).map_err(stopped)?;
         let state_machine = StateMachineStore::open(db.clone(), config.group).map_err(stopped)?;
         let shared = state_machine.shared();

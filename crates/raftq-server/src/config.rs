@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use raftq_cluster::RaftTuning;
+use raftq_cluster::{RaftTuning, StorageTuning};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,7 @@ pub struct ServeConfig {
     /// `text` or `json`.
     pub log_format: String,
     pub raft: RaftTuning,
+    pub storage: StorageTuning,
 }
 
 impl Default for ServeConfig {
@@ -43,13 +44,14 @@ impl Default for ServeConfig {
             join: None,
             log_format: "text".to_string(),
             raft: RaftTuning::default(),
+            storage: StorageTuning::default(),
         }
     }
 }
 
 /// `RAFTQ_*` variables read by `serve`; others (such as the client's `RAFTQ_ADDR`) are
 /// left alone.
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 10] = [
     "node_id",
     "listen",
     "advertise",
@@ -59,6 +61,7 @@ const ENV_KEYS: [&str; 9] = [
     "join",
     "log_format",
     "raft",
+    "storage",
 ];
 
 /// Values given as flags; only those present override the other sources.
@@ -92,6 +95,8 @@ pub enum ConfigError {
     ZeroNodeId,
     #[error("log_format must be `text` or `json`, not {0:?}")]
     BadLogFormat(String),
+    #[error("[storage] {0}")]
+    BadStorage(String),
 }
 
 impl ServeConfig {
@@ -108,7 +113,9 @@ impl ServeConfig {
                 Env::prefixed("RAFTQ_")
                     .filter(|key| {
                         let key = key.as_str().to_ascii_lowercase();
-                        ENV_KEYS.contains(&key.as_str()) || key.starts_with("raft__")
+                        ENV_KEYS.contains(&key.as_str())
+                            || key.starts_with("raft__")
+                            || key.starts_with("storage__")
                     })
                     .split("__"),
             )
@@ -121,6 +128,7 @@ impl ServeConfig {
         if !matches!(config.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::BadLogFormat(config.log_format));
         }
+        config.storage.check().map_err(ConfigError::BadStorage)?;
         config.peer_map()?;
         Ok(config)
     }
@@ -180,12 +188,30 @@ mod tests {
     }
 
     #[test]
-    fn raftq_environment_variables_reach_nested_raft_settings() {
-        // SAFETY: this is the only test that touches RAFTQ_ variables of `raft`.
+    fn raftq_environment_variables_reach_nested_raft_and_storage_settings() {
+        // SAFETY: this is the only test that sets RAFTQ_ variables (of `raft` and of
+        // `storage`'s write buffers; the other tests read neither).
         unsafe { std::env::set_var("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES", "500") };
+        unsafe { std::env::set_var("RAFTQ_STORAGE__WRITE_BUFFER_MIB", "64") };
         let config = ServeConfig::load(None, FlagOverrides::default()).unwrap();
         unsafe { std::env::remove_var("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES") };
+        unsafe { std::env::remove_var("RAFTQ_STORAGE__WRITE_BUFFER_MIB") };
         assert_eq!(config.raft.snapshot_every_entries, 500);
+        assert_eq!(config.storage.write_buffer_mib, 64);
+    }
+
+    #[test]
+    fn storage_memory_is_set_from_the_file_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("raftq.toml");
+        std::fs::write(&file, "[storage]\nblock_cache_mib = 8\n").unwrap();
+        let config = ServeConfig::load(Some(&file), FlagOverrides::default()).unwrap();
+        assert_eq!(config.storage.block_cache_mib, 8);
+        std::fs::write(&file, "[storage]\nblock_cache_mib = 0\n").unwrap();
+        let error = ServeConfig::load(Some(&file), FlagOverrides::default())
+            .expect_err("an empty block cache accepted")
+            .to_string();
+        assert!(error.contains("block_cache_mib must be in 1..="), "{error}");
     }
 
     #[test]

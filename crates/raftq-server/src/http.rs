@@ -56,6 +56,8 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
     let memory = state.node.storage_memory();
     metrics::gauge!("raftq_rocksdb_memtable_bytes").set(memory.memtables as f64);
     metrics::gauge!("raftq_rocksdb_block_cache_bytes").set(memory.block_cache as f64);
+    metrics::gauge!("raftq_rocksdb_block_cache_capacity_bytes")
+        .set(memory.block_cache_capacity as f64);
     metrics::gauge!("raftq_rocksdb_table_readers_bytes").set(memory.table_readers as f64);
     metrics::gauge!("raftq_allocator_committed_bytes").set(allocator_committed_bytes() as f64);
     let queues = state.node.state().read().list_queues("", MAX_QUEUE_GAUGES);

@@ -37,6 +37,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         data_dir: config.data_dir.clone(),
         group: 1,
         tuning: config.raft.clone(),
+        storage: config.storage.clone(),
     })
     .await
     .context("starting raft")?;

@@ -82,6 +82,8 @@ pub struct StorageMemory {
     pub memtables: u64,
     /// Blocks in the shared block cache.
     pub block_cache: u64,
+    /// The most the block cache holds (`OpenOptions::block_cache_bytes`).
+    pub block_cache_capacity: u64,
     /// What open table files hold outside the cache (their index and filter blocks are
     /// kept in the cache).
     pub table_readers: u64,
@@ -165,6 +167,7 @@ impl Db {
             memory.table_readers += property("rocksdb.estimate-table-readers-mem");
             // The cache is shared: every family reports the same figure.
             memory.block_cache = property("rocksdb.block-cache-usage");
+            memory.block_cache_capacity = property("rocksdb.block-cache-capacity");
         }
         memory
     }
@@ -225,6 +228,19 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use raftq_core::{Command, NewMessage, Request};
+
+    use super::{Db, OpenOptions};
+
+    #[test]
+    fn the_block_cache_has_the_capacity_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = OpenOptions {
+            block_cache_bytes: 8 << 20,
+            ..OpenOptions::default()
+        };
+        let db = Db::open(dir.path(), &options).unwrap();
+        assert_eq!(db.memory().block_cache_capacity, 8 << 20);
+    }
 
     #[test]
     fn a_body_is_stored_as_its_length_then_its_bytes_as_before() {
