@@ -114,8 +114,8 @@ impl RaftService for RaftGrpc {
         // larger than memory.
         let incoming = IncomingSnapshot::create(&self.snapshot_dir, self.group)
             .map_err(|e| Status::internal(format!("cannot store a snapshot: {e}")))?;
-        // A file left behind by a failure here is removed when the node next installs a
-        // snapshot or starts.
+        // A file left behind by a failure here (a panic, a cancelled call) is removed
+        // when the node next starts.
         let data = receive_into(incoming, first.data, &mut stream, size).await?;
         metrics::counter!("raftq_snapshots_received_total").increment(1);
         let snapshot = Snapshot {

@@ -443,7 +443,7 @@ fn delete_bodies(batch: &mut WriteBatch, db: &Db, group: GroupId, keys: &[u64]) 
     while let Some(&first) = rest.first() {
         let run = rest
             .iter()
-            .zip(first..)
+            .zip(first..=u64::MAX)
             .take_while(|(key, expected)| **key == *expected)
             .count();
         let end = first.checked_add(run as u64);
@@ -723,7 +723,9 @@ mod tests {
     fn deleting_runs_of_bodies_removes_exactly_those_bodies() {
         let dir = tempfile::TempDir::new().unwrap();
         let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
-        let stored: Vec<u64> = (1..=40).chain([50, 51, 52, 60, u64::MAX - 1]).collect();
+        let stored: Vec<u64> = (1..=40)
+            .chain([50, 51, 52, 60, u64::MAX - 1, u64::MAX])
+            .collect();
         for key in &stored {
             for group in [1, 2] {
                 db.inner
@@ -732,10 +734,10 @@ mod tests {
             }
         }
         // A long run (a range), a short one, single keys (one between live neighbours) and
-        // the last key there is.
+        // a run ending at the largest key there can be.
         let gone: Vec<u64> = (1..=30)
             .chain([35, 36, 37, 50, 52, 59, 60])
-            .chain([u64::MAX - 1])
+            .chain([u64::MAX - 1, u64::MAX])
             .collect();
         let mut batch = WriteBatch::default();
         delete_bodies(&mut batch, &db, 1, &gone);
