@@ -144,6 +144,8 @@ async fn receive_into(
     size: u64,
 ) -> Result<SnapshotData, Status> {
     let store_error = |e: std::io::Error| Status::internal(format!("cannot store a snapshot: {e}"));
+    let writer_failed =
+        |e: tokio::task::JoinError| Status::internal(format!("the snapshot writer failed: {e}"));
     let (chunks, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(INCOMING_CHUNKS);
     let writer = tokio::task::spawn_blocking(move || {
         let mut incoming = incoming;
@@ -183,16 +185,13 @@ async fn receive_into(
     }
     .await;
     drop(chunks);
-    let incoming = writer
-        .await
-        .map_err(|e| Status::internal(format!("the snapshot writer failed: {e}")))?
-        .map_err(store_error)?;
+    let incoming = writer.await.map_err(writer_failed)?.map_err(store_error)?;
     if let Err(status) = streamed {
         incoming.discard();
         return Err(status);
     }
     tokio::task::spawn_blocking(move || incoming.finish())
         .await
-        .map_err(|e| Status::internal(format!("the snapshot writer failed: {e}")))?
+        .map_err(writer_failed)?
         .map_err(store_error)
 }
