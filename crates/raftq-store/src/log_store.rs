@@ -4,10 +4,13 @@
 //! are readable at once, and hands the flush callback to one syncer thread. That thread
 //! takes every callback waiting, fsyncs the write-ahead log once, and completes them all:
 //! many client writes share one fsync, and none is acknowledged before it is on disk.
+//! The newest entries stay decoded in a [`LogCache`] for the replication and apply reads
+//! that follow right behind the writes.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
@@ -20,6 +23,7 @@ use raftq_core::GroupId;
 use crate::db::{
     CF_LOG, CF_META, Db, StoreError, decode, encode, index_of_log_key, log_key, meta_key,
 };
+use crate::log_cache::{LOG_CACHE_BYTES, LogCache};
 use crate::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded entry bytes one read of the log brings into memory (at least one entry).
@@ -33,6 +37,7 @@ pub struct LogStore {
     db: Db,
     group: GroupId,
     syncer: SyncSender<IOFlushed<TypeConfig>>,
+    cache: Arc<LogCache>,
 }
 
 impl LogStore {
@@ -44,7 +49,12 @@ impl LogStore {
         std::thread::Builder::new()
             .name(format!("wal-sync-{group}"))
             .spawn(move || run_syncer(thread_db, pending))?;
-        Ok(LogStore { db, group, syncer })
+        Ok(LogStore {
+            db,
+            group,
+            syncer,
+            cache: Arc::new(LogCache::new(LOG_CACHE_BYTES)),
+        })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -135,6 +145,9 @@ impl LogStore {
         let mut entries = Vec::new();
         if start >= end {
             return Ok(entries);
+        }
+        if let Some(cached) = self.cache.read(start, end, budget) {
+            return Ok(cached);
         }
         let from = log_key(self.group, start);
         let iter = self.db.inner.iterator_cf(
@@ -266,15 +279,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        let mut count = 0u64;
+        let mut encoded = Vec::new();
+        let mut written = Vec::new();
         for entry in entries {
-            let key = log_key(self.group, entry.log_id().index);
-            batch.put_cf(self.db.cf(CF_LOG), key, encode("log entry", &entry)?);
-            count += 1;
+            let bytes = encode("log entry", &entry)?;
+            written.push((entry, bytes.len()));
+            encoded.push(bytes);
         }
+        // Room for every record up front: growing the batch would copy it again and again.
+        let room = encoded.iter().map(|bytes| bytes.len() + 32).sum::<usize>() + 16;
+        let mut batch = WriteBatch::with_capacity_bytes(room);
+        for ((entry, _), bytes) in written.iter().zip(&encoded) {
+            let key = log_key(self.group, entry.log_id().index);
+            batch.put_cf(self.db.cf(CF_LOG), key, bytes);
+        }
+        drop(encoded);
         self.write(batch, false)?;
-        metrics::counter!("raftq_log_entries_appended_total").increment(count);
+        metrics::counter!("raftq_log_entries_appended_total").increment(written.len() as u64);
+        self.cache.appended(written);
         match self.syncer.try_send(callback) {
             Ok(()) => {}
             Err(TrySendError::Full(callback)) => {
@@ -290,6 +312,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |log_id| log_id.index + 1);
+        self.cache.truncate_from(from);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.db.cf(CF_LOG),
@@ -301,6 +324,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.cache.purge_through(log_id.index);
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.db.cf(CF_META),
