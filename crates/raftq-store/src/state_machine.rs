@@ -117,16 +117,18 @@ impl Bodies {
         let stored: Vec<&BodyRef> = bodies.iter().filter(|body| body.len > 0).collect();
         let mut options = ReadOptions::default();
         options.fill_cache(false);
+        // The batched lookup reads each table block once for all the keys it holds (with
+        // the cache bypassed, single lookups would read and decompress it once per key).
+        let keys: Vec<[u8; 16]> = stored
+            .iter()
+            .map(|body| body_key(self.group, body.key))
+            .collect();
         let mut found = self
             .db
             .inner
-            .multi_get_cf_opt(
-                stored
-                    .iter()
-                    .map(|body| (cf, body_key(self.group, body.key))),
-                &options,
-            )
-            .into_iter();
+            .batched_multi_get_cf_opt(cf, &keys, false, &options)
+            .into_iter()
+            .map(|found| found.map(|value| value.map(|bytes| bytes.to_vec())));
         bodies
             .iter()
             .map(|body| {
