@@ -111,6 +111,11 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
             assert!(metrics.contains("raftq_messages_sent_total 5"), "{metrics}");
             assert!(metrics.contains("raftq_wal_sync_batch_size"), "{metrics}");
             assert!(metrics.contains("raftq_raft_is_leader 1"), "{metrics}");
+            let writes = metric_value(&metrics, "raftq_raft_write_seconds_count");
+            assert!(writes > 0.0, "leader commit timings: {metrics}");
+        } else {
+            let appends = metric_value(&metrics, "raftq_append_entries_seconds_count");
+            assert!(appends > 0.0, "follower append timings: {metrics}");
         }
     }
 }

@@ -204,6 +204,7 @@ impl Proposer {
             command,
         };
         let timeout = self.write_timeout;
+        let started = std::time::Instant::now();
         let written = tokio::time::timeout(timeout, self.raft.client_write(request))
             .await
             .map_err(|_| ClusterError::NoQuorum {
@@ -212,6 +213,8 @@ impl Proposer {
                     timeout.as_millis()
                 ),
             })?;
+        // On the leader: from proposing an entry to its outcome (quorum fsync and apply).
+        metrics::histogram!("raftq_raft_write_seconds").record(started.elapsed().as_secs_f64());
         match client_write_result(written)?.data {
             Applied::Queue(outcome) => Ok(*outcome),
             Applied::Internal => Err(stopped("a queue command produced no outcome")),
