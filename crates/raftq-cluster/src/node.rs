@@ -205,16 +205,23 @@ impl Proposer {
         };
         let timeout = self.write_timeout;
         let started = std::time::Instant::now();
-        let written = tokio::time::timeout(timeout, self.raft.client_write(request))
-            .await
-            .map_err(|_| ClusterError::NoQuorum {
-                reason: format!(
-                    "write not committed within {} ms; outcome unknown",
-                    timeout.as_millis()
-                ),
-            })?;
-        // On the leader: from proposing an entry to its outcome (quorum fsync and apply).
-        metrics::histogram!("raftq_raft_write_seconds").record(started.elapsed().as_secs_f64());
+        let written = tokio::time::timeout(timeout, self.raft.client_write(request)).await;
+        // From proposing an entry to its outcome (a quorum's fsync, then apply), or to the
+        // time limit; a node that is not the leader refuses at once and is not counted.
+        if !matches!(
+            written,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                _
+            ))))
+        ) {
+            metrics::histogram!("raftq_raft_write_seconds").record(started.elapsed().as_secs_f64());
+        }
+        let written = written.map_err(|_| ClusterError::NoQuorum {
+            reason: format!(
+                "write not committed within {} ms; outcome unknown",
+                timeout.as_millis()
+            ),
+        })?;
         match client_write_result(written)?.data {
             Applied::Queue(outcome) => Ok(*outcome),
             Applied::Internal => Err(stopped("a queue command produced no outcome")),

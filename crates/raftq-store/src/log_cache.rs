@@ -15,10 +15,17 @@ use openraft::entry::RaftEntry;
 use crate::Entry;
 
 /// Encoded bytes of entries the cache keeps (beyond one entry, which it always may).
-pub(crate) const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const LOG_CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// Most entries the cache keeps. A decoded entry takes more memory than its encoding, by
+/// far for small ones (a receive or an acknowledgement is tens of bytes on disk and
+/// hundreds in memory), so the byte budget alone would let tens of thousands of them
+/// stay. The reads the cache serves come within the few entries being replicated and
+/// applied; openraft sends at most 300 per call.
+pub(crate) const LOG_CACHE_ENTRIES: usize = 256;
 
 pub(crate) struct LogCache {
     budget: usize,
+    max_entries: usize,
     cached: Mutex<Cached>,
 }
 
@@ -50,9 +57,12 @@ impl Cached {
 }
 
 impl LogCache {
-    pub(crate) fn new(budget: usize) -> LogCache {
+    /// A cache of at most `max_entries` entries and `budget` encoded bytes (beyond one
+    /// entry, which it always keeps).
+    pub(crate) fn new(budget: usize, max_entries: usize) -> LogCache {
         LogCache {
             budget,
+            max_entries: max_entries.max(1),
             cached: Mutex::new(Cached::default()),
         }
     }
@@ -64,23 +74,25 @@ impl LogCache {
     }
 
     /// Takes entries just written to the log, in index order, each with its encoded size.
-    /// An entry replaces any cached one at its index and after it (as the log's own write
-    /// did); one that does not follow the cached run starts a new run.
+    /// openraft appends right after the last entry (after truncating the log where it
+    /// overwrites), and the log store forgets cached entries from the first index it writes
+    /// before writing; so an entry normally continues the cached run. One that does not
+    /// starts a new run.
     pub(crate) fn appended(&self, entries: Vec<(Entry, usize)>) {
         let mut cached = self.lock();
         for (entry, size) in entries {
             let index = entry.index();
-            if cached.first <= index && index <= cached.end() {
-                cached.truncate_from(index);
-            } else {
-                *cached = Cached::default();
-            }
-            if cached.entries.is_empty() {
-                cached.first = index;
+            if cached.entries.is_empty() || index != cached.end() {
+                *cached = Cached {
+                    first: index,
+                    ..Cached::default()
+                };
             }
             cached.entries.push_back((Arc::new(entry), size));
             cached.bytes += size;
-            while cached.bytes > self.budget && cached.entries.len() > 1 {
+            while (cached.bytes > self.budget && cached.entries.len() > 1)
+                || cached.entries.len() > self.max_entries
+            {
                 if let Some((_, size)) = cached.entries.pop_front() {
                     cached.bytes -= size;
                     cached.first += 1;
@@ -171,7 +183,7 @@ mod tests {
 
     #[test]
     fn serves_a_range_it_holds_and_refers_the_rest_to_the_log() {
-        let cache = LogCache::new(1_000);
+        let cache = LogCache::new(1_000, 100);
         cache.appended((5..=8).map(|index| entry(1, index)).collect());
         assert_eq!(
             ids(cache.read(6, 100, usize::MAX)),
@@ -195,26 +207,36 @@ mod tests {
     }
 
     #[test]
-    fn keeps_the_newest_entries_within_its_budget() {
-        let cache = LogCache::new(350);
+    fn keeps_the_newest_entries_within_its_budget_and_count() {
+        let cache = LogCache::new(350, 100);
         cache.appended((1..=10).map(|index| entry(1, index)).collect());
         assert_eq!(ids(cache.read(7, 100, usize::MAX)), None);
         assert_eq!(
             ids(cache.read(8, 100, usize::MAX)),
             Some(vec![(1, 8), (1, 9), (1, 10)])
         );
-        let one = LogCache::new(10);
+        // And within its count of entries, however small they are.
+        let counted = LogCache::new(usize::MAX, 2);
+        counted.appended((1..=10).map(|index| entry(1, index)).collect());
+        assert_eq!(ids(counted.read(8, 100, usize::MAX)), None);
+        assert_eq!(
+            ids(counted.read(9, 100, usize::MAX)),
+            Some(vec![(1, 9), (1, 10)])
+        );
+        let one = LogCache::new(10, 100);
         one.appended(vec![entry(1, 1), entry(1, 2)]);
         assert_eq!(ids(one.read(2, 3, usize::MAX)), Some(vec![(1, 2)]));
     }
 
     #[test]
     fn follows_truncation_purge_and_overwriting_appends() {
-        let cache = LogCache::new(10_000);
+        let cache = LogCache::new(10_000, 100);
         cache.appended((1..=6).map(|index| entry(1, index)).collect());
         cache.truncate_from(5);
         assert_eq!(ids(cache.read(5, 100, usize::MAX)), None);
-        // A new leader's entries replace the old term's from index 4 on.
+        // A new leader's entries replace the old term's from index 4 on (the store forgets
+        // the cached entries it overwrites first).
+        cache.truncate_from(4);
         cache.appended(vec![entry(2, 4), entry(2, 5)]);
         assert_eq!(
             ids(cache.read(3, 100, usize::MAX)),
@@ -233,5 +255,10 @@ mod tests {
         cache.appended(vec![entry(3, 20)]);
         assert_eq!(ids(cache.read(1, 100, usize::MAX)), None);
         assert_eq!(ids(cache.read(20, 100, usize::MAX)), Some(vec![(3, 20)]));
+        // So does one that goes back without a truncation first: nothing older is kept.
+        cache.appended(vec![entry(3, 21), entry(3, 22)]);
+        cache.appended(vec![entry(4, 21)]);
+        assert_eq!(ids(cache.read(20, 100, usize::MAX)), None);
+        assert_eq!(ids(cache.read(21, 100, usize::MAX)), Some(vec![(4, 21)]));
     }
 }

@@ -23,7 +23,7 @@ use raftq_core::GroupId;
 use crate::db::{
     CF_LOG, CF_META, Db, StoreError, decode, encode, index_of_log_key, log_key, meta_key,
 };
-use crate::log_cache::{LOG_CACHE_BYTES, LogCache};
+use crate::log_cache::{LOG_CACHE_BYTES, LOG_CACHE_ENTRIES, LogCache};
 use crate::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded entry bytes one read of the log brings into memory (at least one entry).
@@ -53,7 +53,7 @@ impl LogStore {
             db,
             group,
             syncer,
-            cache: Arc::new(LogCache::new(LOG_CACHE_BYTES)),
+            cache: Arc::new(LogCache::new(LOG_CACHE_BYTES, LOG_CACHE_ENTRIES)),
         })
     }
 
@@ -279,21 +279,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
+        let mut batch = WriteBatch::default();
         let mut written = Vec::new();
         for entry in entries {
+            let key = log_key(self.group, entry.log_id().index);
             let bytes = encode("log entry", &entry)?;
             written.push((entry, bytes.len()));
-            encoded.push(bytes);
-        }
-        // Room for every record up front: growing the batch would copy it again and again.
-        let room = encoded.iter().map(|bytes| bytes.len() + 32).sum::<usize>() + 16;
-        let mut batch = WriteBatch::with_capacity_bytes(room);
-        for ((entry, _), bytes) in written.iter().zip(&encoded) {
-            let key = log_key(self.group, entry.log_id().index);
             batch.put_cf(self.db.cf(CF_LOG), key, bytes);
         }
-        drop(encoded);
+        // Entries this write replaces must not be served from memory meanwhile.
+        if let Some((first, _)) = written.first() {
+            self.cache.truncate_from(first.index());
+        }
         self.write(batch, false)?;
         metrics::counter!("raftq_log_entries_appended_total").increment(written.len() as u64);
         self.cache.appended(written);

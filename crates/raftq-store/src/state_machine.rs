@@ -77,15 +77,7 @@ impl Bodies {
             return Ok(());
         }
         let cf = self.db.cf(CF_BODIES);
-        // Room for every body up front: growing the batch would copy it again and again.
-        let room: usize = effects
-            .iter()
-            .map(|effect| match effect {
-                BodyEffect::Put { bytes, .. } => bytes.len() + 32,
-                BodyEffect::Delete { .. } => 0,
-            })
-            .sum();
-        let mut batch = WriteBatch::with_capacity_bytes(room + 16);
+        let mut batch = WriteBatch::default();
         let mut unreferenced = self.unreferenced();
         for effect in effects {
             match effect {
