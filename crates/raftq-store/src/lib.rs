@@ -5,7 +5,6 @@
 //! It is the only crate that depends on `rocksdb`. It must not know about gRPC.
 
 mod db;
-mod log_cache;
 mod log_store;
 pub mod raw;
 mod snapshot;

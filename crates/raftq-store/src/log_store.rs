@@ -4,13 +4,10 @@
 //! are readable at once, and hands the flush callback to one syncer thread. That thread
 //! takes every callback waiting, fsyncs the write-ahead log once, and completes them all:
 //! many client writes share one fsync, and none is acknowledged before it is on disk.
-//! The newest entries stay decoded in a [`LogCache`] for the replication and apply reads
-//! that follow right behind the writes.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
@@ -23,7 +20,6 @@ use raftq_core::GroupId;
 use crate::db::{
     CF_LOG, CF_META, Db, StoreError, decode, encode, index_of_log_key, log_key, meta_key,
 };
-use crate::log_cache::{LOG_CACHE_BYTES, LOG_CACHE_ENTRIES, LogCache};
 use crate::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded entry bytes one read of the log brings into memory (at least one entry).
@@ -37,7 +33,6 @@ pub struct LogStore {
     db: Db,
     group: GroupId,
     syncer: SyncSender<IOFlushed<TypeConfig>>,
-    cache: Arc<LogCache>,
 }
 
 impl LogStore {
@@ -49,12 +44,7 @@ impl LogStore {
         std::thread::Builder::new()
             .name(format!("wal-sync-{group}"))
             .spawn(move || run_syncer(thread_db, pending))?;
-        Ok(LogStore {
-            db,
-            group,
-            syncer,
-            cache: Arc::new(LogCache::new(LOG_CACHE_BYTES, LOG_CACHE_ENTRIES)),
-        })
+        Ok(LogStore { db, group, syncer })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -145,9 +135,6 @@ impl LogStore {
         let mut entries = Vec::new();
         if start >= end {
             return Ok(entries);
-        }
-        if let Some(cached) = self.cache.read(start, end, budget) {
-            return Ok(cached);
         }
         let from = log_key(self.group, start);
         let iter = self.db.inner.iterator_cf(
@@ -280,20 +267,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
-        let mut written = Vec::new();
+        let mut count = 0u64;
         for entry in entries {
             let key = log_key(self.group, entry.log_id().index);
-            let bytes = encode("log entry", &entry)?;
-            written.push((entry, bytes.len()));
-            batch.put_cf(self.db.cf(CF_LOG), key, bytes);
-        }
-        // Entries this write replaces must not be served from memory meanwhile.
-        if let Some((first, _)) = written.first() {
-            self.cache.truncate_from(first.index());
+            batch.put_cf(self.db.cf(CF_LOG), key, encode("log entry", &entry)?);
+            count += 1;
         }
         self.write(batch, false)?;
-        metrics::counter!("raftq_log_entries_appended_total").increment(written.len() as u64);
-        self.cache.appended(written);
+        metrics::counter!("raftq_log_entries_appended_total").increment(count);
         match self.syncer.try_send(callback) {
             Ok(()) => {}
             Err(TrySendError::Full(callback)) => {
@@ -309,7 +290,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |log_id| log_id.index + 1);
-        self.cache.truncate_from(from);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.db.cf(CF_LOG),
@@ -321,7 +301,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.cache.purge_through(log_id.index);
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.db.cf(CF_META),
