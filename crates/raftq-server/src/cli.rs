@@ -546,9 +546,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(|code| format!("{code:?}"))
                         .unwrap_or_default();
                     match output {
-                        Output::Json => {
-                            println!("{}", json!({"error": error.to_string(), "code": code}))
-                        }
+                        Output::Json => out(json!({"error": error.to_string(), "code": code})),
                         Output::Text => eprintln!("raftq: {error}"),
                     }
                     Ok(ExitCode::from(exit_code(error.code())))
@@ -560,8 +558,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn print(output: Output, value: serde_json::Value, text: String) {
     match output {
-        Output::Json => println!("{value}"),
-        Output::Text => println!("{text}"),
+        Output::Json => out(value),
+        Output::Text => out(text),
+    }
+}
+
+/// Writes one line to standard output. When nobody reads it any more (`raftq peek q |
+/// head -1`), stops at once and quietly, with 141 as a filter killed by SIGPIPE would.
+fn out(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("raftq: cannot write to standard output: {error}");
+        std::process::exit(1);
     }
 }
 
@@ -770,7 +782,7 @@ async fn client_command(
                 )
                 .await?;
             if messages.is_empty() && output == Output::Text {
-                println!("no message");
+                out("no message");
             }
             for message in messages {
                 let body = String::from_utf8_lossy(&message.body).to_string();
@@ -867,7 +879,7 @@ async fn client_command(
                 .peek_selected(&queue, after, max, message_id, &correlation_id)
                 .await?;
             if messages.is_empty() && output == Output::Text {
-                println!("no message");
+                out("no message");
             }
             for message in messages {
                 let body = String::from_utf8_lossy(&message.body).to_string();
