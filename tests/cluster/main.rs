@@ -1,6 +1,7 @@
 //! Cluster tests against real `raftq` processes. Each test names the promise it checks.
 
 mod bad_input;
+mod cli;
 mod delivery;
 mod failures;
 mod features;
