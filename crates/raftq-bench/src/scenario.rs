@@ -15,7 +15,6 @@ use crate::stats::{Counters, Percentiles, Progress, histogram};
 
 /// Bytes at the start of every body that carry its send time.
 const STAMP_BYTES: usize = 8;
-const FILLER_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Load {
@@ -77,34 +76,28 @@ fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
-/// Incompressible filler (xorshift), so no target gains from compressing bodies.
-fn filler() -> &'static [u8] {
-    static FILLER: OnceLock<Vec<u8>> = OnceLock::new();
-    FILLER.get_or_init(|| {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        (0..FILLER_BYTES)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    })
-}
-
-/// A body of `size` bytes: the send time, then filler from a varying offset.
+/// A body of `size` bytes: the send time, then bytes of its own xorshift stream. Every
+/// body is random and unlike every other, so no target gains from compressing bodies,
+/// alone or together (bodies cut from one shared buffer compress well side by side: LZ4
+/// finds the overlaps).
 fn body(size: usize) -> Bytes {
+    static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     let size = size.max(STAMP_BYTES);
     let stamp = base().elapsed().as_micros() as u64;
-    let filler = filler();
-    let offset = (stamp as usize).wrapping_mul(31) % (filler.len() - size.min(filler.len()) + 1);
-    let mut body = Vec::with_capacity(size);
+    // splitmix64 of a counter: a well-mixed, never-zero start for each body's stream.
+    let mut state = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    state = (state ^ (state >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    state = (state ^ (state >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    state = (state ^ (state >> 31)) | 1;
+    let mut body = Vec::with_capacity(size + 8);
     body.extend_from_slice(&stamp.to_le_bytes());
     while body.len() < size {
-        let take = (size - body.len()).min(filler.len() - offset);
-        body.extend_from_slice(&filler[offset..offset + take]);
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        body.extend_from_slice(&state.to_le_bytes());
     }
+    body.truncate(size);
     Bytes::from(body)
 }
 
@@ -317,4 +310,24 @@ pub async fn run(
         send_to_receive: Percentiles::of(&send_to_receive),
         drain_incomplete,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    #[test]
+    fn bodies_have_the_size_asked_for_and_share_no_bytes_a_compressor_could_reuse() {
+        // Any run of 8 bytes (past the send time) found twice among many bodies would let
+        // LZ4 store the second copy as a reference; random 8-byte runs never repeat.
+        let mut seen = HashSet::new();
+        for _ in 0..1_000 {
+            let body = super::body(1024);
+            assert_eq!(body.len(), 1024);
+            for window in body[super::STAMP_BYTES..].windows(8) {
+                assert!(seen.insert(window.to_vec()), "a repeated run of bytes");
+            }
+        }
+        assert_eq!(super::body(3).len(), super::STAMP_BYTES);
+    }
 }
