@@ -136,27 +136,27 @@ impl LogStore {
         if start >= end {
             return Ok(entries);
         }
-        let from = log_key(self.group, start);
-        let iter = self.db.inner.iterator_cf(
-            self.db.cf(CF_LOG),
-            IteratorMode::From(&from, Direction::Forward),
-        );
+        // The raw iterator lends each value: entries are decoded from RocksDB's buffer
+        // without first copying it out.
+        let mut iter = self.db.inner.raw_iterator_cf(self.db.cf(CF_LOG));
+        iter.seek(log_key(self.group, start));
         let mut bytes = 0usize;
-        for item in iter {
-            let (key, value) = item.map_err(StoreError::from)?;
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             if key[..8] != self.group.to_be_bytes() {
                 break;
             }
-            match index_of_log_key(&key) {
+            match index_of_log_key(key) {
                 Some(index) if index < end => {}
                 _ => break,
             }
-            entries.push(decode::<Entry>("log entry", &value)?);
+            entries.push(decode::<Entry>("log entry", value)?);
             bytes += value.len();
             if bytes >= budget {
                 break;
             }
+            iter.next();
         }
+        iter.status().map_err(StoreError::from)?;
         Ok(entries)
     }
 }
