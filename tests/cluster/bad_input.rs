@@ -203,3 +203,76 @@ async fn writes_without_quorum_are_unavailable() {
         .expect_err("no quorum");
     assert_eq!(error.code(), Some(Code::Unavailable), "{error}");
 }
+
+/// Opens a replication stream to `address`, sends `message` on it and returns the status
+/// the node ends the stream with.
+async fn replication_stream_refusal(
+    address: &str,
+    message: raftq_proto::raft_pb::RaftRequest,
+) -> tonic::Status {
+    use raftq_proto::raft_pb::raft_service_client::RaftServiceClient;
+    let mut raft = RaftServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
+    // The request side stays open: the node must refuse the message it was sent, not
+    // the end of the stream.
+    let (sender, requests) = tokio::sync::mpsc::channel(1);
+    sender.send(message).await.expect("queue the message");
+    let mut answers = raft
+        .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("an answer within 10 s");
+    drop(sender);
+    answer.expect_err("the message is refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_stream_meant_for_another_node_or_undecodable_is_refused() {
+    use raftq_proto::raft_pb::RaftRequest;
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "q", pb::QueueOptions::default()).await;
+    client
+        .send("q", Message::new("before"))
+        .await
+        .expect("send");
+    let address = cluster.node(2).grpc.clone();
+
+    let status = replication_stream_refusal(
+        &address,
+        RaftRequest {
+            group_id: 1,
+            target_node_id: 3,
+            payload: Vec::new(),
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+    assert!(status.message().contains("not node 3"), "{status}");
+
+    let status = replication_stream_refusal(
+        &address,
+        RaftRequest {
+            group_id: 1,
+            target_node_id: 2,
+            payload: vec![0xFF; 7],
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+
+    // Replication itself, which runs over such streams, goes on.
+    client.send("q", Message::new("after")).await.expect("send");
+    let depth = client
+        .get_queue("q")
+        .await
+        .expect("queue")
+        .stats
+        .unwrap_or_default()
+        .depth;
+    assert_eq!(depth, 2);
+}

@@ -1,16 +1,21 @@
 //! Outgoing Raft RPCs over gRPC. Payloads are openraft's own messages, serialized with
 //! bincode; every request names its group and the node it is meant for.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::entry::RaftEntry;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -30,6 +35,9 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 const MAX_APPEND_BYTES: u64 = 8 * 1024 * 1024;
 /// Time a call is allowed per byte it carries, on top of openraft's limit (10 MB/s).
 const APPEND_NANOS_PER_BYTE: u64 = 100;
+/// How often a replication stream with nothing outstanding looks again for answers that
+/// are overdue (a request sent since it last looked has a deadline of its own).
+const STREAM_DEADLINE_CHECK: Duration = Duration::from_millis(20);
 
 pub(crate) struct Network {
     pub(crate) group: GroupId,
@@ -44,6 +52,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             address: node.addr.clone(),
             client: None,
+            streams: true,
         }
     }
 }
@@ -53,6 +62,9 @@ pub(crate) struct Peer {
     target: NodeId,
     address: String,
     client: Option<RaftServiceClient<Channel>>,
+    /// Whether the peer takes streamed appends; a node of an older version answers
+    /// `UNIMPLEMENTED`, and then gets one call at a time.
+    streams: bool,
 }
 
 fn unreachable(error: impl std::fmt::Display) -> Unreachable<TypeConfig> {
@@ -120,6 +132,64 @@ fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RPCError<
     bincode::deserialize(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
+type AppendStream<'s> = Result<
+    BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+    RPCError<TypeConfig>,
+>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The follower's answers and the deadlines of the requests not yet answered (earliest
+/// first); `None` once the stream has ended with an error.
+type AnswerState = Option<(
+    tonic::Streaming<raftq_proto::raft_pb::RaftResponse>,
+    Arc<Mutex<VecDeque<Instant>>>,
+)>;
+
+/// The next answer of a replication stream, or `Unreachable` once the oldest request
+/// waiting for one is past its deadline.
+async fn next_answer(
+    state: AnswerState,
+    target: NodeId,
+) -> Option<(
+    Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
+    AnswerState,
+)> {
+    let (mut answers, deadlines) = state?;
+    loop {
+        let due = lock(&deadlines).front().copied();
+        // With nothing outstanding, look again shortly: a request sent meanwhile brings a
+        // deadline of its own.
+        let wait = match due {
+            None => STREAM_DEADLINE_CHECK,
+            Some(due) => match due.checked_duration_since(Instant::now()) {
+                Some(wait) if !wait.is_zero() => wait,
+                _ => {
+                    let error =
+                        unreachable(format!("node {target} did not answer an append in time"));
+                    return Some((Err(RPCError::Unreachable(error)), None));
+                }
+            },
+        };
+        // `message` keeps its progress in the stream, so giving up on it is safe.
+        match tokio::time::timeout(wait, answers.message()).await {
+            Err(_) => continue,
+            Ok(Ok(Some(answer))) => {
+                lock(&deadlines).pop_front();
+                let result = decode::<StreamAppendResult<TypeConfig>>(&answer.payload);
+                let next = result.is_ok().then_some((answers, deadlines));
+                return Some((result, next));
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Err(status)) => return Some((Err(status_error(status)), None)),
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Peer {
     type SnapshotData = SnapshotData;
 
@@ -142,6 +212,77 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             }
             response => Ok(response),
         }
+    }
+
+    /// Pipelined replication over one streaming call: each request goes out as openraft
+    /// produces it, without waiting for the answers to earlier ones, and the follower
+    /// answers them in order as their entries reach its disk. openraft reads at most
+    /// 8 MiB of entries per request (see the log store), so requests are not cut here.
+    /// Every answer has a deadline, as a single call has: openraft's time limit plus the
+    /// time its bytes may take, counted from when it was sent or from the deadline of the
+    /// answer before it, whichever is later. A link that stops answering ends the stream
+    /// with `Unreachable`, and openraft opens another.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, AppendStream<'s>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        if !self.streams {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let (group, target) = (self.group, self.target);
+            let limit = option.hard_ttl();
+            let deadlines: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+            let sent = deadlines.clone();
+            let requests = input.map(move |rpc| {
+                // bincode does not fail on these types; an empty payload would be refused
+                // by the follower, ending the stream.
+                let payload = bincode::serialize(&rpc).unwrap_or_default();
+                let transfer = Duration::from_nanos(payload.len() as u64 * APPEND_NANOS_PER_BYTE);
+                let mut pending = lock(&sent);
+                let due = Instant::now() + limit + transfer;
+                let due = pending
+                    .back()
+                    .map_or(due, |before| due.max(*before + transfer));
+                pending.push_back(due);
+                RaftRequest {
+                    group_id: group,
+                    target_node_id: target,
+                    payload,
+                }
+            });
+            let opened = tokio::time::timeout(
+                limit,
+                client.append_entries_stream(tonic::Request::new(requests)),
+            )
+            .await;
+            let answers = match opened {
+                Err(_) => {
+                    return Err(RPCError::Unreachable(unreachable(format!(
+                        "node {target} did not open a replication stream in {limit:?}"
+                    ))));
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    // An older node: one call at a time from the next attempt on.
+                    self.streams = false;
+                    return Err(status_error(status));
+                }
+                Ok(Err(status)) => return Err(status_error(status)),
+                Ok(Ok(response)) => response.into_inner(),
+            };
+            let answers = futures::stream::unfold(Some((answers, deadlines)), move |state| {
+                next_answer(state, target)
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(

@@ -388,15 +388,18 @@ impl RaftNode {
         self.config.node_id
     }
 
-    /// The gRPC service peers use to reach this node's Raft.
+    /// The gRPC service peers use to reach this node's Raft. Its replication streams end
+    /// once `stopping` turns true (they would otherwise keep the server from finishing).
     pub fn raft_service(
         &self,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> RaftServiceServer<impl raftq_proto::raft_pb::raft_service_server::RaftService> {
         RaftServiceServer::new(RaftGrpc {
             raft: self.raft.clone(),
             node_id: self.config.node_id,
             group: self.config.group,
             snapshot_dir: self.config.data_dir.join("snapshots"),
+            stopping,
         })
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)

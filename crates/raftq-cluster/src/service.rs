@@ -1,18 +1,36 @@
 //! Incoming Raft RPCs: decode, check they are meant for this node and group, hand them to
 //! openraft, encode the answer.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use openraft::raft::AppendEntriesRequest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use raftq_core::GroupId;
 use raftq_proto::raft_pb::{
     RaftRequest, RaftResponse, SnapshotChunk, raft_service_server::RaftService,
 };
-use raftq_store::{IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, Vote};
+use raftq_store::{
+    IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
+};
 
 use crate::node::Raft;
 
 /// Largest snapshot a node accepts over the transport.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Encoded bytes (KiB) of streamed append requests a follower holds at once, decoded and
+/// waiting for their entries to reach the disk; the stream reads no further until some
+/// are answered (and HTTP/2 flow control then holds the leader back). A request larger
+/// than this is taken alone.
+const STREAM_BUDGET_KIB: usize = 32 * 1024;
+
+/// Streamed answers to a leader's append requests.
+type AnswerStream = Pin<Box<dyn Stream<Item = Result<RaftResponse, Status>> + Send + 'static>>;
 
 pub(crate) struct RaftGrpc {
     pub(crate) raft: Raft,
@@ -20,24 +38,94 @@ pub(crate) struct RaftGrpc {
     pub(crate) group: GroupId,
     /// Where received snapshots are written (the store's snapshot directory).
     pub(crate) snapshot_dir: std::path::PathBuf,
+    /// Turns true when the server stops taking calls: replication streams, which never
+    /// end on their own, then end, so that the server can finish.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftGrpc {
     fn check(&self, group: GroupId, target: NodeId) -> Result<(), Status> {
-        if group != self.group {
-            return Err(Status::not_found(format!(
-                "raft group {group} is not served here"
-            )));
-        }
-        if target != self.node_id {
-            // Another node now answers at the address the sender knows for `target`.
-            return Err(Status::failed_precondition(format!(
-                "this is node {}, not node {target}",
-                self.node_id
-            )));
-        }
-        Ok(())
+        check(self.group, self.node_id, group, target)
     }
+}
+
+/// Refuses a message meant for another group, or for another node than `node_id`.
+fn check(served: GroupId, node_id: NodeId, group: GroupId, target: NodeId) -> Result<(), Status> {
+    if group != served {
+        return Err(Status::not_found(format!(
+            "raft group {group} is not served here"
+        )));
+    }
+    if target != node_id {
+        // Another node now answers at the address the sender knows for `target`.
+        return Err(Status::failed_precondition(format!(
+            "this is node {node_id}, not node {target}"
+        )));
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a follower keeps for one replication stream: when each request not yet answered
+/// arrived, with its share of the byte budget, and why the stream was refused, if it was.
+#[derive(Clone, Default)]
+struct StreamState {
+    pending: Arc<Mutex<VecDeque<(Instant, OwnedSemaphorePermit)>>>,
+    refused: Arc<Mutex<Option<Status>>>,
+}
+
+impl StreamState {
+    fn refuse<T>(&self, status: Status) -> Option<T> {
+        *lock(&self.refused) = Some(status);
+        None
+    }
+}
+
+/// The append requests of a replication stream, checked and decoded, each taken only once
+/// its bytes fit in the budget. A refused message ends the requests (see `StreamState`).
+///
+/// The requests also end when the server stops: the leader never ends its side, and a
+/// request stream still open keeps the server from finishing.
+fn append_requests(
+    incoming: Streaming<RaftRequest>,
+    (served, node_id): (GroupId, NodeId),
+    state: StreamState,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
+    let budget = Arc::new(Semaphore::new(STREAM_BUDGET_KIB));
+    futures::stream::unfold(Some((incoming, stopping)), move |open| {
+        let (budget, state) = (budget.clone(), state.clone());
+        async move {
+            let (mut incoming, mut stopping) = open?;
+            let message = tokio::select! {
+                message = incoming.message() => message,
+                _ = stopping.wait_for(|stopping| *stopping) => return None,
+            };
+            let message = match message {
+                Ok(Some(message)) => message,
+                Ok(None) => return None,
+                Err(status) => return state.refuse(status),
+            };
+            let arrived = Instant::now();
+            if let Err(status) = check(served, node_id, message.group_id, message.target_node_id) {
+                return state.refuse(status);
+            }
+            let rpc = match decode(&message.payload) {
+                Ok(rpc) => rpc,
+                Err(status) => return state.refuse(status),
+            };
+            let kib = (message.payload.len() / 1024).clamp(1, STREAM_BUDGET_KIB);
+            // The semaphore is never closed.
+            let permit = budget.acquire_many_owned(kib as u32).await.ok()?;
+            lock(&state.pending).push_back((arrived, permit));
+            Some((rpc, Some((incoming, stopping))))
+        }
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
@@ -70,6 +158,47 @@ impl RaftService for RaftGrpc {
         // on disk here.
         metrics::histogram!("raftq_append_entries_seconds").record(started.elapsed().as_secs_f64());
         reply(&response)
+    }
+
+    type AppendEntriesStreamStream = AnswerStream;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        let state = StreamState::default();
+        let requests = append_requests(
+            request.into_inner(),
+            (self.group, self.node_id),
+            state.clone(),
+            self.stopping.clone(),
+        );
+        // openraft submits each request's entries before earlier ones are on disk and
+        // yields the answers in order.
+        let answers = Box::pin(self.raft.stream_append(requests));
+        let pending = state.pending.clone();
+        let answers = answers.map(move |answer| {
+            if let Some((arrived, _budget)) = lock(&pending).pop_front() {
+                metrics::histogram!("raftq_append_entries_seconds")
+                    .record(arrived.elapsed().as_secs_f64());
+            }
+            match answer {
+                Ok(result) => bincode::serialize(&result)
+                    .map(|payload| RaftResponse { payload })
+                    .map_err(|e| Status::internal(e.to_string())),
+                Err(fatal) => Err(Status::unavailable(fatal.to_string())),
+            }
+        });
+        // After the last answer, the reason the requests stopped, if one was refused.
+        let refused = futures::stream::once(async move { lock(&state.refused).take() })
+            .filter_map(|refused| async move { refused.map(Err) });
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        Ok(Response::new(Box::pin(
+            answers.chain(refused).take_until(stopped),
+        )))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {

@@ -63,7 +63,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(node.raft_service())
+        .add_service(node.raft_service(stopped.clone()))
         .add_service(
             QueueServiceServer::new(QueueApi {
                 context: context.clone(),
