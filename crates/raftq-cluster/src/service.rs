@@ -27,7 +27,7 @@ const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 /// waiting for their entries to reach the disk; the stream reads no further until some
 /// are answered (and HTTP/2 flow control then holds the leader back). A request larger
 /// than this is taken alone.
-const STREAM_BUDGET_KIB: usize = 32 * 1024;
+const STREAM_BUDGET_KIB: usize = 16 * 1024;
 
 /// Streamed answers to a leader's append requests.
 type AnswerStream = Pin<Box<dyn Stream<Item = Result<RaftResponse, Status>> + Send + 'static>>;
