@@ -395,3 +395,51 @@ async fn a_follower_far_behind_catches_up_through_the_log_in_pieces() {
         .depth;
     assert_eq!(depth, 160_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_exits_on_sigterm_while_the_leader_streams_entries_to_it() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "busy", pb::QueueOptions::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_of(leader);
+    // A writer keeps the leader's replication stream to the follower busy.
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (client, running) = (cluster.client(), running.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut attempted) = (0u64, 0u64);
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                attempted += 1;
+                if client.send("busy", Message::new("x")).await.is_ok() {
+                    acked += 1;
+                }
+            }
+            (acked, attempted)
+        })
+    };
+    wait_until("some sends acknowledged", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let depth = client.get_queue("busy").await.ok()?.stats?.depth;
+            (depth >= 20).then_some(())
+        }
+    })
+    .await;
+    // The harness fails the test if the node has not exited within its deadline: an open
+    // replication stream must not keep a stopping server alive.
+    cluster.node(follower).stop();
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (acked, attempted) = writer.await.expect("writer");
+    let depth = client
+        .get_queue("busy")
+        .await
+        .expect("queue")
+        .stats
+        .unwrap_or_default()
+        .depth;
+    assert!(
+        (acked..=attempted).contains(&depth),
+        "{acked} acknowledged, {attempted} attempted, {depth} stored"
+    );
+}

@@ -23,6 +23,9 @@ const TEST_RAFT_ENV: [(&str, &str); 3] = [
 ];
 
 /// libfaketime from Debian's `faketime` package, for clock-skew faults.
+/// How long a node may take to exit after SIGTERM (a leader first hands over, which is
+/// bounded by seconds) before a test fails.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(30);
 pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// The `raftq` binary under test: `$RAFTQ_BIN`, or the one built next to this test binary.
@@ -158,10 +161,25 @@ impl NodeProcess {
     }
 
     /// SIGTERM and wait for a clean exit.
+    /// Stops the node with SIGTERM and waits for it to exit. A node that has not exited
+    /// within [`STOP_DEADLINE`] fails the test (after being killed), rather than hanging it.
     pub fn stop(&mut self) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        if let Some(mut child) = self.child.take() {
-            child.wait().expect("wait for stopped node");
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + STOP_DEADLINE;
+        while child.try_wait().expect("wait for stopped node").is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node {} did not exit within {STOP_DEADLINE:?} of SIGTERM\n{}",
+                    self.id,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -16,3 +16,11 @@ pub use raftq_store::NodeId;
 /// Largest Raft RPC accepted or sent over gRPC. Bounded: a batch of append entries holds
 /// at most `max_payload_entries` entries of at most one client batch each.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Locks `mutex`; a panic elsewhere while it was held leaves plain bookkeeping (deadlines,
+/// permits) that stays usable, so the lock is taken anyway.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -23,7 +23,7 @@ use raftq_core::GroupId;
 use raftq_proto::raft_pb::{RaftRequest, SnapshotChunk, raft_service_client::RaftServiceClient};
 use raftq_store::{Entry, Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
-use crate::MAX_RAFT_MESSAGE_BYTES;
+use crate::{MAX_RAFT_MESSAGE_BYTES, lock};
 
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -136,12 +136,6 @@ type AppendStream<'s> = Result<
     BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
     RPCError<TypeConfig>,
 >;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The follower's answers and the deadlines of the requests not yet answered (earliest
 /// first); `None` once the stream has ended with an error.

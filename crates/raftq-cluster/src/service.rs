@@ -19,6 +19,7 @@ use raftq_store::{
     IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
 };
 
+use crate::lock;
 use crate::node::Raft;
 
 /// Largest snapshot a node accepts over the transport.
@@ -63,12 +64,6 @@ fn check(served: GroupId, node_id: NodeId, group: GroupId, target: NodeId) -> Re
         )));
     }
     Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a follower keeps for one replication stream: when each request not yet answered
