@@ -109,21 +109,21 @@ struct RunArgs {
     /// Body bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Producers (per queue).
-    #[arg(long, default_value_t = 16)]
-    producers: usize,
-    /// Consumers (per queue) for end-to-end and backlog.
-    #[arg(long, default_value_t = 4)]
-    consumers: usize,
-    /// Messages per send request (1: Send, more: SendBatch).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Producers (per queue) [default: 16; backlog: 8, as the suite runs it].
+    #[arg(long)]
+    producers: Option<usize>,
+    /// Consumers (per queue) for end-to-end and backlog [default: 4; backlog: 8].
+    #[arg(long)]
+    consumers: Option<usize>,
+    /// Messages per send request (1: Send, more: SendBatch) [default: 1; backlog: 100].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Messages per receive.
     #[arg(long, default_value_t = 100)]
     receive_max: usize,
-    /// Requests each producer keeps in flight.
-    #[arg(long, default_value_t = 1)]
-    window: usize,
+    /// Requests each producer keeps in flight [default: 1; backlog: 4].
+    #[arg(long)]
+    window: Option<usize>,
     /// Seconds to send for (ignored when --messages is given).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -288,11 +288,17 @@ fn suite_plan(args: &SuiteArgs) -> Vec<(String, Scenario, Load)> {
 }
 
 fn run_load(args: &RunArgs) -> Load {
+    // A backlog is filled and drained as the suite does it unless told otherwise: with one
+    // message per request, filling a million takes minutes.
+    let (producers, window, batch, consumers) = match args.scenario {
+        Scenario::Backlog => (8, 4, 100, 8),
+        _ => (16, 1, 1, 4),
+    };
     let mut load = Load {
-        producers: args.producers,
-        window: args.window,
-        batch: args.batch,
-        consumers: args.consumers,
+        producers: args.producers.unwrap_or(producers),
+        window: args.window.unwrap_or(window),
+        batch: args.batch.unwrap_or(batch),
+        consumers: args.consumers.unwrap_or(consumers),
         receive_max: args.receive_max,
         size: args.size,
         groups: args.groups,
@@ -687,5 +693,42 @@ async fn main() -> anyhow::Result<()> {
             clean_work_dir(&args.targets.work_dir);
             suite(args).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Mode, run_load};
+
+    fn load_of(command: &str) -> super::Load {
+        let cli = Cli::try_parse_from(command.split_whitespace()).expect("parses");
+        match cli.command {
+            Mode::Run(args) => run_load(&args),
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    /// Producers, window, batch, consumers.
+    fn shape(load: &super::Load) -> (usize, usize, usize, usize) {
+        (load.producers, load.window, load.batch, load.consumers)
+    }
+
+    #[test]
+    fn a_backlog_run_fills_and_drains_as_the_suite_does_unless_told_otherwise() {
+        let load = load_of("raftq-bench run --scenario backlog");
+        assert_eq!(shape(&load), (8, 4, 100, 8));
+        assert_eq!(load.messages, Some(1_000_000));
+        let load = load_of("raftq-bench run --scenario backlog --producers 2 --batch 1");
+        assert_eq!(shape(&load), (2, 4, 1, 8));
+    }
+
+    #[test]
+    fn other_runs_default_to_sixteen_producers_of_one_message() {
+        let load = load_of("raftq-bench run --scenario produce");
+        assert_eq!(shape(&load), (16, 1, 1, 0));
+        let load = load_of("raftq-bench run --scenario end-to-end --window 2");
+        assert_eq!(shape(&load), (16, 2, 1, 4));
     }
 }
