@@ -160,7 +160,6 @@ impl NodeProcess {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
-    /// SIGTERM and wait for a clean exit.
     /// Stops the node with SIGTERM and waits for it to exit. A node that has not exited
     /// within [`STOP_DEADLINE`] fails the test (after being killed), rather than hanging it.
     pub fn stop(&mut self) {

@@ -128,9 +128,14 @@ fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
-fn reply<T: serde::Serialize>(message: &T) -> Result<Response<RaftResponse>, Status> {
+/// One answer, encoded for the wire.
+fn answer<T: serde::Serialize>(message: &T) -> Result<RaftResponse, Status> {
     let payload = bincode::serialize(message).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftResponse { payload }))
+    Ok(RaftResponse { payload })
+}
+
+fn reply<T: serde::Serialize>(message: &T) -> Result<Response<RaftResponse>, Status> {
+    answer(message).map(Response::new)
 }
 
 #[tonic::async_trait]
@@ -172,15 +177,13 @@ impl RaftService for RaftGrpc {
         // yields the answers in order.
         let answers = Box::pin(self.raft.stream_append(requests));
         let pending = state.pending.clone();
-        let answers = answers.map(move |answer| {
+        let answers = answers.map(move |result| {
             if let Some((arrived, _budget)) = lock(&pending).pop_front() {
                 metrics::histogram!("raftq_append_entries_seconds")
                     .record(arrived.elapsed().as_secs_f64());
             }
-            match answer {
-                Ok(result) => bincode::serialize(&result)
-                    .map(|payload| RaftResponse { payload })
-                    .map_err(|e| Status::internal(e.to_string())),
+            match result {
+                Ok(result) => answer(&result),
                 Err(fatal) => Err(Status::unavailable(fatal.to_string())),
             }
         });
