@@ -18,6 +18,9 @@ pub enum ClusterError {
     MembershipBusy { reason: String },
     #[error("the raft node has stopped: {reason}")]
     Stopped { reason: String },
+    /// The write was applied, but what it returns could not be read from the disk.
+    #[error("storage error after the write was applied: {reason}")]
+    Storage { reason: String },
 }
 
 fn leader_hint(id: &Option<NodeId>, address: &Option<String>) -> String {
@@ -38,7 +41,9 @@ impl ClusterError {
             | ClusterError::NoQuorum { .. }
             | ClusterError::OutcomeUnknown
             | ClusterError::MembershipBusy { .. } => true,
-            ClusterError::Membership { .. } | ClusterError::Stopped { .. } => false,
+            ClusterError::Membership { .. }
+            | ClusterError::Stopped { .. }
+            | ClusterError::Storage { .. } => false,
         }
     }
 }

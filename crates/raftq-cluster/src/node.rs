@@ -223,8 +223,28 @@ impl Proposer {
             ),
         })?;
         match client_write_result(written)?.data {
-            Applied::Queue(outcome) => Ok(*outcome),
+            Applied::Queue(outcome) => self.with_bodies(*outcome).await,
             Applied::Internal => Err(stopped("a queue command produced no outcome")),
+        }
+    }
+
+    /// Reads the bodies of the messages `outcome` delivers, on a blocking thread (see
+    /// `SharedState::fill_bodies`). At most `MAX_IN_FLIGHT_BATCHES` reads run at once, as
+    /// each holds its batch's slot.
+    async fn with_bodies(&self, mut outcome: Result<Outcome, QueueError>) -> WriteResult {
+        if !SharedState::needs_bodies(&outcome) {
+            return Ok(outcome);
+        }
+        let shared = self.shared.clone();
+        let read =
+            tokio::task::spawn_blocking(move || shared.fill_bodies(&mut outcome).map(|()| outcome))
+                .await;
+        match read {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(error)) => Err(ClusterError::Storage {
+                reason: format!("reading the bodies of delivered messages: {error}"),
+            }),
+            Err(error) => Err(stopped(format!("reading delivered bodies: {error}"))),
         }
     }
 

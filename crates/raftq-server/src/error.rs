@@ -51,6 +51,7 @@ impl From<ServiceError> for Status {
                     ClusterError::Membership { .. } => (Code::FailedPrecondition, None, 0),
                     ClusterError::MembershipBusy { .. } => (Code::Unavailable, None, 200),
                     ClusterError::Stopped { .. } => (Code::Unavailable, None, 1_000),
+                    ClusterError::Storage { .. } => (Code::Internal, None, 0),
                 };
                 let mut status = Status::new(code, message);
                 if let Some(address) = leader.and_then(|address| address.parse().ok()) {

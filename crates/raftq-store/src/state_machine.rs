@@ -182,6 +182,30 @@ impl SharedState {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether `outcome` delivers messages whose bodies are in the `bodies` family, so that
+    /// [`SharedState::fill_bodies`] has something to read.
+    pub fn needs_bodies(outcome: &Result<Outcome, QueueError>) -> bool {
+        match outcome {
+            Ok(Outcome::Received(deliveries)) => deliveries.iter().any(|d| d.body_ref.len > 0),
+            Ok(Outcome::Batch(outcomes)) => outcomes.iter().any(Self::needs_bodies),
+            _ => false,
+        }
+    }
+
+    /// Fills in the bodies of the messages `outcome` delivers. The node that proposed the
+    /// entry calls this once it is applied, on a blocking thread: reading bodies that are no
+    /// longer in memory takes disk reads, and doing that inside apply would hold up every
+    /// later entry (a draining backlog spent most of the apply task's time there).
+    ///
+    /// Between apply and this read a delivered body stays: a body is deleted only with a
+    /// snapshot taken after its message stopped being referred to (acknowledged, purged,
+    /// or its queue deleted), which a delivery in flight holds off unless its lease runs
+    /// out first. Should that happen, the read fails with [`StoreError::MissingBody`] and
+    /// the receive is answered with that error; the message is gone from the queue anyway.
+    pub fn fill_bodies(&self, outcome: &mut Result<Outcome, QueueError>) -> Result<(), StoreError> {
+        self.bodies.fill(outcome)
+    }
+
     /// Receives the index of the last applied entry each time entries are applied.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
@@ -565,18 +589,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => Applied::Internal,
                 EntryPayload::Normal(request) => {
                     let kind = request.command.kind();
-                    let mut outcome = {
+                    let outcome = {
                         let mut state = self.shared.write();
                         let outcome = state.apply(request);
                         let effects = state.take_body_effects();
                         self.shared.bodies.write(effects)?;
                         outcome
                     };
-                    // Only the node that proposed the entry answers, so only it reads the
-                    // delivered bodies.
-                    if responder.is_some() {
-                        self.shared.bodies.fill(&mut outcome)?;
-                    }
+                    // Delivered bodies are read by the node that proposed the entry, after
+                    // apply and off this task (`SharedState::fill_bodies`).
                     let result = if outcome.is_ok() { "ok" } else { "refused" };
                     metrics::counter!("raftq_commands_applied_total", "command" => kind, "result" => result)
                         .increment(1);

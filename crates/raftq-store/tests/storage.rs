@@ -8,8 +8,11 @@ use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{RaftLogReader, RaftSnapshotBuilder, StorageError};
-use raftq_core::{Command, QueueOptions, Request};
-use raftq_store::{Db, Entry, LogId, LogStore, OpenOptions, StateMachineStore, TypeConfig, Vote};
+use raftq_core::{Command, Outcome, QueueError, QueueOptions, Request};
+use raftq_store::{
+    Db, Entry, LogId, LogStore, OpenOptions, SharedState, StateMachineStore, StoreError,
+    TypeConfig, Vote,
+};
 use tempfile::TempDir;
 
 struct Builder;
@@ -179,6 +182,20 @@ fn peeked_bodies(sm: &StateMachineStore) -> Vec<String> {
         .collect()
 }
 
+/// Sends one message per body to queue `q`.
+fn send(bodies: &[&str]) -> Command {
+    Command::Send {
+        queue: "q".into(),
+        messages: bodies
+            .iter()
+            .map(|text| raftq_core::NewMessage {
+                body: text.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 fn ack(index: u64, message_id: u64) -> Entry {
     entry(
         index,
@@ -199,16 +216,7 @@ async fn bodies_live_in_rocksdb_through_snapshots_restarts_and_installs() {
     {
         let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
         let mut sm = StateMachineStore::open(db, 1).unwrap();
-        let send = Command::Send {
-            queue: "q".into(),
-            messages: ["a", "b", "c"]
-                .iter()
-                .map(|text| raftq_core::NewMessage {
-                    body: text.as_bytes().to_vec(),
-                    ..Default::default()
-                })
-                .collect(),
-        };
+        let send = send(&["a", "b", "c"]);
         let receive = Command::Receive {
             queue: "q".into(),
             max_messages: 10,
@@ -249,4 +257,85 @@ async fn bodies_live_in_rocksdb_through_snapshots_restarts_and_installs() {
     let db = Db::open(elsewhere.path(), &OpenOptions::default()).unwrap();
     let other = StateMachineStore::open(db, 1).unwrap();
     assert_eq!(peeked_bodies(&other), ["b", "c"]);
+}
+
+/// A delivery as the proposing node's apply leaves it: the body still to be read.
+fn unread(message: &raftq_core::StoredMessage) -> raftq_core::Delivery {
+    raftq_core::Delivery {
+        message_id: message.message_id,
+        sequence: message.sequence,
+        body: Vec::new(),
+        body_ref: message.body,
+        headers: BTreeMap::new(),
+        properties: Default::default(),
+        group: String::new(),
+        priority: 0,
+        receipt: raftq_core::Receipt {
+            message_id: message.message_id,
+            attempt: 1,
+        },
+        enqueued_at_ms: 0,
+        lease_expires_at_ms: 0,
+        expires_at_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn delivered_bodies_are_read_after_apply_from_table_files_and_a_missing_one_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+    let mut sm = StateMachineStore::open(db, 1).unwrap();
+    apply_all(
+        &mut sm,
+        vec![create("q", 1), entry(2, send(&["a", "", "c"]))],
+    )
+    .await;
+    // Taking a snapshot writes the bodies family out to its table files.
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let shared = sm.shared();
+    let stored: Vec<_> = shared
+        .peek("q", 0, 10, 0, "")
+        .unwrap()
+        .into_iter()
+        .map(|(message, _)| message)
+        .collect();
+
+    let mut outcome = Ok(Outcome::Batch(vec![
+        Ok(Outcome::Acked {
+            already_acked: false,
+        }),
+        Ok(Outcome::Received(stored.iter().map(unread).collect())),
+    ]));
+    assert!(SharedState::needs_bodies(&outcome));
+    shared.fill_bodies(&mut outcome).unwrap();
+    let Ok(Outcome::Batch(outcomes)) = outcome else {
+        panic!("not a batch: {outcome:?}")
+    };
+    let Ok(Outcome::Received(filled)) = &outcomes[1] else {
+        panic!("not a delivery: {:?}", outcomes[1])
+    };
+    let bodies: Vec<&[u8]> = filled.iter().map(|d| d.body.as_slice()).collect();
+    assert_eq!(bodies, [b"a".as_slice(), b"", b"c"]);
+
+    // Nothing to read: an empty body, a refusal.
+    assert!(!SharedState::needs_bodies(&Ok(Outcome::Received(vec![
+        unread(&stored[1])
+    ]))));
+    assert!(!SharedState::needs_bodies(&Err(
+        QueueError::QueueNotFound { name: "q".into() }
+    )));
+
+    // A body that is not there is an error, not an empty message.
+    let mut gone = stored[0].clone();
+    gone.body.key = 1_000;
+    let mut outcome = Ok(Outcome::Received(vec![unread(&gone)]));
+    let error = shared.fill_bodies(&mut outcome).unwrap_err();
+    assert!(
+        matches!(error, StoreError::MissingBody { key: 1_000 }),
+        "{error}"
+    );
 }
