@@ -19,3 +19,48 @@ async fn a_cli_command_whose_reader_has_gone_stops_quietly() {
     assert_eq!(output.status.code(), Some(141), "stderr: {stderr}");
     assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
 }
+
+#[test]
+fn dev_refuses_ports_in_use_before_starting_any_node() {
+    // Something already listens where the second node's gRPC port would be.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("address").port();
+    let data = tempfile::TempDir::new().expect("temp dir");
+    let mut dev = std::process::Command::new(raftq_tests::raftq_binary())
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--base-port",
+            &(port - 1).to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start raftq dev");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = dev.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = dev.kill();
+            panic!("raftq dev kept running with port {port} taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = dev.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("already in use") && stderr.contains(&port.to_string()),
+        "stderr: {stderr}"
+    );
+    let started: Vec<_> = std::fs::read_dir(data.path())
+        .map(|entries| entries.flatten().map(|entry| entry.file_name()).collect())
+        .unwrap_or_default();
+    assert!(started.is_empty(), "no node started: {started:?}");
+    drop(held);
+}

@@ -23,6 +23,25 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     if options.nodes == 0 || options.nodes > 9 {
         anyhow::bail!("--nodes must be in 1..=9");
     }
+    if u32::from(options.base_port) + u32::from(HTTP_PORT_OFFSET) + u32::from(options.nodes)
+        > u32::from(u16::MAX)
+    {
+        anyhow::bail!(
+            "--base-port {} leaves no room for {} node(s): each needs its port and the one {HTTP_PORT_OFFSET} above it",
+            options.base_port,
+            options.nodes
+        );
+    }
+    // A node that cannot bind its port exits, while whatever holds the port (often an
+    // earlier `raftq dev`) may answer in its place: check before starting any node.
+    let taken = ports_in_use(&options);
+    if !taken.is_empty() {
+        let taken: Vec<String> = taken.iter().map(u16::to_string).collect();
+        anyhow::bail!(
+            "port(s) {} on 127.0.0.1 already in use (another raftq dev?): stop what holds them, or choose other ports with --base-port",
+            taken.join(", ")
+        );
+    }
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
     let peers: Vec<String> = (0..options.nodes)
@@ -61,9 +80,9 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     )?;
     tokio::select! {
         status = wait_for_leader(&client) => {
-            match status {
+            match status.and_then(|leader| all_running(&mut children).map(|()| leader)) {
                 Ok(leader) => println!("raftq dev: ready, leader is {leader}. Try:\n  raftq --addr {} queue create orders\nCtrl-C stops the cluster.", addresses[0]),
-                Err(error) => eprintln!("raftq dev: no leader yet ({error}); see the node logs"),
+                Err(error) => eprintln!("raftq dev: not ready: {error}; see the node logs"),
             }
         }
         _ = crate::serve::shutdown_signal() => {}
@@ -100,6 +119,34 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let mut children: Vec<Child> = running.into_iter().flatten().collect();
     stop_all(&mut children).await;
     println!("raftq dev: stopped");
+    Ok(())
+}
+
+/// The gRPC and HTTP ports of the nodes that something already listens on.
+fn ports_in_use(options: &DevOptions) -> Vec<u16> {
+    (0..options.nodes)
+        .flat_map(|i| {
+            [
+                options.base_port + i,
+                options.base_port + HTTP_PORT_OFFSET + i,
+            ]
+        })
+        .filter(|port| {
+            matches!(
+                std::net::TcpListener::bind(("127.0.0.1", *port)),
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse
+            )
+        })
+        .collect()
+}
+
+/// Fails if a node has exited already, naming it and its log.
+fn all_running(children: &mut [Child]) -> anyhow::Result<()> {
+    for (index, child) in children.iter_mut().enumerate() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("node {} exited ({status})", index + 1);
+        }
+    }
     Ok(())
 }
 
