@@ -196,7 +196,8 @@ struct Proposer {
 
 impl Proposer {
     /// Stamps the leader's time on `command`, replicates it to a quorum and returns the
-    /// state machine's outcome.
+    /// state machine's outcome, with the bodies of any deliveries not read yet (see
+    /// `with_bodies`).
     async fn propose(&self, command: Command) -> WriteResult {
         let log_now_ms = self.shared.read().now_ms();
         let request = Request {
@@ -223,29 +224,57 @@ impl Proposer {
             ),
         })?;
         match client_write_result(written)?.data {
-            Applied::Queue(outcome) => self.with_bodies(*outcome).await,
+            Applied::Queue(outcome) => Ok(*outcome),
             Applied::Internal => Err(stopped("a queue command produced no outcome")),
         }
     }
 
-    /// Reads the bodies of the messages `outcome` delivers, on a blocking thread (see
-    /// `SharedState::fill_bodies`). At most `MAX_IN_FLIGHT_BATCHES` reads run at once, as
-    /// each holds its batch's slot.
-    async fn with_bodies(&self, mut outcome: Result<Outcome, QueueError>) -> WriteResult {
-        if !SharedState::needs_bodies(&outcome) {
-            return Ok(outcome);
+    /// Reads the bodies of the messages each outcome delivers, on a blocking thread (see
+    /// `SharedState::fill_bodies`), and answers each command on its own: a body that cannot
+    /// be read fails only the receive that delivered it. At most `MAX_IN_FLIGHT_BATCHES`
+    /// reads run at once, as each holds its batch's slot.
+    async fn with_bodies(&self, outcomes: Vec<Result<Outcome, QueueError>>) -> Vec<WriteResult> {
+        let unreadable = |error: String| ClusterError::Storage {
+            reason: format!("reading the bodies of delivered messages: {error}"),
+        };
+        let mut answers: Vec<Option<WriteResult>> = Vec::with_capacity(outcomes.len());
+        let mut to_read = Vec::new();
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            if SharedState::needs_bodies(&outcome) {
+                to_read.push((index, outcome));
+                answers.push(None);
+            } else {
+                answers.push(Some(Ok(outcome)));
+            }
         }
-        let shared = self.shared.clone();
-        let read =
-            tokio::task::spawn_blocking(move || shared.fill_bodies(&mut outcome).map(|()| outcome))
-                .await;
-        match read {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(error)) => Err(ClusterError::Storage {
-                reason: format!("reading the bodies of delivered messages: {error}"),
-            }),
-            Err(error) => Err(stopped(format!("reading delivered bodies: {error}"))),
+        if !to_read.is_empty() {
+            let indexes: Vec<usize> = to_read.iter().map(|(index, _)| *index).collect();
+            let shared = self.shared.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                to_read
+                    .into_iter()
+                    .map(|(_, mut outcome)| shared.fill_bodies(&mut outcome).map(|()| outcome))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            match read {
+                Ok(filled) => {
+                    for (index, filled) in indexes.into_iter().zip(filled) {
+                        answers[index] =
+                            Some(filled.map_err(|error| unreadable(error.to_string())));
+                    }
+                }
+                Err(error) => {
+                    for index in indexes {
+                        answers[index] = Some(Err(unreadable(error.to_string())));
+                    }
+                }
+            }
         }
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(unreadable("not read".into()))))
+            .collect()
     }
 
     /// Proposes the commands of `batch` as one entry (a single command as itself) and
@@ -254,7 +283,15 @@ impl Proposer {
         metrics::histogram!("raftq_write_batch_commands").record(batch.len() as f64);
         if batch.len() == 1 {
             let proposal = batch.remove(0);
-            let _ = proposal.reply.send(self.propose(proposal.command).await);
+            let answer = match self.propose(proposal.command).await {
+                Ok(outcome) => self
+                    .with_bodies(vec![outcome])
+                    .await
+                    .pop()
+                    .unwrap_or_else(|| Err(stopped("a command got no answer"))),
+                Err(error) => Err(error),
+            };
+            let _ = proposal.reply.send(answer);
             return;
         }
         let (commands, replies): (Vec<Command>, Vec<_>) = batch
@@ -264,8 +301,9 @@ impl Proposer {
         let count = commands.len();
         match self.propose(Command::Batch(commands)).await {
             Ok(Ok(Outcome::Batch(results))) if results.len() == count => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
+                let answers = self.with_bodies(results).await;
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
                 }
             }
             Ok(Ok(other)) => {

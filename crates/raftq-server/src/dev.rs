@@ -23,11 +23,12 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     if options.nodes == 0 || options.nodes > 9 {
         anyhow::bail!("--nodes must be in 1..=9");
     }
-    if u32::from(options.base_port) + u32::from(HTTP_PORT_OFFSET) + u32::from(options.nodes)
-        > u32::from(u16::MAX)
+    if options.base_port == 0
+        || u32::from(options.base_port) + u32::from(HTTP_PORT_OFFSET) + u32::from(options.nodes) - 1
+            > u32::from(u16::MAX)
     {
         anyhow::bail!(
-            "--base-port {} leaves no room for {} node(s): each needs its port and the one {HTTP_PORT_OFFSET} above it",
+            "--base-port {} does not fit {} node(s): each needs a port from 1 up, and the one {HTTP_PORT_OFFSET} above it",
             options.base_port,
             options.nodes
         );
@@ -80,7 +81,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     )?;
     tokio::select! {
         status = wait_for_leader(&client) => {
-            match status.and_then(|leader| all_running(&mut children).map(|()| leader)) {
+            match status.and_then(|leader| all_running(&mut children, &options.data_dir).map(|()| leader)) {
                 Ok(leader) => println!("raftq dev: ready, leader is {leader}. Try:\n  raftq --addr {} queue create orders\nCtrl-C stops the cluster.", addresses[0]),
                 Err(error) => eprintln!("raftq dev: not ready: {error}; see the node logs"),
             }
@@ -141,10 +142,14 @@ fn ports_in_use(options: &DevOptions) -> Vec<u16> {
 }
 
 /// Fails if a node has exited already, naming it and its log.
-fn all_running(children: &mut [Child]) -> anyhow::Result<()> {
+fn all_running(children: &mut [Child], data_dir: &Path) -> anyhow::Result<()> {
     for (index, child) in children.iter_mut().enumerate() {
         if let Some(status) = child.try_wait()? {
-            anyhow::bail!("node {} exited ({status})", index + 1);
+            let node_id = index as u16 + 1;
+            anyhow::bail!(
+                "node {node_id} exited ({status}); its log is {}",
+                log_path(data_dir, node_id).display()
+            );
         }
     }
     Ok(())

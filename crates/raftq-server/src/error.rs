@@ -123,6 +123,10 @@ mod tests {
                 ClusterError::Membership { reason: "x".into() }.into(),
                 Code::FailedPrecondition,
             ),
+            (
+                ClusterError::Storage { reason: "x".into() }.into(),
+                Code::Internal,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);

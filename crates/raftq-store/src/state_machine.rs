@@ -197,11 +197,11 @@ impl SharedState {
     /// longer in memory takes disk reads, and doing that inside apply would hold up every
     /// later entry (a draining backlog spent most of the apply task's time there).
     ///
-    /// Between apply and this read a delivered body stays: a body is deleted only with a
-    /// snapshot taken after its message stopped being referred to (acknowledged, purged,
-    /// or its queue deleted), which a delivery in flight holds off unless its lease runs
-    /// out first. Should that happen, the read fails with [`StoreError::MissingBody`] and
-    /// the receive is answered with that error; the message is gone from the queue anyway.
+    /// Between apply and this read, a delivered body is deleted only by a snapshot taken
+    /// after its message left the queue: its queue was purged or deleted, or the message
+    /// was acknowledged (by this delivery's receipt, or after its lease ran out and it was
+    /// delivered again). Should that come first, the read fails with
+    /// [`StoreError::MissingBody`]; the caller answers that receive alone with the error.
     pub fn fill_bodies(&self, outcome: &mut Result<Outcome, QueueError>) -> Result<(), StoreError> {
         self.bodies.fill(outcome)
     }
