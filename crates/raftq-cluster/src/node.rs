@@ -230,51 +230,18 @@ impl Proposer {
     }
 
     /// Reads the bodies of the messages each outcome delivers, on a blocking thread (see
-    /// `SharedState::fill_bodies`), and answers each command on its own: a body that cannot
-    /// be read fails only the receive that delivered it. At most `MAX_IN_FLIGHT_BATCHES`
-    /// reads run at once, as each holds its batch's slot.
+    /// `SharedState::fill_bodies` and `read_bodies`). At most `MAX_IN_FLIGHT_BATCHES` reads
+    /// run at once, as each holds its batch's slot.
     async fn with_bodies(&self, outcomes: Vec<Result<Outcome, QueueError>>) -> Vec<WriteResult> {
-        let unreadable = |error: String| ClusterError::Storage {
-            reason: format!("reading the bodies of delivered messages: {error}"),
-        };
-        let mut answers: Vec<Option<WriteResult>> = Vec::with_capacity(outcomes.len());
-        let mut to_read = Vec::new();
-        for (index, outcome) in outcomes.into_iter().enumerate() {
-            if SharedState::needs_bodies(&outcome) {
-                to_read.push((index, outcome));
-                answers.push(None);
-            } else {
-                answers.push(Some(Ok(outcome)));
-            }
+        if !outcomes.iter().any(SharedState::needs_bodies) {
+            return outcomes.into_iter().map(Ok).collect();
         }
-        if !to_read.is_empty() {
-            let indexes: Vec<usize> = to_read.iter().map(|(index, _)| *index).collect();
-            let shared = self.shared.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                to_read
-                    .into_iter()
-                    .map(|(_, mut outcome)| shared.fill_bodies(&mut outcome).map(|()| outcome))
-                    .collect::<Vec<_>>()
-            })
-            .await;
-            match read {
-                Ok(filled) => {
-                    for (index, filled) in indexes.into_iter().zip(filled) {
-                        answers[index] =
-                            Some(filled.map_err(|error| unreadable(error.to_string())));
-                    }
-                }
-                Err(error) => {
-                    for index in indexes {
-                        answers[index] = Some(Err(unreadable(error.to_string())));
-                    }
-                }
-            }
+        let count = outcomes.len();
+        let shared = self.shared.clone();
+        match tokio::task::spawn_blocking(move || read_bodies(&shared, outcomes)).await {
+            Ok(answers) => answers,
+            Err(error) => (0..count).map(|_| Err(unreadable(&error))).collect(),
         }
-        answers
-            .into_iter()
-            .map(|answer| answer.unwrap_or_else(|| Err(unreadable("not read".into()))))
-            .collect()
     }
 
     /// Proposes the commands of `batch` as one entry (a single command as itself) and
@@ -323,6 +290,32 @@ impl Proposer {
                 }
             }
         }
+    }
+}
+
+/// Fills in the bodies that each outcome delivers, each on its own: a body that cannot be
+/// read fails only the command that delivered it, and the other commands of the entry
+/// get their outcomes. Blocks on RocksDB reads.
+fn read_bodies(
+    shared: &SharedState,
+    outcomes: Vec<Result<Outcome, QueueError>>,
+) -> Vec<WriteResult> {
+    outcomes
+        .into_iter()
+        .map(|mut outcome| {
+            if SharedState::needs_bodies(&outcome) {
+                shared
+                    .fill_bodies(&mut outcome)
+                    .map_err(|error| unreadable(&error))?;
+            }
+            Ok(outcome)
+        })
+        .collect()
+}
+
+fn unreadable(error: &dyn std::fmt::Display) -> ClusterError {
+    ClusterError::Storage {
+        reason: format!("reading the bodies of delivered messages: {error}"),
     }
 }
 
@@ -793,6 +786,115 @@ fn client_write_result<T>(
 #[cfg(test)]
 mod tests {
     use super::LogClock;
+
+    use std::collections::BTreeMap;
+
+    use futures::stream;
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftStateMachine;
+    use raftq_core::{
+        Command, Delivery, NewMessage, Outcome, QueueError, QueueOptions, Receipt, Request,
+    };
+    use raftq_store::{Db, Entry, OpenOptions, SharedState, StateMachineStore};
+
+    use super::read_bodies;
+    use crate::ClusterError;
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry::new_normal(
+            openraft::LogId::new(
+                openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ),
+            Request {
+                now_ms: 1_000 + index,
+                command,
+            },
+        )
+    }
+
+    /// A delivery of `message_id` as apply leaves it: its body (`len` bytes under key
+    /// `message_id`) still to be read.
+    fn unread(message_id: u64, len: u64) -> Delivery {
+        Delivery {
+            message_id,
+            sequence: message_id,
+            body: Vec::new(),
+            body_ref: raftq_core::BodyRef {
+                key: message_id,
+                len,
+            },
+            headers: BTreeMap::new(),
+            properties: Default::default(),
+            group: String::new(),
+            priority: 0,
+            receipt: Receipt {
+                message_id,
+                attempt: 1,
+            },
+            enqueued_at_ms: 0,
+            lease_expires_at_ms: 0,
+            expires_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_cannot_be_read_fails_only_the_receive_that_delivered_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let mut sm = StateMachineStore::open(db, 1).unwrap();
+        let create = Command::CreateQueue {
+            name: "q".into(),
+            options: QueueOptions::default(),
+        };
+        let send = Command::Send {
+            queue: "q".into(),
+            messages: vec![NewMessage {
+                body: b"kept".to_vec(),
+                ..Default::default()
+            }],
+        };
+        let entries = [entry(1, create), entry(2, send)].map(|e| Ok((e, None)));
+        sm.apply(stream::iter(entries)).await.unwrap();
+        let shared: SharedState = sm.shared();
+
+        // One entry's outcomes: an ack, a receive of the stored body, a receive of a body
+        // that is gone, a refusal.
+        let answers = read_bodies(
+            &shared,
+            vec![
+                Ok(Outcome::Acked {
+                    already_acked: false,
+                }),
+                Ok(Outcome::Received(vec![unread(1, 4)])),
+                Ok(Outcome::Received(vec![unread(99, 4)])),
+                Err(QueueError::QueueNotFound { name: "r".into() }),
+            ],
+        );
+        assert_eq!(answers.len(), 4);
+        assert!(matches!(
+            answers[0],
+            Ok(Ok(Outcome::Acked {
+                already_acked: false
+            }))
+        ));
+        match &answers[1] {
+            Ok(Ok(Outcome::Received(deliveries))) => assert_eq!(deliveries[0].body, b"kept"),
+            other => panic!("the readable receive: {other:?}"),
+        }
+        assert!(
+            matches!(&answers[2], Err(ClusterError::Storage { reason }) if reason.contains("99")),
+            "{:?}",
+            answers[2]
+        );
+        assert!(matches!(
+            answers[3],
+            Ok(Err(QueueError::QueueNotFound { .. }))
+        ));
+    }
 
     #[test]
     fn stamps_follow_the_wall_clock_when_it_is_ahead_of_log_time() {
