@@ -20,13 +20,13 @@ async fn a_cli_command_whose_reader_has_gone_stops_quietly() {
     assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
 }
 
-#[test]
-fn dev_refuses_ports_in_use_before_starting_any_node() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_refuses_ports_in_use_before_starting_any_node() {
     // Something already listens where the second node's gRPC port would be.
     let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = held.local_addr().expect("address").port();
     let data = tempfile::TempDir::new().expect("temp dir");
-    let mut dev = std::process::Command::new(raftq_tests::raftq_binary())
+    let dev = tokio::process::Command::new(raftq_tests::raftq_binary())
         .args([
             "dev",
             "--nodes",
@@ -38,22 +38,16 @@ fn dev_refuses_ports_in_use_before_starting_any_node() {
         .arg(data.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("start raftq dev");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = dev.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = dev.kill();
-            panic!("raftq dev kept running with port {port} taken");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let output = dev.wait_with_output().expect("output");
+    // Without the check it would start the nodes and run until stopped.
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), dev.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("raftq dev kept running with port {port} taken"))
+        .expect("output");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!status.success(), "stderr: {stderr}");
+    assert!(!output.status.success(), "stderr: {stderr}");
     assert!(
         stderr.contains("already in use") && stderr.contains(&port.to_string()),
         "stderr: {stderr}"

@@ -240,6 +240,8 @@ impl Proposer {
         let shared = self.shared.clone();
         match tokio::task::spawn_blocking(move || read_bodies(&shared, outcomes)).await {
             Ok(answers) => answers,
+            // The read panicked and took the outcomes with it: every command of the entry
+            // is answered with the error (a bug, not a missing body).
             Err(error) => (0..count).map(|_| Err(unreadable(&error))).collect(),
         }
     }
