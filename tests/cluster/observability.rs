@@ -113,6 +113,9 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
             assert!(metrics.contains("raftq_raft_is_leader 1"), "{metrics}");
             let writes = metric_value(&metrics, "raftq_raft_write_seconds_count");
             assert!(writes > 0.0, "leader commit timings: {metrics}");
+            // Every client write is timed in the batcher's queue: at least the five sends.
+            let queued = metric_value(&metrics, "raftq_write_queue_seconds_count");
+            assert!(queued >= 5.0, "leader queue timings: {metrics}");
         } else {
             let appends = metric_value(&metrics, "raftq_append_entries_seconds_count");
             assert!(appends > 0.0, "follower append timings: {metrics}");

@@ -182,6 +182,8 @@ type WriteResult = Result<Result<Outcome, QueueError>, ClusterError>;
 struct Proposal {
     command: Command,
     reply: oneshot::Sender<WriteResult>,
+    /// When the write was queued, for the time it waits to be proposed.
+    queued: std::time::Instant,
 }
 
 /// What proposing a log entry needs: the Raft handle, the applied state (for log time)
@@ -250,6 +252,10 @@ impl Proposer {
     /// answers each caller with its own command's result.
     async fn propose_batch(&self, mut batch: Vec<Proposal>) {
         metrics::histogram!("raftq_write_batch_commands").record(batch.len() as f64);
+        let waited = metrics::histogram!("raftq_write_queue_seconds");
+        for proposal in &batch {
+            waited.record(proposal.queued.elapsed().as_secs_f64());
+        }
         if batch.len() == 1 {
             let proposal = batch.remove(0);
             let answer = match self.propose(proposal.command).await {
@@ -495,7 +501,11 @@ impl RaftNode {
     pub async fn write(&self, command: Command) -> WriteResult {
         let (reply, answer) = oneshot::channel();
         self.proposals
-            .send(Proposal { command, reply })
+            .send(Proposal {
+                command,
+                reply,
+                queued: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| stopped("the write batcher has stopped"))?;
         answer
