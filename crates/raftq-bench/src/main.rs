@@ -208,8 +208,12 @@ fn default_load(seconds: f64) -> Load {
         duration: Duration::from_secs_f64(seconds),
         preloaded: 0,
         drain_limit: Duration::from_secs(120),
+        call_limit: CALL_LIMIT,
     }
 }
+
+/// Longest one send, receive or ack may take before its target counts as not answering.
+const CALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// The suite's scenarios: the targets name these shapes.
 fn suite_plan(args: &SuiteArgs) -> Vec<(String, Scenario, Load)> {

@@ -44,6 +44,11 @@ pub struct Load {
     /// How long consumers may take to drain once producers are done.
     #[serde(serialize_with = "seconds")]
     pub drain_limit: Duration,
+    /// Longest one send, receive or ack may take. A target that does not answer within it
+    /// is counted as failing: that producer or consumer stops, and the scenario ends
+    /// instead of hanging the suite.
+    #[serde(serialize_with = "seconds")]
+    pub call_limit: Duration,
 }
 
 fn seconds<S: serde::Serializer>(
@@ -157,6 +162,27 @@ pub async fn within_setup_limit<T>(
     })?
 }
 
+/// Why a send, receive or ack did not succeed.
+enum CallError {
+    /// No answer within the call limit: the target is not answering.
+    Unanswered,
+    /// The target answered with an error.
+    Failed(anyhow::Error),
+}
+
+use CallError::{Failed, Unanswered};
+
+async fn within_call_limit<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> std::result::Result<T, CallError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(Failed(error)),
+        Err(_) => Err(Unanswered),
+    }
+}
+
 pub async fn run(
     driver: Arc<dyn Driver>,
     label: &str,
@@ -193,27 +219,28 @@ pub async fn run(
     });
     let mut producers = Vec::new();
     for mut producer in producer_handles {
-        let (counters, budget, size, batch) = (
+        let (counters, budget, size, batch, call_limit) = (
             counters.clone(),
             budget.clone(),
             load.size,
             load.batch as u64,
+            load.call_limit,
         );
         producers.push(tokio::spawn(async move {
             let mut latencies = histogram();
             while let Some(count) = budget.take(batch).await {
                 let bodies = (0..count).map(|_| body(size)).collect();
                 let begin = Instant::now();
-                match producer.send(bodies).await {
+                match within_call_limit(call_limit, producer.send(bodies)).await {
                     Ok(()) => {
                         let _ = latencies.record(begin.elapsed().as_micros() as u64);
                         counters.sent.fetch_add(count, Ordering::Relaxed);
                     }
-                    Err(error) => {
-                        if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                            eprintln!("send failed: {error:#}");
-                        }
+                    Err(Unanswered) => {
+                        counters.count_error(&format!("send: no answer within {call_limit:?}"));
+                        break;
                     }
+                    Err(Failed(error)) => counters.count_error(&format!("send failed: {error:#}")),
                 }
             }
             latencies
@@ -222,7 +249,8 @@ pub async fn run(
     let mut consumers = Vec::new();
     for mut consumer in consumer_handles {
         let (counters, producers_done) = (counters.clone(), producers_done.clone());
-        let (preloaded, drain_limit) = (load.preloaded, load.drain_limit);
+        let (preloaded, drain_limit, call_limit) =
+            (load.preloaded, load.drain_limit, load.call_limit);
         consumers.push(tokio::spawn(async move {
             let mut latencies = histogram();
             let mut drain_deadline: Option<Instant> = None;
@@ -238,12 +266,14 @@ pub async fn run(
                         return (latencies, last_ack, true);
                     }
                 }
-                let bodies = match consumer.receive().await {
+                let bodies = match within_call_limit(call_limit, consumer.receive()).await {
                     Ok(bodies) => bodies,
-                    Err(error) => {
-                        if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                            eprintln!("receive failed: {error:#}");
-                        }
+                    Err(Unanswered) => {
+                        counters.count_error(&format!("receive: no answer within {call_limit:?}"));
+                        return (latencies, last_ack, true);
+                    }
+                    Err(Failed(error)) => {
+                        counters.count_error(&format!("receive failed: {error:#}"));
                         continue;
                     }
                 };
@@ -255,18 +285,18 @@ pub async fn run(
                         let _ = latencies.record(age.max(1));
                     }
                 }
-                match consumer.ack().await {
+                match within_call_limit(call_limit, consumer.ack()).await {
                     Ok(()) => {
                         counters
                             .received
                             .fetch_add(bodies.len() as u64, Ordering::Relaxed);
                         last_ack = Instant::now();
                     }
-                    Err(error) => {
-                        if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                            eprintln!("ack failed: {error:#}");
-                        }
+                    Err(Unanswered) => {
+                        counters.count_error(&format!("ack: no answer within {call_limit:?}"));
+                        return (latencies, last_ack, true);
                     }
+                    Err(Failed(error)) => counters.count_error(&format!("ack failed: {error:#}")),
                 }
             }
             (latencies, last_ack, false)
@@ -315,6 +345,105 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+
+    use crate::driver::{Consumer, Driver, Producer, Result};
+
+    /// A target that takes queues and hands out producers and consumers, but never answers
+    /// a send, a receive or an ack.
+    struct Silent;
+
+    impl Driver for Silent {
+        fn create_queue<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            async { Ok(()) }.boxed()
+        }
+        fn delete_queue<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            async { Ok(()) }.boxed()
+        }
+        fn producer<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<String>,
+        ) -> BoxFuture<'a, Result<Box<dyn Producer>>> {
+            async { Ok(Box::new(Silent) as Box<dyn Producer>) }.boxed()
+        }
+        fn consumer<'a>(
+            &'a self,
+            _: &'a str,
+            _: usize,
+        ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
+            async { Ok(Box::new(Silent) as Box<dyn Consumer>) }.boxed()
+        }
+    }
+
+    impl Producer for Silent {
+        fn send(&mut self, _: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+            futures::future::pending().boxed()
+        }
+    }
+
+    impl Consumer for Silent {
+        fn receive(&mut self) -> BoxFuture<'_, Result<Vec<Bytes>>> {
+            futures::future::pending().boxed()
+        }
+        fn ack(&mut self) -> BoxFuture<'_, Result<()>> {
+            futures::future::pending().boxed()
+        }
+    }
+
+    fn load(producers: usize, consumers: usize) -> super::Load {
+        super::Load {
+            queues: 1,
+            producers,
+            window: 2,
+            batch: 1,
+            consumers,
+            receive_max: 10,
+            size: 64,
+            groups: false,
+            messages: Some(100),
+            duration: Duration::from_secs(600),
+            rate: None,
+            preloaded: if producers == 0 { 10 } else { 0 },
+            drain_limit: Duration::from_secs(600),
+            call_limit: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn producers_of_a_target_that_stops_answering_end_with_an_error_each() {
+        let queues = ["q".to_string()];
+        let measured = tokio::time::timeout(
+            Duration::from_secs(30),
+            super::run(Arc::new(Silent), "silent", &queues, &load(3, 0)),
+        )
+        .await
+        .expect("the scenario ends although no send is answered")
+        .expect("the scenario reports its figures");
+        assert_eq!(measured.sent, 0);
+        // Each of the 3 x 2 producers gave up after its first unanswered send.
+        assert_eq!(measured.errors, 6);
+    }
+
+    #[tokio::test]
+    async fn a_drain_from_a_target_that_stops_answering_ends_incomplete() {
+        let queues = ["q".to_string()];
+        let measured = tokio::time::timeout(
+            Duration::from_secs(30),
+            super::run(Arc::new(Silent), "silent", &queues, &load(0, 2)),
+        )
+        .await
+        .expect("the drain ends although no receive is answered")
+        .expect("the scenario reports its figures");
+        assert_eq!(measured.received, 0);
+        assert_eq!(measured.errors, 2);
+        assert!(measured.drain_incomplete);
+    }
 
     #[test]
     fn bodies_have_the_size_asked_for_and_share_no_bytes_a_compressor_could_reuse() {

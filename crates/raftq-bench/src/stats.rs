@@ -56,6 +56,12 @@ impl Counters {
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
+    /// Counts one failed call; the first few are printed, the rest only counted.
+    pub fn count_error(&self, what: &str) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+            eprintln!("{what}");
+        }
+    }
 }
 
 /// Prints a progress line to stderr every second until dropped: in place on a terminal,
