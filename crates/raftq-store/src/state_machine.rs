@@ -16,6 +16,13 @@
 //!   again. Only those of entries behind the newest snapshot cannot come back that way
 //!   (the log before it is purged), so the family is flushed to its files before a
 //!   snapshot becomes the current one.
+//! - A body's key is the id of the message that brought it, and ids grow in the order
+//!   entries are applied, so bodies are written in key order; the family's writes reach
+//!   its files in order (whole write buffers, oldest first). So after a crash every body
+//!   up to the highest key on disk is on disk too, unless a snapshot deleted it: applying
+//!   the log again on start skips writing those (a restart with a large backlog would
+//!   otherwise write all of it again and compact the copies away). The entries applied
+//!   again all come after the current snapshot, whose deletes are of keys below theirs.
 //! - A body no longer referred to is deleted only with the next snapshot, in the same
 //!   synced write that makes that snapshot the current one. Until then it waits in a list
 //!   in memory (bounded by the snapshot interval). A crash loses the list, not the rule:
@@ -71,8 +78,9 @@ struct Bodies {
 
 impl Bodies {
     /// Carries out one command's body writes; its deletes wait for the next snapshot.
-    /// Not synced: see the module's notes.
-    fn write(&self, effects: Vec<BodyEffect>) -> Result<(), StoreError> {
+    /// Not synced: see the module's notes. Bodies with keys up to `on_disk_through` are
+    /// on disk already (an entry applied again on start) and are left out.
+    fn write(&self, effects: Vec<BodyEffect>, on_disk_through: u64) -> Result<(), StoreError> {
         if effects.is_empty() {
             return Ok(());
         }
@@ -81,6 +89,7 @@ impl Bodies {
         let mut unreferenced = self.unreferenced();
         for effect in effects {
             match effect {
+                BodyEffect::Put { key, .. } if key <= on_disk_through => {}
                 BodyEffect::Put { key, bytes } => {
                     batch.put_cf(cf, body_key(self.group, key), bytes);
                 }
@@ -92,6 +101,22 @@ impl Bodies {
             self.db.inner.write_opt(batch, &without_wal())?;
         }
         Ok(())
+    }
+
+    /// The highest key of a body in the family (0: none). After a crash, every body
+    /// written before it is there too (see the module's notes).
+    fn highest_key(&self) -> Result<u64, StoreError> {
+        let mut options = ReadOptions::default();
+        options.fill_cache(false);
+        options.set_iterate_lower_bound(body_key(self.group, 0));
+        options.set_iterate_upper_bound(body_key(self.group, u64::MAX));
+        let mut iter = self
+            .db
+            .inner
+            .raw_iterator_cf_opt(self.db.cf(CF_BODIES), options);
+        iter.seek_to_last();
+        iter.status()?;
+        Ok(iter.key().and_then(index_of_log_key).unwrap_or(0))
     }
 
     fn unreferenced(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
@@ -332,6 +357,9 @@ pub struct StateMachineStore {
     shared: SharedState,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
+    /// Bodies with keys up to this one were on disk when the store opened: entries
+    /// applied again do not write them again.
+    bodies_on_disk_through: u64,
     /// Held by a snapshot build from the moment its state is copied until it is durable,
     /// and by an install: the two never touch the bodies at once.
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
@@ -364,6 +392,7 @@ impl StateMachineStore {
             },
             last_applied: None,
             last_membership: StoredMembership::default(),
+            bodies_on_disk_through: 0,
             snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         let pointer = load_pointer(&db, group)?;
@@ -390,9 +419,10 @@ impl StateMachineStore {
                 let mut state = store.shared.write();
                 state.keep_bodies_outside();
                 let effects = state.take_body_effects();
-                store.shared.bodies.write(effects)?;
+                store.shared.bodies.write(effects, 0)?;
             }
         }
+        store.bodies_on_disk_through = store.shared.bodies.highest_key()?;
         Ok(store)
     }
 
@@ -404,7 +434,7 @@ impl StateMachineStore {
         // Snapshots always hold states that keep bodies outside; this only guards the rule.
         state.keep_bodies_outside();
         let effects = state.take_body_effects();
-        self.shared.bodies.write(effects)?;
+        self.shared.bodies.write(effects, 0)?;
         *self.shared.write() = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -593,7 +623,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let mut state = self.shared.write();
                         let outcome = state.apply(request);
                         let effects = state.take_body_effects();
-                        self.shared.bodies.write(effects)?;
+                        self.shared
+                            .bodies
+                            .write(effects, self.bodies_on_disk_through)?;
                         outcome
                     };
                     // Delivered bodies are read by the node that proposed the entry, after
@@ -687,8 +719,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(io::Error::other)??;
-        // Every body was replaced by the snapshot's: nothing older waits to be deleted.
+        // Every body was replaced by the snapshot's: nothing older waits to be deleted, and
+        // entries after it write their bodies.
         self.shared.bodies.unreferenced().clear();
+        self.bodies_on_disk_through = 0;
         self.install(meta, state)?;
         metrics::counter!("raftq_snapshots_installed_total").increment(1);
         Ok(())
@@ -728,8 +762,162 @@ fn adopt_snapshot_file(
 
 #[cfg(test)]
 mod tests {
+    use openraft::entry::RaftEntry;
+    use raftq_core::{Command, NewMessage, QueueOptions, Request};
+
     use super::*;
-    use crate::OpenOptions;
+    use crate::{Entry, OpenOptions};
+
+    fn entry(index: u64, command: Command) -> Entry {
+        let leader = openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        };
+        let request = Request {
+            now_ms: 1_000 + index,
+            command,
+        };
+        Entry::new_normal(openraft::LogId::new(leader, index), request)
+    }
+
+    /// Creates queue `q` at index 1, then sends each batch of bodies at the next index.
+    fn create_and_send(batches: &[&[&str]]) -> Vec<Entry> {
+        let create = Command::CreateQueue {
+            name: "q".into(),
+            options: QueueOptions::default(),
+        };
+        let sends = batches.iter().map(|bodies| Command::Send {
+            queue: "q".into(),
+            messages: bodies
+                .iter()
+                .map(|text| NewMessage {
+                    body: text.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        std::iter::once(create)
+            .chain(sends)
+            .enumerate()
+            .map(|(i, command)| entry(i as u64 + 1, command))
+            .collect()
+    }
+
+    async fn apply_all(sm: &mut StateMachineStore, entries: Vec<Entry>) {
+        let entries: Vec<_> = entries.into_iter().map(|e| Ok((e, None))).collect();
+        sm.apply(futures::stream::iter(entries)).await.unwrap();
+    }
+
+    fn peeked(sm: &StateMachineStore) -> Vec<(u64, String)> {
+        sm.shared()
+            .peek("q", 0, 10, 0, "")
+            .unwrap()
+            .into_iter()
+            .map(|(message, body)| (message.body.key, String::from_utf8(body).unwrap()))
+            .collect()
+    }
+
+    fn bodies_in_memtable(db: &Db) -> u64 {
+        db.inner
+            .property_int_value_cf(db.cf(CF_BODIES), "rocksdb.num-entries-active-mem-table")
+            .unwrap()
+            .unwrap()
+    }
+
+    fn texts(peeked: &[(u64, String)]) -> Vec<&str> {
+        peeked.iter().map(|(_, text)| text.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn applying_the_log_again_on_start_rewrites_no_body_already_on_disk() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = create_and_send(&[&["a", "b"], &["c"], &["d"]]);
+        {
+            let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+            let mut sm = StateMachineStore::open(db.clone(), 1).unwrap();
+            apply_all(&mut sm, log.clone()).await;
+            flush_bodies(&db).unwrap();
+        }
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let mut sm = StateMachineStore::open(db.clone(), 1).unwrap();
+        // Message ids, and so body keys, are 1 to 4.
+        assert_eq!(sm.bodies_on_disk_through, 4);
+        // No snapshot: the whole log is applied again, and its bodies are already there.
+        apply_all(&mut sm, log).await;
+        assert_eq!(bodies_in_memtable(&db), 0);
+        assert_eq!(texts(&peeked(&sm)), ["a", "b", "c", "d"]);
+        // A new entry writes its bodies.
+        apply_all(
+            &mut sm,
+            create_and_send(&[&[], &[], &[], &["e"]]).split_off(4),
+        )
+        .await;
+        assert_eq!(bodies_in_memtable(&db), 1);
+        assert_eq!(sm.shared.bodies.highest_key().unwrap(), 5);
+        assert_eq!(texts(&peeked(&sm)), ["a", "b", "c", "d", "e"]);
+    }
+
+    #[tokio::test]
+    async fn bodies_lost_with_the_write_buffer_are_written_again_on_start() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = create_and_send(&[&["a", "b"], &["c"]]);
+        {
+            let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+            let mut sm = StateMachineStore::open(db.clone(), 1).unwrap();
+            apply_all(&mut sm, log[..2].to_vec()).await;
+            flush_bodies(&db).unwrap();
+            apply_all(&mut sm, log[2..].to_vec()).await;
+            // As a crash leaves it: the last entry's write never reached the table files.
+            let (key, _) = peeked(&sm)[2].clone();
+            db.inner
+                .delete_cf(db.cf(CF_BODIES), body_key(1, key))
+                .unwrap();
+        }
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let mut sm = StateMachineStore::open(db, 1).unwrap();
+        assert_eq!(sm.bodies_on_disk_through, 2);
+        apply_all(&mut sm, log).await;
+        assert_eq!(texts(&peeked(&sm)), ["a", "b", "c"]);
+        assert_eq!(sm.shared.bodies.highest_key().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn after_an_install_every_entry_writes_its_bodies_whatever_was_on_disk_before() {
+        let (source_dir, dir) = (
+            tempfile::TempDir::new().unwrap(),
+            tempfile::TempDir::new().unwrap(),
+        );
+        let db = Db::open(source_dir.path(), &OpenOptions::default()).unwrap();
+        let mut source = StateMachineStore::open(db, 1).unwrap();
+        let log = create_and_send(&[&["a"], &["b"]]);
+        apply_all(&mut source, log.clone()).await;
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        {
+            // This node had bodies of higher keys before (as no committed log would leave
+            // it: the test is of the rule, that an install forgets what was on disk).
+            let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+            let mut sm = StateMachineStore::open(db.clone(), 1).unwrap();
+            apply_all(&mut sm, create_and_send(&[&["x"], &["y"], &["z"], &["w"]])).await;
+            flush_bodies(&db).unwrap();
+        }
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let mut sm = StateMachineStore::open(db.clone(), 1).unwrap();
+        assert_eq!(sm.bodies_on_disk_through, 4);
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(sm.bodies_on_disk_through, 0);
+        apply_all(&mut sm, create_and_send(&[&[], &[], &["c"]]).split_off(3)).await;
+        assert_eq!(texts(&peeked(&sm)), ["a", "b", "c"]);
+        drop(sm);
+        let sm = StateMachineStore::open(db, 1).unwrap();
+        assert_eq!(sm.bodies_on_disk_through, 3);
+    }
 
     #[test]
     fn a_data_directory_with_a_snapshot_of_the_old_layout_is_refused_not_misread() {
