@@ -38,6 +38,13 @@ const APPEND_NANOS_PER_BYTE: u64 = 100;
 /// How often a replication stream with nothing outstanding looks again for answers that
 /// are overdue (a request sent since it last looked has a deadline of its own).
 const STREAM_DEADLINE_CHECK: Duration = Duration::from_millis(20);
+/// How long a replication stream holds back an append that carries no entries, only a
+/// new commit point. openraft sends one whenever the commit advances while no new entry
+/// is waiting; under a steady load the next entry follows within a millisecond or two and
+/// carries the same commit point (or a later one), so the held append is dropped and the
+/// follower answers one call instead of two. Followers learn of a commit at most this
+/// much later; nothing a client waits for depends on that.
+const COMMIT_ONLY_HOLD: Duration = Duration::from_millis(2);
 
 pub(crate) struct Network {
     pub(crate) group: GroupId,
@@ -184,6 +191,91 @@ async fn next_answer(
     }
 }
 
+/// An append that only moves the follower's commit point.
+trait CommitOnly {
+    fn commit_only(&self) -> bool;
+}
+
+impl CommitOnly for AppendEntriesRequest<TypeConfig> {
+    fn commit_only(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// `input` with every commit-only item kept back for up to `hold`: an
+/// item that follows within that time replaces it (a later commit-only item, keeping the
+/// first one's deadline) or supersedes it (any other item, which goes out alone). The
+/// held item goes out when its time is up or when `input` ends.
+///
+/// Dropping a commit-only append is safe with openraft's streams: it matches answers to
+/// requests by the log position they acknowledge, not by count, so the answer to the
+/// request that superseded it (which carries the same or a later commit point, and
+/// starts where it would have) acknowledges both, timed from the later sending.
+fn hold_commit_only<S, T>(input: S, hold: Duration) -> HoldCommitOnly<S, T>
+where
+    S: futures::Stream<Item = T> + Unpin,
+    T: CommitOnly,
+{
+    HoldCommitOnly {
+        input: Some(input),
+        hold,
+        held: None,
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+    }
+}
+
+struct HoldCommitOnly<S, T> {
+    /// `None` once it has ended.
+    input: Option<S>,
+    hold: Duration,
+    held: Option<T>,
+    /// Armed while an item is held.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S, T> futures::Stream for HoldCommitOnly<S, T>
+where
+    S: futures::Stream<Item = T> + Unpin,
+    T: CommitOnly + Unpin,
+{
+    type Item = T;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            let Some(input) = this.input.as_mut() else {
+                return Poll::Ready(this.held.take());
+            };
+            match input.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) if item.commit_only() => {
+                    if this.held.replace(item).is_none() {
+                        let due = tokio::time::Instant::now() + this.hold;
+                        this.timer.as_mut().reset(due);
+                    }
+                }
+                Poll::Ready(Some(item)) => {
+                    this.held = None;
+                    return Poll::Ready(Some(item));
+                }
+                Poll::Ready(None) => {
+                    this.input = None;
+                    return Poll::Ready(this.held.take());
+                }
+                Poll::Pending => {
+                    if this.held.is_some() && this.timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(this.held.take());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Peer {
     type SnapshotData = SnapshotData;
 
@@ -236,6 +328,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             let limit = option.hard_ttl();
             let deadlines: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
             let sent = deadlines.clone();
+            let input = hold_commit_only(input, COMMIT_ONLY_HOLD);
             let requests = input.map(move |rpc| {
                 // bincode does not fail on these types; an empty payload would be refused
                 // by the follower, ending the stream.
@@ -393,7 +486,11 @@ mod tests {
     use raftq_core::{Command, NewMessage, Request};
     use raftq_store::{Entry, TypeConfig};
 
-    use super::entries_within;
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+
+    use super::{CommitOnly, entries_within, hold_commit_only};
 
     fn entry(index: u64, body_bytes: usize) -> Entry {
         let request = Request {
@@ -426,5 +523,61 @@ mod tests {
             "one entry even when it alone is larger"
         );
         assert_eq!(entries_within(&[], 100), (0, 0));
+    }
+
+    /// Items below 100 stand for commit-only appends.
+    impl CommitOnly for u32 {
+        fn commit_only(&self) -> bool {
+            *self < 100
+        }
+    }
+
+    fn held(items: Vec<u32>, hold: Duration) -> impl futures::Stream<Item = u32> + Unpin {
+        hold_commit_only(futures::stream::iter(items), hold)
+    }
+
+    #[tokio::test]
+    async fn a_commit_only_append_followed_by_entries_is_not_sent() {
+        let out: Vec<u32> = held(vec![1, 200, 2, 3, 300, 400], Duration::from_secs(60))
+            .collect()
+            .await;
+        assert_eq!(out, vec![200, 300, 400]);
+    }
+
+    #[tokio::test]
+    async fn the_last_commit_only_append_goes_out_when_the_input_ends() {
+        let started = Instant::now();
+        let out: Vec<u32> = held(vec![200, 1, 2], Duration::from_secs(60))
+            .collect()
+            .await;
+        assert_eq!(out, vec![200, 2], "the newest commit point, once");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not held to the end"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_only_append_goes_out_when_its_hold_is_up() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<u32>(4);
+        let input = tokio_stream_of(rx);
+        let hold = Duration::from_millis(20);
+        let mut out = hold_commit_only(input, hold);
+        let started = Instant::now();
+        tx.send(1).await.unwrap();
+        tx.send(2).await.unwrap();
+        // The input stays open: only the hold can release the item.
+        let first = tokio::time::timeout(Duration::from_secs(10), out.next()).await;
+        assert_eq!(first.unwrap(), Some(2));
+        assert!(started.elapsed() >= hold, "released before its hold");
+        tx.send(300).await.unwrap();
+        drop(tx);
+        assert_eq!(out.collect::<Vec<_>>().await, vec![300]);
+    }
+
+    fn tokio_stream_of(
+        mut rx: tokio::sync::mpsc::Receiver<u32>,
+    ) -> impl futures::Stream<Item = u32> + Unpin {
+        Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }
