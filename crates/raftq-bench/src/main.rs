@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::cluster::SpawnedCluster;
 use crate::driver::Driver;
-use crate::scenario::{Load, Measured};
+use crate::scenario::{Load, Measured, within_setup_limit};
 use crate::stats::{RssMonitor, processes_named};
 
 #[derive(Parser, Debug)]
@@ -381,12 +381,14 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
             cluster: None,
         },
         Target::Nats => Prepared {
-            driver: Arc::new(nats::Nats::connect(&targets.nats).await?),
+            driver: Arc::new(within_setup_limit(nats::Nats::connect(&targets.nats)).await?),
             processes: processes_named("nats-server", None),
             cluster: None,
         },
         Target::Rabbitmq => Prepared {
-            driver: Arc::new(rabbitmq::RabbitMq::connect(&targets.rabbitmq).await?),
+            driver: Arc::new(
+                within_setup_limit(rabbitmq::RabbitMq::connect(&targets.rabbitmq)).await?,
+            ),
             processes: processes_named("beam.smp", None),
             cluster: None,
         },

@@ -149,7 +149,8 @@ impl Budget {
     }
 }
 
-/// Longest a target may take to create a queue, a producer or a consumer.
+/// Longest a target may take to accept a connection or to create a queue, a producer or
+/// a consumer.
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
 
 /// A setup step of a target, failed if it does not finish within [`SETUP_LIMIT`]: a peer
