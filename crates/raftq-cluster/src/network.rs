@@ -202,10 +202,10 @@ impl CommitOnly for AppendEntriesRequest<TypeConfig> {
     }
 }
 
-/// `input` with every commit-only item kept back for up to `hold`: an
-/// item that follows within that time replaces it (a later commit-only item, keeping the
-/// first one's deadline) or supersedes it (any other item, which goes out alone). The
-/// held item goes out when its time is up or when `input` ends.
+/// `input` with every commit-only item kept back for up to `hold`: an item that follows
+/// within that time replaces it (a later commit-only item, keeping the first one's
+/// deadline) or supersedes it (any other item, which goes out alone). The held item goes
+/// out when its time is up or when `input` ends.
 ///
 /// Dropping a commit-only append is safe with openraft's streams: it matches answers to
 /// requests by the log position they acknowledge, not by count, so the answer to the
@@ -481,14 +481,13 @@ fn snapshot_chunks(
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
     use openraft::EntryPayload;
     use openraft::entry::RaftEntry;
     use raftq_core::{Command, NewMessage, Request};
     use raftq_store::{Entry, TypeConfig};
-
-    use std::time::{Duration, Instant};
-
-    use futures::StreamExt;
 
     use super::{CommitOnly, entries_within, hold_commit_only};
 
