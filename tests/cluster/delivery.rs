@@ -292,3 +292,199 @@ async fn ack_batch_acks_each_receipt_through_a_follower_and_refuses_bad_requests
         .expect_err("unknown queue");
     assert_eq!(unknown.code(), Some(Code::NotFound));
 }
+
+async fn stats_of(client: &raftq_client::Client, queue: &str) -> pb::QueueStats {
+    client
+        .get_queue(queue)
+        .await
+        .expect("get queue")
+        .stats
+        .expect("stats")
+}
+
+fn receipts_of(messages: &[pb::ReceivedMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.receipt.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_and_receive_acks_one_batch_and_takes_the_next_in_one_call() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "paired", pb::QueueOptions::default()).await;
+    let messages = (0..6).map(|i| Message::new(format!("m{i}"))).collect();
+    client.send_batch("paired", messages).await.expect("send");
+    let wait = Duration::from_millis(500);
+    let first = client
+        .receive("paired", 3, wait, None)
+        .await
+        .expect("receive");
+    let mut acks = receipts_of(&first);
+    // A receipt of a delivery that never happened is refused on its own.
+    acks.push(format!("{}:9", first[0].message_id));
+    let second = client
+        .ack_and_receive("paired", &acks, 3, wait, None)
+        .await
+        .expect("ack and receive");
+    let codes: Vec<i32> = second.ack_results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [0, 0, 0, Code::FailedPrecondition as i32],
+        "{second:?}"
+    );
+    let bodies: Vec<&[u8]> = second.messages.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(
+        bodies,
+        [&b"m3"[..], b"m4", b"m5"],
+        "the next batch, in order"
+    );
+    let stats = stats_of(&client, "paired").await;
+    assert_eq!((stats.depth, stats.in_flight, stats.total_acked), (3, 3, 3));
+
+    // Nothing left to receive: the acks are applied at once, while the receive waits for
+    // a message and then delivers it.
+    let waiting = {
+        let (client, acks) = (client.clone(), receipts_of(&second.messages));
+        tokio::spawn(async move {
+            client
+                .ack_and_receive("paired", &acks, 3, Duration::from_secs(10), None)
+                .await
+        })
+    };
+    wait_until(
+        "the acks applied before the receive returns",
+        wait * 20,
+        || {
+            let client = client.clone();
+            async move { (stats_of(&client, "paired").await.total_acked == 6).then_some(()) }
+        },
+    )
+    .await;
+    assert!(!waiting.is_finished(), "the receive still waits");
+    client
+        .send("paired", Message::new("late"))
+        .await
+        .expect("send late");
+    let third = waiting.await.expect("task").expect("long poll");
+    assert_eq!(third.messages.len(), 1);
+    assert_eq!(third.messages[0].body, b"late");
+    assert_eq!(third.ack_results.len(), 3);
+    assert!(
+        third
+            .ack_results
+            .iter()
+            .all(|r| r.code == 0 && !r.already_acked)
+    );
+
+    // Retried acks are already acknowledged; nothing else changes.
+    let retried = client
+        .ack_and_receive(
+            "paired",
+            &receipts_of(&second.messages),
+            3,
+            Duration::ZERO,
+            None,
+        )
+        .await
+        .expect("retry");
+    assert!(retried.messages.is_empty());
+    assert!(
+        retried
+            .ack_results
+            .iter()
+            .all(|r| r.code == 0 && r.already_acked)
+    );
+
+    // Bad requests fail whole and deliver nothing: "late" stays leased to `third` only.
+    client
+        .send("paired", Message::new("ready"))
+        .await
+        .expect("send");
+    let before = stats_of(&client, "paired").await;
+    let late = third.messages[0].receipt.clone();
+    let malformed = client
+        .ack_and_receive(
+            "paired",
+            &[late.clone(), "junk".into()],
+            3,
+            Duration::ZERO,
+            None,
+        )
+        .await
+        .expect_err("malformed receipt");
+    assert_eq!(malformed.code(), Some(Code::InvalidArgument));
+    let too_many = vec![late.clone(); 1001];
+    let refused = client
+        .ack_and_receive("paired", &too_many, 3, Duration::ZERO, None)
+        .await
+        .expect_err("too many receipts");
+    assert_eq!(refused.code(), Some(Code::InvalidArgument));
+    let unknown = client
+        .ack_and_receive(
+            "missing",
+            std::slice::from_ref(&late),
+            3,
+            Duration::ZERO,
+            None,
+        )
+        .await
+        .expect_err("unknown queue");
+    assert_eq!(unknown.code(), Some(Code::NotFound));
+    assert_eq!(stats_of(&client, "paired").await, before, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_acking_with_their_receives_get_every_message_once() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "pairs", pb::QueueOptions::default()).await;
+    const SENT: usize = 400;
+    // Sends and paired acks and receives arrive together, so the leader puts them into
+    // shared entries.
+    let senders: Vec<_> = (0..8)
+        .map(|s| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for b in 0..5 {
+                    let messages = (0..10)
+                        .map(|i| Message::new(format!("s{s}-b{b}-{i}")))
+                        .collect();
+                    client.send_batch("pairs", messages).await.expect("send");
+                }
+            })
+        })
+        .collect();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let consumers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, received) = (client.clone(), received.clone());
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while received.lock().unwrap().len() < SENT {
+                    assert!(tokio::time::Instant::now() < deadline, "consumers stalled");
+                    let response = client
+                        .ack_and_receive("pairs", &acks, 25, Duration::from_millis(100), None)
+                        .await
+                        .expect("ack and receive");
+                    assert!(response.ack_results.iter().all(|r| r.code == 0));
+                    acks = receipts_of(&response.messages);
+                    received
+                        .lock()
+                        .unwrap()
+                        .extend(response.messages.into_iter().map(|m| m.body));
+                }
+                if !acks.is_empty() {
+                    client.ack_batch("pairs", &acks).await.expect("last acks");
+                }
+            })
+        })
+        .collect();
+    for task in senders.into_iter().chain(consumers) {
+        task.await.expect("task");
+    }
+    let received = received.lock().unwrap().clone();
+    let unique: HashSet<_> = received.iter().collect();
+    assert_eq!((received.len(), unique.len()), (SENT, SENT), "each once");
+    let stats = stats_of(&client, "pairs").await;
+    assert_eq!((stats.depth, stats.total_acked), (0, SENT as u64));
+}

@@ -3,6 +3,7 @@
 //! Every target implements these with its own client at its strongest durability.
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 pub type Result<T> = anyhow::Result<T>;
@@ -33,6 +34,13 @@ pub trait Producer: Send {
 pub trait Consumer: Send {
     /// Receives up to the consumer's batch size, waiting briefly when nothing is ready.
     fn receive(&mut self) -> BoxFuture<'_, Result<Vec<Bytes>>>;
-    /// Acknowledges everything the last `receive` returned.
+    /// Acknowledges everything the last `receive` returned, or hands it to the next
+    /// `receive` where the target acknowledges together with receiving (then `finish`
+    /// acknowledges what is left).
     fn ack(&mut self) -> BoxFuture<'_, Result<()>>;
+    /// Acknowledges whatever `ack` left for a next `receive`, once there is none;
+    /// returns how many that was.
+    fn finish(&mut self) -> BoxFuture<'_, Result<usize>> {
+        async { Ok(0) }.boxed()
+    }
 }

@@ -78,6 +78,10 @@ struct Targets {
     /// The `raftq` binary used to start clusters (default: next to this program).
     #[arg(long)]
     raftq_bin: Option<PathBuf>,
+    /// raftq: consumers acknowledge each batch with its own call (AckBatch) before the
+    /// next receive, instead of with that receive.
+    #[arg(long)]
+    raftq_ack_apart: bool,
     /// First port of clusters the benchmark starts.
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
@@ -356,7 +360,10 @@ fn raftq_bin(targets: &Targets) -> anyhow::Result<PathBuf> {
 async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> {
     Ok(match target {
         Target::Raftq if !targets.addr.is_empty() => Prepared {
-            driver: Arc::new(raftq::Raftq::connect(&targets.addr)?),
+            driver: Arc::new(raftq::Raftq::connect(
+                &targets.addr,
+                targets.raftq_ack_apart,
+            )?),
             // Server processes only: not `raftq dev` or a `raftq bench` wrapper.
             processes: processes_named("raftq", Some("serve")),
             cluster: None,
@@ -370,7 +377,10 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
             )
             .await?;
             Prepared {
-                driver: Arc::new(raftq::Raftq::connect(&cluster.addresses())?),
+                driver: Arc::new(raftq::Raftq::connect(
+                    &cluster.addresses(),
+                    targets.raftq_ack_apart,
+                )?),
                 processes: cluster.processes(),
                 cluster: Some(cluster),
             }

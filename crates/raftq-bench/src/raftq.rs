@@ -14,12 +14,16 @@ const RECEIVE_WAIT: Duration = Duration::from_millis(200);
 
 pub struct Raftq {
     client: Client,
+    ack_apart: bool,
 }
 
 impl Raftq {
-    pub fn connect(addresses: &[String]) -> Result<Raftq> {
+    /// `ack_apart`: consumers acknowledge each batch with its own `AckBatch` before the
+    /// next receive, instead of with that receive.
+    pub fn connect(addresses: &[String], ack_apart: bool) -> Result<Raftq> {
         Ok(Raftq {
             client: Client::new(addresses, ClientConfig::default())?,
+            ack_apart,
         })
     }
 }
@@ -70,6 +74,8 @@ impl Driver for Raftq {
             queue: queue.to_string(),
             max: max as u32,
             receipts: Vec::new(),
+            ack_apart: self.ack_apart,
+            unacked: Vec::new(),
         };
         async move { Ok(Box::new(consumer) as Box<dyn Consumer>) }.boxed()
     }
@@ -111,18 +117,55 @@ struct RaftqConsumer {
     client: Client,
     queue: String,
     max: u32,
+    /// What the last receive delivered.
     receipts: Vec<String>,
+    ack_apart: bool,
+    /// Handed over by `ack`, for the next receive to acknowledge.
+    unacked: Vec<String>,
+}
+
+fn refused(results: &[pb::AckResult]) -> Result<()> {
+    match results.iter().find(|result| result.code != 0) {
+        Some(failed) => anyhow::bail!("ack refused: {}", failed.error),
+        None => Ok(()),
+    }
+}
+
+impl RaftqConsumer {
+    async fn ack_batch(&self, receipts: &[String]) -> Result<()> {
+        let results = match self.client.ack_batch(&self.queue, receipts).await {
+            Ok(results) => results,
+            // A server from before AckBatch: one ack per message, concurrently.
+            Err(error) if error.code() == Some(Code::Unimplemented) => {
+                try_join_all(receipts.iter().map(|r| self.client.ack(&self.queue, r))).await?;
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        refused(&results)
+    }
 }
 
 impl Consumer for RaftqConsumer {
     fn receive(&mut self) -> BoxFuture<'_, Result<Vec<Bytes>>> {
         async move {
-            let messages = self
+            // Acks waiting for this receive are dropped only once it has applied them.
+            let response = self
                 .client
-                .receive(&self.queue, self.max, RECEIVE_WAIT, None)
+                .ack_and_receive(&self.queue, &self.unacked, self.max, RECEIVE_WAIT, None)
                 .await?;
-            self.receipts = messages.iter().map(|m| m.receipt.clone()).collect();
-            Ok(messages.into_iter().map(|m| Bytes::from(m.body)).collect())
+            self.unacked.clear();
+            refused(&response.ack_results)?;
+            self.receipts = response
+                .messages
+                .iter()
+                .map(|m| m.receipt.clone())
+                .collect();
+            Ok(response
+                .messages
+                .into_iter()
+                .map(|m| Bytes::from(m.body))
+                .collect())
         }
         .boxed()
     }
@@ -133,19 +176,23 @@ impl Consumer for RaftqConsumer {
             if receipts.is_empty() {
                 return Ok(());
             }
-            let results = match self.client.ack_batch(&self.queue, &receipts).await {
-                Ok(results) => results,
-                // A server from before AckBatch: one ack per message, concurrently.
-                Err(error) if error.code() == Some(Code::Unimplemented) => {
-                    try_join_all(receipts.iter().map(|r| self.client.ack(&self.queue, r))).await?;
-                    return Ok(());
-                }
-                Err(error) => return Err(error.into()),
-            };
-            match results.iter().find(|result| result.code != 0) {
-                Some(failed) => anyhow::bail!("ack refused: {}", failed.error),
-                None => Ok(()),
+            if self.ack_apart {
+                self.ack_batch(&receipts).await
+            } else {
+                self.unacked = receipts;
+                Ok(())
             }
+        }
+        .boxed()
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, Result<usize>> {
+        async move {
+            let receipts = std::mem::take(&mut self.unacked);
+            if !receipts.is_empty() {
+                self.ack_batch(&receipts).await?;
+            }
+            Ok(receipts.len())
         }
         .boxed()
     }

@@ -300,6 +300,15 @@ pub async fn run(
                     Err(Failed(error)) => counters.count_error(&format!("ack failed: {error:#}")),
                 }
             }
+            match within_call_limit(call_limit, consumer.finish()).await {
+                Ok(0) => {}
+                Ok(_) => last_ack = Instant::now(),
+                Err(Unanswered) => {
+                    counters.count_error(&format!("last ack: no answer within {call_limit:?}"));
+                    return (latencies, last_ack, true);
+                }
+                Err(Failed(error)) => counters.count_error(&format!("last ack failed: {error:#}")),
+            }
             (latencies, last_ack, false)
         }));
     }

@@ -269,35 +269,74 @@ impl Proposer {
             let _ = proposal.reply.send(answer);
             return;
         }
-        let (commands, replies): (Vec<Command>, Vec<_>) = batch
-            .into_iter()
-            .map(|proposal| (proposal.command, proposal.reply))
-            .unzip();
+        let (commands, replies) = splice(batch);
         let count = commands.len();
         match self.propose(Command::Batch(commands)).await {
             Ok(Ok(Outcome::Batch(results))) if results.len() == count => {
-                let answers = self.with_bodies(results).await;
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
-                }
+                answer_spliced(replies, self.with_bodies(results).await);
             }
             Ok(Ok(other)) => {
                 let error = stopped(format!("a batch of {count} gave {other:?}"));
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
             Ok(Err(refused)) => {
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Ok(Err(refused.clone())));
                 }
             }
             Err(error) => {
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
         }
+    }
+}
+
+/// Where a caller's answer is in a batched entry's results: its command's, or (`Some(n)`)
+/// the `n` results of the batch it wrote, spliced in.
+type Reply = (oneshot::Sender<WriteResult>, Option<usize>);
+
+/// The commands of one batched entry, in order. A write that is itself a batch (commands
+/// one caller needs in one entry, such as acks and the receive after them) is spliced in,
+/// as a batch holds no batch.
+fn splice(batch: Vec<Proposal>) -> (Vec<Command>, Vec<Reply>) {
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for proposal in batch {
+        match proposal.command {
+            Command::Batch(inner) => {
+                replies.push((proposal.reply, Some(inner.len())));
+                commands.extend(inner);
+            }
+            command => {
+                replies.push((proposal.reply, None));
+                commands.push(command);
+            }
+        }
+    }
+    (commands, replies)
+}
+
+/// Answers each caller of a batched entry from its results, one per spliced command: a
+/// spliced batch gets its commands' outcomes as one `Outcome::Batch` (or the first
+/// error reading their bodies).
+fn answer_spliced(replies: Vec<Reply>, answers: Vec<WriteResult>) {
+    let mut answers = answers.into_iter();
+    for (reply, spliced) in replies {
+        let answer = match spliced {
+            None => answers
+                .next()
+                .unwrap_or_else(|| Err(stopped("a command got no answer"))),
+            Some(len) => answers
+                .by_ref()
+                .take(len)
+                .collect::<Result<Vec<_>, _>>()
+                .map(|results| Ok(Outcome::Batch(results))),
+        };
+        let _ = reply.send(answer);
     }
 }
 
@@ -906,6 +945,64 @@ mod tests {
             answers[3],
             Ok(Err(QueueError::QueueNotFound { .. }))
         ));
+    }
+
+    #[test]
+    fn a_batch_written_by_one_caller_is_spliced_into_the_entry_and_answered_whole() {
+        let ack = |message_id| Command::Ack {
+            queue: "q".into(),
+            receipt: Receipt {
+                message_id,
+                attempt: 1,
+            },
+        };
+        let (proposals, mut answers): (Vec<_>, Vec<_>) =
+            [ack(1), Command::Batch(vec![ack(2), ack(3)]), ack(4)]
+                .into_iter()
+                .map(|command| {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let queued = std::time::Instant::now();
+                    (
+                        super::Proposal {
+                            command,
+                            reply,
+                            queued,
+                        },
+                        answer,
+                    )
+                })
+                .unzip();
+        let (commands, replies) = super::splice(proposals);
+        assert_eq!(commands, [ack(1), ack(2), ack(3), ack(4)]);
+        let acked = |already_acked| Ok(Ok(Outcome::Acked { already_acked }));
+        super::answer_spliced(
+            replies,
+            vec![acked(false), acked(true), acked(false), acked(true)],
+        );
+        let mut answer = |i: usize| answers[i].try_recv().expect("answered").expect("written");
+        assert_eq!(
+            answer(0),
+            Ok(Outcome::Acked {
+                already_acked: false
+            })
+        );
+        assert_eq!(
+            answer(1),
+            Ok(Outcome::Batch(vec![
+                Ok(Outcome::Acked {
+                    already_acked: true
+                }),
+                Ok(Outcome::Acked {
+                    already_acked: false
+                }),
+            ]))
+        );
+        assert_eq!(
+            answer(2),
+            Ok(Outcome::Acked {
+                already_acked: true
+            })
+        );
     }
 
     #[test]

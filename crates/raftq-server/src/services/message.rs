@@ -34,6 +34,38 @@ fn receipt(text: &str) -> Result<Receipt, Status> {
     text.parse::<Receipt>().map_err(invalid)
 }
 
+fn receipts(texts: &[String]) -> Result<Vec<Receipt>, Status> {
+    texts.iter().map(|text| receipt(text)).collect()
+}
+
+/// The wire form of an `AckBatch`'s per-receipt results; counts the messages acknowledged
+/// now (not those a retried ack finds already acknowledged).
+fn ack_results(results: Vec<Result<bool, raftq_core::QueueError>>) -> Vec<pb::AckResult> {
+    let results: Vec<pb::AckResult> = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(already_acked) => pb::AckResult {
+                already_acked,
+                ..pb::AckResult::default()
+            },
+            Err(error) => {
+                let status = Status::from(ServiceError::from(error));
+                pb::AckResult {
+                    code: status.code() as i32,
+                    error: status.message().to_string(),
+                    already_acked: false,
+                }
+            }
+        })
+        .collect();
+    let acked = results
+        .iter()
+        .filter(|r| r.code == 0 && !r.already_acked)
+        .count();
+    metrics::counter!("raftq_messages_acked_total").increment(acked as u64);
+    results
+}
+
 impl MessageApi {
     async fn send_messages(
         &self,
@@ -134,6 +166,15 @@ impl MessageService for MessageApi {
                 reason: format!("must be at most {MAX_WAIT_MS} ms"),
             }));
         }
+        if request.ack_receipts.len() > limits.max_batch_messages {
+            return Err(invalid(raftq_core::QueueError::InvalidArgument {
+                field: "ack_receipts".into(),
+                reason: format!("must hold at most {} receipts", limits.max_batch_messages),
+            }));
+        }
+        // Acks to apply with the first write; the answer carries their results.
+        let mut acks = Some(receipts(&request.ack_receipts)?).filter(|acks| !acks.is_empty());
+        let mut acked = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
         let mut applied = self.context.node.state().subscribe();
         loop {
@@ -157,6 +198,17 @@ impl MessageService for MessageApi {
             // log decide.
             .unwrap_or(true);
             let out_of_time = tokio::time::Instant::now() >= deadline;
+            let ack = acks.take().map(|receipts| Command::AckBatch {
+                queue: request.queue.clone(),
+                receipts,
+            });
+            if let (Some(ack), false) = (&ack, deliverable || out_of_time) {
+                // Nothing to receive yet: the acks go in at once, the receive waits.
+                acked = match self.context.write(ack.clone()).await? {
+                    Outcome::AckedBatch(results) => ack_results(results),
+                    other => return Err(unexpected(other)),
+                };
+            }
             if deliverable || out_of_time {
                 let command = if selective {
                     Command::ReceiveSelected {
@@ -173,7 +225,35 @@ impl MessageService for MessageApi {
                         lease_ms: request.lease_ms,
                     }
                 };
-                let deliveries = match self.context.write(command).await? {
+                let outcome = match ack {
+                    // The acks and the receive share one entry, acks first.
+                    Some(ack) => match self
+                        .context
+                        .write(Command::Batch(vec![ack, command]))
+                        .await?
+                    {
+                        Outcome::Batch(mut results) if results.len() == 2 => {
+                            let received = results.pop();
+                            match results.pop() {
+                                Some(Ok(Outcome::AckedBatch(results))) => {
+                                    acked = ack_results(results);
+                                }
+                                Some(Err(error)) => return Err(ServiceError::from(error).into()),
+                                other => {
+                                    return Err(Status::internal(format!(
+                                        "unexpected ack outcome {other:?}"
+                                    )));
+                                }
+                            }
+                            received
+                                .unwrap_or_else(|| Ok(Outcome::Received(Vec::new())))
+                                .map_err(|error| Status::from(ServiceError::from(error)))?
+                        }
+                        other => return Err(unexpected(other)),
+                    },
+                    None => self.context.write(command).await?,
+                };
+                let deliveries = match outcome {
                     Outcome::Received(deliveries) => deliveries,
                     other => return Err(unexpected(other)),
                 };
@@ -182,6 +262,7 @@ impl MessageService for MessageApi {
                         .increment(deliveries.len() as u64);
                     return Ok(Response::new(pb::ReceiveResponse {
                         messages: deliveries.into_iter().map(Into::into).collect(),
+                        ack_results: acked,
                     }));
                 }
             }
@@ -230,11 +311,7 @@ impl MessageService for MessageApi {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, ack_batch);
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
-        let receipts = request
-            .receipts
-            .iter()
-            .map(|text| receipt(text))
-            .collect::<Result<Vec<_>, _>>()?;
+        let receipts = receipts(&request.receipts)?;
         match self
             .context
             .write(Command::AckBatch {
@@ -243,31 +320,9 @@ impl MessageService for MessageApi {
             })
             .await?
         {
-            Outcome::AckedBatch(results) => {
-                let results: Vec<pb::AckResult> = results
-                    .into_iter()
-                    .map(|result| match result {
-                        Ok(already_acked) => pb::AckResult {
-                            already_acked,
-                            ..pb::AckResult::default()
-                        },
-                        Err(error) => {
-                            let status = Status::from(ServiceError::from(error));
-                            pb::AckResult {
-                                code: status.code() as i32,
-                                error: status.message().to_string(),
-                                already_acked: false,
-                            }
-                        }
-                    })
-                    .collect();
-                let acked = results
-                    .iter()
-                    .filter(|r| r.code == 0 && !r.already_acked)
-                    .count();
-                metrics::counter!("raftq_messages_acked_total").increment(acked as u64);
-                Ok(Response::new(pb::AckBatchResponse { results }))
-            }
+            Outcome::AckedBatch(results) => Ok(Response::new(pb::AckBatchResponse {
+                results: ack_results(results),
+            })),
             other => Err(unexpected(other)),
         }
     }
