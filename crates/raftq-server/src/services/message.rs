@@ -198,18 +198,20 @@ impl MessageService for MessageApi {
             // log decide.
             .unwrap_or(true);
             let out_of_time = tokio::time::Instant::now() >= deadline;
+            let receiving = deliverable || out_of_time;
             let ack = acks.take().map(|receipts| Command::AckBatch {
                 queue: request.queue.clone(),
                 receipts,
             });
-            if let (Some(ack), false) = (&ack, deliverable || out_of_time) {
-                // Nothing to receive yet: the acks go in at once, the receive waits.
-                acked = match self.context.write(ack.clone()).await? {
-                    Outcome::AckedBatch(results) => ack_results(results),
-                    other => return Err(unexpected(other)),
-                };
-            }
-            if deliverable || out_of_time {
+            if !receiving {
+                if let Some(ack) = ack {
+                    // Nothing to receive yet: the acks go in at once, the receive waits.
+                    acked = match self.context.write(ack).await? {
+                        Outcome::AckedBatch(results) => ack_results(results),
+                        other => return Err(unexpected(other)),
+                    };
+                }
+            } else {
                 let command = if selective {
                     Command::ReceiveSelected {
                         queue: request.queue.clone(),
