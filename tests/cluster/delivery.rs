@@ -488,3 +488,179 @@ async fn consumers_acking_with_their_receives_get_every_message_once() {
     let stats = stats_of(&client, "pairs").await;
     assert_eq!((stats.depth, stats.total_acked), (0, SENT as u64));
 }
+
+/// The `raftq_streamed_sends_total` counter of the node whose HTTP address is `http`.
+async fn streamed_sends(http: &str) -> u64 {
+    raftq_tests::node_metric(http, "raftq_streamed_sends_total").await as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_stream_answers_each_send_by_id_and_a_follower_refuses_it() {
+    use pb::message_service_client::MessageServiceClient;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_of(leader);
+    let grpc_of = |id: u64| {
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|node| node.id == id)
+            .expect("node");
+        format!("http://{}", node.grpc)
+    };
+    let client = cluster.client();
+    create_queue(&client, "streamed", pb::QueueOptions::default()).await;
+
+    // A follower refuses the stream at once and names the leader.
+    let mut on_follower = MessageServiceClient::connect(grpc_of(follower))
+        .await
+        .expect("connect to a follower");
+    let (_open, nothing) = tokio::sync::mpsc::channel::<pb::StreamedSend>(1);
+    let refusal = on_follower
+        .send_stream(ReceiverStream::new(nothing))
+        .await
+        .expect_err("a follower refuses a send stream");
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
+    let named = refusal
+        .metadata()
+        .get("raftq-leader-address")
+        .and_then(|value| value.to_str().ok())
+        .map(|address| format!("http://{address}"));
+    assert_eq!(named, Some(grpc_of(leader)));
+
+    let send = |id: u64, queue: &str, body: Option<&str>, key: &str| pb::StreamedSend {
+        id,
+        send: Some(pb::SendRequest {
+            queue: queue.to_string(),
+            message: body.map(|body| pb::OutgoingMessage {
+                body: body.as_bytes().to_vec(),
+                idempotency_key: key.to_string(),
+                ..pb::OutgoingMessage::default()
+            }),
+        }),
+    };
+    let sends = [
+        send(7, "streamed", Some("a"), "key-a"),
+        send(8, "streamed", Some("b"), "key-b"),
+        send(9, "streamed", Some("a again"), "key-a"),
+        send(10, "no-such-queue", Some("lost"), "key-lost"),
+        send(11, "streamed", None, "key-none"),
+        send(12, "streamed", Some("c"), "key-c"),
+    ];
+    let (requests, outgoing) = tokio::sync::mpsc::channel(sends.len());
+    for item in sends {
+        requests.send(item).await.expect("queue a send");
+    }
+    // The request side ends after the sends: the node answers them all, then ends too.
+    drop(requests);
+    let mut on_leader = MessageServiceClient::connect(grpc_of(leader))
+        .await
+        .expect("connect to the leader");
+    let mut answers = on_leader
+        .send_stream(ReceiverStream::new(outgoing))
+        .await
+        .expect("the leader serves the stream")
+        .into_inner();
+    let mut by_id = std::collections::HashMap::new();
+    while let Some(answer) = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("an answer within 10 s")
+        .expect("the stream ends cleanly")
+    {
+        assert!(
+            by_id.insert(answer.id, answer).is_none(),
+            "one answer per id"
+        );
+    }
+    let ids: HashSet<u64> = by_id.keys().copied().collect();
+    assert_eq!(ids, HashSet::from([7, 8, 9, 10, 11, 12]));
+    let stored = |id: u64| {
+        let answer = &by_id[&id];
+        assert_eq!(answer.code, 0, "send {id}: {}", answer.error);
+        answer.sent.expect("a result")
+    };
+    let (a, b, a_again, c) = (stored(7), stored(8), stored(9), stored(12));
+    assert!(!a.duplicate && !b.duplicate && !c.duplicate);
+    assert!(a_again.duplicate, "the same key is a duplicate");
+    assert_eq!(a_again.message_id, a.message_id);
+    let distinct: HashSet<u64> = [a.message_id, b.message_id, c.message_id].into();
+    assert_eq!(distinct.len(), 3);
+    assert_eq!(
+        by_id[&10].code,
+        Code::NotFound as i32,
+        "{}",
+        by_id[&10].error
+    );
+    assert!(
+        by_id[&10].error.contains("no-such-queue"),
+        "{}",
+        by_id[&10].error
+    );
+    assert_eq!(by_id[&11].code, Code::InvalidArgument as i32);
+    assert!(by_id[&11].sent.is_none() && by_id[&10].sent.is_none());
+
+    let stats = stats_of(&client, "streamed").await;
+    assert_eq!(stats.depth, 3, "a, b and c are stored once each");
+    let received = client
+        .receive("streamed", 10, Duration::from_secs(2), None)
+        .await
+        .expect("receive");
+    let bodies: HashSet<Vec<u8>> = received.into_iter().map(|m| m.body).collect();
+    assert_eq!(
+        bodies,
+        HashSet::from([b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_sends_share_a_send_stream_and_are_each_stored_once() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let leader_node = cluster
+        .nodes
+        .iter()
+        .find(|node| node.id == leader)
+        .expect("leader");
+    let leader_http = leader_node.http.clone();
+    let client = cluster.client();
+    create_queue(&client, "shared", pb::QueueOptions::default()).await;
+    // Route the client to the leader before counting.
+    client.get_queue("shared").await.expect("get the queue");
+    assert_eq!(client.preferred_address(), leader_node.grpc);
+    let before = streamed_sends(&leader_http).await;
+
+    const SENDS: usize = 400;
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..SENDS {
+        let client = client.clone();
+        sends.spawn(async move { client.send("shared", Message::new(format!("m{i}"))).await });
+    }
+    let ids: HashSet<u64> = sends
+        .join_all()
+        .await
+        .into_iter()
+        .map(|result| result.expect("send").message_id)
+        .collect();
+    assert_eq!(ids.len(), SENDS, "every send has its own message");
+    let streamed = streamed_sends(&leader_http).await - before;
+    assert_eq!(streamed, SENDS as u64, "every send went on the stream");
+    assert_eq!(stats_of(&client, "shared").await.depth, SENDS as u64);
+
+    // With streams off, the same sends are calls of their own.
+    let config = raftq_client::ClientConfig {
+        stream_sends: false,
+        ..raftq_tests::test_client_config()
+    };
+    let addresses: Vec<String> = cluster.nodes.iter().map(|node| node.grpc.clone()).collect();
+    let unary = raftq_client::Client::new(&addresses, config).expect("client");
+    for i in 0..10 {
+        unary
+            .send("shared", Message::new(format!("u{i}")))
+            .await
+            .expect("send");
+    }
+    assert_eq!(streamed_sends(&leader_http).await - before, SENDS as u64);
+    assert_eq!(stats_of(&client, "shared").await.depth, SENDS as u64 + 10);
+}

@@ -443,3 +443,44 @@ async fn a_follower_exits_on_sigterm_while_the_leader_streams_entries_to_it() {
         "{acked} acknowledged, {attempted} attempted, {depth} stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_exits_on_sigterm_while_a_client_holds_a_send_stream_to_it() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "held", pb::QueueOptions::default()).await;
+    // Routed to the leader, the next send opens a send stream there and leaves it open.
+    client.get_queue("held").await.expect("get the queue");
+    let leader = cluster.wait_for_leader().await;
+    let (leader_grpc, leader_http) = {
+        let node = cluster.node(leader);
+        (node.grpc.clone(), node.http.clone())
+    };
+    assert_eq!(client.preferred_address(), leader_grpc);
+    client
+        .send("held", Message::new("before"))
+        .await
+        .expect("send");
+    assert_eq!(
+        raftq_tests::node_metric(&leader_http, "raftq_streamed_sends_total").await,
+        1.0,
+        "the send went on a stream"
+    );
+    // Fails the test if the node's graceful stop waits on the open stream.
+    cluster.node(leader).stop();
+    client
+        .send("held", Message::new("after"))
+        .await
+        .expect("a send once the leader has stopped");
+    let bodies: HashSet<Vec<u8>> = client
+        .receive("held", 10, Duration::from_secs(2), None)
+        .await
+        .expect("receive")
+        .into_iter()
+        .map(|message| message.body)
+        .collect();
+    assert_eq!(
+        bodies,
+        HashSet::from([b"before".to_vec(), b"after".to_vec()])
+    );
+}

@@ -1,7 +1,7 @@
 use raftq_client::{Message, pb};
 use std::time::Duration;
 
-use raftq_tests::{Cluster, create_queue, http_get, wait_until};
+use raftq_tests::{Cluster, create_queue, http_get, metric_value, wait_until};
 use tonic::transport::Endpoint;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -121,12 +121,4 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
             assert!(appends > 0.0, "follower append timings: {metrics}");
         }
     }
-}
-
-/// The value of an unlabelled metric in a Prometheus text exposition (0 when absent).
-fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
 }

@@ -450,6 +450,21 @@ pub async fn create_queue(client: &Client, name: &str, options: pb::QueueOptions
         .expect("create queue");
 }
 
+/// The value of an unlabelled metric in a Prometheus text exposition (0 when absent).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An unlabelled metric of the node whose HTTP side port is `address` (0 when absent).
+pub async fn node_metric(address: &str, name: &str) -> f64 {
+    let (status, text) = http_get(address, "/metrics").await;
+    assert_eq!(status, 200, "metrics of {address}");
+    metric_value(&text, name)
+}
+
 /// A plain HTTP/1.0 GET against a node's side port: (status code, body).
 pub async fn http_get(address: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -82,6 +82,9 @@ struct Targets {
     /// next receive, instead of with that receive.
     #[arg(long)]
     raftq_ack_apart: bool,
+    /// raftq: single sends are calls of their own instead of sharing a send stream.
+    #[arg(long)]
+    raftq_unary_sends: bool,
     /// First port of clusters the benchmark starts.
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
@@ -357,12 +360,21 @@ fn raftq_bin(targets: &Targets) -> anyhow::Result<PathBuf> {
     Ok(sibling)
 }
 
+impl Targets {
+    fn raftq_options(&self) -> raftq::Options {
+        raftq::Options {
+            ack_apart: self.raftq_ack_apart,
+            unary_sends: self.raftq_unary_sends,
+        }
+    }
+}
+
 async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> {
     Ok(match target {
         Target::Raftq if !targets.addr.is_empty() => Prepared {
             driver: Arc::new(raftq::Raftq::connect(
                 &targets.addr,
-                targets.raftq_ack_apart,
+                targets.raftq_options(),
             )?),
             // Server processes only: not `raftq dev` or a `raftq bench` wrapper.
             processes: processes_named("raftq", Some("serve")),
@@ -379,7 +391,7 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
             Prepared {
                 driver: Arc::new(raftq::Raftq::connect(
                     &cluster.addresses(),
-                    targets.raftq_ack_apart,
+                    targets.raftq_options(),
                 )?),
                 processes: cluster.processes(),
                 cluster: Some(cluster),

@@ -17,13 +17,25 @@ pub struct Raftq {
     ack_apart: bool,
 }
 
+/// Ways of using raftq other than the client's defaults, to compare against them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Consumers acknowledge each batch with its own `AckBatch` before the next receive,
+    /// instead of with that receive.
+    pub ack_apart: bool,
+    /// Single sends are calls of their own instead of sharing a send stream.
+    pub unary_sends: bool,
+}
+
 impl Raftq {
-    /// `ack_apart`: consumers acknowledge each batch with its own `AckBatch` before the
-    /// next receive, instead of with that receive.
-    pub fn connect(addresses: &[String], ack_apart: bool) -> Result<Raftq> {
+    pub fn connect(addresses: &[String], options: Options) -> Result<Raftq> {
+        let config = ClientConfig {
+            stream_sends: !options.unary_sends,
+            ..ClientConfig::default()
+        };
         Ok(Raftq {
-            client: Client::new(addresses, ClientConfig::default())?,
-            ack_apart,
+            client: Client::new(addresses, config)?,
+            ack_apart: options.ack_apart,
         })
     }
 }

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use crate::pb::{
     self, admin_service_client::AdminServiceClient, message_service_client::MessageServiceClient,
     queue_service_client::QueueServiceClient,
 };
+use crate::pipe::{Ended, Pipe};
 
 /// Metadata keys the server sets on UNAVAILABLE answers.
 const LEADER_ADDRESS_KEY: &str = "raftq-leader-address";
@@ -26,6 +27,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Single sends share one `SendStream` to the leader (many in flight on it) instead
+    /// of a call each; a send the stream cannot answer goes again as a call.
+    pub stream_sends: bool,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +40,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(1),
             initial_backoff: Duration::from_millis(25),
             max_backoff: Duration::from_secs(1),
+            stream_sends: true,
         }
     }
 }
@@ -165,6 +170,21 @@ struct Nodes {
     /// Address the next call goes to first: the last known leader, or a seed.
     preferred: String,
     next_seed: usize,
+    /// The send stream to the preferred node, once a single send has opened it.
+    pipe: Option<Pipe>,
+    /// Nodes that answered a send stream with UNIMPLEMENTED (older servers).
+    without_streams: HashSet<String>,
+}
+
+impl Nodes {
+    fn channel(&mut self, address: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
+        if let Some(channel) = self.channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = endpoint(address, config)?.connect_lazy();
+        self.channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
 }
 
 /// A cheaply cloneable handle; clones share connections and the leader cache.
@@ -194,6 +214,8 @@ impl Client {
                 channels: HashMap::new(),
                 preferred: first,
                 next_seed: 1,
+                pipe: None,
+                without_streams: HashSet::new(),
             })),
             config,
         })
@@ -217,12 +239,40 @@ impl Client {
     fn channel(&self) -> Result<(String, Channel), ClientError> {
         let mut nodes = self.lock();
         let address = nodes.preferred.clone();
-        if let Some(channel) = nodes.channels.get(&address) {
-            return Ok((address, channel.clone()));
-        }
-        let channel = endpoint(&address, &self.config)?.connect_lazy();
-        nodes.channels.insert(address.clone(), channel.clone());
+        let channel = nodes.channel(&address, &self.config)?;
         Ok((address, channel))
+    }
+
+    /// The send stream to the preferred node, opened if there is none (or it ended);
+    /// `None` when streamed sends are off or that node does not serve send streams.
+    fn pipe(&self) -> Option<Pipe> {
+        if !self.config.stream_sends {
+            return None;
+        }
+        let mut nodes = self.lock();
+        let address = nodes.preferred.clone();
+        if let Some(pipe) = &nodes.pipe
+            && pipe.address == address
+            && pipe.is_open()
+        {
+            return Some(pipe.clone());
+        }
+        if nodes.without_streams.contains(&address) {
+            return None;
+        }
+        let channel = nodes.channel(&address, &self.config).ok()?;
+        let shared = Arc::downgrade(&self.nodes);
+        let refused = address.clone();
+        let pipe = Pipe::open(address, channel, MAX_MESSAGE_BYTES, move |ended| {
+            if let (Ended::Unsupported, Some(nodes)) = (ended, shared.upgrade()) {
+                let mut nodes = nodes
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                nodes.without_streams.insert(refused);
+            }
+        });
+        nodes.pipe = Some(pipe.clone());
+        Some(pipe)
     }
 
     /// After a failure at `address`: go to the hinted leader, or try the next seed address.
@@ -417,6 +467,14 @@ impl Client {
             queue: queue.to_string(),
             message: Some(message.into_proto()),
         };
+        if let Some(pipe) = self.pipe() {
+            let streamed =
+                tokio::time::timeout(self.config.attempt_timeout, pipe.send(request.clone()));
+            if let Ok(Some(answer)) = streamed.await {
+                return answer.map_err(ClientError::Status);
+            }
+            // Not answered on the stream: the call below retries it under the same key.
+        }
         let response = self
             .retry(Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);

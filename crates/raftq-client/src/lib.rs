@@ -7,6 +7,7 @@
 
 mod client;
 mod error;
+mod pipe;
 mod transaction;
 
 pub use client::{Client, ClientConfig, Message, SendOptions};

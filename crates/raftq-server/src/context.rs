@@ -65,6 +65,20 @@ impl Context {
         }
     }
 
+    /// Serve here only if this node leads: for calls that are not forwarded (streams),
+    /// the caller is told where the leader is instead.
+    pub fn require_leader(&self) -> Result<(), Status> {
+        if self.node.is_leader() {
+            return Ok(());
+        }
+        let (leader_id, leader_address) = self.node.leader().unzip();
+        Err(ServiceError::from(ClusterError::NotLeader {
+            leader_id,
+            leader_address,
+        })
+        .into())
+    }
+
     fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut channels = self
             .channels

@@ -74,6 +74,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         .add_service(
             MessageServiceServer::new(MessageApi {
                 context: context.clone(),
+                stopped: stopped.clone(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_REQUEST_BYTES),

@@ -1,11 +1,14 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use raftq_core::{Command, Outcome, Receipt, TransactionAck, TransactionSend};
 use raftq_proto::pb::{
     self, message_service_client::MessageServiceClient, message_service_server::MessageService,
 };
 use raftq_store::ReadError;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::forward_to_leader;
 use crate::context::{Context, invalid, unexpected};
@@ -21,6 +24,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 pub struct MessageApi {
     pub context: Context,
+    /// Turns true when the node stops: send streams stop reading, answer what they have
+    /// read, and end, so that the server's graceful stop does not wait on them.
+    pub stopped: watch::Receiver<bool>,
 }
 
 fn wall_clock_ms() -> u64 {
@@ -109,8 +115,127 @@ impl MessageApi {
     }
 }
 
+/// Most sends of one send stream in flight at once; the stream is read on as they finish.
+pub const MAX_STREAMED_SENDS: usize = 1_024;
+/// Most body bytes of one send stream in flight at once (a single larger send still
+/// goes, alone).
+const MAX_STREAMED_BYTES: usize = 16 * 1024 * 1024;
+
+type SendResults =
+    std::pin::Pin<Box<dyn Stream<Item = Result<pb::StreamedSendResult, Status>> + Send + 'static>>;
+
+impl MessageApi {
+    /// One send of a send stream, answered as `Send` would answer it.
+    async fn streamed_send(&self, item: pb::StreamedSend) -> pb::StreamedSendResult {
+        metrics::counter!("raftq_streamed_sends_total").increment(1);
+        let message = item.send.and_then(|send| Some((send.queue, send.message?)));
+        let outcome = match message {
+            Some((queue, message)) => {
+                self.send_messages(queue, vec![message])
+                    .await
+                    .and_then(|mut results| {
+                        results
+                            .pop()
+                            .ok_or_else(|| Status::internal("send returned no result"))
+                    })
+            }
+            None => Err(invalid(raftq_core::QueueError::InvalidArgument {
+                field: "send.message".into(),
+                reason: "is required".into(),
+            })),
+        };
+        match outcome {
+            Ok(sent) => pb::StreamedSendResult {
+                id: item.id,
+                sent: Some(sent),
+                ..pb::StreamedSendResult::default()
+            },
+            Err(status) => pb::StreamedSendResult {
+                id: item.id,
+                sent: None,
+                code: status.code() as i32,
+                error: status.message().to_string(),
+            },
+        }
+    }
+
+    /// Reads a send stream and answers each send as it is stored, with at most
+    /// [`MAX_STREAMED_SENDS`] and [`MAX_STREAMED_BYTES`] in flight. A broken request stream ends the answers with
+    /// its status once the sends already read are answered; so does the node stopping,
+    /// with OK (the client sends what it had not had answered again, elsewhere).
+    async fn serve_send_stream(
+        self,
+        mut incoming: Streaming<pb::StreamedSend>,
+        answers: mpsc::Sender<Result<pb::StreamedSendResult, Status>>,
+    ) {
+        let api = &self;
+        let mut in_flight = FuturesUnordered::new();
+        let mut bytes_in_flight = 0;
+        let mut reading = true;
+        let mut broken = None;
+        let mut stopped = self.stopped.clone();
+        let stopping = async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        };
+        tokio::pin!(stopping);
+        loop {
+            tokio::select! {
+                () = &mut stopping, if reading => reading = false,
+                next = incoming.message(), if reading
+                    && in_flight.len() < MAX_STREAMED_SENDS
+                    && bytes_in_flight < MAX_STREAMED_BYTES => {
+                    match next {
+                        Ok(Some(item)) => {
+                            let bytes = item
+                                .send
+                                .as_ref()
+                                .and_then(|send| send.message.as_ref())
+                                .map_or(0, |message| message.body.len());
+                            bytes_in_flight += bytes;
+                            in_flight.push(async move { (api.streamed_send(item).await, bytes) });
+                        }
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            reading = false;
+                            broken = Some(status);
+                        }
+                    }
+                }
+                Some((answer, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+                    bytes_in_flight -= bytes;
+                    if answers.send(Ok(answer)).await.is_err() {
+                        // The caller is gone. Sends already proposed still commit;
+                        // their answers have nowhere to go.
+                        return;
+                    }
+                }
+                else => break,
+            }
+        }
+        if let Some(status) = broken {
+            let _ = answers.send(Err(status)).await;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl MessageService for MessageApi {
+    type SendStreamStream = SendResults;
+
+    async fn send_stream(
+        &self,
+        request: Request<Streaming<pb::StreamedSend>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        self.context.require_leader()?;
+        let (answers, answered) = mpsc::channel(MAX_STREAMED_SENDS);
+        let api = MessageApi {
+            context: self.context.clone(),
+            stopped: self.stopped.clone(),
+        };
+        tokio::spawn(api.serve_send_stream(request.into_inner(), answers));
+        Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
+    }
+
     async fn send(
         &self,
         request: Request<pb::SendRequest>,
