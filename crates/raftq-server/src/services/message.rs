@@ -124,25 +124,31 @@ const MAX_STREAMED_BYTES: usize = 16 * 1024 * 1024;
 type SendResults =
     std::pin::Pin<Box<dyn Stream<Item = Result<pb::StreamedSendResult, Status>> + Send + 'static>>;
 
+fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
+    value.ok_or_else(|| {
+        invalid(raftq_core::QueueError::InvalidArgument {
+            field: field.into(),
+            reason: "is required".into(),
+        })
+    })
+}
+
 impl MessageApi {
+    /// One message sent here, by a `Send` call or on a send stream.
+    async fn send_one(&self, request: pb::SendRequest) -> Result<pb::SendResponse, Status> {
+        let message = required(request.message, "message")?;
+        let mut results = self.send_messages(request.queue, vec![message]).await?;
+        results
+            .pop()
+            .ok_or_else(|| Status::internal("send returned no result"))
+    }
+
     /// One send of a send stream, answered as `Send` would answer it.
     async fn streamed_send(&self, item: pb::StreamedSend) -> pb::StreamedSendResult {
         metrics::counter!("raftq_streamed_sends_total").increment(1);
-        let message = item.send.and_then(|send| Some((send.queue, send.message?)));
-        let outcome = match message {
-            Some((queue, message)) => {
-                self.send_messages(queue, vec![message])
-                    .await
-                    .and_then(|mut results| {
-                        results
-                            .pop()
-                            .ok_or_else(|| Status::internal("send returned no result"))
-                    })
-            }
-            None => Err(invalid(raftq_core::QueueError::InvalidArgument {
-                field: "send.message".into(),
-                reason: "is required".into(),
-            })),
+        let outcome = match required(item.send, "send") {
+            Ok(send) => self.send_one(send).await,
+            Err(status) => Err(status),
         };
         match outcome {
             Ok(sent) => pb::StreamedSendResult {
@@ -241,18 +247,7 @@ impl MessageService for MessageApi {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, send);
-        let request = request.into_inner();
-        let message = request.message.ok_or_else(|| {
-            invalid(raftq_core::QueueError::InvalidArgument {
-                field: "message".into(),
-                reason: "is required".into(),
-            })
-        })?;
-        let mut results = self.send_messages(request.queue, vec![message]).await?;
-        results
-            .pop()
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("send returned no result"))
+        self.send_one(request.into_inner()).await.map(Response::new)
     }
 
     async fn send_batch(
