@@ -445,10 +445,11 @@ async fn a_follower_exits_on_sigterm_while_the_leader_streams_entries_to_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_exits_on_sigterm_while_a_client_holds_a_send_stream_to_it() {
+async fn a_leader_exits_on_sigterm_while_a_client_holds_send_and_consume_streams_to_it() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
     create_queue(&client, "held", pb::QueueOptions::default()).await;
+    create_queue(&client, "waiting", pb::QueueOptions::default()).await;
     // Routed to the leader, the next send opens a send stream there and leaves it open.
     client.get_queue("held").await.expect("get the queue");
     let leader = cluster.wait_for_leader().await;
@@ -466,7 +467,24 @@ async fn a_leader_exits_on_sigterm_while_a_client_holds_a_send_stream_to_it() {
         1.0,
         "the send went on a stream"
     );
-    // Fails the test if the node's graceful stop waits on the open stream.
+    // A consumer waiting on an empty queue holds a consume stream to the leader.
+    let mut consumer = client
+        .consume("waiting", raftq_client::ConsumeOptions::default())
+        .await
+        .expect("consume");
+    wait_until(
+        "the leader serves the consume stream",
+        Duration::from_secs(10),
+        || {
+            let http = leader_http.clone();
+            async move {
+                (raftq_tests::node_metric(&http, "raftq_consume_streams").await == 1.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Fails the test if the node's graceful stop waits on an open stream.
     cluster.node(leader).stop();
     client
         .send("held", Message::new("after"))
@@ -483,4 +501,135 @@ async fn a_leader_exits_on_sigterm_while_a_client_holds_a_send_stream_to_it() {
         bodies,
         HashSet::from([b"before".to_vec(), b"after".to_vec()])
     );
+    // The consumer goes on at the new leader.
+    client
+        .send("waiting", Message::new("for the consumer"))
+        .await
+        .expect("send");
+    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("a delivery within 20 s")
+        .expect("the consumer follows the new leader");
+    let bodies: Vec<Vec<u8>> = delivery.messages.into_iter().map(|m| m.body).collect();
+    assert_eq!(bodies, [b"for the consumer".to_vec()]);
+}
+
+/// Records the result of acknowledging `receipt`: the body counts as acknowledged when
+/// the ack succeeded, and once more each time it did so for the first time (an ack sent
+/// again on a new stream answers `already_acked`). A delivery the old leader handed out may
+/// have come to the consumer again since; its first receipt is then stale, and the later
+/// one counts.
+fn count_ack(
+    acked: &mut HashMap<String, usize>,
+    receipts_of: &mut HashMap<String, String>,
+    receipt: String,
+    result: &pb::AckResult,
+) {
+    let body = receipts_of.remove(&receipt).expect("an ack of a delivery");
+    if result.code == 0 {
+        *acked.entry(body).or_default() += usize::from(!result.already_acked);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_follows_a_new_leader_and_every_message_is_acknowledged() {
+    use raftq_client::ConsumeOptions;
+
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    // Short leases, so that deliveries the killed leader handed out and never answered
+    // come back soon.
+    let options = pb::QueueOptions {
+        default_lease_ms: 2_000,
+        ..pb::QueueOptions::default()
+    };
+    create_queue(&client, "failover", options).await;
+    let bodies: Vec<String> = (0..2_000).map(|i| format!("f{i:05}")).collect();
+    for chunk in bodies.chunks(200) {
+        let messages = chunk
+            .iter()
+            .map(|body| Message::new(body.clone()))
+            .collect();
+        client.send_batch("failover", messages).await.expect("send");
+    }
+    let options = ConsumeOptions {
+        prefetch: 100,
+        max_messages: 50,
+        lease: None,
+    };
+    let mut consumer = client.consume("failover", options).await.expect("consume");
+    let mut acked: HashMap<String, usize> = HashMap::new();
+    let mut receipts_of: HashMap<String, String> = HashMap::new();
+    let mut killed = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while acked.len() < bodies.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} acknowledged\n{}",
+            acked.len(),
+            bodies.len(),
+            cluster.logs()
+        );
+        if killed.is_none() && acked.len() >= 500 {
+            let leader = cluster.wait_for_leader().await;
+            cluster.node(leader).kill();
+            killed = Some(leader);
+        }
+        let delivery = match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+            Ok(delivery) => delivery.expect("the consumer follows the new leader"),
+            Err(_) => continue,
+        };
+        for (receipt, result) in delivery.acks {
+            count_ack(&mut acked, &mut receipts_of, receipt, &result);
+        }
+        let receipts: Vec<String> = delivery
+            .messages
+            .iter()
+            .map(|m| m.receipt.clone())
+            .collect();
+        for message in delivery.messages {
+            let body = String::from_utf8(message.body).expect("utf-8");
+            receipts_of.insert(message.receipt, body);
+        }
+        consumer.ack(&receipts).await;
+    }
+    assert!(killed.is_some(), "the leader was killed mid-way");
+    for (receipt, result) in consumer.close().await.expect("close") {
+        count_ack(&mut acked, &mut receipts_of, receipt, &result);
+    }
+    let expected: HashSet<&String> = bodies.iter().collect();
+    assert_eq!(acked.keys().collect::<HashSet<_>>(), expected);
+    let twice: Vec<_> = acked.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "acknowledged twice: {twice:?}");
+    let queue = client.get_queue("failover").await.expect("get queue");
+    assert_eq!(queue.stats.expect("stats").depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_exits_on_sigterm_while_a_consumer_waits_on_it() {
+    // With no other node to hand leadership to, only the node's own stop ends the stream.
+    let mut cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    create_queue(&client, "waiting", pb::QueueOptions::default()).await;
+    let mut consumer = client
+        .consume("waiting", raftq_client::ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let http = cluster.node(1).http.clone();
+    wait_until(
+        "the node serves the consume stream",
+        Duration::from_secs(10),
+        || {
+            let http = http.clone();
+            async move {
+                (raftq_tests::node_metric(&http, "raftq_consume_streams").await == 1.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Fails the test if the node's graceful stop waits on the open stream.
+    cluster.node(1).stop();
+    let ended = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
+    assert!(ended.is_err(), "no delivery comes from a stopped node");
 }

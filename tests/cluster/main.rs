@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod consume;
 mod delivery;
 mod failures;
 mod features;

@@ -45,6 +45,15 @@ impl Default for ClientConfig {
     }
 }
 
+/// The leader an UNAVAILABLE answer names, if any.
+fn leader_hint(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_ADDRESS_KEY)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+}
+
 /// A message to send.
 #[derive(Debug, Clone, Default)]
 pub struct Message {
@@ -275,6 +284,15 @@ impl Client {
         Some(pipe)
     }
 
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// After `status` from `address`: go to the leader it names, or try the next seed.
+    pub(crate) fn reroute_after(&self, address: &str, status: &tonic::Status) {
+        self.reroute(address, leader_hint(status));
+    }
+
     /// After a failure at `address`: go to the hinted leader, or try the next seed address.
     fn reroute(&self, address: &str, leader_hint: Option<String>) {
         let mut nodes = self.lock();
@@ -292,7 +310,7 @@ impl Client {
     }
 
     /// Runs `call` until it succeeds, fails for good, or the retry deadline passes.
-    async fn retry<T, F, Fut>(
+    pub(crate) async fn retry<T, F, Fut>(
         &self,
         extra_timeout: Duration,
         call: F,
@@ -329,11 +347,7 @@ impl Client {
             if !is_retryable(&status) {
                 return Err(ClientError::Status(status));
             }
-            let hint = status
-                .metadata()
-                .get(LEADER_ADDRESS_KEY)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_string);
+            let hint = leader_hint(&status);
             let retry_after = status
                 .metadata()
                 .get(RETRY_AFTER_MS_KEY)
@@ -366,7 +380,7 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn messages(channel: Channel) -> MessageServiceClient<Channel> {
+    pub(crate) fn messages(channel: Channel) -> MessageServiceClient<Channel> {
         MessageServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)

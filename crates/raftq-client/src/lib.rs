@@ -6,11 +6,13 @@
 //! It must not depend on server internals: only the public protobuf API.
 
 mod client;
+mod consumer;
 mod error;
 mod pipe;
 mod transaction;
 
 pub use client::{Client, ClientConfig, Message, SendOptions};
+pub use consumer::{ConsumeOptions, Consumer, Delivery};
 pub use error::ClientError;
 pub use raftq_proto::pb;
 pub use tonic::Code;

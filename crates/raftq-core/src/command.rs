@@ -91,7 +91,7 @@ impl NewMessage {
 
 /// A lease holder's proof of delivery: message id plus the delivery attempt that acts as a
 /// fencing token. Text form: `<message_id>:<attempt>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Receipt {
     pub message_id: MessageId,
     pub attempt: u32,

@@ -34,7 +34,7 @@ impl QueueError {
         matches!(self, QueueError::QueueFull { .. })
     }
 
-    pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
         QueueError::InvalidArgument {
             field: field.to_string(),
             reason: reason.into(),

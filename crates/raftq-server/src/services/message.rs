@@ -20,7 +20,7 @@ pub const MAX_WAIT_MS: u64 = 20_000;
 const MAX_PEEK: usize = 1_000;
 const DEFAULT_PEEK: usize = 10;
 /// While long-polling, re-check at least this often (leases may expire without any write).
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 pub struct MessageApi {
     pub context: Context,
@@ -29,14 +29,14 @@ pub struct MessageApi {
     pub stopped: watch::Receiver<bool>,
 }
 
-fn wall_clock_ms() -> u64 {
+pub(super) fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn receipt(text: &str) -> Result<Receipt, Status> {
+pub(super) fn receipt(text: &str) -> Result<Receipt, Status> {
     text.parse::<Receipt>().map_err(invalid)
 }
 
@@ -46,7 +46,9 @@ fn receipts(texts: &[String]) -> Result<Vec<Receipt>, Status> {
 
 /// The wire form of an `AckBatch`'s per-receipt results; counts the messages acknowledged
 /// now (not those a retried ack finds already acknowledged).
-fn ack_results(results: Vec<Result<bool, raftq_core::QueueError>>) -> Vec<pb::AckResult> {
+pub(super) fn ack_results(
+    results: Vec<Result<bool, raftq_core::QueueError>>,
+) -> Vec<pb::AckResult> {
     let results: Vec<pb::AckResult> = results
         .into_iter()
         .map(|result| match result {
@@ -120,6 +122,9 @@ pub const MAX_STREAMED_SENDS: usize = 1_024;
 /// Most body bytes of one send stream in flight at once (a single larger send still
 /// goes, alone).
 const MAX_STREAMED_BYTES: usize = 16 * 1024 * 1024;
+
+type ConsumeAnswers =
+    std::pin::Pin<Box<dyn Stream<Item = Result<pb::ConsumeResponse, Status>> + Send + 'static>>;
 
 type SendResults =
     std::pin::Pin<Box<dyn Stream<Item = Result<pb::StreamedSendResult, Status>> + Send + 'static>>;
@@ -239,6 +244,22 @@ impl MessageService for MessageApi {
             stopped: self.stopped.clone(),
         };
         tokio::spawn(api.serve_send_stream(request.into_inner(), answers));
+        Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
+    }
+
+    type ConsumeStream = ConsumeAnswers;
+
+    async fn consume(
+        &self,
+        request: Request<Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        self.context.require_leader()?;
+        let (answers, answered) = mpsc::channel(super::consume::ANSWER_QUEUE);
+        let api = MessageApi {
+            context: self.context.clone(),
+            stopped: self.stopped.clone(),
+        };
+        tokio::spawn(api.serve_consume(request.into_inner(), answers));
         Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
     }
 

@@ -2,6 +2,7 @@
 //! the call here: writes go through Raft, reads wait for a quorum-confirmed read barrier.
 
 mod admin;
+mod consume;
 mod message;
 mod queue;
 

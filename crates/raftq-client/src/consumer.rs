@@ -1,0 +1,257 @@
+//! A consumer on one queue over a `Consume` stream: the leader hands out messages as they
+//! arrive, keeping up to `prefetch` unacknowledged on the stream, and applies the acks
+//! sent on it with its next receive. The consumer does not wait for a round trip per
+//! batch, and the stream's deliveries come in the order the queue hands them out.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::client::Client;
+use crate::error::{ClientError, is_retryable};
+use crate::pb;
+
+/// Most receipts in one ack message (the server's limit).
+const MAX_ACKS_PER_MESSAGE: usize = 1_000;
+/// Ack messages queued for the stream at most; `ack` waits for room beyond.
+const REQUEST_QUEUE: usize = 64;
+
+/// How a [`Consumer`] consumes.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Most deliveries held unacknowledged (1..=1,000).
+    pub prefetch: u32,
+    /// Most messages in one [`Delivery`] (1..=1,000).
+    pub max_messages: u32,
+    /// Lease of each delivery; `None` uses the queue's default.
+    pub lease: Option<Duration>,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        ConsumeOptions {
+            prefetch: 200,
+            max_messages: 100,
+            lease: None,
+        }
+    }
+}
+
+/// What one [`Consumer::next`] brought: messages, and the results of acks sent earlier.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    pub messages: Vec<pb::ReceivedMessage>,
+    /// Each acknowledged receipt with its result (`code` 0: acknowledged), in the order
+    /// the receipts were given to [`Consumer::ack`].
+    pub acks: Vec<(String, pb::AckResult)>,
+}
+
+struct Open {
+    requests: mpsc::Sender<pb::ConsumeRequest>,
+    answers: Streaming<pb::ConsumeResponse>,
+    address: String,
+}
+
+/// A consumer on one queue; see [`Client::consume`]. Deliveries it holds when it is closed
+/// or dropped are handed out again at once; when the stream breaks, whichever node
+/// leads hands them out again (at once, or when their leases end) and the consumer opens
+/// a new stream, sending again the acks that were not answered (acks are idempotent).
+pub struct Consumer {
+    client: Client,
+    queue: String,
+    options: ConsumeOptions,
+    stream: Option<Open>,
+    /// Acks sent on the stream (or to send on the next one) and not answered yet, in order.
+    unanswered: VecDeque<String>,
+}
+
+impl Client {
+    /// Opens a consumer on `queue`. A bad option or an unknown queue is answered by the
+    /// first [`Consumer::next`].
+    pub async fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<Consumer, ClientError> {
+        let mut consumer = Consumer {
+            client: self.clone(),
+            queue: queue.to_string(),
+            options,
+            stream: None,
+            unanswered: VecDeque::new(),
+        };
+        consumer.open().await?;
+        Ok(consumer)
+    }
+}
+
+impl Consumer {
+    fn start(&self) -> pb::ConsumeRequest {
+        pb::ConsumeRequest {
+            request: Some(pb::consume_request::Request::Start(pb::ConsumeStart {
+                queue: self.queue.clone(),
+                prefetch: self.options.prefetch,
+                max_messages: self.options.max_messages,
+                lease_ms: self
+                    .options
+                    .lease
+                    .map_or(0, |lease| lease.as_millis() as u64),
+            })),
+        }
+    }
+
+    /// Opens a stream to the leader (following hints and retrying as calls do), then
+    /// sends it the acks not answered on the last one.
+    async fn open(&mut self) -> Result<(), ClientError> {
+        let start = self.start();
+        let latest = Mutex::new(None);
+        let response = self
+            .client
+            .retry(Duration::ZERO, |channel, _timeout| {
+                let (requests, wire) = mpsc::channel(REQUEST_QUEUE);
+                let _ = requests.try_send(start.clone());
+                *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(requests);
+                async move {
+                    Client::messages(channel)
+                        .consume(ReceiverStream::new(wire))
+                        .await
+                }
+            })
+            .await?;
+        let requests = latest
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| ClientError::Status(tonic::Status::internal("no stream was opened")))?;
+        let mut open = Open {
+            requests,
+            answers: response.into_inner(),
+            address: self.client.preferred_address(),
+        };
+        let pending: Vec<String> = self.unanswered.iter().cloned().collect();
+        for chunk in pending.chunks(MAX_ACKS_PER_MESSAGE) {
+            if !send_acks(&mut open, chunk).await {
+                // Broken already: the next `next` opens another.
+                return Ok(());
+            }
+        }
+        self.stream = Some(open);
+        Ok(())
+    }
+
+    /// Acknowledges `receipts` (deliveries of this consumer's queue); a later
+    /// [`Delivery`] carries their results. Waits only when many acks are queued already.
+    pub async fn ack(&mut self, receipts: &[String]) {
+        self.unanswered.extend(receipts.iter().cloned());
+        let Some(open) = self.stream.as_mut() else {
+            return;
+        };
+        for chunk in receipts.chunks(MAX_ACKS_PER_MESSAGE) {
+            if !send_acks(open, chunk).await {
+                self.stream = None;
+                return;
+            }
+        }
+    }
+
+    /// The next delivery: messages, ack results or both. Waits for as long as the queue
+    /// has nothing (wrap it in a timeout to stop waiting; that is safe). A broken stream
+    /// is opened again within the client's retry deadline.
+    pub async fn next(&mut self) -> Result<Delivery, ClientError> {
+        let mut failing_since: Option<Instant> = None;
+        let mut backoff = self.client.config().initial_backoff;
+        loop {
+            let status = match self.stream.as_mut() {
+                None => {
+                    self.open().await?;
+                    if self.stream.is_some() {
+                        continue;
+                    }
+                    tonic::Status::unavailable("the consume stream closed as it opened")
+                }
+                Some(open) => match open.answers.message().await {
+                    Ok(Some(answer)) => return Ok(self.delivery(answer)),
+                    // The node ended the stream (it is stopping): go elsewhere.
+                    Ok(None) => tonic::Status::unavailable("the node ended the consume stream"),
+                    Err(status) => status,
+                },
+            };
+            let address = match self.stream.take() {
+                Some(open) => open.address,
+                None => self.client.preferred_address(),
+            };
+            if !is_retryable(&status) {
+                return Err(ClientError::Status(status));
+            }
+            self.client.reroute_after(&address, &status);
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            let elapsed = since.elapsed();
+            let config = self.client.config();
+            if elapsed >= config.retry_deadline {
+                return Err(ClientError::RetriesExhausted {
+                    attempts: 0,
+                    elapsed_ms: elapsed.as_millis() as u64,
+                    last: status,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(config.max_backoff);
+        }
+    }
+
+    fn delivery(&mut self, answer: pb::ConsumeResponse) -> Delivery {
+        let mut acks = Vec::with_capacity(answer.ack_results.len());
+        for result in answer.ack_results {
+            let Some(receipt) = self.unanswered.pop_front() else {
+                break;
+            };
+            acks.push((receipt, result));
+        }
+        Delivery {
+            messages: answer.messages,
+            acks,
+        }
+    }
+
+    /// Ends the consumer: waits for the results of every ack given, and hands whatever it
+    /// received and did not acknowledge out again at once. Acks the stream could not
+    /// answer go as one `AckBatch` call.
+    pub async fn close(mut self) -> Result<Vec<(String, pb::AckResult)>, ClientError> {
+        let mut results = Vec::new();
+        if let Some(open) = self.stream.take() {
+            let Open {
+                requests,
+                mut answers,
+                ..
+            } = open;
+            drop(requests);
+            let deadline = self.client.config().attempt_timeout;
+            let drained = tokio::time::timeout(deadline, async {
+                while let Ok(Some(answer)) = answers.message().await {
+                    results.extend(self.delivery(answer).acks);
+                }
+            })
+            .await;
+            let _ = drained;
+        }
+        let rest: Vec<String> = self.unanswered.drain(..).collect();
+        for chunk in rest.chunks(MAX_ACKS_PER_MESSAGE) {
+            let answered = self.client.ack_batch(&self.queue, chunk).await?;
+            results.extend(chunk.iter().cloned().zip(answered));
+        }
+        Ok(results)
+    }
+}
+
+/// Sends one ack message on the stream; false when the stream is gone.
+async fn send_acks(open: &mut Open, receipts: &[String]) -> bool {
+    let request = pb::ConsumeRequest {
+        request: Some(pb::consume_request::Request::Ack(pb::ConsumeAck {
+            receipts: receipts.to_vec(),
+        })),
+    };
+    open.requests.send(request).await.is_ok()
+}

@@ -1,0 +1,269 @@
+//! Consume streams: a consumer the leader keeps supplied, with acks on the same stream.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use raftq_client::{ConsumeOptions, Consumer, Delivery, Message, pb};
+use raftq_tests::{Cluster, create_queue, wait_until};
+use tonic::Code;
+
+const NEXT_WITHIN: Duration = Duration::from_secs(10);
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(NEXT_WITHIN, consumer.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("the stream delivers")
+}
+
+async fn send_numbered(client: &raftq_client::Client, queue: &str, range: std::ops::Range<u32>) {
+    let messages: Vec<Message> = range.map(|i| Message::new(format!("m{i:04}"))).collect();
+    for chunk in messages.chunks(100) {
+        client
+            .send_batch(queue, chunk.to_vec())
+            .await
+            .expect("send batch");
+    }
+}
+
+fn all_acknowledged(acks: &[(String, pb::AckResult)]) {
+    for (receipt, result) in acks {
+        assert_eq!(result.code, 0, "ack of {receipt}: {}", result.error);
+        assert!(!result.already_acked, "{receipt} was acknowledged once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_gets_every_message_once_in_order_within_its_prefetch() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "stream", pb::QueueOptions::default()).await;
+    send_numbered(&client, "stream", 0..500).await;
+
+    let options = ConsumeOptions {
+        prefetch: 50,
+        max_messages: 20,
+        lease: None,
+    };
+    let mut consumer = client.consume("stream", options).await.expect("consume");
+    let mut bodies = Vec::new();
+    let mut acked = Vec::new();
+    while bodies.len() < 500 {
+        let delivery = next(&mut consumer).await;
+        all_acknowledged(&delivery.acks);
+        acked.extend(delivery.acks.into_iter().map(|(receipt, _)| receipt));
+        assert!(
+            delivery.messages.len() <= 20,
+            "at most max_messages a delivery"
+        );
+        // Held: delivered and not acknowledged yet; the stream never exceeds prefetch.
+        let delivered = bodies.len() + delivery.messages.len();
+        assert!(
+            delivered - acked.len() <= 50,
+            "{} held unacknowledged with a prefetch of 50",
+            delivered - acked.len()
+        );
+        let receipts: Vec<String> = delivery
+            .messages
+            .iter()
+            .map(|m| m.receipt.clone())
+            .collect();
+        bodies.extend(
+            delivery
+                .messages
+                .into_iter()
+                .map(|m| String::from_utf8(m.body).expect("utf-8")),
+        );
+        consumer.ack(&receipts).await;
+    }
+    let expected: Vec<String> = (0..500).map(|i| format!("m{i:04}")).collect();
+    assert_eq!(bodies, expected, "every message once, in send order");
+
+    // Messages sent while the consumer waits come to it without another request.
+    send_numbered(&client, "stream", 500..503).await;
+    let mut late = Vec::new();
+    while late.len() < 3 {
+        let delivery = next(&mut consumer).await;
+        all_acknowledged(&delivery.acks);
+        acked.extend(delivery.acks.into_iter().map(|(receipt, _)| receipt));
+        let receipts: Vec<String> = delivery
+            .messages
+            .iter()
+            .map(|m| m.receipt.clone())
+            .collect();
+        late.extend(delivery.messages.into_iter().map(|m| m.body));
+        consumer.ack(&receipts).await;
+    }
+    assert_eq!(
+        late,
+        [b"m0500".to_vec(), b"m0501".to_vec(), b"m0502".to_vec()]
+    );
+
+    let rest = consumer.close().await.expect("close");
+    all_acknowledged(&rest);
+    acked.extend(rest.into_iter().map(|(receipt, _)| receipt));
+    let distinct: HashSet<&String> = acked.iter().collect();
+    assert_eq!(acked.len(), 503, "one result per receipt acknowledged");
+    assert_eq!(distinct.len(), 503);
+    let queue = client.get_queue("stream").await.expect("get queue");
+    assert_eq!(
+        queue.stats.expect("stats").depth,
+        0,
+        "everything acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_consumer_hands_back_what_it_did_not_acknowledge_at_once() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let options = pb::QueueOptions {
+        default_lease_ms: 600_000,
+        ..pb::QueueOptions::default()
+    };
+    create_queue(&client, "held", options).await;
+    send_numbered(&client, "held", 0..10).await;
+    let options = ConsumeOptions {
+        prefetch: 10,
+        max_messages: 10,
+        lease: None,
+    };
+    let mut consumer = client.consume("held", options).await.expect("consume");
+    let mut held = Vec::new();
+    while held.len() < 10 {
+        held.extend(next(&mut consumer).await.messages);
+    }
+    let acked: Vec<String> = held[..3].iter().map(|m| m.receipt.clone()).collect();
+    consumer.ack(&acked).await;
+    let results = consumer.close().await.expect("close");
+    let answered: Vec<&String> = results.iter().map(|(receipt, _)| receipt).collect();
+    assert_eq!(answered, acked.iter().collect::<Vec<_>>());
+    all_acknowledged(&results);
+
+    // The other seven are ready again long before their ten-minute leases would end.
+    let again = client
+        .receive("held", 100, Duration::from_secs(5), None)
+        .await
+        .expect("receive");
+    let bodies: Vec<Vec<u8>> = again.iter().map(|m| m.body.clone()).collect();
+    let expected: Vec<Vec<u8>> = (3..10).map(|i| format!("m{i:04}").into_bytes()).collect();
+    assert_eq!(bodies, expected);
+    assert!(
+        again.iter().all(|m| m.attempt == 2),
+        "a second delivery each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_stream_refuses_bad_requests_and_a_follower_names_the_leader() {
+    use pb::message_service_client::MessageServiceClient;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_of(leader);
+    let grpc_of = |id: u64| {
+        let node = cluster.nodes.iter().find(|n| n.id == id).expect("node");
+        format!("http://{}", node.grpc)
+    };
+    let client = cluster.client();
+    create_queue(&client, "checked", pb::QueueOptions::default()).await;
+    send_numbered(&client, "checked", 0..5).await;
+
+    let start = |queue: &str, prefetch: u32| pb::ConsumeRequest {
+        request: Some(pb::consume_request::Request::Start(pb::ConsumeStart {
+            queue: queue.to_string(),
+            prefetch,
+            ..pb::ConsumeStart::default()
+        })),
+    };
+    let ack = |receipts: &[&str]| pb::ConsumeRequest {
+        request: Some(pb::consume_request::Request::Ack(pb::ConsumeAck {
+            receipts: receipts.iter().map(|r| r.to_string()).collect(),
+        })),
+    };
+    // Opens a stream on `node` with `requests` and returns how its answers end.
+    let refusal = |node: u64, requests: Vec<pb::ConsumeRequest>| {
+        let address = grpc_of(node);
+        async move {
+            let (sender, outgoing) = tokio::sync::mpsc::channel(requests.len().max(1));
+            for request in requests {
+                sender.send(request).await.expect("queue a request");
+            }
+            let mut api = MessageServiceClient::connect(address)
+                .await
+                .expect("connect");
+            let mut answers = match api.consume(ReceiverStream::new(outgoing)).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return status,
+            };
+            loop {
+                match tokio::time::timeout(NEXT_WITHIN, answers.message())
+                    .await
+                    .expect("an answer within 10 s")
+                {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the stream ended without refusing"),
+                    Err(status) => return status,
+                }
+            }
+        }
+    };
+
+    let on_follower = refusal(follower, vec![start("checked", 0)]).await;
+    assert_eq!(on_follower.code(), Code::Unavailable, "{on_follower:?}");
+    let named = on_follower
+        .metadata()
+        .get("raftq-leader-address")
+        .and_then(|value| value.to_str().ok())
+        .map(|address| format!("http://{address}"));
+    assert_eq!(named, Some(grpc_of(leader)));
+
+    let cases = [
+        (vec![ack(&["1:1"])], Code::InvalidArgument, "start"),
+        (
+            vec![start("checked", 5_000)],
+            Code::InvalidArgument,
+            "prefetch",
+        ),
+        (
+            vec![start("no-such-queue", 0)],
+            Code::NotFound,
+            "no-such-queue",
+        ),
+        (
+            vec![start("checked", 1), ack(&["not a receipt"])],
+            Code::InvalidArgument,
+            "receipt",
+        ),
+        (
+            vec![start("checked", 1), start("checked", 1)],
+            Code::InvalidArgument,
+            "started",
+        ),
+    ];
+    for (requests, code, mentioned) in cases {
+        let status = refusal(leader, requests).await;
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains(mentioned),
+            "{:?} should mention {mentioned:?}",
+            status.message()
+        );
+    }
+    // Nothing was acknowledged: the five messages are all there, handed back by the
+    // refused streams.
+    let all = wait_until(
+        "the refused streams' deliveries are back",
+        NEXT_WITHIN,
+        || async {
+            let messages = client
+                .receive("checked", 100, Duration::from_millis(500), None)
+                .await
+                .expect("receive");
+            (messages.len() == 5).then_some(messages)
+        },
+    )
+    .await;
+    assert_eq!(all.len(), 5);
+}
