@@ -140,6 +140,96 @@ async fn consume(
     }
 }
 
+/// Records the result of a streamed ack given at `start`.
+fn record_streamed_ack(
+    recorder: &Recorder,
+    name: &str,
+    (value, start): (String, u64),
+    result: Option<&pb::AckResult>,
+) {
+    let (outcome, error) = match result {
+        Some(result) if result.code == 0 => (Outcome::Ok, String::new()),
+        Some(result) => (Outcome::Failed, result.error.clone()),
+        None => (Outcome::Unknown, "not answered".to_string()),
+    };
+    recorder.record(name, Op::Ack { value }, start, outcome, error);
+}
+
+/// A consumer on a consume stream. A delivery is recorded as a receive that started when
+/// its stream opened (the leader may have handed it out any time since), an ack from when
+/// it was given until its result came back on the stream.
+async fn consume_stream(
+    client: Client,
+    recorder: Recorder,
+    name: String,
+    queue: &'static str,
+    stop: Arc<AtomicBool>,
+) {
+    use std::collections::HashMap;
+    let options = raftq_client::ConsumeOptions {
+        prefetch: 50,
+        max_messages: 25,
+        lease: Some(Duration::from_secs(5)),
+    };
+    // Receipt -> (value, when its ack was given).
+    let mut acking: HashMap<String, (String, u64)> = HashMap::new();
+    let mut stream: Option<(raftq_client::Consumer, u64)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let (consumer, opened) = match stream.as_mut() {
+            Some(open) => open,
+            None => {
+                let opened = recorder.now_ms();
+                match client.consume(queue, options.clone()).await {
+                    Ok(consumer) => stream.insert((consumer, opened)),
+                    Err(error) => {
+                        record_receive(&recorder, &name, opened, Err(error));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let opened = *opened;
+        let delivery = match tokio::time::timeout(Duration::from_millis(300), consumer.next()).await
+        {
+            Err(_) => continue,
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err(error)) => {
+                record_receive(&recorder, &name, opened, Err(error));
+                stream = None;
+                continue;
+            }
+        };
+        for (receipt, result) in &delivery.acks {
+            if let Some(given) = acking.remove(receipt) {
+                record_streamed_ack(&recorder, &name, given, Some(result));
+            }
+        }
+        let Some(messages) = record_receive(&recorder, &name, opened, Ok(delivery.messages)) else {
+            continue;
+        };
+        let now = recorder.now_ms();
+        let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
+        for message in messages {
+            let value = String::from_utf8_lossy(&message.body).into_owned();
+            acking.insert(message.receipt, (value, now));
+        }
+        consumer.ack(&receipts).await;
+    }
+    if let Some((consumer, _)) = stream
+        && let Ok(results) = consumer.close().await
+    {
+        for (receipt, result) in &results {
+            if let Some(given) = acking.remove(receipt) {
+                record_streamed_ack(&recorder, &name, given, Some(result));
+            }
+        }
+    }
+    for given in acking.into_values() {
+        record_streamed_ack(&recorder, &name, given, None);
+    }
+}
+
 pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     let namespaces = match args.network {
         NetworkMode::Netns => {
@@ -272,6 +362,9 @@ pub struct Mix {
     pub consumers: usize,
     /// Producers that send to a second queue, each in its own message group (order and
     /// one-in-flight per group are checked).
+    /// Consumers of the first queue on consume streams ("s*"): acks go on the stream.
+    #[arg(long, default_value_t = 1)]
+    pub stream_consumers: usize,
     #[arg(long, default_value_t = 2)]
     pub grouped_producers: usize,
     #[arg(long, default_value_t = 2)]
@@ -287,9 +380,10 @@ impl Mix {
     /// The flags that give this mix, for a command line that reproduces a run.
     pub fn flags(&self) -> String {
         format!(
-            "--producers {} --consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {}",
+            "--producers {} --consumers {} --stream-consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {}",
             self.producers,
             self.consumers,
+            self.stream_consumers,
             self.grouped_producers,
             self.grouped_consumers,
             self.tx_movers
@@ -376,6 +470,16 @@ impl Workload {
                 Ok(tokio::spawn(task))
             })
             .collect::<anyhow::Result<_>>()?;
+        for i in 0..mix.stream_consumers {
+            let task = consume_stream(
+                workload_client(&addresses)?,
+                recorder.clone(),
+                format!("s{i}"),
+                QUEUE,
+                stop_consumers.clone(),
+            );
+            consumers.push(tokio::spawn(task));
+        }
         for i in 0..mix.tx_movers {
             let task = mover(
                 workload_client(&addresses)?,

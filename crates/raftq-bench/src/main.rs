@@ -85,6 +85,10 @@ struct Targets {
     /// raftq: single sends are calls of their own instead of sharing a send stream.
     #[arg(long)]
     raftq_unary_sends: bool,
+    /// raftq: consumers receive with calls (the acks of each batch with the next
+    /// receive) instead of a consume stream.
+    #[arg(long)]
+    raftq_receive_calls: bool,
     /// First port of clusters the benchmark starts.
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
@@ -365,6 +369,7 @@ impl Targets {
         raftq::Options {
             ack_apart: self.raftq_ack_apart,
             unary_sends: self.raftq_unary_sends,
+            receive_calls: self.raftq_receive_calls,
         }
     }
 }

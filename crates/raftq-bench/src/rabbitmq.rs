@@ -104,8 +104,12 @@ impl Driver for RabbitMq {
     ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
         async move {
             let (connection, channel) = channel(&self.uri).await?;
+            // Two batches unacknowledged, as raftq's consume stream holds.
             channel
-                .basic_qos(max as u16, BasicQosOptions::default())
+                .basic_qos(
+                    (2 * max).min(usize::from(u16::MAX)) as u16,
+                    BasicQosOptions::default(),
+                )
                 .await?;
             let consumer = channel
                 .basic_consume(

@@ -5,16 +5,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, try_join_all};
-use raftq_client::{Client, ClientConfig, Code, Message, pb};
+use raftq_client::{Client, ClientConfig, Code, ConsumeOptions, Message, pb};
 
 use crate::driver::{Consumer, Driver, Producer, Result};
 
 /// How long a receive waits for a message before returning empty.
 const RECEIVE_WAIT: Duration = Duration::from_millis(200);
+/// Deliveries a streaming consumer holds, in batches of the receive size: one batch being
+/// handled, one on its way.
+const PREFETCH_BATCHES: usize = 2;
 
 pub struct Raftq {
     client: Client,
-    ack_apart: bool,
+    options: Options,
 }
 
 /// Ways of using raftq other than the client's defaults, to compare against them.
@@ -25,6 +28,9 @@ pub struct Options {
     pub ack_apart: bool,
     /// Single sends are calls of their own instead of sharing a send stream.
     pub unary_sends: bool,
+    /// Consumers receive with calls (acks with the next receive) instead of a consume
+    /// stream.
+    pub receive_calls: bool,
 }
 
 impl Raftq {
@@ -35,7 +41,7 @@ impl Raftq {
         };
         Ok(Raftq {
             client: Client::new(addresses, config)?,
-            ack_apart: options.ack_apart,
+            options,
         })
     }
 }
@@ -81,15 +87,30 @@ impl Driver for Raftq {
         queue: &'a str,
         max: usize,
     ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
-        let consumer = RaftqConsumer {
-            client: self.client.clone(),
-            queue: queue.to_string(),
-            max: max as u32,
-            receipts: Vec::new(),
-            ack_apart: self.ack_apart,
-            unacked: Vec::new(),
-        };
-        async move { Ok(Box::new(consumer) as Box<dyn Consumer>) }.boxed()
+        async move {
+            if self.options.receive_calls || self.options.ack_apart {
+                let consumer = RaftqConsumer {
+                    client: self.client.clone(),
+                    queue: queue.to_string(),
+                    max: max as u32,
+                    receipts: Vec::new(),
+                    ack_apart: self.options.ack_apart,
+                    unacked: Vec::new(),
+                };
+                return Ok(Box::new(consumer) as Box<dyn Consumer>);
+            }
+            let options = ConsumeOptions {
+                prefetch: (max * PREFETCH_BATCHES) as u32,
+                max_messages: max as u32,
+                lease: None,
+            };
+            let consumer = StreamConsumer {
+                consumer: Some(self.client.consume(queue, options).await?),
+                receipts: Vec::new(),
+            };
+            Ok(Box::new(consumer) as Box<dyn Consumer>)
+        }
+        .boxed()
     }
 }
 
@@ -136,6 +157,12 @@ struct RaftqConsumer {
     unacked: Vec<String>,
 }
 
+/// The bodies of `messages`; their receipts go to `receipts`, for the ack.
+fn bodies(messages: Vec<pb::ReceivedMessage>, receipts: &mut Vec<String>) -> Vec<Bytes> {
+    *receipts = messages.iter().map(|m| m.receipt.clone()).collect();
+    messages.into_iter().map(|m| Bytes::from(m.body)).collect()
+}
+
 fn refused(results: &[pb::AckResult]) -> Result<()> {
     match results.iter().find(|result| result.code != 0) {
         Some(failed) => anyhow::bail!("ack refused: {}", failed.error),
@@ -168,16 +195,7 @@ impl Consumer for RaftqConsumer {
                 .await?;
             self.unacked.clear();
             refused(&response.ack_results)?;
-            self.receipts = response
-                .messages
-                .iter()
-                .map(|m| m.receipt.clone())
-                .collect();
-            Ok(response
-                .messages
-                .into_iter()
-                .map(|m| Bytes::from(m.body))
-                .collect())
+            Ok(bodies(response.messages, &mut self.receipts))
         }
         .boxed()
     }
@@ -205,6 +223,60 @@ impl Consumer for RaftqConsumer {
                 self.ack_batch(&receipts).await?;
             }
             Ok(receipts.len())
+        }
+        .boxed()
+    }
+}
+
+/// A consumer on a consume stream: the leader keeps it supplied, acks go on the stream.
+struct StreamConsumer {
+    /// `None` once finished.
+    consumer: Option<raftq_client::Consumer>,
+    receipts: Vec<String>,
+}
+
+fn refused_on_stream(acks: &[(String, pb::AckResult)]) -> Result<()> {
+    match acks.iter().find(|(_, result)| result.code != 0) {
+        Some((receipt, failed)) => anyhow::bail!("ack of {receipt} refused: {}", failed.error),
+        None => Ok(()),
+    }
+}
+
+impl Consumer for StreamConsumer {
+    fn receive(&mut self) -> BoxFuture<'_, Result<Vec<Bytes>>> {
+        async move {
+            let Some(consumer) = self.consumer.as_mut() else {
+                anyhow::bail!("the consumer has finished");
+            };
+            let delivery = match tokio::time::timeout(RECEIVE_WAIT, consumer.next()).await {
+                Ok(delivery) => delivery?,
+                Err(_) => return Ok(Vec::new()),
+            };
+            refused_on_stream(&delivery.acks)?;
+            Ok(bodies(delivery.messages, &mut self.receipts))
+        }
+        .boxed()
+    }
+
+    fn ack(&mut self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let receipts = std::mem::take(&mut self.receipts);
+            if let Some(consumer) = self.consumer.as_mut() {
+                consumer.ack(&receipts).await;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, Result<usize>> {
+        async move {
+            let Some(consumer) = self.consumer.take() else {
+                return Ok(0);
+            };
+            let acks = consumer.close().await?;
+            refused_on_stream(&acks)?;
+            Ok(acks.len())
         }
         .boxed()
     }
