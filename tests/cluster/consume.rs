@@ -251,8 +251,31 @@ async fn a_consume_stream_refuses_bad_requests_and_a_follower_names_the_leader()
             status.message()
         );
     }
+    // Through the client: a malformed receipt fails the stream with INVALID_ARGUMENT, and
+    // the consumer's next stream does not send it again.
+    let mut consumer = client
+        .consume("checked", ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let held = next(&mut consumer).await.messages;
+    assert_eq!(held.len(), 5);
+    consumer.ack(&["not a receipt".to_string()]).await;
+    let refused = tokio::time::timeout(NEXT_WITHIN, consumer.next())
+        .await
+        .expect("an answer within 10 s")
+        .expect_err("a malformed receipt is refused");
+    assert_eq!(refused.code(), Some(Code::InvalidArgument), "{refused}");
+    let again = next(&mut consumer).await;
+    assert!(again.acks.is_empty(), "the refused ack is not sent again");
+    assert_eq!(
+        again.messages.len(),
+        5,
+        "the refused stream handed its deliveries back"
+    );
+    assert!(again.messages.iter().all(|m| m.attempt >= 2));
+    drop(consumer);
     // Nothing was acknowledged: the five messages are all there, handed back by the
-    // refused streams.
+    // refused streams and the dropped consumer.
     let all = wait_until(
         "the refused streams' deliveries are back",
         NEXT_WITHIN,

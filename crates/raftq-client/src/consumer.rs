@@ -184,6 +184,10 @@ impl Consumer {
                 None => self.client.preferred_address(),
             };
             if !is_retryable(&status) {
+                // The stream was refused (a malformed receipt, say): its deliveries are
+                // handed out again, so the acks not answered would be stale, and sending
+                // them again would only be refused again.
+                self.unanswered.clear();
                 return Err(ClientError::Status(status));
             }
             self.client.reroute_after(&address, &status);
