@@ -58,3 +58,44 @@ async fn dev_refuses_ports_in_use_before_starting_any_node() {
     assert!(started.is_empty(), "no node started: {started:?}");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_consume_prints_and_acknowledges_up_to_its_count_and_hands_back_the_rest() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    create_queue(&client, "tail", pb::QueueOptions::default()).await;
+    for body in ["one", "two", "three"] {
+        client
+            .send("tail", raftq_client::Message::new(body))
+            .await
+            .expect("send");
+    }
+    let consume = |args: &[&str]| {
+        let output = std::process::Command::new(raftq_tests::raftq_binary())
+            .args(["--addr", &cluster.nodes[0].grpc, "consume", "tail"])
+            .args(args)
+            .output()
+            .expect("run raftq consume");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "stdout: {stdout} stderr: {stderr}");
+        stdout
+    };
+    let first = consume(&["--count", "2"]);
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), 2, "{first}");
+    assert!(
+        lines[0].ends_with("acked  one") && lines[1].ends_with("acked  two"),
+        "{first}"
+    );
+    // The third came on the stream too, past the count: it is ready again at once.
+    let queue = client.get_queue("tail").await.expect("get queue");
+    let stats = queue.stats.expect("stats");
+    assert_eq!((stats.depth, stats.in_flight, stats.total_acked), (1, 0, 2));
+    let rest = consume(&["--idle-ms", "500"]);
+    assert!(rest.trim_end().ends_with("acked  three"), "{rest}");
+    assert_eq!(rest.lines().count(), 1, "{rest}");
+    assert_eq!(consume(&["--idle-ms", "200"]).trim(), "no message");
+    let stats = client.get_queue("tail").await.expect("get queue").stats;
+    assert_eq!(stats.expect("stats").depth, 0);
+}

@@ -105,6 +105,22 @@ enum Commands {
         #[arg(long, default_value = "")]
         correlation_id: String,
     },
+    /// Consume on a consume stream: print each message as it arrives and acknowledge it.
+    Consume {
+        queue: String,
+        /// Stop after this many messages (0: never).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Stop once nothing has arrived for this long (0: wait for ever).
+        #[arg(long, default_value_t = 0)]
+        idle_ms: u64,
+        /// Most messages held unacknowledged on the stream.
+        #[arg(long, default_value_t = 100)]
+        prefetch: u32,
+        /// Lease length; 0 uses the queue's default.
+        #[arg(long, default_value_t = 0)]
+        lease_ms: u64,
+    },
     /// Acknowledge a delivery by its receipt.
     Ack { queue: String, receipt: String },
     /// Release a delivery so it is delivered again (after a delay).
@@ -785,40 +801,53 @@ async fn client_command(
                 out("no message");
             }
             for message in messages {
-                let body = String::from_utf8_lossy(&message.body).to_string();
-                let acked = if ack {
+                if ack {
                     client.ack(&queue, &message.receipt).await?;
-                    true
+                }
+                print_received(output, &message, ack);
+            }
+        }
+        Commands::Consume {
+            queue,
+            count,
+            idle_ms,
+            prefetch,
+            lease_ms,
+        } => {
+            let options = raftq_client::ConsumeOptions {
+                prefetch,
+                max_messages: prefetch.min(100),
+                lease: (lease_ms > 0).then(|| Duration::from_millis(lease_ms)),
+            };
+            let mut consumer = client.consume(&queue, options).await?;
+            let mut printed = 0u64;
+            while count == 0 || printed < count {
+                let delivery = if idle_ms == 0 {
+                    consumer.next().await?
                 } else {
-                    false
+                    match tokio::time::timeout(Duration::from_millis(idle_ms), consumer.next())
+                        .await
+                    {
+                        Ok(delivery) => delivery?,
+                        Err(_) => break,
+                    }
                 };
-                print(
-                    output,
-                    json!({
-                        "message_id": message.message_id,
-                        "sequence": message.sequence,
-                        "body": body,
-                        "headers": message.headers,
-                        "receipt": message.receipt,
-                        "attempt": message.attempt,
-                        "enqueued_at_ms": message.enqueued_at_ms,
-                        "lease_expires_at_ms": message.lease_expires_at_ms,
-                        "expires_at_ms": message.expires_at_ms,
-                        "group": message.group,
-                        "priority": message.priority,
-                        "properties": properties_json(message.properties.as_ref()),
-                        "acked": acked,
-                    }),
-                    format!(
-                        "{}  receipt={}  attempt={}{}{}  {}",
-                        message.message_id,
-                        message.receipt,
-                        message.attempt,
-                        group_text(&message.group),
-                        if acked { "  acked" } else { "" },
-                        body
-                    ),
-                );
+                refused_acks(&delivery.acks)?;
+                let mut receipts = Vec::new();
+                for message in delivery.messages {
+                    if count != 0 && printed == count {
+                        // Beyond the count: handed back when the consumer closes.
+                        break;
+                    }
+                    print_received(output, &message, true);
+                    receipts.push(message.receipt);
+                    printed += 1;
+                }
+                consumer.ack(&receipts).await;
+            }
+            refused_acks(&consumer.close().await?)?;
+            if printed == 0 && output == Output::Text {
+                out("no message");
             }
         }
         Commands::Ack { queue, receipt } => {
@@ -1045,6 +1074,50 @@ fn properties_json(properties: Option<&pb::MessageProperties>) -> serde_json::Va
         "reply_to": properties.reply_to,
         "content_type": properties.content_type,
     })
+}
+
+/// Prints one delivered message, as `receive` and `consume` do.
+fn print_received(output: Output, message: &pb::ReceivedMessage, acked: bool) {
+    let body = String::from_utf8_lossy(&message.body).to_string();
+    print(
+        output,
+        json!({
+            "message_id": message.message_id,
+            "sequence": message.sequence,
+            "body": body,
+            "headers": message.headers,
+            "receipt": message.receipt,
+            "attempt": message.attempt,
+            "enqueued_at_ms": message.enqueued_at_ms,
+            "lease_expires_at_ms": message.lease_expires_at_ms,
+            "expires_at_ms": message.expires_at_ms,
+            "group": message.group,
+            "priority": message.priority,
+            "properties": properties_json(message.properties.as_ref()),
+            "acked": acked,
+        }),
+        format!(
+            "{}  receipt={}  attempt={}{}{}  {}",
+            message.message_id,
+            message.receipt,
+            message.attempt,
+            group_text(&message.group),
+            if acked { "  acked" } else { "" },
+            body
+        ),
+    );
+}
+
+/// Fails with the first refused ack of a consume stream (a stale receipt: its lease ended
+/// before the ack, and the message may be delivered again).
+fn refused_acks(acks: &[(String, pb::AckResult)]) -> Result<(), raftq_client::ClientError> {
+    match acks.iter().find(|(_, result)| result.code != 0) {
+        Some((receipt, result)) => Err(raftq_client::ClientError::Status(tonic::Status::new(
+            tonic::Code::from_i32(result.code),
+            format!("ack of {receipt}: {}", result.error),
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn group_text(group: &str) -> String {
