@@ -16,6 +16,82 @@ async fn next(consumer: &mut Consumer) -> Delivery {
         .expect("the stream delivers")
 }
 
+/// Opens a consume stream at `address` with `requests` and returns the status its answers
+/// end with.
+async fn refusal_of(address: String, requests: Vec<pb::ConsumeRequest>) -> tonic::Status {
+    use pb::message_service_client::MessageServiceClient;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let (sender, outgoing) = tokio::sync::mpsc::channel(requests.len().max(1));
+    for request in requests {
+        sender.send(request).await.expect("queue a request");
+    }
+    let mut api = MessageServiceClient::connect(address)
+        .await
+        .expect("connect");
+    let mut answers = match api.consume(ReceiverStream::new(outgoing)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status,
+    };
+    loop {
+        match tokio::time::timeout(NEXT_WITHIN, answers.message())
+            .await
+            .expect("an answer within 10 s")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without refusing"),
+            Err(status) => return status,
+        }
+    }
+}
+
+async fn stats_of(client: &raftq_client::Client, queue: &str) -> pb::QueueStats {
+    let queue = client.get_queue(queue).await.expect("get queue");
+    queue.stats.expect("stats")
+}
+
+/// A queue with leases of `lease_ms` holding messages `m0000` .. of `range`.
+async fn leased_queue(
+    client: &raftq_client::Client,
+    queue: &str,
+    lease_ms: u64,
+    range: std::ops::Range<u32>,
+) {
+    let options = pb::QueueOptions {
+        default_lease_ms: lease_ms,
+        ..pb::QueueOptions::default()
+    };
+    create_queue(client, queue, options).await;
+    send_numbered(client, queue, range).await;
+}
+
+async fn consumer(
+    client: &raftq_client::Client,
+    queue: &str,
+    prefetch: u32,
+    max_messages: u32,
+) -> Consumer {
+    let options = ConsumeOptions {
+        prefetch,
+        max_messages,
+        lease: None,
+    };
+    client.consume(queue, options).await.expect("consume")
+}
+
+/// Takes deliveries until it holds `count` messages.
+async fn take(consumer: &mut Consumer, count: usize) -> Vec<pb::ReceivedMessage> {
+    let mut held = Vec::new();
+    while held.len() < count {
+        held.extend(next(consumer).await.messages);
+    }
+    held
+}
+
+fn receipts(messages: &[pb::ReceivedMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.receipt.clone()).collect()
+}
+
 async fn send_numbered(client: &raftq_client::Client, queue: &str, range: std::ops::Range<u32>) {
     let messages: Vec<Message> = range.map(|i| Message::new(format!("m{i:04}"))).collect();
     for chunk in messages.chunks(100) {
@@ -40,12 +116,7 @@ async fn a_consumer_gets_every_message_once_in_order_within_its_prefetch() {
     create_queue(&client, "stream", pb::QueueOptions::default()).await;
     send_numbered(&client, "stream", 0..500).await;
 
-    let options = ConsumeOptions {
-        prefetch: 50,
-        max_messages: 20,
-        lease: None,
-    };
-    let mut consumer = client.consume("stream", options).await.expect("consume");
+    let mut consumer = consumer(&client, "stream", 50, 20).await;
     let mut bodies = Vec::new();
     let mut acked = Vec::new();
     while bodies.len() < 500 {
@@ -63,18 +134,14 @@ async fn a_consumer_gets_every_message_once_in_order_within_its_prefetch() {
             "{} held unacknowledged with a prefetch of 50",
             delivered - acked.len()
         );
-        let receipts: Vec<String> = delivery
-            .messages
-            .iter()
-            .map(|m| m.receipt.clone())
-            .collect();
+        let receipts = receipts(&delivery.messages);
         bodies.extend(
             delivery
                 .messages
                 .into_iter()
                 .map(|m| String::from_utf8(m.body).expect("utf-8")),
         );
-        consumer.ack(&receipts).await;
+        consumer.ack(&receipts).await.expect("ack");
     }
     let expected: Vec<String> = (0..500).map(|i| format!("m{i:04}")).collect();
     assert_eq!(bodies, expected, "every message once, in send order");
@@ -86,13 +153,9 @@ async fn a_consumer_gets_every_message_once_in_order_within_its_prefetch() {
         let delivery = next(&mut consumer).await;
         all_acknowledged(&delivery.acks);
         acked.extend(delivery.acks.into_iter().map(|(receipt, _)| receipt));
-        let receipts: Vec<String> = delivery
-            .messages
-            .iter()
-            .map(|m| m.receipt.clone())
-            .collect();
+        let receipts = receipts(&delivery.messages);
         late.extend(delivery.messages.into_iter().map(|m| m.body));
-        consumer.ack(&receipts).await;
+        consumer.ack(&receipts).await.expect("ack");
     }
     assert_eq!(
         late,
@@ -117,24 +180,11 @@ async fn a_consumer_gets_every_message_once_in_order_within_its_prefetch() {
 async fn a_closed_consumer_hands_back_what_it_did_not_acknowledge_at_once() {
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
-    let options = pb::QueueOptions {
-        default_lease_ms: 600_000,
-        ..pb::QueueOptions::default()
-    };
-    create_queue(&client, "held", options).await;
-    send_numbered(&client, "held", 0..10).await;
-    let options = ConsumeOptions {
-        prefetch: 10,
-        max_messages: 10,
-        lease: None,
-    };
-    let mut consumer = client.consume("held", options).await.expect("consume");
-    let mut held = Vec::new();
-    while held.len() < 10 {
-        held.extend(next(&mut consumer).await.messages);
-    }
-    let acked: Vec<String> = held[..3].iter().map(|m| m.receipt.clone()).collect();
-    consumer.ack(&acked).await;
+    leased_queue(&client, "held", 600_000, 0..10).await;
+    let mut consumer = consumer(&client, "held", 10, 10).await;
+    let held = take(&mut consumer, 10).await;
+    let acked = receipts(&held[..3]);
+    consumer.ack(&acked).await.expect("ack");
     let results = consumer.close().await.expect("close");
     let answered: Vec<&String> = results.iter().map(|(receipt, _)| receipt).collect();
     assert_eq!(answered, acked.iter().collect::<Vec<_>>());
@@ -156,9 +206,6 @@ async fn a_closed_consumer_hands_back_what_it_did_not_acknowledge_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_stream_refuses_bad_requests_and_a_follower_names_the_leader() {
-    use pb::message_service_client::MessageServiceClient;
-    use tokio_stream::wrappers::ReceiverStream;
-
     let cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower_of(leader);
@@ -182,33 +229,8 @@ async fn a_consume_stream_refuses_bad_requests_and_a_follower_names_the_leader()
             receipts: receipts.iter().map(|r| r.to_string()).collect(),
         })),
     };
-    // Opens a stream on `node` with `requests` and returns how its answers end.
-    let refusal = |node: u64, requests: Vec<pb::ConsumeRequest>| {
-        let address = grpc_of(node);
-        async move {
-            let (sender, outgoing) = tokio::sync::mpsc::channel(requests.len().max(1));
-            for request in requests {
-                sender.send(request).await.expect("queue a request");
-            }
-            let mut api = MessageServiceClient::connect(address)
-                .await
-                .expect("connect");
-            let mut answers = match api.consume(ReceiverStream::new(outgoing)).await {
-                Ok(response) => response.into_inner(),
-                Err(status) => return status,
-            };
-            loop {
-                match tokio::time::timeout(NEXT_WITHIN, answers.message())
-                    .await
-                    .expect("an answer within 10 s")
-                {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => panic!("the stream ended without refusing"),
-                    Err(status) => return status,
-                }
-            }
-        }
-    };
+    let refusal =
+        |node: u64, requests: Vec<pb::ConsumeRequest>| refusal_of(grpc_of(node), requests);
 
     let on_follower = refusal(follower, vec![start("checked", 0)]).await;
     assert_eq!(on_follower.code(), Code::Unavailable, "{on_follower:?}");
@@ -251,31 +273,8 @@ async fn a_consume_stream_refuses_bad_requests_and_a_follower_names_the_leader()
             status.message()
         );
     }
-    // Through the client: a malformed receipt fails the stream with INVALID_ARGUMENT, and
-    // the consumer's next stream does not send it again.
-    let mut consumer = client
-        .consume("checked", ConsumeOptions::default())
-        .await
-        .expect("consume");
-    let held = next(&mut consumer).await.messages;
-    assert_eq!(held.len(), 5);
-    consumer.ack(&["not a receipt".to_string()]).await;
-    let refused = tokio::time::timeout(NEXT_WITHIN, consumer.next())
-        .await
-        .expect("an answer within 10 s")
-        .expect_err("a malformed receipt is refused");
-    assert_eq!(refused.code(), Some(Code::InvalidArgument), "{refused}");
-    let again = next(&mut consumer).await;
-    assert!(again.acks.is_empty(), "the refused ack is not sent again");
-    assert_eq!(
-        again.messages.len(),
-        5,
-        "the refused stream handed its deliveries back"
-    );
-    assert!(again.messages.iter().all(|m| m.attempt >= 2));
-    drop(consumer);
     // Nothing was acknowledged: the five messages are all there, handed back by the
-    // refused streams and the dropped consumer.
+    // refused streams.
     let all = wait_until(
         "the refused streams' deliveries are back",
         NEXT_WITHIN,
@@ -289,4 +288,87 @@ async fn a_consume_stream_refuses_bad_requests_and_a_follower_names_the_leader()
     )
     .await;
     assert_eq!(all.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_consume_stream_still_applies_the_acks_it_read_before() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    create_queue(&client, "flushed", pb::QueueOptions::default()).await;
+    let sent = client
+        .send_batch("flushed", vec![Message::new("a"), Message::new("b")])
+        .await
+        .expect("send");
+    // First deliveries carry attempt 1, so their receipts are known before they come.
+    let first_receipts: Vec<String> = sent.iter().map(|s| format!("{}:1", s.message_id)).collect();
+    let requests = [
+        pb::consume_request::Request::Start(pb::ConsumeStart {
+            queue: "flushed".into(),
+            ..pb::ConsumeStart::default()
+        }),
+        pb::consume_request::Request::Ack(pb::ConsumeAck {
+            receipts: first_receipts,
+        }),
+        pb::consume_request::Request::Ack(pb::ConsumeAck {
+            receipts: vec!["not a receipt".into()],
+        }),
+    ];
+    let requests = requests
+        .into_iter()
+        .map(|request| pb::ConsumeRequest {
+            request: Some(request),
+        })
+        .collect();
+    let refusal = refusal_of(format!("http://{}", cluster.nodes[0].grpc), requests).await;
+    assert_eq!(refusal.code(), Code::InvalidArgument, "{refusal:?}");
+    let stats = stats_of(&client, "flushed").await;
+    assert_eq!(
+        (stats.depth, stats.total_acked),
+        (0, 2),
+        "both acks were applied"
+    );
+
+    // The Rust client refuses a malformed receipt itself, and the stream goes on.
+    send_numbered(&client, "flushed", 0..3).await;
+    let mut consumer = client
+        .consume("flushed", ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let held = take(&mut consumer, 3).await;
+    let refused = consumer
+        .ack(&["not a receipt".to_string()])
+        .await
+        .expect_err("a malformed receipt is refused");
+    assert_eq!(refused.code(), Some(Code::InvalidArgument), "{refused}");
+    consumer.ack(&receipts(&held)).await.expect("ack");
+    let mut results = Vec::new();
+    while results.len() < 3 {
+        results.extend(next(&mut consumer).await.acks);
+    }
+    all_acknowledged(&results);
+    assert!(consumer.close().await.expect("close").is_empty());
+    let stats = stats_of(&client, "flushed").await;
+    assert_eq!(stats.depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_leases_end_gets_its_room_back() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    leased_queue(&client, "lapsed", 1_000, 0..4).await;
+    let mut consumer = consumer(&client, "lapsed", 2, 2).await;
+    // Take two and never acknowledge them: the prefetch is full until their leases end.
+    take(&mut consumer, 2).await;
+    // Then the stream has room again: every message comes (again) and is acknowledged.
+    let mut acked = HashSet::new();
+    while acked.len() < 4 {
+        let delivery = next(&mut consumer).await;
+        all_acknowledged(&delivery.acks);
+        let receipts = receipts(&delivery.messages);
+        acked.extend(delivery.messages.into_iter().map(|m| m.body));
+        consumer.ack(&receipts).await.expect("ack");
+    }
+    all_acknowledged(&consumer.close().await.expect("close"));
+    let stats = stats_of(&client, "lapsed").await;
+    assert_eq!(stats.depth, 0);
 }

@@ -591,12 +591,17 @@ async fn a_consumer_follows_a_new_leader_and_every_message_is_acknowledged() {
             let body = String::from_utf8(message.body).expect("utf-8");
             receipts_of.insert(message.receipt, body);
         }
-        consumer.ack(&receipts).await;
+        consumer.ack(&receipts).await.expect("ack");
     }
     assert!(killed.is_some(), "the leader was killed mid-way");
     for (receipt, result) in consumer.close().await.expect("close") {
         count_ack(&mut acked, &mut receipts_of, receipt, &result);
     }
+    assert!(
+        receipts_of.is_empty(),
+        "every ack was answered, across the new leader: {} were not",
+        receipts_of.len()
+    );
     let expected: HashSet<&String> = bodies.iter().collect();
     assert_eq!(acked.keys().collect::<HashSet<_>>(), expected);
     let twice: Vec<_> = acked.iter().filter(|(_, count)| **count > 1).collect();
@@ -611,7 +616,7 @@ async fn a_single_node_exits_on_sigterm_while_a_consumer_waits_on_it() {
     let mut cluster = Cluster::start(1).await;
     let client = cluster.client();
     create_queue(&client, "waiting", pb::QueueOptions::default()).await;
-    let mut consumer = client
+    let consumer = client
         .consume("waiting", raftq_client::ConsumeOptions::default())
         .await
         .expect("consume");
@@ -630,6 +635,57 @@ async fn a_single_node_exits_on_sigterm_while_a_consumer_waits_on_it() {
     .await;
     // Fails the test if the node's graceful stop waits on the open stream.
     cluster.node(1).stop();
-    let ended = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
-    assert!(ended.is_err(), "no delivery comes from a stopped node");
+    drop(consumer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_promptly_under_a_consumer_that_reads_nothing_and_hands_its_messages_back() {
+    let mut cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    let options = pb::QueueOptions {
+        default_lease_ms: 600_000,
+        ..pb::QueueOptions::default()
+    };
+    create_queue(&client, "unread", options).await;
+    // 64 KiB each, one per answer: far more than the node queues for a reader and the
+    // connection's flow-control window together.
+    for batch in 0..4 {
+        let messages: Vec<Message> = (0..50)
+            .map(|i| Message::new(format!("u{batch}-{i:02}-{}", "x".repeat(64 * 1024))))
+            .collect();
+        client.send_batch("unread", messages).await.expect("send");
+    }
+    let options = raftq_client::ConsumeOptions {
+        prefetch: 200,
+        max_messages: 1,
+        lease: None,
+    };
+    let consumer = client.consume("unread", options).await.expect("consume");
+    wait_until(
+        "the stream holds every message",
+        Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            async move {
+                let stats = client.get_queue("unread").await.ok()?.stats?;
+                (stats.in_flight == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    // Fails the test if the node's stop waits for a reader that never comes.
+    cluster.node(1).stop();
+    cluster.node(1).restart();
+    // Handed back as the node stopped, not left to their ten-minute leases.
+    let stats = wait_until(
+        "the restarted node answers",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move { client.get_queue("unread").await.ok()?.stats }
+        },
+    )
+    .await;
+    assert_eq!((stats.depth, stats.in_flight), (200, 0));
+    drop(consumer);
 }

@@ -262,7 +262,7 @@ impl Consumer for StreamConsumer {
         async move {
             let receipts = std::mem::take(&mut self.receipts);
             if let Some(consumer) = self.consumer.as_mut() {
-                consumer.ack(&receipts).await;
+                consumer.ack(&receipts).await?;
             }
             Ok(())
         }

@@ -19,6 +19,9 @@ use crate::pb;
 const MAX_ACKS_PER_MESSAGE: usize = 1_000;
 /// Ack messages queued for the stream at most; `ack` waits for room beyond.
 const REQUEST_QUEUE: usize = 64;
+/// The leader answers at least every 2 s (an empty answer when it has nothing else);
+/// a stream silent for this long is taken for broken and opened again.
+const SILENCE: Duration = Duration::from_secs(10);
 
 /// How a [`Consumer`] consumes.
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ struct Open {
     requests: mpsc::Sender<pb::ConsumeRequest>,
     answers: Streaming<pb::ConsumeResponse>,
     address: String,
+    /// When the stream last answered (or opened).
+    heard: Instant,
 }
 
 /// A consumer on one queue; see [`Client::consume`]. Deliveries it holds when it is closed
@@ -67,6 +72,10 @@ pub struct Consumer {
     stream: Option<Open>,
     /// Acks sent on the stream (or to send on the next one) and not answered yet, in order.
     unanswered: VecDeque<String>,
+    /// Since when the stream has been failing, and the pause before the next attempt;
+    /// kept across `next` calls, so that a caller's timeouts do not reset them.
+    failing_since: Option<Instant>,
+    backoff: Duration,
 }
 
 impl Client {
@@ -83,6 +92,8 @@ impl Client {
             options,
             stream: None,
             unanswered: VecDeque::new(),
+            failing_since: None,
+            backoff: self.config().initial_backoff,
         };
         consumer.open().await?;
         Ok(consumer)
@@ -130,6 +141,7 @@ impl Consumer {
             requests,
             answers: response.into_inner(),
             address: self.client.preferred_address(),
+            heard: Instant::now(),
         };
         let pending: Vec<String> = self.unanswered.iter().cloned().collect();
         for chunk in pending.chunks(MAX_ACKS_PER_MESSAGE) {
@@ -144,25 +156,35 @@ impl Consumer {
 
     /// Acknowledges `receipts` (deliveries of this consumer's queue); a later
     /// [`Delivery`] carries their results. Waits only when many acks are queued already.
-    pub async fn ack(&mut self, receipts: &[String]) {
-        self.unanswered.extend(receipts.iter().cloned());
-        let Some(open) = self.stream.as_mut() else {
-            return;
-        };
-        for chunk in receipts.chunks(MAX_ACKS_PER_MESSAGE) {
-            if !send_acks(open, chunk).await {
-                self.stream = None;
-                return;
+    /// A malformed receipt is refused (INVALID_ARGUMENT) and none of `receipts` is sent.
+    pub async fn ack(&mut self, receipts: &[String]) -> Result<(), ClientError> {
+        if let Some(bad) = receipts.iter().find(|receipt| !well_formed(receipt)) {
+            return Err(ClientError::Status(tonic::Status::invalid_argument(
+                format!("receipt {bad:?} is not `<message_id>:<attempt>`"),
+            )));
+        }
+        let mut chunks = receipts.chunks(MAX_ACKS_PER_MESSAGE);
+        if let Some(open) = self.stream.as_mut() {
+            for chunk in chunks.by_ref() {
+                if !send_acks(open, chunk).await {
+                    // Not sent: it goes with the rest on the next stream.
+                    self.stream = None;
+                    self.unanswered.extend(chunk.iter().cloned());
+                    break;
+                }
+                self.unanswered.extend(chunk.iter().cloned());
             }
         }
+        for chunk in chunks {
+            self.unanswered.extend(chunk.iter().cloned());
+        }
+        Ok(())
     }
 
     /// The next delivery: messages, ack results or both. Waits for as long as the queue
     /// has nothing (wrap it in a timeout to stop waiting; that is safe). A broken stream
     /// is opened again within the client's retry deadline.
     pub async fn next(&mut self) -> Result<Delivery, ClientError> {
-        let mut failing_since: Option<Instant> = None;
-        let mut backoff = self.client.config().initial_backoff;
         loop {
             let status = match self.stream.as_mut() {
                 None => {
@@ -172,37 +194,57 @@ impl Consumer {
                     }
                     tonic::Status::unavailable("the consume stream closed as it opened")
                 }
-                Some(open) => match open.answers.message().await {
-                    Ok(Some(answer)) => return Ok(self.delivery(answer)),
-                    // The node ended the stream (it is stopping): go elsewhere.
-                    Ok(None) => tonic::Status::unavailable("the node ended the consume stream"),
-                    Err(status) => status,
-                },
+                Some(open) => {
+                    let silent_until = open.heard + SILENCE;
+                    match tokio::time::timeout_at(silent_until.into(), open.answers.message()).await
+                    {
+                        Ok(Ok(Some(answer))) => {
+                            open.heard = Instant::now();
+                            self.failing_since = None;
+                            self.backoff = self.client.config().initial_backoff;
+                            if answer.messages.is_empty() && answer.ack_results.is_empty() {
+                                // A heartbeat: the stream is alive, the queue quiet.
+                                continue;
+                            }
+                            return Ok(self.delivery(answer));
+                        }
+                        // The node ended the stream (it is stopping): go elsewhere.
+                        Ok(Ok(None)) => {
+                            tonic::Status::unavailable("the node ended the consume stream")
+                        }
+                        Ok(Err(status)) => status,
+                        Err(_) => tonic::Status::unavailable(format!(
+                            "the consume stream was silent for {SILENCE:?}"
+                        )),
+                    }
+                }
             };
             let address = match self.stream.take() {
                 Some(open) => open.address,
                 None => self.client.preferred_address(),
             };
             if !is_retryable(&status) {
-                // The stream was refused (a malformed receipt, say): its deliveries are
-                // handed out again, so the acks not answered would be stale, and sending
-                // them again would only be refused again.
+                // The stream was refused: the leader wrote the acks it had read and handed
+                // back its deliveries, so acks not answered would be stale or repeats.
                 self.unanswered.clear();
+                self.failing_since = None;
                 return Err(ClientError::Status(status));
             }
             self.client.reroute_after(&address, &status);
-            let since = *failing_since.get_or_insert_with(Instant::now);
+            let since = *self.failing_since.get_or_insert_with(Instant::now);
             let elapsed = since.elapsed();
             let config = self.client.config();
             if elapsed >= config.retry_deadline {
+                self.failing_since = None;
                 return Err(ClientError::RetriesExhausted {
                     attempts: 0,
                     elapsed_ms: elapsed.as_millis() as u64,
                     last: status,
                 });
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(config.max_backoff);
+            let pause = self.backoff;
+            self.backoff = (self.backoff * 2).min(config.max_backoff);
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -248,6 +290,13 @@ impl Consumer {
         }
         Ok(results)
     }
+}
+
+/// Whether `receipt` has the form `<message_id>:<attempt>` the server accepts.
+fn well_formed(receipt: &str) -> bool {
+    receipt.split_once(':').is_some_and(|(id, attempt)| {
+        id.parse::<u64>().is_ok() && attempt.parse::<u32>().is_ok_and(|attempt| attempt > 0)
+    })
 }
 
 /// Sends one ack message on the stream; false when the stream is gone.

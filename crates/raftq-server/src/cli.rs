@@ -843,7 +843,7 @@ async fn client_command(
                     receipts.push(message.receipt);
                     printed += 1;
                 }
-                consumer.ack(&receipts).await;
+                consumer.ack(&receipts).await?;
             }
             refused_acks(&consumer.close().await?)?;
             if printed == 0 && output == Output::Text {

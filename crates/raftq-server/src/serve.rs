@@ -19,6 +19,11 @@ use crate::context::Context;
 use crate::http;
 use crate::services::{AdminApi, MessageApi, QueueApi};
 
+/// How long the gRPC server may take to finish the calls and streams in flight once it
+/// stops taking new ones.
+const GRACEFUL_STOP_WITHIN: Duration = Duration::from_secs(10);
+/// How long a stopping node waits for its consume streams to end before it goes on.
+const CONSUME_STREAMS_END_WITHIN: Duration = Duration::from_secs(3);
 /// How long a joining node keeps asking to be added before it gives up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -60,7 +65,13 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         .context("building the reflection service")?;
 
     let (stop, stopped) = watch::channel(false);
+    let (begin_stop, stopping) = watch::channel(false);
     let grpc = tonic::transport::Server::builder()
+        // Pings find peers that went away without closing their connection (a client
+        // host lost, say): their streams end, and a consume stream hands its deliveries
+        // back instead of holding them until their leases end.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(node.raft_service(stopped.clone()))
@@ -75,6 +86,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
             MessageServiceServer::new(MessageApi {
                 context: context.clone(),
                 stopped: stopped.clone(),
+                stopping,
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_REQUEST_BYTES),
@@ -119,15 +131,33 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         None => shutdown_signal().await,
     };
     tracing::info!(signal, "shutting down");
+    // Consume streams end first, while this node still leads: their last acks are
+    // written and their deliveries handed back, rather than left to their leases.
+    let _ = begin_stop.send(true);
+    let streams_ended = tokio::time::Instant::now() + CONSUME_STREAMS_END_WITHIN;
+    while crate::services::active_consume_streams() > 0
+        && tokio::time::Instant::now() < streams_ended
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // A leader hands over first, while it still serves Raft traffic, so the cluster has a
     // leader again at once rather than after an election timeout. Then the server stops
     // taking calls and finishes those in flight (clients retry elsewhere).
     node.hand_over_leadership(HAND_OVER_TIMEOUT).await;
     let _ = stop.send(true);
-    grpc_task
-        .await
-        .context("gRPC task")?
-        .context("gRPC server")?;
+    // A client that stopped reading a stream would hold the graceful stop for ever: its
+    // answers wait for flow-control room. Past the limit the server stops anyway; a
+    // consume stream has handed its deliveries back by then.
+    let mut grpc_task = grpc_task;
+    match tokio::time::timeout(GRACEFUL_STOP_WITHIN, &mut grpc_task).await {
+        Ok(served) => served.context("gRPC task")?.context("gRPC server")?,
+        Err(_) => {
+            tracing::warn!(
+                "calls or streams still open {GRACEFUL_STOP_WITHIN:?} after the stop began; closing them"
+            );
+            grpc_task.abort();
+        }
+    }
     http_task
         .await
         .context("HTTP task")?

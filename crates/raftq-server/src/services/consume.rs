@@ -4,14 +4,16 @@
 //! never waits for its own round trip before the next batch, and the queue hands out
 //! its messages to the stream in order.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use raftq_core::{Command, Outcome, QueueError, Receipt};
 use raftq_proto::pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
 use super::message::{MessageApi, POLL_INTERVAL, ack_results, receipt, wall_clock_ms};
@@ -22,8 +24,47 @@ use crate::error::ServiceError;
 pub const MAX_PREFETCH: u32 = 1_000;
 const DEFAULT_PREFETCH: u32 = 200;
 const DEFAULT_MAX_MESSAGES: u32 = 100;
+/// Most body bytes a stream holds handed out and unacknowledged; a receive still takes
+/// one message when the stream holds none.
+const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+/// Most consume streams one node serves at once.
+pub const MAX_STREAMS: usize = 1_024;
 /// Answers queued for a client that reads them slower than they come.
 pub const ANSWER_QUEUE: usize = 16;
+/// With nothing written or answered for this long, the leader confirms with a quorum
+/// that it still leads and sends an empty answer: a consumer can tell a quiet queue from
+/// a stream nobody serves any more.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long the stream's first message may take.
+const START_WITHIN: Duration = Duration::from_secs(10);
+/// How long the writes that end a stream (its last acks, handing back its deliveries)
+/// may take.
+const CLOSING_WRITE_WITHIN: Duration = Duration::from_secs(5);
+
+static STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the node's [`MAX_STREAMS`] consume streams, given back on drop.
+pub struct StreamSlot(());
+
+impl StreamSlot {
+    pub fn take() -> Result<StreamSlot, Status> {
+        if STREAMS.fetch_add(1, Ordering::AcqRel) >= MAX_STREAMS {
+            STREAMS.fetch_sub(1, Ordering::AcqRel);
+            return Err(Status::resource_exhausted(format!(
+                "this node serves {MAX_STREAMS} consume streams already"
+            )));
+        }
+        metrics::gauge!("raftq_consume_streams").increment(1.0);
+        Ok(StreamSlot(()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("raftq_consume_streams").decrement(1.0);
+    }
+}
 
 /// What the stream's first message asked for, checked.
 struct Start {
@@ -33,17 +74,71 @@ struct Start {
     lease_ms: u64,
 }
 
-type Write<'a> = Pin<Box<dyn Future<Output = Result<Outcome, Status>> + Send + 'a>>;
+/// A delivery the stream handed out and the consumer has not acknowledged on it.
+struct Held {
+    lease_ends_ms: u64,
+    bytes: usize,
+}
 
-/// How a stream ended, which decides what happens to its unacknowledged deliveries.
+type Write<'a> = Pin<Box<dyn Future<Output = Result<Outcome, Status>> + Send + 'a>>;
+type Answers = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
+
+/// How a stream ended.
 enum End {
-    /// The consumer closed its side or went away: hand its deliveries back at once.
+    /// The consumer closed its side or went away.
     Consumer,
-    /// The node is stopping: leases end them.
+    /// The node is stopping.
     Node,
     /// The stream is refused with this status (a bad request, an unknown queue, lost
-    /// leadership); its deliveries are handed back at once where this node still leads.
+    /// leadership).
     Failed(Status),
+}
+
+/// The stream's state between its log writes.
+struct Stream {
+    held: HashMap<Receipt, Held>,
+    held_bytes: usize,
+    /// Read and not written yet, in the order they came.
+    acks: Vec<Receipt>,
+}
+
+impl Stream {
+    fn hold(&mut self, delivered: &[pb::ReceivedMessage]) {
+        for message in delivered {
+            if let Ok(receipt) = message.receipt.parse::<Receipt>() {
+                let bytes = message.body.len();
+                self.held_bytes += bytes;
+                let lease_ends_ms = message.lease_expires_at_ms;
+                self.held.insert(
+                    receipt,
+                    Held {
+                        lease_ends_ms,
+                        bytes,
+                    },
+                );
+            }
+        }
+    }
+
+    fn unhold(&mut self, receipt: &Receipt) {
+        if let Some(held) = self.held.remove(receipt) {
+            self.held_bytes -= held.bytes;
+        }
+    }
+
+    /// Forgets deliveries whose lease has ended (nacked by a call, say, or never
+    /// acknowledged): the queue may hand them to anyone now, so they take no room.
+    fn forget_ended(&mut self, now_ms: u64) {
+        let mut freed = 0;
+        self.held.retain(|_, held| {
+            let keep = held.lease_ends_ms > now_ms;
+            if !keep {
+                freed += held.bytes;
+            }
+            keep
+        });
+        self.held_bytes -= freed;
+    }
 }
 
 impl MessageApi {
@@ -90,70 +185,87 @@ impl MessageApi {
     }
 
     /// Serves one Consume stream until the consumer closes it, the node stops leading or
-    /// stopping, or a request is refused (then the answers end with that status).
+    /// begins to stop, or a request is refused. However it ends, the acks read are written
+    /// and the deliveries held are handed back while this node leads; a refusal then
+    /// ends the answers with its status, a stopping node with UNAVAILABLE.
     pub(super) async fn serve_consume(
         self,
         mut incoming: Streaming<pb::ConsumeRequest>,
-        answers: mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
+        answers: Answers,
+        _slot: StreamSlot,
     ) {
-        let start = match incoming.message().await {
-            Ok(first) => self.consume_start(first),
-            Err(status) => Err(status),
+        let mut stopping = self.stopping.clone();
+        let first = tokio::select! {
+            first = tokio::time::timeout(START_WITHIN, incoming.message()) => first,
+            () = stopped(&mut stopping) => return,
+        };
+        let start = match first {
+            Ok(Ok(first)) => self.consume_start(first),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(invalid(QueueError::invalid(
+                "start",
+                format!("no `start` within {START_WITHIN:?}"),
+            ))),
         };
         let start = match start {
             Ok(start) => start,
             Err(status) => {
-                let _ = answers.send(Err(status)).await;
+                let _ = answers.try_send(Err(status));
                 return;
             }
         };
-        metrics::gauge!("raftq_consume_streams").increment(1.0);
-        let mut outstanding = HashSet::new();
+        let mut stream = Stream {
+            held: HashMap::new(),
+            held_bytes: 0,
+            acks: Vec::new(),
+        };
         let end = self
-            .consume(&start, &mut incoming, &answers, &mut outstanding)
+            .consume(&start, &mut incoming, &answers, &mut stream)
             .await;
-        metrics::gauge!("raftq_consume_streams").decrement(1.0);
-        match end {
-            End::Consumer => self.release(&start.queue, outstanding).await,
-            End::Node => {}
-            End::Failed(status) => {
-                let _ = answers.send(Err(status)).await;
-                self.release(&start.queue, outstanding).await;
-            }
-        }
+        self.close(&start.queue, stream).await;
+        let last = match end {
+            End::Consumer => return,
+            End::Node => Status::unavailable("the node is stopping"),
+            End::Failed(status) => status,
+        };
+        // A client that reads no more does not hold the node up.
+        let _ = tokio::time::timeout(POLL_INTERVAL, answers.send(Err(last))).await;
     }
 
     async fn consume(
         &self,
         start: &Start,
         incoming: &mut Streaming<pb::ConsumeRequest>,
-        answers: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
-        outstanding: &mut HashSet<Receipt>,
+        answers: &Answers,
+        stream: &mut Stream,
     ) -> End {
         let max_acks = self.context.limits.max_batch_messages;
         let max_receive = self.context.limits.max_receive_messages as usize;
-        // Read and not written yet, in the order they came.
-        let mut acks: Vec<Receipt> = Vec::new();
         let mut reading = true;
-        let mut node_ended = false;
         let mut write: Option<Write<'_>> = None;
-        // The last receive handed out nothing (another consumer was first): wait for the
-        // state to change before the next, instead of writing empty receives.
+        // The last receive handed out nothing (another consumer was first): wait for
+        // another entry to be applied before the next, instead of writing empty receives.
         let mut dry = false;
         let mut receiving = false;
+        let mut last_answer = Instant::now();
         let mut applied = self.context.node.state().subscribe();
-        let mut stopped = self.stopped.clone();
+        let mut stopping = self.stopping.clone();
         let end = loop {
             if write.is_none() {
-                let room = start.prefetch.saturating_sub(outstanding.len());
-                let receive = reading && !dry && room > 0 && self.deliverable(&start.queue);
-                if receive || !acks.is_empty() {
+                stream.forget_ended(self.now_ms());
+                let room = start.prefetch.saturating_sub(stream.held.len());
+                let receive = reading
+                    && !dry
+                    && room > 0
+                    && stream.held_bytes < MAX_HELD_BYTES
+                    && self.deliverable(&start.queue);
+                if receive || !stream.acks.is_empty() {
                     let mut commands = Vec::with_capacity(2);
-                    if !acks.is_empty() {
-                        let taken = acks.len().min(max_acks);
+                    if !stream.acks.is_empty() {
+                        let taken = stream.acks.len().min(max_acks);
                         commands.push(Command::AckBatch {
                             queue: start.queue.clone(),
-                            receipts: acks.drain(..taken).collect(),
+                            receipts: stream.acks.drain(..taken).collect(),
                         });
                     }
                     if receive {
@@ -166,25 +278,19 @@ impl MessageApi {
                     receiving = receive;
                     write = Some(Box::pin(self.context.write(Command::Batch(commands))));
                 } else if !reading {
-                    break if node_ended { End::Node } else { End::Consumer };
+                    break End::Consumer;
                 }
             }
             let idle = write.is_none();
             tokio::select! {
-                () = async {
-                    let _ = stopped.wait_for(|stopped| *stopped).await;
-                }, if reading => {
-                    // Answer what is being written, then end; leases end the rest.
-                    reading = false;
-                    node_ended = true;
-                }
-                next = incoming.message(), if reading && acks.len() < max_acks => {
+                () = stopped(&mut stopping) => break End::Node,
+                next = incoming.message(), if reading && stream.acks.len() < max_acks => {
                     match next {
                         Ok(Some(request)) => match self.consume_acks(request) {
                             Ok(receipts) => {
                                 for receipt in receipts {
-                                    outstanding.remove(&receipt);
-                                    acks.push(receipt);
+                                    stream.unhold(&receipt);
+                                    stream.acks.push(receipt);
                                 }
                             }
                             Err(status) => break End::Failed(status),
@@ -201,19 +307,20 @@ impl MessageApi {
                     }
                 } => {
                     write = None;
+                    // Entries applied so far are seen: a dry stream waits for a later one.
+                    applied.borrow_and_update();
                     let (acked, delivered) = match consumed(outcome) {
                         Ok(parts) => parts,
                         Err(status) => break End::Failed(status),
                     };
                     dry = receiving && delivered.is_empty();
-                    for message in &delivered {
-                        if let Ok(receipt) = message.receipt.parse::<Receipt>() {
-                            outstanding.insert(receipt);
-                        }
-                    }
-                    if !answer(answers, acked, delivered, start.max_messages).await {
-                        // Nobody reads the answers any more.
-                        break End::Consumer;
+                    stream.hold(&delivered);
+                    match answer(answers, acked, delivered, start.max_messages, &mut stopping).await
+                    {
+                        Answered::Yes => last_answer = Instant::now(),
+                        Answered::Nothing => {}
+                        Answered::Gone => break End::Consumer,
+                        Answered::Stopping => break End::Node,
                     }
                 }
                 // Nothing to write: look again when an entry is applied (a send may have
@@ -223,6 +330,23 @@ impl MessageApi {
                     if let Err(status) = self.context.require_leader() {
                         break End::Failed(status);
                     }
+                    if last_answer.elapsed() >= HEARTBEAT {
+                        match tokio::time::timeout(HEARTBEAT, self.context.read_barrier()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(status)) => break End::Failed(status),
+                            Err(_) => {
+                                break End::Failed(Status::unavailable(format!(
+                                    "this node could not confirm it leads within {HEARTBEAT:?}"
+                                )));
+                            }
+                        }
+                        let heartbeat = pb::ConsumeResponse::default();
+                        match send(answers, heartbeat, &mut stopping).await {
+                            Answered::Gone => break End::Consumer,
+                            Answered::Stopping => break End::Node,
+                            _ => last_answer = Instant::now(),
+                        }
+                    }
                 }
             }
         };
@@ -230,13 +354,19 @@ impl MessageApi {
         if let Some(write) = write
             && let Ok((_, delivered)) = consumed(write.await)
         {
-            outstanding.extend(
-                delivered
-                    .iter()
-                    .filter_map(|m| m.receipt.parse::<Receipt>().ok()),
-            );
+            stream.hold(&delivered);
         }
         end
+    }
+
+    /// Log time as the leader stamps it.
+    fn now_ms(&self) -> u64 {
+        self.context
+            .node
+            .state()
+            .read()
+            .now_ms()
+            .max(wall_clock_ms())
     }
 
     /// Whether a receive on `queue` would hand out something now; an unknown queue lets
@@ -272,15 +402,37 @@ impl MessageApi {
         }
     }
 
-    /// Makes the stream's unacknowledged deliveries visible again at once, as a consumer
-    /// that went away will not handle them.
-    async fn release(&self, queue: &str, outstanding: HashSet<Receipt>) {
-        if outstanding.is_empty() || !self.context.node.is_leader() {
+    /// Ends a stream while this node leads: writes the acks it read and did not write,
+    /// then makes its unacknowledged deliveries visible again at once, as nobody will
+    /// handle them on this stream.
+    async fn close(&self, queue: &str, mut stream: Stream) {
+        if !self.context.node.is_leader() {
             return;
         }
-        let count = outstanding.len();
-        let nacks = outstanding
-            .into_iter()
+        let max_acks = self.context.limits.max_batch_messages;
+        while !stream.acks.is_empty() {
+            let taken = stream.acks.len().min(max_acks);
+            let ack = Command::AckBatch {
+                queue: queue.to_string(),
+                receipts: stream.acks.drain(..taken).collect(),
+            };
+            match tokio::time::timeout(CLOSING_WRITE_WITHIN, self.context.write(ack)).await {
+                Ok(Ok(Outcome::AckedBatch(results))) => {
+                    ack_results(results);
+                }
+                _ => {
+                    tracing::debug!("writing a closed consumer's last acks failed");
+                    return;
+                }
+            }
+        }
+        stream.forget_ended(self.now_ms());
+        if stream.held.is_empty() {
+            return;
+        }
+        let nacks = stream
+            .held
+            .into_keys()
             .map(|receipt| Command::Nack {
                 queue: queue.to_string(),
                 receipt,
@@ -288,7 +440,7 @@ impl MessageApi {
             })
             .collect();
         let released = tokio::time::timeout(
-            Duration::from_secs(5),
+            CLOSING_WRITE_WITHIN,
             self.context.write(Command::Batch(nacks)),
         )
         .await;
@@ -296,7 +448,7 @@ impl MessageApi {
             let done = results.iter().filter(|result| result.is_ok()).count();
             metrics::counter!("raftq_consume_released_total").increment(done as u64);
         } else {
-            tracing::debug!(count, "releasing a closed consumer's deliveries failed");
+            tracing::debug!("releasing a closed consumer's deliveries failed");
         }
     }
 }
@@ -325,23 +477,61 @@ fn consumed(
     Ok((acked, delivered))
 }
 
+/// Resolves once the node begins to stop.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+/// Consume streams this node serves now.
+pub fn active_streams() -> usize {
+    STREAMS.load(Ordering::Acquire)
+}
+
+enum Answered {
+    Yes,
+    /// There was nothing to answer.
+    Nothing,
+    /// The consumer reads no more.
+    Gone,
+    /// The node began to stop while the answer waited for room.
+    Stopping,
+}
+
+/// Sends one answer, unless the node begins to stop while it waits for room.
+async fn send(
+    answers: &Answers,
+    response: pb::ConsumeResponse,
+    stopping: &mut watch::Receiver<bool>,
+) -> Answered {
+    tokio::select! {
+        sent = answers.send(Ok(response)) => match sent {
+            Ok(()) => Answered::Yes,
+            Err(_) => Answered::Gone,
+        },
+        () = stopped(stopping) => Answered::Stopping,
+    }
+}
+
 /// Sends one write's results, deliveries split into answers of `max_messages`, the ack
-/// results with the first. False when the consumer no longer reads.
+/// results with the first.
 async fn answer(
-    answers: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
+    answers: &Answers,
     mut ack_results: Vec<pb::AckResult>,
     mut delivered: Vec<pb::ReceivedMessage>,
     max_messages: usize,
-) -> bool {
+    stopping: &mut watch::Receiver<bool>,
+) -> Answered {
+    let mut answered = Answered::Nothing;
     while !ack_results.is_empty() || !delivered.is_empty() {
         let rest = delivered.split_off(delivered.len().min(max_messages));
         let response = pb::ConsumeResponse {
             messages: std::mem::replace(&mut delivered, rest),
             ack_results: std::mem::take(&mut ack_results),
         };
-        if answers.send(Ok(response)).await.is_err() {
-            return false;
+        answered = send(answers, response, stopping).await;
+        if !matches!(answered, Answered::Yes) {
+            return answered;
         }
     }
-    true
+    answered
 }

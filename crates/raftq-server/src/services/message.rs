@@ -27,6 +27,9 @@ pub struct MessageApi {
     /// Turns true when the node stops: send streams stop reading, answer what they have
     /// read, and end, so that the server's graceful stop does not wait on them.
     pub stopped: watch::Receiver<bool>,
+    /// Turns true when the node begins to stop, before a leader hands over: consume
+    /// streams write their last acks and hand back their deliveries while it still leads.
+    pub stopping: watch::Receiver<bool>,
 }
 
 pub(super) fn wall_clock_ms() -> u64 {
@@ -75,6 +78,15 @@ pub(super) fn ack_results(
 }
 
 impl MessageApi {
+    /// Another handle on the same service, for a stream's own task.
+    fn clone_api(&self) -> MessageApi {
+        MessageApi {
+            context: self.context.clone(),
+            stopped: self.stopped.clone(),
+            stopping: self.stopping.clone(),
+        }
+    }
+
     async fn send_messages(
         &self,
         queue: String,
@@ -239,11 +251,10 @@ impl MessageService for MessageApi {
     ) -> Result<Response<Self::SendStreamStream>, Status> {
         self.context.require_leader()?;
         let (answers, answered) = mpsc::channel(MAX_STREAMED_SENDS);
-        let api = MessageApi {
-            context: self.context.clone(),
-            stopped: self.stopped.clone(),
-        };
-        tokio::spawn(api.serve_send_stream(request.into_inner(), answers));
+        tokio::spawn(
+            self.clone_api()
+                .serve_send_stream(request.into_inner(), answers),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
     }
 
@@ -254,12 +265,15 @@ impl MessageService for MessageApi {
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         self.context.require_leader()?;
+        if *self.stopping.borrow() {
+            return Err(Status::unavailable("this node is stopping"));
+        }
+        let slot = super::consume::StreamSlot::take()?;
         let (answers, answered) = mpsc::channel(super::consume::ANSWER_QUEUE);
-        let api = MessageApi {
-            context: self.context.clone(),
-            stopped: self.stopped.clone(),
-        };
-        tokio::spawn(api.serve_consume(request.into_inner(), answers));
+        tokio::spawn(
+            self.clone_api()
+                .serve_consume(request.into_inner(), answers, slot),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
     }
 

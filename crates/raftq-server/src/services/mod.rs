@@ -7,6 +7,7 @@ mod message;
 mod queue;
 
 pub use admin::AdminApi;
+pub use consume::active_streams as active_consume_streams;
 pub use message::MessageApi;
 pub use queue::QueueApi;
 
