@@ -621,6 +621,17 @@ impl RaftNode {
         self.raft.is_leader()
     }
 
+    /// Whether a quorum acknowledged this node as leader within `within` (false on a
+    /// follower, and on a leader cut off from the others, which still thinks it leads).
+    pub fn quorum_acked_within(&self, within: Duration) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .last_quorum_acked
+            .as_ref()
+            .is_some_and(|acked| openraft::Instant::elapsed(&**acked) <= within)
+    }
+
     pub fn status(&self) -> MemberStatus {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
