@@ -220,7 +220,7 @@ async fn consume_stream(
     if let Some((consumer, _)) = stream
         && let Ok(results) = consumer.close().await
     {
-        for (receipt, result) in &results {
+        for (receipt, result) in &results.acks {
             if let Some(given) = acking.remove(receipt) {
                 record_streamed_ack(&recorder, &name, given, Some(result));
             }

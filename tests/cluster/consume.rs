@@ -65,7 +65,7 @@ async fn leased_queue(
     send_numbered(client, queue, range).await;
 }
 
-async fn consumer(
+async fn open_consumer(
     client: &raftq_client::Client,
     queue: &str,
     prefetch: u32,
@@ -116,7 +116,7 @@ async fn a_consumer_gets_every_message_once_in_order_within_its_prefetch() {
     create_queue(&client, "stream", pb::QueueOptions::default()).await;
     send_numbered(&client, "stream", 0..500).await;
 
-    let mut consumer = consumer(&client, "stream", 50, 20).await;
+    let mut consumer = open_consumer(&client, "stream", 50, 20).await;
     let mut bodies = Vec::new();
     let mut acked = Vec::new();
     while bodies.len() < 500 {
@@ -162,7 +162,7 @@ async fn a_consumer_gets_every_message_once_in_order_within_its_prefetch() {
         [b"m0500".to_vec(), b"m0501".to_vec(), b"m0502".to_vec()]
     );
 
-    let rest = consumer.close().await.expect("close");
+    let rest = consumer.close().await.expect("close").acks;
     all_acknowledged(&rest);
     acked.extend(rest.into_iter().map(|(receipt, _)| receipt));
     let distinct: HashSet<&String> = acked.iter().collect();
@@ -181,11 +181,11 @@ async fn a_closed_consumer_hands_back_what_it_did_not_acknowledge_at_once() {
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
     leased_queue(&client, "held", 600_000, 0..10).await;
-    let mut consumer = consumer(&client, "held", 10, 10).await;
+    let mut consumer = open_consumer(&client, "held", 10, 10).await;
     let held = take(&mut consumer, 10).await;
     let acked = receipts(&held[..3]);
     consumer.ack(&acked).await.expect("ack");
-    let results = consumer.close().await.expect("close");
+    let results = consumer.close().await.expect("close").acks;
     let answered: Vec<&String> = results.iter().map(|(receipt, _)| receipt).collect();
     assert_eq!(answered, acked.iter().collect::<Vec<_>>());
     all_acknowledged(&results);
@@ -346,7 +346,7 @@ async fn a_refused_consume_stream_still_applies_the_acks_it_read_before() {
         results.extend(next(&mut consumer).await.acks);
     }
     all_acknowledged(&results);
-    assert!(consumer.close().await.expect("close").is_empty());
+    assert!(consumer.close().await.expect("close").acks.is_empty());
     let stats = stats_of(&client, "flushed").await;
     assert_eq!(stats.depth, 0);
 }
@@ -356,7 +356,7 @@ async fn a_consumer_whose_leases_end_gets_its_room_back() {
     let cluster = Cluster::start(1).await;
     let client = cluster.client();
     leased_queue(&client, "lapsed", 1_000, 0..4).await;
-    let mut consumer = consumer(&client, "lapsed", 2, 2).await;
+    let mut consumer = open_consumer(&client, "lapsed", 2, 2).await;
     // Take two and never acknowledge them: the prefetch is full until their leases end.
     take(&mut consumer, 2).await;
     // Then the stream has room again: every message comes (again) and is acknowledged.
@@ -368,7 +368,64 @@ async fn a_consumer_whose_leases_end_gets_its_room_back() {
         acked.extend(delivery.messages.into_iter().map(|m| m.body));
         consumer.ack(&receipts).await.expect("ack");
     }
-    all_acknowledged(&consumer.close().await.expect("close"));
+    all_acknowledged(&consumer.close().await.expect("close").acks);
     let stats = stats_of(&client, "lapsed").await;
     assert_eq!(stats.depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_on_the_stream_hands_the_message_back_and_frees_its_room_at_once() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    // Ten-minute leases: only the nacks can bring a message back within the test.
+    leased_queue(&client, "rejected", 600_000, 0..2).await;
+    let mut consumer = open_consumer(&client, "rejected", 1, 1).await;
+    let first = take(&mut consumer, 1).await;
+    assert_eq!(first[0].body, b"m0000");
+    consumer
+        .nack(&receipts(&first), Duration::ZERO)
+        .await
+        .expect("nack");
+    // The stream had room for one: it comes again at once, second attempt.
+    let again = next(&mut consumer).await;
+    let answered: Vec<&str> = again.nacks.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(answered, [first[0].receipt.as_str()]);
+    assert_eq!(again.nacks[0].1.code, 0, "{}", again.nacks[0].1.error);
+    let again = if again.messages.is_empty() {
+        take(&mut consumer, 1).await
+    } else {
+        again.messages
+    };
+    assert_eq!(
+        (again[0].body.as_slice(), again[0].attempt),
+        (&b"m0000"[..], 2)
+    );
+    // Nacked for a minute, it stays away; the next message comes instead.
+    consumer
+        .nack(&receipts(&again), Duration::from_secs(60))
+        .await
+        .expect("nack");
+    let next_one = take(&mut consumer, 1).await;
+    assert_eq!(next_one[0].body, b"m0001");
+    consumer.ack(&receipts(&next_one)).await.expect("ack");
+    let last = consumer.close().await.expect("close");
+    all_acknowledged(&last.acks);
+    let nacked: Vec<i32> = last.nacks.iter().map(|(_, result)| result.code).collect();
+    assert!(nacked.iter().all(|code| *code == 0), "{:?}", last.nacks);
+    let stats = stats_of(&client, "rejected").await;
+    assert_eq!((stats.depth, stats.delayed, stats.in_flight), (1, 1, 0));
+    // A stale receipt's nack is answered on its own, and the stream goes on.
+    let mut consumer = open_consumer(&client, "rejected", 1, 1).await;
+    consumer
+        .nack(&receipts(&first), Duration::ZERO)
+        .await
+        .expect("nack");
+    let refused = next(&mut consumer).await.nacks;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].1.code,
+        Code::FailedPrecondition as i32,
+        "{refused:?}"
+    );
+    consumer.close().await.expect("close");
 }

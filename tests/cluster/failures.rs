@@ -594,7 +594,7 @@ async fn a_consumer_follows_a_new_leader_and_every_message_is_acknowledged() {
         consumer.ack(&receipts).await.expect("ack");
     }
     assert!(killed.is_some(), "the leader was killed mid-way");
-    for (receipt, result) in consumer.close().await.expect("close") {
+    for (receipt, result) in consumer.close().await.expect("close").acks {
         count_ack(&mut acked, &mut receipts_of, receipt, &result);
     }
     assert!(

@@ -274,7 +274,7 @@ impl Consumer for StreamConsumer {
             let Some(consumer) = self.consumer.take() else {
                 return Ok(0);
             };
-            let acks = consumer.close().await?;
+            let acks = consumer.close().await?.acks;
             refused_on_stream(&acks)?;
             Ok(acks.len())
         }

@@ -44,13 +44,17 @@ impl Default for ConsumeOptions {
     }
 }
 
-/// What one [`Consumer::next`] brought: messages, and the results of acks sent earlier.
+/// What one [`Consumer::next`] brought: messages, and the results of acks and nacks
+/// given earlier ([`Consumer::close`] returns the last results the same way).
 #[derive(Debug, Default)]
 pub struct Delivery {
     pub messages: Vec<pb::ReceivedMessage>,
     /// Each acknowledged receipt with its result (`code` 0: acknowledged), in the order
     /// the receipts were given to [`Consumer::ack`].
     pub acks: Vec<(String, pb::AckResult)>,
+    /// Each nacked receipt with its result (`code` 0: handed back), in the order the
+    /// receipts were given to [`Consumer::nack`].
+    pub nacks: Vec<(String, pb::AckResult)>,
 }
 
 struct Open {
@@ -72,6 +76,8 @@ pub struct Consumer {
     stream: Option<Open>,
     /// Acks sent on the stream (or to send on the next one) and not answered yet, in order.
     unanswered: VecDeque<String>,
+    /// Nacks likewise, with their delays in ms.
+    unanswered_nacks: VecDeque<(String, u64)>,
     /// Since when the stream has been failing, and the pause before the next attempt;
     /// kept across `next` calls, so that a caller's timeouts do not reset them.
     failing_since: Option<Instant>,
@@ -92,6 +98,7 @@ impl Client {
             options,
             stream: None,
             unanswered: VecDeque::new(),
+            unanswered_nacks: VecDeque::new(),
             failing_since: None,
             backoff: self.config().initial_backoff,
         };
@@ -145,9 +152,18 @@ impl Consumer {
         };
         let pending: Vec<String> = self.unanswered.iter().cloned().collect();
         for chunk in pending.chunks(MAX_ACKS_PER_MESSAGE) {
-            if !send_acks(&mut open, chunk).await {
+            if !send_settle(&mut open, chunk, None).await {
                 // Broken already: the next `next` opens another.
                 return Ok(());
+            }
+        }
+        let pending: Vec<(String, u64)> = self.unanswered_nacks.iter().cloned().collect();
+        for run in pending.chunk_by(|a, b| a.1 == b.1) {
+            for chunk in run.chunks(MAX_ACKS_PER_MESSAGE) {
+                let receipts: Vec<String> = chunk.iter().map(|(r, _)| r.clone()).collect();
+                if !send_settle(&mut open, &receipts, Some(chunk[0].1)).await {
+                    return Ok(());
+                }
             }
         }
         self.stream = Some(open);
@@ -158,6 +174,24 @@ impl Consumer {
     /// [`Delivery`] carries their results. Waits only when many acks are queued already.
     /// A malformed receipt is refused (INVALID_ARGUMENT) and none of `receipts` is sent.
     pub async fn ack(&mut self, receipts: &[String]) -> Result<(), ClientError> {
+        self.settle(receipts, None).await
+    }
+
+    /// Hands `receipts` back to the queue, visible again after `delay` (at most 12 h),
+    /// and frees their room on the stream at once; a later [`Delivery`] carries the
+    /// results. A nack sent again on a new stream after the old one broke answers
+    /// FAILED_PRECONDITION when the first one had taken effect.
+    pub async fn nack(&mut self, receipts: &[String], delay: Duration) -> Result<(), ClientError> {
+        self.settle(receipts, Some(delay.as_millis() as u64)).await
+    }
+
+    /// Sends acks (`nack_delay_ms: None`) or nacks on the stream, or keeps them for the
+    /// next one when the stream is broken.
+    async fn settle(
+        &mut self,
+        receipts: &[String],
+        nack_delay_ms: Option<u64>,
+    ) -> Result<(), ClientError> {
         if let Some(bad) = receipts.iter().find(|receipt| !well_formed(receipt)) {
             return Err(ClientError::Status(tonic::Status::invalid_argument(
                 format!("receipt {bad:?} is not `<message_id>:<attempt>`"),
@@ -166,17 +200,27 @@ impl Consumer {
         let mut chunks = receipts.chunks(MAX_ACKS_PER_MESSAGE);
         if let Some(open) = self.stream.as_mut() {
             for chunk in chunks.by_ref() {
-                if !send_acks(open, chunk).await {
-                    // Not sent: it goes with the rest on the next stream.
+                let sent = send_settle(open, chunk, nack_delay_ms).await;
+                // Sent, or (when not) to go with the rest on the next stream.
+                keep_unanswered(
+                    &mut self.unanswered,
+                    &mut self.unanswered_nacks,
+                    chunk,
+                    nack_delay_ms,
+                );
+                if !sent {
                     self.stream = None;
-                    self.unanswered.extend(chunk.iter().cloned());
                     break;
                 }
-                self.unanswered.extend(chunk.iter().cloned());
             }
         }
         for chunk in chunks {
-            self.unanswered.extend(chunk.iter().cloned());
+            keep_unanswered(
+                &mut self.unanswered,
+                &mut self.unanswered_nacks,
+                chunk,
+                nack_delay_ms,
+            );
         }
         Ok(())
     }
@@ -202,7 +246,10 @@ impl Consumer {
                             open.heard = Instant::now();
                             self.failing_since = None;
                             self.backoff = self.client.config().initial_backoff;
-                            if answer.messages.is_empty() && answer.ack_results.is_empty() {
+                            if answer.messages.is_empty()
+                                && answer.ack_results.is_empty()
+                                && answer.nack_results.is_empty()
+                            {
                                 // A heartbeat: the stream is alive, the queue quiet.
                                 continue;
                             }
@@ -227,6 +274,7 @@ impl Consumer {
                 // The stream was refused: the leader wrote the acks it had read and handed
                 // back its deliveries, so acks not answered would be stale or repeats.
                 self.unanswered.clear();
+                self.unanswered_nacks.clear();
                 self.failing_since = None;
                 return Err(ClientError::Status(status));
             }
@@ -256,17 +304,26 @@ impl Consumer {
             };
             acks.push((receipt, result));
         }
+        let mut nacks = Vec::with_capacity(answer.nack_results.len());
+        for result in answer.nack_results {
+            let Some((receipt, _)) = self.unanswered_nacks.pop_front() else {
+                break;
+            };
+            nacks.push((receipt, result));
+        }
         Delivery {
             messages: answer.messages,
             acks,
+            nacks,
         }
     }
 
-    /// Ends the consumer: waits for the results of every ack given, and hands whatever it
-    /// received and did not acknowledge out again at once. Acks the stream could not
-    /// answer go as one `AckBatch` call.
-    pub async fn close(mut self) -> Result<Vec<(String, pb::AckResult)>, ClientError> {
-        let mut results = Vec::new();
+    /// Ends the consumer: waits for the results of every ack and nack given (returned as
+    /// a delivery without messages), and hands whatever it received and did not
+    /// acknowledge out again at once. Acks the stream could not answer go as `AckBatch`
+    /// calls, nacks as `Nack` calls.
+    pub async fn close(mut self) -> Result<Delivery, ClientError> {
+        let mut results = Delivery::default();
         if let Some(open) = self.stream.take() {
             let Open {
                 requests,
@@ -277,7 +334,9 @@ impl Consumer {
             let deadline = self.client.config().attempt_timeout;
             let drained = tokio::time::timeout(deadline, async {
                 while let Ok(Some(answer)) = answers.message().await {
-                    results.extend(self.delivery(answer).acks);
+                    let settled = self.delivery(answer);
+                    results.acks.extend(settled.acks);
+                    results.nacks.extend(settled.nacks);
                 }
             })
             .await;
@@ -286,9 +345,36 @@ impl Consumer {
         let rest: Vec<String> = self.unanswered.drain(..).collect();
         for chunk in rest.chunks(MAX_ACKS_PER_MESSAGE) {
             let answered = self.client.ack_batch(&self.queue, chunk).await?;
-            results.extend(chunk.iter().cloned().zip(answered));
+            results.acks.extend(chunk.iter().cloned().zip(answered));
+        }
+        let rest: Vec<(String, u64)> = self.unanswered_nacks.drain(..).collect();
+        for (receipt, delay_ms) in rest {
+            let delay = Duration::from_millis(delay_ms);
+            let result = match self.client.nack(&self.queue, &receipt, delay).await {
+                Ok(_) => pb::AckResult::default(),
+                Err(ClientError::Status(status)) => pb::AckResult {
+                    code: status.code() as i32,
+                    error: status.message().to_string(),
+                    already_acked: false,
+                },
+                Err(error) => return Err(error),
+            };
+            results.nacks.push((receipt, result));
         }
         Ok(results)
+    }
+}
+
+/// Keeps acks (`nack_delay_ms: None`) or nacks for their answers, in the order sent.
+fn keep_unanswered(
+    acks: &mut VecDeque<String>,
+    nacks: &mut VecDeque<(String, u64)>,
+    receipts: &[String],
+    nack_delay_ms: Option<u64>,
+) {
+    match nack_delay_ms {
+        None => acks.extend(receipts.iter().cloned()),
+        Some(delay) => nacks.extend(receipts.iter().map(|receipt| (receipt.clone(), delay))),
     }
 }
 
@@ -299,12 +385,18 @@ fn well_formed(receipt: &str) -> bool {
     })
 }
 
-/// Sends one ack message on the stream; false when the stream is gone.
-async fn send_acks(open: &mut Open, receipts: &[String]) -> bool {
+/// Sends one ack message (`nack_delay_ms: None`) or nack message on the stream; false
+/// when the stream is gone.
+async fn send_settle(open: &mut Open, receipts: &[String], nack_delay_ms: Option<u64>) -> bool {
+    let receipts = receipts.to_vec();
+    let request = match nack_delay_ms {
+        None => pb::consume_request::Request::Ack(pb::ConsumeAck { receipts }),
+        Some(delay_ms) => {
+            pb::consume_request::Request::Nack(pb::ConsumeNack { receipts, delay_ms })
+        }
+    };
     let request = pb::ConsumeRequest {
-        request: Some(pb::consume_request::Request::Ack(pb::ConsumeAck {
-            receipts: receipts.to_vec(),
-        })),
+        request: Some(request),
     };
     open.requests.send(request).await.is_ok()
 }

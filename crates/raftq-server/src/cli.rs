@@ -845,7 +845,7 @@ async fn client_command(
                 }
                 consumer.ack(&receipts).await?;
             }
-            refused_acks(&consumer.close().await?)?;
+            refused_acks(&consumer.close().await?.acks)?;
             if printed == 0 && output == Output::Text {
                 out("no message");
             }

@@ -100,6 +100,31 @@ struct Stream {
     held_bytes: usize,
     /// Read and not written yet, in the order they came.
     acks: Vec<Receipt>,
+    nacks: Vec<(Receipt, u64)>,
+}
+
+/// What one message of the stream after `start` asks for.
+enum Settle {
+    Ack(Vec<Receipt>),
+    /// Receipts, and the delay before they are visible again.
+    Nack(Vec<Receipt>, u64),
+}
+
+/// The commands of one of the stream's writes, in order: an `AckBatch` when `acks`, then
+/// `nacks` nacks, then a receive when `receive`.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    acks: bool,
+    nacks: usize,
+    receive: bool,
+}
+
+/// What one write did: ack results, nack results, deliveries.
+#[derive(Default)]
+struct Written {
+    acked: Vec<pb::AckResult>,
+    nacked: Vec<pb::AckResult>,
+    delivered: Vec<pb::ReceivedMessage>,
 }
 
 impl Stream {
@@ -218,6 +243,7 @@ impl MessageApi {
             held: HashMap::new(),
             held_bytes: 0,
             acks: Vec::new(),
+            nacks: Vec::new(),
         };
         let end = self
             .consume(&start, &mut incoming, &answers, &mut stream)
@@ -246,7 +272,7 @@ impl MessageApi {
         // The last receive handed out nothing (another consumer was first): wait for
         // another entry to be applied before the next, instead of writing empty receives.
         let mut dry = false;
-        let mut receiving = false;
+        let mut shape = Shape::default();
         let mut last_answer = Instant::now();
         let mut applied = self.context.node.state().subscribe();
         let mut stopping = self.stopping.clone();
@@ -259,15 +285,9 @@ impl MessageApi {
                     && room > 0
                     && stream.held_bytes < MAX_HELD_BYTES
                     && self.deliverable(&start.queue);
-                if receive || !stream.acks.is_empty() {
-                    let mut commands = Vec::with_capacity(2);
-                    if !stream.acks.is_empty() {
-                        let taken = stream.acks.len().min(max_acks);
-                        commands.push(Command::AckBatch {
-                            queue: start.queue.clone(),
-                            receipts: stream.acks.drain(..taken).collect(),
-                        });
-                    }
+                if receive || !stream.acks.is_empty() || !stream.nacks.is_empty() {
+                    let (mut commands, settled) = settle_commands(&start.queue, stream, max_acks);
+                    shape = Shape { receive, ..settled };
                     if receive {
                         commands.push(Command::Receive {
                             queue: start.queue.clone(),
@@ -275,7 +295,6 @@ impl MessageApi {
                             lease_ms: start.lease_ms,
                         });
                     }
-                    receiving = receive;
                     write = Some(Box::pin(self.context.write(Command::Batch(commands))));
                 } else if !reading {
                     break End::Consumer;
@@ -284,13 +303,21 @@ impl MessageApi {
             let idle = write.is_none();
             tokio::select! {
                 () = stopped(&mut stopping) => break End::Node,
-                next = incoming.message(), if reading && stream.acks.len() < max_acks => {
+                next = incoming.message(),
+                    if reading && stream.acks.len() + stream.nacks.len() < max_acks =>
+                {
                     match next {
-                        Ok(Some(request)) => match self.consume_acks(request) {
-                            Ok(receipts) => {
+                        Ok(Some(request)) => match self.consume_settle(request) {
+                            Ok(Settle::Ack(receipts)) => {
                                 for receipt in receipts {
                                     stream.unhold(&receipt);
                                     stream.acks.push(receipt);
+                                }
+                            }
+                            Ok(Settle::Nack(receipts, delay_ms)) => {
+                                for receipt in receipts {
+                                    stream.unhold(&receipt);
+                                    stream.nacks.push((receipt, delay_ms));
                                 }
                             }
                             Err(status) => break End::Failed(status),
@@ -309,14 +336,13 @@ impl MessageApi {
                     write = None;
                     // Entries applied so far are seen: a dry stream waits for a later one.
                     applied.borrow_and_update();
-                    let (acked, delivered) = match consumed(outcome) {
-                        Ok(parts) => parts,
+                    let written = match consumed(outcome, shape) {
+                        Ok(written) => written,
                         Err(status) => break End::Failed(status),
                     };
-                    dry = receiving && delivered.is_empty();
-                    stream.hold(&delivered);
-                    match answer(answers, acked, delivered, start.max_messages, &mut stopping).await
-                    {
+                    dry = shape.receive && written.delivered.is_empty();
+                    stream.hold(&written.delivered);
+                    match answer(answers, written, start.max_messages, &mut stopping).await {
                         Answered::Yes => last_answer = Instant::now(),
                         Answered::Nothing => {}
                         Answered::Gone => break End::Consumer,
@@ -346,9 +372,9 @@ impl MessageApi {
         };
         // What a write under way hands out is the stream's too, though never answered.
         if let Some(write) = write
-            && let Ok((_, delivered)) = consumed(write.await)
+            && let Ok(written) = consumed(write.await, shape)
         {
-            stream.hold(&delivered);
+            stream.hold(&written.delivered);
         }
         end
     }
@@ -389,18 +415,32 @@ impl MessageApi {
             .unwrap_or(true)
     }
 
-    /// The receipts of an ack message of the stream.
-    fn consume_acks(&self, request: pb::ConsumeRequest) -> Result<Vec<Receipt>, Status> {
+    /// What an ack or nack message of the stream asks for, checked.
+    fn consume_settle(&self, request: pb::ConsumeRequest) -> Result<Settle, Status> {
+        let limits = &self.context.limits;
+        let parsed = |field: &str, receipts: &[String]| {
+            let max = limits.max_batch_messages;
+            if receipts.len() > max {
+                return Err(invalid(QueueError::invalid(
+                    field,
+                    format!("must hold at most {max} receipts"),
+                )));
+            }
+            receipts.iter().map(|text| receipt(text)).collect()
+        };
         match request.request {
             Some(pb::consume_request::Request::Ack(ack)) => {
-                let max = self.context.limits.max_batch_messages;
-                if ack.receipts.len() > max {
+                Ok(Settle::Ack(parsed("ack.receipts", &ack.receipts)?))
+            }
+            Some(pb::consume_request::Request::Nack(nack)) => {
+                if nack.delay_ms > limits.max_nack_delay_ms {
                     return Err(invalid(QueueError::invalid(
-                        "ack.receipts",
-                        format!("must hold at most {max} receipts"),
+                        "nack.delay_ms",
+                        format!("must be at most {} ms", limits.max_nack_delay_ms),
                     )));
                 }
-                ack.receipts.iter().map(|text| receipt(text)).collect()
+                let receipts = parsed("nack.receipts", &nack.receipts)?;
+                Ok(Settle::Nack(receipts, nack.delay_ms))
             }
             Some(pb::consume_request::Request::Start(_)) => Err(invalid(QueueError::invalid(
                 "start",
@@ -418,20 +458,13 @@ impl MessageApi {
             return;
         }
         let max_acks = self.context.limits.max_batch_messages;
-        while !stream.acks.is_empty() {
-            let taken = stream.acks.len().min(max_acks);
-            let ack = Command::AckBatch {
-                queue: queue.to_string(),
-                receipts: stream.acks.drain(..taken).collect(),
-            };
-            match tokio::time::timeout(CLOSING_WRITE_WITHIN, self.context.write(ack)).await {
-                Ok(Ok(Outcome::AckedBatch(results))) => {
-                    ack_results(results);
-                }
-                _ => {
-                    tracing::debug!("writing a closed consumer's last acks failed");
-                    return;
-                }
+        while !stream.acks.is_empty() || !stream.nacks.is_empty() {
+            let (commands, shape) = settle_commands(queue, &mut stream, max_acks);
+            let settled = self.context.write(Command::Batch(commands));
+            let written = tokio::time::timeout(CLOSING_WRITE_WITHIN, settled).await;
+            if !written.is_ok_and(|outcome| consumed(outcome, shape).is_ok()) {
+                tracing::debug!("writing a closed consumer's last acks failed");
+                return;
             }
         }
         stream.forget_ended(self.now_ms());
@@ -461,28 +494,92 @@ impl MessageApi {
     }
 }
 
-/// The ack results and deliveries of one of the stream's writes.
-fn consumed(
-    outcome: Result<Outcome, Status>,
-) -> Result<(Vec<pb::AckResult>, Vec<pb::ReceivedMessage>), Status> {
+/// The first of the acks and nacks read (at most `max` receipts in all) as commands,
+/// acks first, and the shape of those commands.
+fn settle_commands(queue: &str, stream: &mut Stream, max: usize) -> (Vec<Command>, Shape) {
+    let mut commands = Vec::with_capacity(2);
+    let mut shape = Shape::default();
+    let acks = stream.acks.len().min(max);
+    if acks > 0 {
+        commands.push(Command::AckBatch {
+            queue: queue.to_string(),
+            receipts: stream.acks.drain(..acks).collect(),
+        });
+        shape.acks = true;
+    }
+    let nacks = stream.nacks.len().min(max - acks);
+    for (receipt, delay_ms) in stream.nacks.drain(..nacks) {
+        commands.push(Command::Nack {
+            queue: queue.to_string(),
+            receipt,
+            delay_ms,
+        });
+    }
+    shape.nacks = nacks;
+    (commands, shape)
+}
+
+/// The wire form of one nack's outcome.
+fn nack_result(outcome: Result<Outcome, QueueError>) -> pb::AckResult {
+    match outcome {
+        Ok(_) => {
+            metrics::counter!("raftq_messages_nacked_total").increment(1);
+            pb::AckResult::default()
+        }
+        Err(error) => {
+            let status = Status::from(ServiceError::from(error));
+            pb::AckResult {
+                code: status.code() as i32,
+                error: status.message().to_string(),
+                already_acked: false,
+            }
+        }
+    }
+}
+
+/// What one of the stream's writes, of `shape`, did. A refused ack batch or receive
+/// (an unknown queue) fails the stream; each nack succeeds or fails on its own.
+fn consumed(outcome: Result<Outcome, Status>, shape: Shape) -> Result<Written, Status> {
     let results = match outcome? {
         Outcome::Batch(results) => results,
         other => return Err(unexpected(other)),
     };
-    let mut acked = Vec::new();
-    let mut delivered = Vec::new();
-    for result in results {
-        match result.map_err(|error| Status::from(ServiceError::from(error)))? {
-            Outcome::AckedBatch(results) => acked = ack_results(results),
-            Outcome::Received(deliveries) => {
-                metrics::counter!("raftq_messages_delivered_total")
-                    .increment(deliveries.len() as u64);
-                delivered = deliveries.into_iter().map(Into::into).collect();
-            }
-            other => return Err(unexpected(other)),
+    let expected = usize::from(shape.acks) + shape.nacks + usize::from(shape.receive);
+    if results.len() != expected {
+        return Err(Status::internal(format!(
+            "a consume stream's write of {expected} commands had {} results",
+            results.len()
+        )));
+    }
+    let refused = |error| Status::from(ServiceError::from(error));
+    let mut results = results.into_iter();
+    let mut written = Written::default();
+    if shape.acks {
+        match results.next() {
+            Some(Ok(Outcome::AckedBatch(outcomes))) => written.acked = ack_results(outcomes),
+            Some(Ok(other)) => return Err(unexpected(other)),
+            Some(Err(error)) => return Err(refused(error)),
+            None => {}
         }
     }
-    Ok((acked, delivered))
+    written.nacked = results
+        .by_ref()
+        .take(shape.nacks)
+        .map(nack_result)
+        .collect();
+    if shape.receive {
+        match results.next() {
+            Some(Ok(Outcome::Received(deliveries))) => {
+                metrics::counter!("raftq_messages_delivered_total")
+                    .increment(deliveries.len() as u64);
+                written.delivered = deliveries.into_iter().map(Into::into).collect();
+            }
+            Some(Ok(other)) => return Err(unexpected(other)),
+            Some(Err(error)) => return Err(refused(error)),
+            None => {}
+        }
+    }
+    Ok(written)
 }
 
 /// Resolves once the node begins to stop.
@@ -521,20 +618,25 @@ async fn send(
 }
 
 /// Sends one write's results, deliveries split into answers of `max_messages`, the ack
-/// results with the first.
+/// and nack results with the first.
 async fn answer(
     answers: &Answers,
-    mut ack_results: Vec<pb::AckResult>,
-    mut delivered: Vec<pb::ReceivedMessage>,
+    written: Written,
     max_messages: usize,
     stopping: &mut watch::Receiver<bool>,
 ) -> Answered {
+    let Written {
+        mut acked,
+        mut nacked,
+        mut delivered,
+    } = written;
     let mut answered = Answered::Nothing;
-    while !ack_results.is_empty() || !delivered.is_empty() {
+    while !acked.is_empty() || !nacked.is_empty() || !delivered.is_empty() {
         let rest = delivered.split_off(delivered.len().min(max_messages));
         let response = pb::ConsumeResponse {
             messages: std::mem::replace(&mut delivered, rest),
-            ack_results: std::mem::take(&mut ack_results),
+            ack_results: std::mem::take(&mut acked),
+            nack_results: std::mem::take(&mut nacked),
         };
         answered = send(answers, response, stopping).await;
         if !matches!(answered, Answered::Yes) {
