@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
-use super::message::{MessageApi, POLL_INTERVAL, ack_results, receipt, wall_clock_ms};
+use super::message::{
+    MessageApi, POLL_INTERVAL, ack_results, receipt, refused_result, wall_clock_ms,
+};
 use crate::context::{invalid, unexpected};
 use crate::error::ServiceError;
 
@@ -526,14 +528,7 @@ fn nack_result(outcome: Result<Outcome, QueueError>) -> pb::AckResult {
             metrics::counter!("raftq_messages_nacked_total").increment(1);
             pb::AckResult::default()
         }
-        Err(error) => {
-            let status = Status::from(ServiceError::from(error));
-            pb::AckResult {
-                code: status.code() as i32,
-                error: status.message().to_string(),
-                already_acked: false,
-            }
-        }
+        Err(error) => refused_result(error),
     }
 }
 

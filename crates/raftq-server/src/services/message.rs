@@ -47,6 +47,16 @@ fn receipts(texts: &[String]) -> Result<Vec<Receipt>, Status> {
     texts.iter().map(|text| receipt(text)).collect()
 }
 
+/// The wire form of one receipt an ack or nack refused.
+pub(super) fn refused_result(error: raftq_core::QueueError) -> pb::AckResult {
+    let status = Status::from(ServiceError::from(error));
+    pb::AckResult {
+        code: status.code() as i32,
+        error: status.message().to_string(),
+        already_acked: false,
+    }
+}
+
 /// The wire form of an `AckBatch`'s per-receipt results; counts the messages acknowledged
 /// now (not those a retried ack finds already acknowledged).
 pub(super) fn ack_results(
@@ -59,14 +69,7 @@ pub(super) fn ack_results(
                 already_acked,
                 ..pb::AckResult::default()
             },
-            Err(error) => {
-                let status = Status::from(ServiceError::from(error));
-                pb::AckResult {
-                    code: status.code() as i32,
-                    error: status.message().to_string(),
-                    already_acked: false,
-                }
-            }
+            Err(error) => refused_result(error),
         })
         .collect();
     let acked = results
