@@ -1,6 +1,6 @@
 //! A consumer on one queue over a `Consume` stream: the leader hands out messages as they
 //! arrive, keeping up to `prefetch` unacknowledged on the stream, and applies the acks
-//! sent on it with its next receive. The consumer does not wait for a round trip per
+//! and nacks sent on it with its next receive. The consumer does not wait for a round trip per
 //! batch, and the stream's deliveries come in the order the queue hands them out.
 
 use std::collections::VecDeque;
@@ -17,7 +17,9 @@ use crate::pb;
 
 /// Most receipts in one ack message (the server's limit).
 const MAX_ACKS_PER_MESSAGE: usize = 1_000;
-/// Ack messages queued for the stream at most; `ack` waits for room beyond.
+/// Ack and nack messages queued for the stream at most; `ack` and `nack` wait for room
+/// beyond. The leader reads them as it goes, but not while its answers wait unread:
+/// a consumer that acks a lot without calling `next` can fill both and wait.
 const REQUEST_QUEUE: usize = 64;
 /// The leader answers at least every 2 s (an empty answer when it has nothing else);
 /// a stream silent for this long is taken for broken and opened again.
@@ -123,7 +125,7 @@ impl Consumer {
     }
 
     /// Opens a stream to the leader (following hints and retrying as calls do), then
-    /// sends it the acks not answered on the last one.
+    /// sends it the acks and nacks not answered on the last one.
     async fn open(&mut self) -> Result<(), ClientError> {
         let start = self.start();
         let latest = Mutex::new(None);
