@@ -50,6 +50,14 @@ pub enum FaultKind {
     LossOneWay,
     /// A random node's outgoing packets are delayed (one way).
     Latency,
+    /// Kill a random node and restart it on an empty data directory with its node id, as a
+    /// pod whose volume was lost; healed once it has rebuilt and votes again.
+    WipeDisk,
+    /// Kill -9 a random node and drop every write it had not synced (its data directory is
+    /// on the power-loss file system), then restart it.
+    PowerLossOne,
+    /// The same for every node at once.
+    PowerLossAll,
 }
 
 impl FaultKind {
@@ -68,6 +76,9 @@ impl FaultKind {
             "partition-bridge" => FaultKind::PartitionBridge,
             "loss-oneway" => FaultKind::LossOneWay,
             "latency" => FaultKind::Latency,
+            "wipe-disk" => FaultKind::WipeDisk,
+            "power-loss-one" => FaultKind::PowerLossOne,
+            "power-loss-all" => FaultKind::PowerLossAll,
             _ => return None,
         })
     }
@@ -87,6 +98,9 @@ impl FaultKind {
             FaultKind::PartitionBridge => "partition-bridge",
             FaultKind::LossOneWay => "loss-oneway",
             FaultKind::Latency => "latency",
+            FaultKind::WipeDisk => "wipe-disk",
+            FaultKind::PowerLossOne => "power-loss-one",
+            FaultKind::PowerLossAll => "power-loss-all",
         }
     }
 
@@ -102,6 +116,12 @@ impl FaultKind {
         )
     }
 
+    /// Faults that drop unsynced writes, and so need the nodes' data directories on the
+    /// power-loss file system (root and /dev/fuse).
+    pub fn needs_power_loss_disks(self) -> bool {
+        matches!(self, FaultKind::PowerLossOne | FaultKind::PowerLossAll)
+    }
+
     /// Whether the fault leaves fewer than a majority of nodes up and connected (then no
     /// system can be available, and the checker does not count the time as unavailable).
     /// Every partition this nemesis makes leaves a connected majority.
@@ -111,7 +131,7 @@ impl FaultKind {
 }
 
 /// Every fault kind, in the order the help lists them.
-pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency";
+pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency,wipe-disk,power-loss-one,power-loss-all";
 
 /// A deterministic shuffle of `ids` driven by `pick`.
 fn shuffled(ids: &[u64], pick: u64) -> Vec<u64> {
@@ -210,11 +230,13 @@ pub async fn targets(cluster: &Cluster, planned: &Planned) -> Vec<u64> {
         }
         FaultKind::KillFollower | FaultKind::PauseFollower => pick(&followers),
         FaultKind::KillRandom
+        | FaultKind::WipeDisk
+        | FaultKind::PowerLossOne
         | FaultKind::ClockAhead
         | FaultKind::ClockBehind
         | FaultKind::LossOneWay
         | FaultKind::Latency => pick(&ids),
-        FaultKind::RestartAll => ids,
+        FaultKind::RestartAll | FaultKind::PowerLossAll => ids,
         FaultKind::PartitionLeader => leader.map(|id| vec![id]).unwrap_or_default(),
         // The minority side.
         FaultKind::PartitionHalves => {
@@ -336,9 +358,68 @@ pub async fn inject(
                 cluster.node(*id).resume();
             }
         }
+        FaultKind::PowerLossOne | FaultKind::PowerLossAll => {
+            let mut dropped = Vec::new();
+            for id in nodes {
+                // Read just before the kill: what the node had written and not synced.
+                dropped.push(format!(
+                    "node {id}: {} bytes",
+                    cluster.node(*id).unsynced_bytes()
+                ));
+                cluster.node(*id).lose_power();
+            }
+            tokio::time::sleep(hold).await;
+            for id in nodes {
+                cluster.node(*id).restart();
+            }
+            return Ok(format!("unsynced writes dropped ({})", dropped.join(", ")));
+        }
+        FaultKind::WipeDisk => {
+            let id = nodes[0];
+            cluster.node(id).kill();
+            cluster.node(id).wipe();
+            cluster.node(id).restart();
+            tokio::time::sleep(hold).await;
+            // Healed once the node has caught up and votes again: until then the cluster
+            // tolerates one failure fewer, and a second wiped voter would leave no quorum
+            // that may vote.
+            let started = tokio::time::Instant::now();
+            let rebuilt = wait_until_voting(cluster, id, REBUILD_DEADLINE).await;
+            let waited = started.elapsed().as_secs_f64();
+            return Ok(if rebuilt {
+                format!(
+                    "node {id} restarted on an empty data directory; voting again {waited:.1} s after the hold"
+                )
+            } else {
+                format!(
+                    "node {id} restarted on an empty data directory; not voting again within {REBUILD_DEADLINE:?}"
+                )
+            });
+        }
         _ => unreachable!("network faults are handled above"),
     }
     Ok(String::new())
+}
+
+/// Longest the nemesis waits for a wiped node to rebuild before it goes on.
+const REBUILD_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Waits (bounded) until node `id` reports itself a voter that votes.
+async fn wait_until_voting(cluster: &Cluster, id: u64, deadline: Duration) -> bool {
+    let Some(node) = cluster.nodes.iter().find(|node| node.id == id) else {
+        return false;
+    };
+    let end = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < end {
+        if let Ok(info) = node.client().node_info().await
+            && info.voter
+            && !info.rebuilding
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -247,6 +247,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         nemesis::ALL_FAULTS
             .split(',')
             .filter(|name| namespaces || !FaultKind::parse(name).is_some_and(|k| k.needs_network()))
+            .filter(|name| {
+                raftq_tests::powerloss::available()
+                    || !FaultKind::parse(name).is_some_and(|k| k.needs_power_loss_disks())
+            })
             .collect::<Vec<_>>()
             .join(",")
     } else {
@@ -264,6 +268,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
             kind.name()
         );
     }
+    let power_loss_disks = kinds.iter().any(|kind| kind.needs_power_loss_disks());
+    if power_loss_disks && !raftq_tests::powerloss::available() {
+        anyhow::bail!("power-loss faults need root and /dev/fuse (the power-loss file system)");
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let reproduce = format!(
@@ -280,6 +288,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         args.nodes,
         ClusterOptions {
             network_namespaces: namespaces,
+            power_loss_disks,
             ..ClusterOptions::default()
         },
     )

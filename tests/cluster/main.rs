@@ -6,6 +6,8 @@ mod consume;
 mod delivery;
 mod failures;
 mod features;
+mod lost_disk;
 mod membership;
 mod observability;
+mod power_loss;
 mod transactions;

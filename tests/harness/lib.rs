@@ -3,6 +3,7 @@
 //! restart, adding a node). Tests wait for conditions with deadlines, never sleep-and-hope.
 
 pub mod netns;
+pub mod powerloss;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -83,6 +84,8 @@ pub struct NodeProcess {
     extra_env: Vec<(String, String)>,
     /// The network namespace the node runs in (`None`: the host's, on loopback).
     namespace: Option<PathBuf>,
+    /// The power-loss file system mounted at `data_dir`, when the cluster has them.
+    disk: Option<powerloss::PowerLossFs>,
 }
 
 impl NodeProcess {
@@ -182,6 +185,36 @@ impl NodeProcess {
         }
     }
 
+    /// Removes the (stopped) node's data: the disk of a pod whose volume was lost.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        match &mut self.disk {
+            Some(disk) => disk.wipe().expect("replace the node's disk"),
+            None => {
+                std::fs::remove_dir_all(&self.data_dir).expect("remove the node's data directory")
+            }
+        }
+    }
+
+    /// Power loss: kill -9, then every write the node had not made durable is gone (its
+    /// data directory is on a power-loss file system: see [`ClusterOptions::power_loss_disks`]).
+    /// The node stays down until [`NodeProcess::restart`].
+    pub fn lose_power(&mut self) {
+        self.kill();
+        self.disk
+            .as_mut()
+            .expect("the cluster was started with power-loss disks")
+            .lose_power()
+            .expect("drop the node's unsynced writes");
+    }
+
+    /// Bytes the node has written and not yet synced (0 without a power-loss disk).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, powerloss::PowerLossFs::unsynced_bytes)
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "node {} is still running", self.id);
         self.spawn();
@@ -237,6 +270,10 @@ pub struct ClusterOptions {
     /// Run every node in its own network namespace with its own address (needs root; see
     /// [`netns`]), instead of on loopback ports.
     pub network_namespaces: bool,
+    /// Put every node's data directory on a power-loss file system (needs root and
+    /// `/dev/fuse`; see [`powerloss`]), so that [`NodeProcess::lose_power`] can drop what
+    /// was not synced.
+    pub power_loss_disks: bool,
 }
 
 /// The gRPC and HTTP ports of nodes that have an address of their own.
@@ -279,7 +316,29 @@ impl Cluster {
             cluster.nodes.push(node);
         }
         cluster.wait_for_leader().await;
+        cluster.wait_for_voters(size).await;
         cluster
+    }
+
+    /// Waits until the cluster counts nodes 1 to `size` as voters that may vote (none is
+    /// still catching up): one node forms the cluster, the others join it.
+    pub async fn wait_for_voters(&self, size: u64) {
+        let client = self.client();
+        wait_until_or(
+            "every node is a voter that votes",
+            Duration::from_secs(60),
+            || async {
+                let status = client.cluster_status().await.ok()?;
+                let voting = status
+                    .nodes
+                    .iter()
+                    .filter(|node| node.voter && !node.rebuilding && node.role != "unknown")
+                    .count();
+                (voting as u64 == size).then_some(())
+            },
+            || self.logs(),
+        )
+        .await;
     }
 
     /// The gRPC and HTTP addresses node `id` listens on: its own address in its namespace,
@@ -320,6 +379,13 @@ impl Cluster {
             data_dir.display().to_string(),
         ];
         args.append(&mut extra);
+        let disk = options.power_loss_disks.then(|| {
+            powerloss::PowerLossFs::mount(
+                &self.dir.path().join(format!("node-{id}.disk")),
+                &data_dir,
+            )
+            .expect("mount the node's power-loss file system")
+        });
         let mut node = NodeProcess {
             id,
             grpc,
@@ -334,6 +400,7 @@ impl Cluster {
                 .network
                 .as_ref()
                 .map(|network| network.namespace_path(id)),
+            disk,
         };
         node.spawn();
         node
@@ -376,16 +443,21 @@ impl Cluster {
     pub async fn wait_for_leader(&self) -> u64 {
         let running: Vec<&NodeProcess> =
             self.nodes.iter().filter(|node| node.is_running()).collect();
-        wait_until("a leader is elected", Duration::from_secs(30), || async {
-            for node in &running {
-                if let Ok(info) = node.client().node_info().await
-                    && info.role == "leader"
-                {
-                    return Some(info.node_id);
+        wait_until_or(
+            "a leader is elected",
+            Duration::from_secs(30),
+            || async {
+                for node in &running {
+                    if let Ok(info) = node.client().node_info().await
+                        && info.role == "leader"
+                    {
+                        return Some(info.node_id);
+                    }
                 }
-            }
-            None
-        })
+                None
+            },
+            || self.logs(),
+        )
         .await
     }
 

@@ -101,14 +101,22 @@ impl SpawnedCluster {
         let client = Client::new(&self.addresses(), ClientConfig::default())?;
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
+            // One node forms the cluster and the others join it: ready once every node
+            // is a voter.
             if let Ok(status) = client.cluster_status().await
                 && status.leader_id != 0
+                && status
+                    .nodes
+                    .iter()
+                    .filter(|node| node.voter && !node.rebuilding)
+                    .count()
+                    == self.nodes.len()
             {
                 return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "no leader within {READY_DEADLINE:?}; logs in {}",
+                "no leader with every node a voter within {READY_DEADLINE:?}; logs in {}",
                 self.dir.path().display()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,6 +8,7 @@ mod error;
 mod network;
 mod node;
 mod service;
+mod standing;
 
 pub use error::ClusterError;
 pub use node::{MemberStatus, NodeConfig, RaftNode, RaftTuning, Role, StorageTuning};

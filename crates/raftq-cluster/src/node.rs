@@ -20,6 +20,7 @@ use raftq_store::{
 
 use crate::network::Network;
 use crate::service::RaftGrpc;
+use crate::standing::{self, Standing};
 use crate::{ClusterError, MAX_RAFT_MESSAGE_BYTES};
 
 pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
@@ -153,6 +154,9 @@ pub struct MemberStatus {
     pub snapshot_index: u64,
     pub leader_id: Option<NodeId>,
     pub voter: bool,
+    /// True while this node, started on an empty data directory, catches up with a leader:
+    /// until then it grants no vote.
+    pub rebuilding: bool,
     /// Every member (voters and learners) with its address, as this node knows them.
     pub members: BTreeMap<NodeId, (String, bool)>,
 }
@@ -160,6 +164,8 @@ pub struct MemberStatus {
 #[derive(Clone)]
 pub struct RaftNode {
     raft: Raft,
+    /// Whether this node may vote (see `standing`).
+    standing: Standing,
     db: Db,
     shared: SharedState,
     config: Arc<NodeConfig>,
@@ -438,6 +444,7 @@ impl RaftNode {
         config.storage.check().map_err(stopped)?;
         let db = Db::open(&config.data_dir, &config.storage.open_options()).map_err(stopped)?;
         let log_store = LogStore::new(db.clone(), config.group).map_err(stopped)?;
+        let standing = standing::settle(&db, &log_store, config.node_id)?;
         let state_machine = StateMachineStore::open(db.clone(), config.group).map_err(stopped)?;
         let shared = state_machine.shared();
         let tuning = &config.tuning;
@@ -448,6 +455,15 @@ impl RaftNode {
             election_timeout_max: tuning.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every_entries),
             max_in_snapshot_log_to_keep: tuning.keep_entries_after_snapshot,
+            enable_elect: standing.may_vote(),
+            // A leader that restarts must win an election again, as in plain Raft: the
+            // commit pointer is not synced and the state machine is rebuilt from the log, so
+            // a leader restored at once could serve reads (and answer retries) from a
+            // commit point older than writes it had acknowledged before it lost power.
+            enable_leader_restore: Some(false),
+            // A follower whose log is behind what the leader last saw it hold lost its
+            // data: replicate to it from the start instead of retrying the same entries.
+            allow_log_reversion: Some(true),
             ..openraft::Config::default()
         }
         .validate()
@@ -459,7 +475,7 @@ impl RaftNode {
             config.node_id,
             Arc::new(raft_config),
             network,
-            log_store,
+            log_store.clone(),
             state_machine,
         )
         .await
@@ -472,7 +488,16 @@ impl RaftNode {
         };
         let (proposals, queued) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_batcher(proposer.clone(), queued));
+        // Ends once the node may vote, or when Raft stops.
+        tokio::spawn(standing::earn_vote(
+            raft.clone(),
+            db.clone(),
+            log_store,
+            config.node_id,
+            standing.clone(),
+        ));
         Ok(RaftNode {
+            standing,
             raft,
             db,
             shared,
@@ -496,6 +521,7 @@ impl RaftNode {
             raft: self.raft.clone(),
             node_id: self.config.node_id,
             group: self.config.group,
+            standing: self.standing.clone(),
             snapshot_dir: self.config.data_dir.join("snapshots"),
             stopping,
         })
@@ -513,18 +539,33 @@ impl RaftNode {
         &self.shared
     }
 
-    /// Forms a new cluster of `members` unless this node already holds Raft state.
-    pub async fn initialize(
-        &self,
-        members: BTreeMap<NodeId, String>,
-    ) -> Result<bool, ClusterError> {
-        if self.raft.is_initialized().await.map_err(stopped)? {
+    /// Whether this node holds any Raft state (a vote, a log, a membership): false on a
+    /// node that started on an empty data directory and has heard from no leader yet.
+    pub async fn holds_raft_state(&self) -> Result<bool, ClusterError> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        Ok(metrics.current_term > 0
+            || metrics.last_log_index.is_some()
+            || self.raft.is_initialized().await.map_err(stopped)?)
+    }
+
+    /// Forms a new cluster with this node as its only voter, unless this node already holds
+    /// Raft state. Other nodes join it afterwards as learners and become voters once they
+    /// have caught up: a node on an empty data directory never votes before that (see
+    /// `standing`), so a cluster cannot be formed by electing among several of them.
+    pub async fn initialize(&self) -> Result<bool, ClusterError> {
+        if self.holds_raft_state().await? {
             return Ok(false);
         }
-        let nodes: BTreeMap<NodeId, Node> = members
-            .into_iter()
-            .map(|(id, addr)| (id, Node { addr }))
-            .collect();
+        // The founder's log is the whole log: it may vote from the first entry on.
+        self.standing
+            .allow(&self.raft, &self.db, self.config.node_id)
+            .map_err(stopped)?;
+        let nodes = BTreeMap::from([(
+            self.config.node_id,
+            Node {
+                addr: self.config.advertise_address.clone(),
+            },
+        )]);
         match self.raft.initialize(nodes).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(error)) => {
@@ -660,26 +701,35 @@ impl RaftNode {
             snapshot_index: index(metrics.snapshot),
             leader_id: metrics.current_leader,
             voter: voters.contains(&self.config.node_id),
+            rebuilding: !self.standing.may_vote(),
             members,
         }
     }
 
     /// Adds a node as a learner, waits until it has caught up, then (if `promote`) makes it
-    /// a voter.
+    /// a voter. A member that `lost_data` is removed first, then added as a new learner:
+    /// the entries it acknowledged as that member are gone from its disk.
     pub async fn add_node(
         &self,
         node_id: NodeId,
         address: String,
         promote: bool,
+        lost_data: bool,
     ) -> Result<(), ClusterError> {
-        // A node that restarts asks to join again; when it already is what it asks to be,
-        // nothing changes.
-        if self
-            .status()
-            .members
-            .get(&node_id)
-            .is_some_and(|(known, voter)| *known == address && (*voter || !promote))
-        {
+        let known = self.status().members.get(&node_id).cloned();
+        if lost_data && known.is_some() {
+            // Removed altogether, not only made a learner: the leader's replication
+            // progress for the node says it holds entries it no longer has, and openraft
+            // never looks below what a follower once matched. Added again, it is a new
+            // learner that is sent the log (or a snapshot) from the start.
+            tracing::warn!(
+                node_id,
+                "node lost its data: removed, and added again as a learner until it has caught up"
+            );
+            self.remove_node(node_id).await?;
+        } else if known.is_some_and(|(known, voter)| known == address && (voter || !promote)) {
+            // A node that restarts asks to join again; when it already is what it asks to
+            // be, nothing changes.
             return Ok(());
         }
         self.change(

@@ -21,6 +21,7 @@ use raftq_store::{
 
 use crate::lock;
 use crate::node::Raft;
+use crate::standing::Standing;
 
 /// Largest snapshot a node accepts over the transport.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -37,6 +38,8 @@ pub(crate) struct RaftGrpc {
     pub(crate) raft: Raft,
     pub(crate) node_id: NodeId,
     pub(crate) group: GroupId,
+    /// Whether this node may vote; one that may not also refuses to take over leadership.
+    pub(crate) standing: Standing,
     /// Where received snapshots are written (the store's snapshot directory).
     pub(crate) snapshot_dir: std::path::PathBuf,
     /// Turns true when the server stops taking calls: replication streams, which never
@@ -47,6 +50,20 @@ pub(crate) struct RaftGrpc {
 impl RaftGrpc {
     fn check(&self, group: GroupId, target: NodeId) -> Result<(), Status> {
         check(self.group, self.node_id, group, target)
+    }
+
+    /// Refuses to vote, or to stand for election, while this node's log has not caught up
+    /// since it started on an empty data directory.
+    fn check_may_vote(&self) -> Result<(), Status> {
+        if self.standing.may_vote() {
+            return Ok(());
+        }
+        metrics::counter!("raftq_votes_refused_total").increment(1);
+        Err(Status::failed_precondition(format!(
+            "node {} started on an empty data directory and is catching up with the leader; \
+             it grants no vote until its log has caught up",
+            self.node_id
+        )))
     }
 }
 
@@ -202,6 +219,7 @@ impl RaftService for RaftGrpc {
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
         self.check(request.group_id, request.target_node_id)?;
+        self.check_may_vote()?;
         let rpc = decode(&request.payload)?;
         let response = self
             .raft
@@ -217,6 +235,7 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
         self.check(request.group_id, request.target_node_id)?;
+        self.check_may_vote()?;
         let rpc = decode(&request.payload)?;
         let response = self
             .raft

@@ -51,6 +51,14 @@ enum Commands {
         #[arg(long, default_value_t = 7401)]
         base_port: u16,
     },
+    /// For a whole-cluster restore: record that DATA_DIR, a stopped copy of another node's
+    /// data directory, now belongs to node NODE_ID and that its log may vote.
+    AdoptDataDir {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node_id: u64,
+    },
     /// Run the benchmark (`raftq-bench`, installed next to this binary); see `raftq bench --help`.
     #[command(disable_help_flag = true)]
     Bench {
@@ -439,6 +447,11 @@ enum ClusterCommand {
         /// Leave the node a learner.
         #[arg(long)]
         no_promote: bool,
+        /// The node lost its data and was started again on an empty data directory: remove
+        /// its old self, add it as a learner and promote it once it has caught up (a node
+        /// does this itself when it starts).
+        #[arg(long)]
+        lost_data: bool,
     },
     RemoveNode {
         #[arg(long)]
@@ -528,6 +541,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 base_port,
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::AdoptDataDir { data_dir, node_id } => {
+            adopt_data_dir(&data_dir, node_id)?;
+            println!(
+                "{} now belongs to node {node_id}, and its log may vote",
+                data_dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Commands::Bench { args } => {
@@ -945,7 +966,13 @@ async fn client_command(
             id,
             node_addr,
             no_promote,
-        }) => print_status(output, &client.add_node(id, &node_addr, !no_promote).await?),
+            lost_data,
+        }) => print_status(
+            output,
+            &client
+                .add_node(id, &node_addr, !no_promote, lost_data)
+                .await?,
+        ),
         Commands::Cluster(ClusterCommand::RemoveNode { id }) => {
             print_status(output, &client.remove_node(id).await?)
         }
@@ -1059,7 +1086,10 @@ async fn client_command(
                 ),
             );
         }
-        Commands::Serve(_) | Commands::Dev { .. } | Commands::Bench { .. } => {
+        Commands::Serve(_)
+        | Commands::Dev { .. }
+        | Commands::Bench { .. }
+        | Commands::AdoptDataDir { .. } => {
             unreachable!("server commands are handled by run")
         }
     }
@@ -1128,6 +1158,22 @@ fn group_text(group: &str) -> String {
     }
 }
 
+/// Records in a restored copy of a data directory that it belongs to `node_id` and may vote.
+fn adopt_data_dir(data_dir: &std::path::Path, node_id: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(node_id >= 1, "node ids start at 1");
+    anyhow::ensure!(
+        data_dir.join("rocksdb").is_dir(),
+        "{} holds no raftq data (no rocksdb directory)",
+        data_dir.display()
+    );
+    let db = raftq_store::Db::open(data_dir, &raftq_store::OpenOptions::default())?;
+    db.record_identity(&raftq_store::NodeIdentity {
+        node_id,
+        voting: true,
+    })?;
+    Ok(())
+}
+
 fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
     let nodes: Vec<_> = status
         .nodes
@@ -1145,6 +1191,7 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
                 "snapshot_index": node.snapshot_index,
                 "purged_index": node.purged_index,
                 "leader_id": node.leader_id,
+                "rebuilding": node.rebuilding,
             })
         })
         .collect();
@@ -1154,11 +1201,16 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
     );
     for node in &status.nodes {
         text.push_str(&format!(
-            "  node {} {} {}{} term={} last_log={} committed={} applied={} snapshot={}\n",
+            "  node {} {} {}{}{} term={} last_log={} committed={} applied={} snapshot={}\n",
             node.node_id,
             node.address,
             node.role,
             if node.voter { "" } else { " (learner)" },
+            if node.rebuilding {
+                " (rebuilding: no vote yet)"
+            } else {
+                ""
+            },
             node.term,
             node.last_log_index,
             node.committed_index,

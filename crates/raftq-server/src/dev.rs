@@ -80,7 +80,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         },
     )?;
     tokio::select! {
-        status = wait_for_leader(&client) => {
+        status = wait_for_leader(&client, options.nodes) => {
             match status.and_then(|leader| all_running(&mut children, &options.data_dir).map(|()| leader)) {
                 Ok(leader) => println!("raftq dev: ready, leader is {leader}. Try:\n  raftq --addr {} queue create orders\nCtrl-C stops the cluster.", addresses[0]),
                 Err(error) => eprintln!("raftq dev: not ready: {error}; see the node logs"),
@@ -190,11 +190,19 @@ fn spawn_node(exe: &Path, options: &DevOptions, i: u16, peers: &str) -> anyhow::
     Ok(child)
 }
 
-async fn wait_for_leader(client: &raftq_client::Client) -> anyhow::Result<String> {
+/// Waits until the cluster has a leader and all `nodes` are voters (one node forms the
+/// cluster, the others join it); names the leader.
+async fn wait_for_leader(client: &raftq_client::Client, nodes: u16) -> anyhow::Result<String> {
     let deadline = tokio::time::Instant::now() + READY_DEADLINE;
     loop {
         if let Ok(status) = client.cluster_status().await
             && status.leader_id != 0
+            && status
+                .nodes
+                .iter()
+                .filter(|node| node.voter && !node.rebuilding)
+                .count()
+                == usize::from(nodes)
         {
             return Ok(format!(
                 "node {} at {}",

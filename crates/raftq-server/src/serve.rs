@@ -253,7 +253,9 @@ pub(crate) async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Forms the cluster (lowest peer id, or a single node without peers) or joins one.
+/// Forms the cluster or joins it. With a peer list, the lowest id forms the cluster alone
+/// (when neither it nor any peer holds Raft state) and every other node joins it through the
+/// peers; a node started with `--join` joins through that address.
 async fn bootstrap(
     config: &ServeConfig,
     node: &RaftNode,
@@ -261,7 +263,7 @@ async fn bootstrap(
     peers: std::collections::BTreeMap<u64, String>,
 ) -> anyhow::Result<()> {
     if let Some(join) = &config.join {
-        return join_cluster(node, join, advertise).await;
+        return join_cluster(node, std::slice::from_ref(join), advertise).await;
     }
     let members = if peers.is_empty() {
         std::collections::BTreeMap::from([(config.node_id, advertise.to_string())])
@@ -271,30 +273,90 @@ async fn bootstrap(
     if !members.contains_key(&config.node_id) {
         anyhow::bail!("node id {} is not in the peer list", config.node_id);
     }
-    if members.keys().next() == Some(&config.node_id) && node.initialize(members).await? {
-        tracing::info!("formed a new cluster");
+    let others: std::collections::BTreeMap<u64, String> = members
+        .iter()
+        .filter(|(id, _)| **id != config.node_id)
+        .map(|(id, address)| (*id, address.clone()))
+        .collect();
+    let founder = members.keys().next() == Some(&config.node_id);
+    if founder && !node.holds_raft_state().await? {
+        if peers_hold_no_raft_state(&others).await {
+            if node.initialize().await? {
+                tracing::info!("formed a new cluster; the other peers join it");
+            }
+            return Ok(());
+        }
+        tracing::warn!(
+            "this node's data directory is empty, but its peers already form a cluster: \
+             joining it as a node that lost its data"
+        );
     }
-    Ok(())
+    if others.is_empty() {
+        return Ok(());
+    }
+    let addresses: Vec<String> = others.into_values().collect();
+    join_cluster(node, &addresses, advertise).await
 }
 
-/// Joins the cluster through `join` as a voter, unless the cluster already has this node as
-/// a voter at this address. The node's own view is not enough: a node removed while it was
-/// down (a scale-down) still remembers itself as a member, and must join again when it comes
-/// back; one that the cluster counts as a learner is promoted.
-async fn join_cluster(node: &RaftNode, join: &str, advertise: &str) -> anyhow::Result<()> {
+/// How often a forming node asks its peers whether they hold Raft state.
+const PEER_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Waits until every peer has answered, and tells whether none of them holds Raft state.
+/// A founder whose own data directory is empty forms a new cluster only then: had it lost
+/// its disk, forming a new cluster would leave the old one's data behind.
+async fn peers_hold_no_raft_state(peers: &std::collections::BTreeMap<u64, String>) -> bool {
+    let mut answered = std::collections::BTreeSet::new();
+    let mut asked = 0u64;
+    loop {
+        for (id, address) in peers {
+            if answered.contains(id) {
+                continue;
+            }
+            if let Some(status) = crate::services::peer_status(*id, address).await {
+                if status.term > 0 || status.last_log_index > 0 || status.leader_id != 0 {
+                    return false;
+                }
+                answered.insert(*id);
+            }
+        }
+        if answered.len() == peers.len() {
+            return true;
+        }
+        asked += 1;
+        if asked.is_multiple_of(50) {
+            let waiting: Vec<&u64> = peers.keys().filter(|id| !answered.contains(id)).collect();
+            tracing::info!(
+                ?waiting,
+                "waiting for every peer to answer before forming the cluster"
+            );
+        }
+        tokio::time::sleep(PEER_POLL_INTERVAL).await;
+    }
+}
+
+/// Joins the cluster through `addresses` as a voter, unless the cluster already has this
+/// node as a voter at this address. The node's own view is not enough: a node removed while
+/// it was down (a scale-down) still remembers itself as a member, and must join again when it
+/// comes back; one that the cluster counts as a learner is promoted. A node that lost its
+/// data asks to be made a learner until it has caught up, whatever the cluster counts it as.
+async fn join_cluster(
+    node: &RaftNode,
+    addresses: &[String],
+    advertise: &str,
+) -> anyhow::Result<()> {
     let client = raftq_client::Client::new(
-        &[join.to_string()],
+        addresses,
         raftq_client::ClientConfig {
             retry_deadline: JOIN_DEADLINE,
             ..raftq_client::ClientConfig::default()
         },
     )?;
-    let locally_voter = node
-        .status()
+    let status = node.status();
+    let locally_voter = status
         .members
         .get(&node.node_id())
         .is_some_and(|(_, voter)| *voter);
-    if locally_voter {
+    if locally_voter && !status.rebuilding {
         // The cluster may need this node's vote to answer at all (every node restarting at
         // once): Raft already runs, so only ask, and stay as is when nobody answers.
         match client.cluster_status().await {
@@ -313,11 +375,12 @@ async fn join_cluster(node: &RaftNode, join: &str, advertise: &str) -> anyhow::R
             }
         }
     }
-    tracing::info!(%join, "asking the cluster to add this node");
+    let through = addresses.join(",");
+    tracing::info!(%through, rebuilding = status.rebuilding, "asking the cluster to add this node");
     client
-        .add_node(node.node_id(), advertise, true)
+        .add_node(node.node_id(), advertise, true, status.rebuilding)
         .await
-        .with_context(|| format!("joining through {join}"))?;
+        .with_context(|| format!("joining through {through}"))?;
     tracing::info!("joined the cluster as a voter");
     Ok(())
 }

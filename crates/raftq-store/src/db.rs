@@ -37,6 +37,8 @@ pub enum StoreError {
         what: &'static str,
         source: bincode::Error,
     },
+    #[error("stored {what} is corrupt: {reason}")]
+    Corrupt { what: &'static str, reason: String },
     #[error("encoding {what}: {source}")]
     Encode {
         what: &'static str,
@@ -196,6 +198,17 @@ impl Db {
                 source,
             }
         })?;
+        // RocksDB syncs the names of its files in `rocksdb/`, but not the name `rocksdb`
+        // itself (nor `snapshots`): until `dir` is synced, a power loss can take either away
+        // with everything in it, acknowledged writes included.
+        sync_directory(dir)?;
+        // And the data directory's own name, which `open` may just have created. Its parent
+        // is the operator's (a volume's root, say) and may not be readable: then only warn.
+        if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty())
+            && let Err(error) = sync_directory(parent)
+        {
+            tracing::warn!(dir = %parent.display(), %error, "cannot sync the directory holding the data directory");
+        }
         Ok(Db {
             inner: Arc::new(inner),
             snapshot_dir,
@@ -243,6 +256,12 @@ impl Db {
 }
 
 /// Keys carry the group id first, so one RocksDB can hold many Raft groups.
+/// Makes the names in `dir` durable (new files and directories, renames, removals).
+pub(crate) fn sync_directory(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&group.to_be_bytes());

@@ -5,6 +5,7 @@
 //! It is the only crate that depends on `rocksdb`. It must not know about gRPC.
 
 mod db;
+mod identity;
 mod log_store;
 pub mod raw;
 mod snapshot;
@@ -15,6 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use db::{Db, OpenOptions, StorageMemory, StoreError};
+pub use identity::NodeIdentity;
 pub use log_store::LogStore;
 pub use snapshot::{IncomingSnapshot, SnapshotData};
 pub use state_machine::{ReadError, SharedState, StateMachineStore};

@@ -77,6 +77,23 @@ impl LogStore {
         }
     }
 
+    /// Whether this group has any Raft state on disk: a vote, a log entry, or a purge point
+    /// (a log compacted behind a snapshot).
+    pub fn holds_state(&self) -> Result<bool, StoreError> {
+        Ok(self.read_meta::<Vote>("vote")?.is_some()
+            || self.last_entry_log_id()?.is_some()
+            || self.read_meta::<LogId>("last_purged")?.is_some())
+    }
+
+    /// Syncs the write-ahead log, then returns the index of the last entry the log holds
+    /// (or covers by a purge behind a snapshot): every entry up to it is on disk.
+    pub fn synced_last_index(&self) -> Result<Option<u64>, StoreError> {
+        self.db.sync_wal()?;
+        let last_purged: Option<LogId> = self.read_meta("last_purged")?;
+        let last = self.last_entry_log_id()?.or(last_purged);
+        Ok(last.map(|log_id| log_id.index))
+    }
+
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync);

@@ -31,10 +31,13 @@ fn node_status(status: &MemberStatus) -> pb::NodeStatus {
         snapshot_index: status.snapshot_index,
         leader_id: status.leader_id.unwrap_or(0),
         voter: status.voter,
+        rebuilding: status.rebuilding,
     }
 }
 
-async fn peer_status(node_id: u64, address: &str) -> Option<pb::NodeStatus> {
+/// What node `node_id` at `address` reports about itself, if it answers quickly and is that
+/// node.
+pub async fn peer_status(node_id: u64, address: &str) -> Option<pb::NodeStatus> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .ok()?
         .connect_timeout(PEER_STATUS_TIMEOUT)
@@ -117,7 +120,12 @@ impl AdminService for AdminApi {
         }
         self.context
             .node
-            .add_node(request.node_id, request.address, request.promote)
+            .add_node(
+                request.node_id,
+                request.address,
+                request.promote,
+                request.lost_data,
+            )
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::AddNodeResponse {

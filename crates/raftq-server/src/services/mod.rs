@@ -6,7 +6,7 @@ mod consume;
 mod message;
 mod queue;
 
-pub use admin::AdminApi;
+pub use admin::{AdminApi, peer_status};
 pub use consume::active_streams as active_consume_streams;
 pub use message::MessageApi;
 pub use queue::QueueApi;

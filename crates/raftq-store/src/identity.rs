@@ -1,0 +1,81 @@
+//! The node's identity on disk: which node a data directory belongs to, and whether the Raft
+//! log in it may be trusted with a vote.
+//!
+//! Raft counts on every voter keeping what it promised (its vote, the entries it
+//! acknowledged). A node restarted on an empty data directory with its old id (a pod whose
+//! volume was lost) remembers none of it; were it to vote, a candidate lacking
+//! acknowledged entries could win with its help and those entries would be gone. So a data
+//! directory records, in the same RocksDB as the log and synced, the node it belongs to and
+//! whether its log has caught up with a leader since it was created. A node whose data
+//! directory does not say so grants no vote.
+
+use rocksdb::WriteOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+use crate::db::{CF_META, Db, StoreError};
+
+/// The key of the identity record in the meta column family: group 0 (no Raft group has
+/// that id), so it belongs to the node rather than to one of its groups.
+const IDENTITY_KEY: &[u8] = b"\0\0\0\0\0\0\0\0identity";
+
+/// What a data directory says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// The node the directory belongs to; another node id refuses to start on it.
+    pub node_id: NodeId,
+    /// Whether the directory holds a log that may vote: the node formed the cluster with it,
+    /// held Raft state before identities were recorded, or caught up with a leader after
+    /// starting on an empty directory.
+    pub voting: bool,
+}
+
+impl Db {
+    /// The identity recorded in this data directory, if any.
+    pub fn identity(&self) -> Result<Option<NodeIdentity>, StoreError> {
+        let Some(bytes) = self.inner.get_cf(self.cf(CF_META), IDENTITY_KEY)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| StoreError::Corrupt {
+                what: "the node identity",
+                reason: error.to_string(),
+            })
+    }
+
+    /// Records `identity`, synced to disk before this returns.
+    pub fn record_identity(&self, identity: &NodeIdentity) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(identity).map_err(|error| StoreError::Corrupt {
+            what: "the node identity",
+            reason: error.to_string(),
+        })?;
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.inner
+            .put_cf_opt(self.cf(CF_META), IDENTITY_KEY, bytes, &options)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeIdentity;
+    use crate::{Db, OpenOptions};
+
+    #[test]
+    fn an_identity_survives_reopening_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = NodeIdentity {
+            node_id: 3,
+            voting: false,
+        };
+        {
+            let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+            assert_eq!(db.identity().unwrap(), None);
+            db.record_identity(&identity).unwrap();
+        }
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        assert_eq!(db.identity().unwrap(), Some(identity));
+    }
+}

@@ -1,0 +1,146 @@
+//! A voter that lost its disk (a pod whose volume was lost, restarted with its node id on an
+//! empty data directory) must not help elect a leader that lacks acknowledged messages.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use raftq_client::{Client, Message, pb};
+use raftq_tests::{Cluster, create_queue, raftq_binary, wait_until_or};
+
+const MESSAGES: usize = 100;
+
+/// Sends `MESSAGES` distinct bodies through `client`; every one is acknowledged.
+async fn send_all(client: &Client, queue: &str, prefix: &str) -> BTreeSet<String> {
+    let mut sent = BTreeSet::new();
+    for i in 0..MESSAGES {
+        let body = format!("{prefix}-{i:03}");
+        client
+            .send(queue, Message::new(body.clone()))
+            .await
+            .expect("send acknowledged");
+        sent.insert(body);
+    }
+    sent
+}
+
+/// The bodies the queue holds, read through the leader without leasing them.
+async fn bodies(client: &Client, queue: &str) -> BTreeSet<String> {
+    client
+        .peek(queue, 0, 1_000)
+        .await
+        .expect("peek")
+        .into_iter()
+        .map(|message| String::from_utf8(message.body).expect("utf8 body"))
+        .collect()
+}
+
+/// Node `id`'s own report, or `None` when it does not answer.
+async fn node_info(cluster: &mut Cluster, id: u64) -> Option<pb::NodeStatus> {
+    cluster.node(id).client().node_info().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_on_an_empty_disk_does_not_elect_a_leader_missing_acked_messages() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = cluster.follower_of(leader);
+    let wiped = (1..=3)
+        .find(|id| *id != leader && *id != lagging)
+        .expect("a third node");
+    let client = cluster.node(leader).client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+
+    // Committed on the leader and `wiped` only.
+    cluster.node(lagging).pause();
+    let sent = send_all(&client, "orders", "acked").await;
+    cluster.node(leader).kill();
+    cluster.node(wiped).kill();
+    cluster.node(wiped).wipe();
+    cluster.node(wiped).restart();
+    cluster.node(lagging).resume();
+
+    // `lagging` lacks the messages; `wiped` remembers no vote and no log. Were `wiped` to vote,
+    // `lagging` would lead within an election timeout or two (300-600 ms here).
+    let wiped_client = cluster.node(wiped).client();
+    wait_until_or(
+        "the wiped node answers and says it is rebuilding",
+        Duration::from_secs(30),
+        || async {
+            let info = wiped_client.node_info().await.ok()?;
+            info.rebuilding.then_some(())
+        },
+        || cluster.logs(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in [wiped, lagging] {
+        let info = node_info(&mut cluster, id).await.expect("node answers");
+        assert_ne!(
+            info.role,
+            "leader",
+            "node {id} leads without the acknowledged messages\n{}",
+            cluster.logs()
+        );
+    }
+
+    // The old leader comes back with the messages; the wiped node catches up from it.
+    cluster.node(leader).restart();
+    cluster.wait_for_leader().await;
+    cluster.wait_for_voters(3).await;
+    let client = cluster.client();
+    assert_eq!(bodies(&client, "orders").await, sent, "{}", cluster.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_rebuilds_and_then_each_other_node_can_fail_in_turn_losing_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    let mut sent = send_all(&client, "orders", "before").await;
+
+    let leader = cluster.wait_for_leader().await;
+    let wiped = cluster.follower_of(leader);
+    cluster.node(wiped).kill();
+    cluster.node(wiped).wipe();
+    cluster.node(wiped).restart();
+    cluster.wait_for_voters(3).await;
+    sent.extend(send_all(&client, "orders", "rebuilt").await);
+
+    // Each other node in turn: with it down, the wiped node's vote is needed, and its log
+    // must hold every acknowledged message.
+    for down in (1..=3).filter(|id| *id != wiped) {
+        cluster.node(down).kill();
+        cluster.wait_for_leader().await;
+        let client = cluster.client();
+        assert_eq!(
+            bodies(&client, "orders").await,
+            sent,
+            "with node {down} down\n{}",
+            cluster.logs()
+        );
+        cluster.node(down).restart();
+        cluster.wait_for_voters(3).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_data_directory_that_belongs_to_another_node() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.node(1).stop();
+    let data_dir = cluster.node(1).data_dir.clone();
+    let output = tokio::process::Command::new(raftq_binary())
+        .args(["serve", "--node-id", "2", "--listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("the node exits at once")
+        .expect("run raftq serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("belongs to node 1, not to node 2"),
+        "{stderr}"
+    );
+}
