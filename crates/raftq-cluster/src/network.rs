@@ -136,7 +136,7 @@ fn entries_within(entries: &[Entry], limit: u64) -> (usize, u64) {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RPCError<TypeConfig>> {
-    bincode::deserialize(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    raftq_store::codec::decode_within(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
 type AppendStream<'s> = Result<
@@ -430,7 +430,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             })?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        bincode::deserialize(&response.into_inner().payload)
+        raftq_store::codec::decode_within(&response.into_inner().payload)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }

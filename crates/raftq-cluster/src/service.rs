@@ -141,7 +141,7 @@ fn append_requests(
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
-    bincode::deserialize(payload)
+    raftq_store::codec::decode_within(payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 

@@ -162,6 +162,13 @@ impl Db {
         // up): the kernel's read-ahead, which RocksDB turns off by default, serves those
         // reads in large pieces now that the flushed bytes are not in the page cache.
         db_options.set_advise_random_on_open(false);
+        // A write-ahead-log record damaged in the middle of the log is an error, never a
+        // shorter log: the default (point-in-time recovery) would stop replaying there and
+        // open without the entries after it, which this node may have acknowledged to a
+        // leader. Only a torn last record (a write the power took before it was synced,
+        // never acknowledged) is dropped.
+        db_options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+        db_options.set_paranoid_checks(true);
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
         let family = |compressed: bool, block_bytes: usize| {
             let mut table = BlockBasedOptions::default();
@@ -297,7 +304,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    bincode::deserialize(bytes).map_err(|source| StoreError::Decode { what, source })
+    crate::codec::decode_within(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //!
 //! It is the only crate that depends on `rocksdb`. It must not know about gRPC.
 
+mod checksum;
+pub mod codec;
 mod db;
 mod identity;
 mod log_store;

@@ -8,10 +8,17 @@
 //! Layout, integers little-endian:
 //!
 //! ```text
-//! magic "RAFTQSN1" | state length: u64 | state (bincode)
+//! magic "RAFTQSN2" | state length: u64 | state (bincode) | state SHA-256: 32 bytes
 //! bodies, by key:  key: u64 | length: u64 | bytes        (key < u64::MAX)
-//! end:             u64::MAX | number of bodies: u64
+//! end:             u64::MAX | number of bodies: u64 | bodies SHA-256 | file SHA-256
 //! ```
+//!
+//! The bodies' checksum covers every body record; the file's covers the magic, the state
+//! length and the other two checksums, and so every byte. A file that does not match is
+//! never loaded (a snapshot received from the leader is checked as it is installed), so a
+//! damaged snapshot is not served or passed on. Files of the first layout ("RAFTQSN1":
+//! the same without checksums, the end record only `u64::MAX | number of bodies`) are
+//! still read.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -19,10 +26,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use raftq_core::StateMachine;
+use sha2::{Digest as _, Sha256};
 
+use crate::checksum::{self, HashingReader, HashingWriter, Sum};
 use crate::db::StoreError;
 
-const MAGIC: &[u8; 8] = b"RAFTQSN1";
+const MAGIC: &[u8; 8] = b"RAFTQSN2";
+/// The first layout, without checksums: still read.
+const MAGIC_UNCHECKED: &[u8; 8] = b"RAFTQSN1";
+/// The end record of the current layout: end marker, count, two checksums.
+const END_RECORD_BYTES: u64 = 8 + 8 + 32 + 32;
 const END: u64 = u64::MAX;
 /// Largest body a snapshot may hold; anything larger means the file is damaged.
 const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
@@ -150,6 +163,10 @@ pub(crate) struct SnapshotWriter {
     bodies: u64,
     /// Bytes written since the file was last synced.
     unsynced: u64,
+    /// The magic and the state length, as written.
+    header: [u8; 16],
+    state_sum: Sum,
+    bodies_hasher: Sha256,
 }
 
 impl SnapshotWriter {
@@ -164,22 +181,33 @@ impl SnapshotWriter {
         let name = unique_name("", group, index, "snap");
         let part = dir.join(format!("{name}.part"));
         let mut file = BufWriter::with_capacity(BUFFER_BYTES, File::create(&part)?);
-        let mut writer = || -> Result<u64, StoreError> {
+        let mut writer = || -> Result<(u64, [u8; 16], Sum), StoreError> {
             file.write_all(MAGIC)?;
             // The length is known once the state is written: a placeholder, then the length.
             let length_at = MAGIC.len() as u64;
             file.write_all(&0u64.to_le_bytes())?;
-            bincode::serialize_into(&mut file, state).map_err(|source| StoreError::Encode {
+            let mut hashing = HashingWriter {
+                inner: &mut file,
+                hasher: Sha256::new(),
+            };
+            bincode::serialize_into(&mut hashing, state).map_err(|source| StoreError::Encode {
                 what: "snapshot state",
                 source,
             })?;
+            let state_sum = checksum::finish(hashing.hasher);
+            let state_end = file.stream_position()?;
+            file.write_all(&state_sum)?;
             let end = file.stream_position()?;
+            let length = state_end - length_at - 8;
             file.seek(SeekFrom::Start(length_at))?;
-            file.write_all(&(end - length_at - 8).to_le_bytes())?;
+            file.write_all(&length.to_le_bytes())?;
             file.seek(SeekFrom::Start(end))?;
-            Ok(end)
+            let mut header = [0u8; 16];
+            header[..8].copy_from_slice(MAGIC);
+            header[8..].copy_from_slice(&length.to_le_bytes());
+            Ok((end, header, state_sum))
         };
-        let unsynced = match writer() {
+        let (unsynced, header, state_sum) = match writer() {
             Ok(written) => written,
             Err(error) => {
                 let _ = fs::remove_file(&part);
@@ -193,6 +221,9 @@ impl SnapshotWriter {
             file,
             bodies: 0,
             unsynced,
+            header,
+            state_sum,
+            bodies_hasher: Sha256::new(),
         })
     }
 
@@ -203,9 +234,11 @@ impl SnapshotWriter {
     }
 
     pub(crate) fn body(&mut self, key: u64, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(&key.to_le_bytes())?;
-        self.file.write_all(&(bytes.len() as u64).to_le_bytes())?;
-        self.file.write_all(bytes)?;
+        let record = [key.to_le_bytes(), (bytes.len() as u64).to_le_bytes()];
+        for part in [&record[0][..], &record[1][..], bytes] {
+            self.file.write_all(part)?;
+            self.bodies_hasher.update(part);
+        }
         self.bodies += 1;
         sync_slice(&mut self.file, &mut self.unsynced, 16 + bytes.len() as u64)
     }
@@ -220,10 +253,17 @@ impl SnapshotWriter {
             mut file,
             bodies,
             unsynced: _,
+            header,
+            state_sum,
+            bodies_hasher,
         } = self;
+        let bodies_sum = checksum::finish(bodies_hasher);
+        let file_sum = checksum::file_sum(&header, &state_sum, &bodies_sum, bodies);
         let finished = (|| {
             file.write_all(&END.to_le_bytes())?;
             file.write_all(&bodies.to_le_bytes())?;
+            file.write_all(&bodies_sum)?;
+            file.write_all(&file_sum)?;
             let file = file.into_inner().map_err(|error| error.into_error())?;
             file.sync_all()?;
             drop(file);
@@ -243,6 +283,21 @@ pub(crate) struct SnapshotReader {
     file: BufReader<File>,
     bodies: u64,
     ended: bool,
+    /// What the end record says, for files of the current layout (`None`: the first).
+    expected: Option<Expected>,
+    bodies_hasher: Sha256,
+}
+
+/// The checksums and count a file of the current layout must match.
+struct Expected {
+    state_sum: Sum,
+    bodies_sum: Sum,
+}
+
+fn read_sum(file: &mut impl Read) -> io::Result<Sum> {
+    let mut sum = [0u8; 32];
+    file.read_exact(&mut sum)?;
+    Ok(sum)
 }
 
 fn damaged(what: impl Into<String>) -> io::Error {
@@ -256,46 +311,95 @@ fn read_u64(file: &mut impl Read) -> io::Result<u64> {
 }
 
 impl SnapshotReader {
-    /// Opens the file and checks that it is complete (its end record is in place).
+    /// Opens the file and checks that it is complete (its end record is in place) and, for
+    /// the current layout, that its header and checksums agree.
     pub(crate) fn open(path: &Path) -> io::Result<SnapshotReader> {
         let mut file = File::open(path)?;
         let size = file.metadata()?.len();
-        if size < (MAGIC.len() + 8 + 16) as u64 {
+        let mut magic = [0u8; 8];
+        if size < (MAGIC.len() + 8 + 16) as u64 || file.read_exact(&mut magic).is_err() {
             return Err(damaged(format!("snapshot {} is too short", path.display())));
         }
-        file.seek(SeekFrom::End(-16))?;
+        let end_record = match &magic {
+            magic if magic == MAGIC => END_RECORD_BYTES,
+            magic if magic == MAGIC_UNCHECKED => 16,
+            _ => {
+                return Err(damaged(format!(
+                    "{} is not a raftq snapshot of this format",
+                    path.display()
+                )));
+            }
+        };
+        if size < MAGIC.len() as u64 + 8 + end_record {
+            return Err(damaged(format!("snapshot {} is too short", path.display())));
+        }
+        file.seek(SeekFrom::End(-(end_record as i64)))?;
         if read_u64(&mut file)? != END {
             return Err(damaged(format!(
                 "snapshot {} has no end record: it is incomplete",
                 path.display()
             )));
         }
-        file.seek(SeekFrom::Start(0))?;
-        let mut magic = [0u8; 8];
-        file.read_exact(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(damaged(format!(
-                "{} is not a raftq snapshot of this format",
-                path.display()
-            )));
-        }
+        let expected = if end_record == END_RECORD_BYTES {
+            let bodies = read_u64(&mut file)?;
+            let bodies_sum = read_sum(&mut file)?;
+            let file_sum = read_sum(&mut file)?;
+            file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+            let length = read_u64(&mut file)?;
+            if length > size {
+                return Err(damaged(format!(
+                    "snapshot {} claims a state of {length} bytes",
+                    path.display()
+                )));
+            }
+            file.seek(SeekFrom::Current(length as i64))?;
+            let state_sum = read_sum(&mut file)?;
+            let mut header = [0u8; 16];
+            header[..8].copy_from_slice(MAGIC);
+            header[8..].copy_from_slice(&length.to_le_bytes());
+            if checksum::file_sum(&header, &state_sum, &bodies_sum, bodies) != file_sum {
+                return Err(damaged(format!(
+                    "snapshot {} does not match its checksum: the file is damaged",
+                    path.display()
+                )));
+            }
+            Some(Expected {
+                state_sum,
+                bodies_sum,
+            })
+        } else {
+            None
+        };
+        file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         Ok(SnapshotReader {
             file: BufReader::with_capacity(BUFFER_BYTES, file),
             bodies: 0,
             ended: false,
+            expected,
+            bodies_hasher: Sha256::new(),
         })
     }
 
     pub(crate) fn state(&mut self) -> Result<StateMachine, StoreError> {
         let length = read_u64(&mut self.file)?;
-        let mut limited = (&mut self.file).take(length);
-        let state =
-            bincode::deserialize_from(&mut limited).map_err(|source| StoreError::Decode {
+        let mut limited = HashingReader {
+            inner: (&mut self.file).take(length),
+            hasher: Sha256::new(),
+        };
+        let state = crate::codec::decode_from_within(&mut limited, length).map_err(|source| {
+            StoreError::Decode {
                 what: "snapshot state",
                 source,
-            })?;
-        if limited.limit() != 0 {
+            }
+        })?;
+        if limited.inner.limit() != 0 {
             return Err(damaged("the snapshot state is shorter than its length says").into());
+        }
+        if let Some(expected) = &self.expected {
+            let sum = checksum::finish(limited.hasher);
+            if sum != expected.state_sum || read_sum(&mut self.file)? != expected.state_sum {
+                return Err(damaged("the snapshot state does not match its checksum").into());
+            }
         }
         Ok(state)
     }
@@ -315,6 +419,12 @@ impl SnapshotReader {
                     self.bodies
                 )));
             }
+            if let Some(expected) = &self.expected {
+                let hasher = std::mem::take(&mut self.bodies_hasher);
+                if checksum::finish(hasher) != expected.bodies_sum {
+                    return Err(damaged("the snapshot's bodies do not match their checksum"));
+                }
+            }
             return Ok(None);
         }
         if length > MAX_BODY_BYTES {
@@ -322,6 +432,9 @@ impl SnapshotReader {
         }
         let mut bytes = vec![0u8; length as usize];
         self.file.read_exact(&mut bytes)?;
+        self.bodies_hasher.update(key.to_le_bytes());
+        self.bodies_hasher.update(length.to_le_bytes());
+        self.bodies_hasher.update(&bytes);
         self.bodies += 1;
         Ok(Some((key, bytes)))
     }
@@ -350,6 +463,100 @@ mod tests {
             assert_eq!(reader.next_body().unwrap(), Some((key, body(key))));
         }
         assert_eq!(reader.next_body().unwrap(), None);
+    }
+
+    /// Writes a snapshot of `bodies` one-KiB bodies; returns its path.
+    fn written(dir: &Path, bodies: u64) -> PathBuf {
+        let mut writer = SnapshotWriter::create(dir, 1, 7, &StateMachine::default()).unwrap();
+        for key in 0..bodies {
+            writer.body(key, &[key as u8; 1024]).unwrap();
+        }
+        dir.join(writer.finish().unwrap())
+    }
+
+    /// Reads the whole snapshot, as installing it does.
+    fn read_all(path: &Path) -> Result<u64, StoreError> {
+        let mut reader = SnapshotReader::open(path)?;
+        reader.state()?;
+        let mut bodies = 0;
+        while reader.next_body()?.is_some() {
+            bodies += 1;
+        }
+        Ok(bodies)
+    }
+
+    fn flip_bit(path: &Path, offset: u64) {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[offset as usize] ^= 0x10;
+        fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_in_a_snapshot_is_found_before_it_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path(), 8);
+        assert_eq!(read_all(&path).unwrap(), 8);
+        let size = fs::metadata(&path).unwrap().len();
+        // The magic, the state length, the state, its checksum, a body, each part of the
+        // end record.
+        let state_length = {
+            let mut file = File::open(&path).unwrap();
+            file.seek(SeekFrom::Start(8)).unwrap();
+            read_u64(&mut file).unwrap()
+        };
+        let offsets = [
+            3,
+            9,
+            16,
+            16 + state_length + 5,
+            16 + state_length + 32 + 16 + 100,
+            size - 70,
+            size - 40,
+            size - 5,
+        ];
+        for offset in offsets {
+            let copy = dir.path().join(format!("flipped-{offset}"));
+            fs::copy(&path, &copy).unwrap();
+            flip_bit(&copy, offset);
+            assert!(
+                read_all(&copy).is_err(),
+                "a flipped bit at byte {offset} of {size} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_the_first_layout_without_checksums_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = bincode::serialize(&StateMachine::default()).unwrap();
+        let mut bytes = MAGIC_UNCHECKED.to_vec();
+        bytes.extend_from_slice(&(state.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&state);
+        for part in [7u64.to_le_bytes(), 3u64.to_le_bytes()] {
+            bytes.extend_from_slice(&part);
+        }
+        bytes.extend_from_slice(b"abc");
+        bytes.extend_from_slice(&END.to_le_bytes());
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        let path = dir.path().join("old.snap");
+        fs::write(&path, bytes).unwrap();
+        let mut reader = SnapshotReader::open(&path).unwrap();
+        assert_eq!(reader.state().unwrap(), StateMachine::default());
+        assert_eq!(reader.next_body().unwrap(), Some((7, b"abc".to_vec())));
+        assert_eq!(reader.next_body().unwrap(), None);
+    }
+
+    #[test]
+    fn a_truncated_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path(), 4);
+        let size = fs::metadata(&path).unwrap().len();
+        for keep in [0, 10, size / 2, size - 1] {
+            let bytes = fs::read(&path).unwrap();
+            let copy = dir.path().join(format!("truncated-{keep}"));
+            fs::write(&copy, &bytes[..keep as usize]).unwrap();
+            assert!(read_all(&copy).is_err(), "kept {keep} of {size} bytes");
+        }
     }
 
     #[test]

@@ -339,3 +339,57 @@ async fn delivered_bodies_are_read_after_apply_from_table_files_and_a_missing_on
         "{error}"
     );
 }
+
+/// Writes entries 1..=20, each synced on its own (one write-ahead-log record each), and
+/// returns the write-ahead-log file that holds them.
+async fn log_in_one_wal_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let db = Db::open(dir, &OpenOptions::default()).unwrap();
+    let mut log = LogStore::new(db, 1).unwrap();
+    for i in 1..=20 {
+        append_synced(&mut log, vec![create(&format!("queue-{i:02}"), i)]).await;
+    }
+    drop(log);
+    let mut wal: Vec<_> = std::fs::read_dir(dir.join("rocksdb"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    wal.sort();
+    wal.pop().expect("a write-ahead-log file")
+}
+
+async fn indexes_after_reopen(dir: &std::path::Path) -> Result<Vec<u64>, StoreError> {
+    let db = Db::open(dir, &OpenOptions::default())?;
+    let mut log = LogStore::new(db, 1).unwrap();
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    Ok(entries.iter().map(|e| e.log_id().index).collect())
+}
+
+#[tokio::test]
+async fn a_damaged_record_inside_the_write_ahead_log_is_an_error_not_a_shorter_log() {
+    let dir = TempDir::new().unwrap();
+    let wal = log_in_one_wal_file(dir.path()).await;
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&wal, bytes).unwrap();
+    match indexes_after_reopen(dir.path()).await {
+        Err(error) => assert!(error.to_string().contains("Corruption"), "{error}"),
+        Ok(indexes) => panic!("opened with a damaged log, holding {indexes:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_torn_last_record_of_the_write_ahead_log_is_dropped_and_the_rest_kept() {
+    let dir = TempDir::new().unwrap();
+    let wal = log_in_one_wal_file(dir.path()).await;
+    let length = std::fs::metadata(&wal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(length - 10)
+        .unwrap();
+    let indexes = indexes_after_reopen(dir.path()).await.expect("reopen");
+    assert_eq!(indexes, (1..=19).collect::<Vec<u64>>());
+}
