@@ -160,3 +160,72 @@ async fn a_single_node_losing_power_keeps_every_acknowledged_send() {
     cluster.wait_for_leader().await;
     assert_eq!(stored_bodies(&cluster).await, acked, "{}", cluster.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sends_survive_power_loss_amid_snapshot_builds_and_an_install() {
+    // A snapshot every 100 entries, 20 kept behind it: snapshots are built all the time,
+    // and a follower that was away needs one installed.
+    let mut cluster = Cluster::start_with(
+        3,
+        ClusterOptions {
+            power_loss_disks: true,
+            env: vec![
+                ("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES".into(), "100".into()),
+                (
+                    "RAFTQ_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
+                    "20".into(),
+                ),
+            ],
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    create_queue(&cluster.client(), "orders", pb::QueueOptions::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let away = cluster.follower_of(leader);
+    cluster.node(away).kill();
+    let mut acked = send_concurrently(&cluster, 4, 150).await;
+    assert_eq!(
+        acked.len(),
+        600,
+        "every send is acknowledged with one node away"
+    );
+    let snapshot_index = cluster
+        .node(leader)
+        .client()
+        .node_info()
+        .await
+        .expect("leader info")
+        .snapshot_index;
+    assert!(snapshot_index > 0, "the leader has built snapshots");
+
+    // The node comes back far behind the purged log and is sent a snapshot, while sends
+    // go on; power goes out on it as soon as it answers, then on every node.
+    let load = tokio::spawn(send_bodies(cluster.client(), "during".into(), 300));
+    cluster.node(away).restart();
+    let away_client = cluster.node(away).client();
+    wait_until(
+        "the returning node answers",
+        Duration::from_secs(30),
+        || async { away_client.node_info().await.ok() },
+    )
+    .await;
+    cluster.node(away).lose_power();
+    cluster.node(away).restart();
+    acked.extend(load.await.expect("producer task"));
+    for id in 1..=3 {
+        cluster.node(id).lose_power();
+    }
+    for id in 1..=3 {
+        cluster.node(id).restart();
+    }
+    cluster.wait_for_leader().await;
+    cluster.wait_for_voters(3).await;
+    let stored = stored_bodies(&cluster).await;
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged sends lost: {lost:?}\n{}",
+        cluster.logs()
+    );
+}
