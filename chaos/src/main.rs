@@ -5,6 +5,7 @@
 //! It must not depend on server internals: it drives `raftq` processes and the client only.
 
 mod checker;
+mod damage;
 mod history;
 mod nemesis;
 mod timeline;
@@ -81,8 +82,8 @@ pub struct RunArgs {
     duration: Duration,
     /// Fault kinds to draw from (comma-separated), or `all`: kill-leader, kill-follower,
     /// kill-random, pause-leader, pause-follower, restart-all, clock-ahead, clock-behind (the
-    /// clock faults preload libfaketime into the node), wipe-disk, power-loss-one and
-    /// power-loss-all (as root, with the data directories on the power-loss file system),
+    /// clock faults preload libfaketime into the node), wipe-disk, corrupt-minority,
+    /// power-loss-one and power-loss-all (as root, with the data directories on the power-loss file system),
     /// and with `--network netns`
     /// partition-leader, partition-halves, partition-bridge, loss-oneway, latency.
     #[arg(long, default_value = "all")]

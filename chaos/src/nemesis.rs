@@ -53,6 +53,10 @@ pub enum FaultKind {
     /// Kill a random node and restart it on an empty data directory with its node id, as a
     /// pod whose volume was lost; healed once it has rebuilt and votes again.
     WipeDisk,
+    /// Kill a random node, damage one of its files (flip a bit in or truncate a write-ahead
+    /// log, table file, MANIFEST or snapshot file) and restart it; healed once it votes
+    /// again, rebuilt from its peers on an empty data directory if it will not start.
+    CorruptMinority,
     /// Kill -9 a random node and drop every write it had not synced (its data directory is
     /// on the power-loss file system), then restart it.
     PowerLossOne,
@@ -77,6 +81,7 @@ impl FaultKind {
             "loss-oneway" => FaultKind::LossOneWay,
             "latency" => FaultKind::Latency,
             "wipe-disk" => FaultKind::WipeDisk,
+            "corrupt-minority" => FaultKind::CorruptMinority,
             "power-loss-one" => FaultKind::PowerLossOne,
             "power-loss-all" => FaultKind::PowerLossAll,
             _ => return None,
@@ -99,6 +104,7 @@ impl FaultKind {
             FaultKind::LossOneWay => "loss-oneway",
             FaultKind::Latency => "latency",
             FaultKind::WipeDisk => "wipe-disk",
+            FaultKind::CorruptMinority => "corrupt-minority",
             FaultKind::PowerLossOne => "power-loss-one",
             FaultKind::PowerLossAll => "power-loss-all",
         }
@@ -131,7 +137,7 @@ impl FaultKind {
 }
 
 /// Every fault kind, in the order the help lists them.
-pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency,wipe-disk,power-loss-one,power-loss-all";
+pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency,wipe-disk,corrupt-minority,power-loss-one,power-loss-all";
 
 /// A deterministic shuffle of `ids` driven by `pick`.
 fn shuffled(ids: &[u64], pick: u64) -> Vec<u64> {
@@ -231,6 +237,7 @@ pub async fn targets(cluster: &Cluster, planned: &Planned) -> Vec<u64> {
         FaultKind::KillFollower | FaultKind::PauseFollower => pick(&followers),
         FaultKind::KillRandom
         | FaultKind::WipeDisk
+        | FaultKind::CorruptMinority
         | FaultKind::PowerLossOne
         | FaultKind::ClockAhead
         | FaultKind::ClockBehind
@@ -374,6 +381,32 @@ pub async fn inject(
             }
             return Ok(format!("unsynced writes dropped ({})", dropped.join(", ")));
         }
+        FaultKind::CorruptMinority => {
+            let id = nodes[0];
+            cluster.node(id).kill();
+            let data_dir = cluster.node(id).data_dir.clone();
+            let done = crate::damage::damage(&data_dir, planned.pick)?
+                .unwrap_or_else(|| "no file to damage".to_string());
+            cluster.node(id).restart();
+            tokio::time::sleep(hold).await;
+            if wait_until_voting(cluster, id, DAMAGE_NOTICED_WITHIN).await {
+                return Ok(format!("node {id}: {done}; it runs and votes"));
+            }
+            // The operator's path: an empty data directory, rebuilt from the peers.
+            let how = if cluster.node(id).has_exited() {
+                "it refused to start"
+            } else {
+                cluster.node(id).kill();
+                "it did not vote again"
+            };
+            cluster.node(id).wipe();
+            cluster.node(id).restart();
+            let rebuilt = wait_until_voting(cluster, id, REBUILD_DEADLINE).await;
+            return Ok(format!(
+                "node {id}: {done}; {how}; rebuilt on an empty data directory{}",
+                if rebuilt { "" } else { ", not voting yet" }
+            ));
+        }
         FaultKind::WipeDisk => {
             let id = nodes[0];
             cluster.node(id).kill();
@@ -401,6 +434,8 @@ pub async fn inject(
     Ok(String::new())
 }
 
+/// How long a damaged node has, after the fault's hold, to vote again before it is rebuilt.
+const DAMAGE_NOTICED_WITHIN: Duration = Duration::from_secs(10);
 /// Longest the nemesis waits for a wiped node to rebuild before it goes on.
 const REBUILD_DEADLINE: Duration = Duration::from_secs(120);
 

@@ -134,6 +134,19 @@ impl NodeProcess {
         self.child = Some(command.spawn().expect("spawn raftq serve"));
     }
 
+    /// Whether the node's process has exited on its own (it refused to start, say); the
+    /// node then counts as stopped.
+    pub fn has_exited(&mut self) -> bool {
+        let exited = self
+            .child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some());
+        if exited {
+            self.child = None;
+        }
+        exited
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
