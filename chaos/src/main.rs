@@ -33,8 +33,8 @@ enum Command {
     Run(RunArgs),
     /// Check an existing history file.
     Check { history: PathBuf },
-    /// Remove network namespaces and bridges left by runs that were killed (only while no
-    /// other run is going on).
+    /// Remove network namespaces, bridges and power-loss file system mounts left by runs
+    /// that were killed (only while no other run is going on).
     Cleanup,
     /// Run the workload against a cluster started elsewhere (containers, say) until
     /// `--stop-file` exists or `--duration` passes, then drain and check.
@@ -131,6 +131,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Cleanup => {
             let removed = raftq_tests::netns::cleanup_stale();
             println!("removed {removed} namespaces and bridges");
+            let unmounted = raftq_tests::powerloss::cleanup_stale();
+            println!("unmounted {unmounted} power-loss file systems");
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Run(args) => {

@@ -18,6 +18,9 @@ use fuser::{BackgroundSession, Config, MountOption};
 
 use fs::{PowerLossFilesystem, State};
 
+/// The name the mounts carry (the source column of /proc/mounts).
+const FS_NAME: &str = "raftq-powerloss";
+
 /// One mounted power-loss file system.
 pub struct PowerLossFs {
     backing: PathBuf,
@@ -53,7 +56,7 @@ impl PowerLossFs {
 
     fn start(&mut self) -> io::Result<()> {
         let mut config = Config::default();
-        config.mount_options = vec![MountOption::FSName("raftq-powerloss".into())];
+        config.mount_options = vec![MountOption::FSName(FS_NAME.into())];
         config.n_threads = Some(2);
         let filesystem = PowerLossFilesystem {
             state: self.state.clone(),
@@ -102,6 +105,27 @@ impl PowerLossFs {
     pub fn unsynced_names(&self) -> usize {
         self.state().unsynced_names()
     }
+}
+
+/// Unmounts power-loss file systems left behind by a harness that was killed (their
+/// daemon gone, they answer "transport endpoint is not connected"); returns how many.
+pub fn cleanup_stale() -> usize {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let source = fields.next()?;
+            let target = fields.next()?;
+            (source == FS_NAME).then(|| target.replace("\\040", " "))
+        })
+        .filter(|target| {
+            std::process::Command::new("umount")
+                .args(["-l", target.as_str()])
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+        .count()
 }
 
 impl Drop for PowerLossFs {
