@@ -69,6 +69,19 @@ async fn stored_bodies(cluster: &Cluster) -> BTreeSet<String> {
     .collect()
 }
 
+/// Power goes out on all three nodes at once and comes back; returns once they are voters
+/// again.
+async fn every_node_loses_power(cluster: &mut Cluster) {
+    for id in 1..=3 {
+        cluster.node(id).lose_power();
+    }
+    for id in 1..=3 {
+        cluster.node(id).restart();
+    }
+    cluster.wait_for_leader().await;
+    cluster.wait_for_voters(3).await;
+}
+
 async fn power_loss_cluster() -> Cluster {
     let cluster = Cluster::start_with(
         3,
@@ -94,14 +107,7 @@ async fn acknowledged_sends_survive_every_node_losing_power_at_once() {
     // What the nodes wrote past their last sync (the commit pointer, the state machine's
     // write buffer) is dropped with the power. A leader that came back as leader without an
     // election once served reads from a commit point older than sends it had acknowledged.
-    for id in 1..=3 {
-        cluster.node(id).lose_power();
-    }
-    for id in 1..=3 {
-        cluster.node(id).restart();
-    }
-    cluster.wait_for_leader().await;
-    cluster.wait_for_voters(3).await;
+    every_node_loses_power(&mut cluster).await;
     assert_eq!(stored_bodies(&cluster).await, acked, "{}", cluster.logs());
 }
 
@@ -213,14 +219,7 @@ async fn acknowledged_sends_survive_power_loss_amid_snapshot_builds_and_an_insta
     cluster.node(away).lose_power();
     cluster.node(away).restart();
     acked.extend(load.await.expect("producer task"));
-    for id in 1..=3 {
-        cluster.node(id).lose_power();
-    }
-    for id in 1..=3 {
-        cluster.node(id).restart();
-    }
-    cluster.wait_for_leader().await;
-    cluster.wait_for_voters(3).await;
+    every_node_loses_power(&mut cluster).await;
     let stored = stored_bodies(&cluster).await;
     let lost: Vec<&String> = acked.difference(&stored).collect();
     assert!(
