@@ -82,11 +82,14 @@ async fn every_node_loses_power(cluster: &mut Cluster) {
     cluster.wait_for_voters(3).await;
 }
 
-async fn power_loss_cluster() -> Cluster {
+/// A cluster of `size` nodes on power-loss disks, with `env` for every node, and the queue
+/// "orders".
+async fn power_loss_cluster(size: u64, env: Vec<(String, String)>) -> Cluster {
     let cluster = Cluster::start_with(
-        3,
+        size,
         ClusterOptions {
             power_loss_disks: true,
+            env,
             ..ClusterOptions::default()
         },
     )
@@ -95,9 +98,20 @@ async fn power_loss_cluster() -> Cluster {
     cluster
 }
 
+/// Fails naming every acknowledged send the queue no longer holds.
+async fn assert_none_lost(cluster: &Cluster, acked: &BTreeSet<String>) {
+    let stored = stored_bodies(cluster).await;
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged sends lost: {lost:?}\n{}",
+        cluster.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_sends_survive_every_node_losing_power_at_once() {
-    let mut cluster = power_loss_cluster().await;
+    let mut cluster = power_loss_cluster(3, Vec::new()).await;
     let acked = send_concurrently(&cluster, 4, 100).await;
     assert_eq!(
         acked.len(),
@@ -113,7 +127,7 @@ async fn acknowledged_sends_survive_every_node_losing_power_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_losing_power_under_load_loses_no_acknowledged_send() {
-    let mut cluster = power_loss_cluster().await;
+    let mut cluster = power_loss_cluster(3, Vec::new()).await;
     let leader = cluster.wait_for_leader().await;
     let load = tokio::spawn(send_bodies(cluster.client(), "load".into(), 400));
     wait_until("the load has started", Duration::from_secs(30), || async {
@@ -131,26 +145,12 @@ async fn a_leader_losing_power_under_load_loses_no_acknowledged_send() {
     let acked = load.await.expect("producer task");
     cluster.node(leader).restart();
     cluster.wait_for_voters(3).await;
-    let stored = stored_bodies(&cluster).await;
-    let lost: Vec<&String> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged sends lost: {lost:?}\n{}",
-        cluster.logs()
-    );
+    assert_none_lost(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_losing_power_keeps_every_acknowledged_send() {
-    let mut cluster = Cluster::start_with(
-        1,
-        ClusterOptions {
-            power_loss_disks: true,
-            ..ClusterOptions::default()
-        },
-    )
-    .await;
-    create_queue(&cluster.client(), "orders", pb::QueueOptions::default()).await;
+    let mut cluster = power_loss_cluster(1, Vec::new()).await;
     let client = cluster.client();
     let mut acked = BTreeSet::new();
     for i in 0..50 {
@@ -171,22 +171,14 @@ async fn a_single_node_losing_power_keeps_every_acknowledged_send() {
 async fn acknowledged_sends_survive_power_loss_amid_snapshot_builds_and_an_install() {
     // A snapshot every 100 entries, 20 kept behind it: snapshots are built all the time,
     // and a follower that was away needs one installed.
-    let mut cluster = Cluster::start_with(
-        3,
-        ClusterOptions {
-            power_loss_disks: true,
-            env: vec![
-                ("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES".into(), "100".into()),
-                (
-                    "RAFTQ_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
-                    "20".into(),
-                ),
-            ],
-            ..ClusterOptions::default()
-        },
-    )
-    .await;
-    create_queue(&cluster.client(), "orders", pb::QueueOptions::default()).await;
+    let env = vec![
+        ("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES".into(), "100".into()),
+        (
+            "RAFTQ_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
+            "20".into(),
+        ),
+    ];
+    let mut cluster = power_loss_cluster(3, env).await;
     let leader = cluster.wait_for_leader().await;
     let away = cluster.follower_of(leader);
     cluster.node(away).kill();
@@ -220,11 +212,5 @@ async fn acknowledged_sends_survive_power_loss_amid_snapshot_builds_and_an_insta
     cluster.node(away).restart();
     acked.extend(load.await.expect("producer task"));
     every_node_loses_power(&mut cluster).await;
-    let stored = stored_bodies(&cluster).await;
-    let lost: Vec<&String> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged sends lost: {lost:?}\n{}",
-        cluster.logs()
-    );
+    assert_none_lost(&cluster, &acked).await;
 }

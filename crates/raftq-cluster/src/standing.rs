@@ -56,7 +56,8 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
         reason: error.to_string(),
     };
     let holds_state = log.holds_state().map_err(stopped)?;
-    let voting = match db.identity().map_err(stopped)? {
+    let recorded = db.identity().map_err(stopped)?;
+    let voting = match &recorded {
         Some(identity) if identity.node_id != node_id => {
             return Err(ClusterError::Stopped {
                 reason: format!(
@@ -75,7 +76,7 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
         None => holds_state,
     };
     let identity = NodeIdentity { node_id, voting };
-    if db.identity().map_err(stopped)?.as_ref() != Some(&identity) {
+    if recorded.as_ref() != Some(&identity) {
         db.record_identity(&identity).map_err(stopped)?;
     }
     if !voting {
