@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// Where the nodes run: own network namespaces (needed for network faults) or loopback.
     #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
     network: NetworkMode,
+    /// How closely faults follow each other: normal (held 1–5 s, then 2–5 s of quiet) or
+    /// fast (held 1–3 s, then 1–2 s of quiet).
+    #[arg(long, value_enum, default_value_t = nemesis::Pace::Normal)]
+    pace: nemesis::Pace,
     #[command(flatten)]
     mix: workload::Mix,
     /// Where the history, summary and timeline go.

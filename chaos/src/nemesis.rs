@@ -161,14 +161,35 @@ pub struct Planned {
     pub pick: u64,
 }
 
-pub fn schedule(seed: u64, kinds: &[FaultKind], total: Duration) -> Vec<Planned> {
+/// How closely faults follow each other.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Each fault held 1–5 s, then 2–5 s of quiet.
+    Normal,
+    /// Each fault held 1–3 s, then 1–2 s of quiet: about twice the faults in the same time,
+    /// for long runs that must inject many.
+    Fast,
+}
+
+impl Pace {
+    /// Bounds of the hold and of the quiet after it, in milliseconds.
+    fn bounds(self) -> ((u64, u64), (u64, u64)) {
+        match self {
+            Pace::Normal => ((1_000, 5_000), (2_000, 5_000)),
+            Pace::Fast => ((1_000, 3_000), (1_000, 2_000)),
+        }
+    }
+}
+
+pub fn schedule(seed: u64, kinds: &[FaultKind], total: Duration, pace: Pace) -> Vec<Planned> {
     let mut rng = Rng::new(seed);
     let mut plan = Vec::new();
     let mut elapsed = Duration::ZERO;
+    let ((hold_min, hold_max), (rest_min, rest_max)) = pace.bounds();
     while elapsed < total && !kinds.is_empty() {
         let kind = kinds[(rng.next() % kinds.len() as u64) as usize];
-        let hold = Duration::from_millis(rng.between(1_000, 5_000));
-        let rest = Duration::from_millis(rng.between(2_000, 5_000));
+        let hold = Duration::from_millis(rng.between(hold_min, hold_max));
+        let rest = Duration::from_millis(rng.between(rest_min, rest_max));
         plan.push(Planned {
             kind,
             hold,
@@ -496,15 +517,21 @@ mod tests {
             FaultKind::PauseFollower,
             FaultKind::RestartAll,
         ];
-        let a = schedule(42, &kinds, Duration::from_secs(120));
-        let b = schedule(42, &kinds, Duration::from_secs(120));
-        let c = schedule(43, &kinds, Duration::from_secs(120));
+        let a = schedule(42, &kinds, Duration::from_secs(120), Pace::Normal);
+        let b = schedule(42, &kinds, Duration::from_secs(120), Pace::Normal);
+        let c = schedule(43, &kinds, Duration::from_secs(120), Pace::Normal);
         let key = |plan: &[Planned]| {
             plan.iter()
                 .map(|p| (p.kind, p.hold, p.rest, p.pick))
                 .collect::<Vec<_>>()
         };
         assert_eq!(key(&a), key(&b));
+        let fast = schedule(42, &kinds, Duration::from_secs(120), Pace::Fast);
+        assert!(fast.len() > a.len());
+        assert!(
+            fast.iter()
+                .all(|p| p.hold <= Duration::from_secs(3) && p.rest <= Duration::from_secs(2))
+        );
         assert_ne!(key(&a), key(&c));
         assert!(
             a.iter()

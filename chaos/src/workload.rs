@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use clap::ValueEnum as _;
 use raftq_client::{Client, ClientConfig, ClientError, Code, Message, pb};
 use raftq_tests::{Cluster, ClusterOptions};
 
@@ -275,11 +276,15 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let reproduce = format!(
-        "chaos/run --nodes {} --seed {} --duration {}s --network {} --faults {} {}",
+        "chaos/run --nodes {} --seed {} --duration {}s --network {} --pace {} --faults {} {}",
         args.nodes,
         args.seed,
         args.duration.as_secs(),
         if namespaces { "netns" } else { "loopback" },
+        args.pace
+            .to_possible_value()
+            .expect("no skipped variants")
+            .get_name(),
         faults,
         args.mix.flags()
     );
@@ -295,7 +300,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     .await;
     let workload = Workload::start(cluster_addresses(&cluster), &args.mix).await?;
     let recorder = workload.recorder.clone();
-    let plan = nemesis::schedule(args.seed, &kinds, args.duration);
+    let plan = nemesis::schedule(args.seed, &kinds, args.duration, args.pace);
     for planned in plan {
         if recorder.started.elapsed() >= args.duration {
             break;

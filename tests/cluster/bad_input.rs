@@ -231,7 +231,7 @@ async fn replication_stream_refusal(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replication_stream_meant_for_another_node_or_undecodable_is_refused() {
+async fn a_replication_stream_meant_for_another_node_or_cluster_or_undecodable_is_refused() {
     use raftq_proto::raft_pb::RaftRequest;
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
@@ -248,11 +248,31 @@ async fn a_replication_stream_meant_for_another_node_or_undecodable_is_refused()
             group_id: 1,
             target_node_id: 3,
             payload: Vec::new(),
+            cluster_id: String::new(),
         },
     )
     .await;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
     assert!(status.message().contains("not node 3"), "{status}");
+
+    // A message from a node of another cluster.
+    let status = replication_stream_refusal(
+        &address,
+        RaftRequest {
+            group_id: 1,
+            target_node_id: 2,
+            payload: Vec::new(),
+            cluster_id: "another-cluster".into(),
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+    assert!(
+        status
+            .message()
+            .contains("cluster another-cluster is not this cluster"),
+        "{status}"
+    );
 
     let status = replication_stream_refusal(
         &address,
@@ -260,6 +280,7 @@ async fn a_replication_stream_meant_for_another_node_or_undecodable_is_refused()
             group_id: 1,
             target_node_id: 2,
             payload: vec![0xFF; 7],
+            cluster_id: String::new(),
         },
     )
     .await;

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod cluster_id;
 mod consume;
 mod delivery;
 mod failures;

@@ -54,7 +54,7 @@ pub fn raftq_binary() -> PathBuf {
 /// its local port, so one could take it between this check and the node's bind. Instead,
 /// ports below that range, from a block of 1,000 per test process, handed out in turn
 /// and each checked free.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 10_000;
     const BLOCKS: u32 = 20;

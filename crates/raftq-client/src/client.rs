@@ -773,23 +773,14 @@ impl Client {
         Ok(response.into_inner())
     }
 
-    /// Adds a node as a learner and, with `promote`, makes it a voter once caught up.
-    /// Adds node `node_id` at `address` as a learner and, with `promote`, makes it a voter
-    /// once it has caught up. `lost_data` says the node started again on an empty data
-    /// directory: a member of that id is removed, then added again as a learner.
+    /// Adds a node as a learner and, with `promote`, makes it a voter once it has caught up
+    /// (see `AddNodeRequest` for each field), through the leader. `lost_data` says the node
+    /// started again on an empty data directory: a member of that id is removed, then added
+    /// again as a learner.
     pub async fn add_node(
         &self,
-        node_id: u64,
-        address: &str,
-        promote: bool,
-        lost_data: bool,
+        request: pb::AddNodeRequest,
     ) -> Result<pb::ClusterStatusResponse, ClientError> {
-        let request = pb::AddNodeRequest {
-            node_id,
-            address: address.to_string(),
-            promote,
-            lost_data,
-        };
         let response = self
             .retry(Duration::from_secs(60), |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);

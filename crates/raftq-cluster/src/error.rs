@@ -18,6 +18,13 @@ pub enum ClusterError {
     MembershipBusy { reason: String },
     #[error("the raft node has stopped: {reason}")]
     Stopped { reason: String },
+    /// A node of another cluster (a data directory formed or joined elsewhere, a peer list
+    /// pointing at the wrong nodes) spoke to this one.
+    #[error(
+        "cluster {theirs} is not this cluster ({ours}): a data directory belongs to the one \
+         cluster it formed or joined"
+    )]
+    OtherCluster { ours: String, theirs: String },
     /// The write was applied, but what it returns could not be read from the disk.
     #[error("storage error after the write was applied: {reason}")]
     Storage { reason: String },
@@ -42,6 +49,7 @@ impl ClusterError {
             | ClusterError::OutcomeUnknown
             | ClusterError::MembershipBusy { .. } => true,
             ClusterError::Membership { .. }
+            | ClusterError::OtherCluster { .. }
             | ClusterError::Stopped { .. }
             | ClusterError::Storage { .. } => false,
         }

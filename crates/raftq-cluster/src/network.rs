@@ -23,6 +23,7 @@ use raftq_core::GroupId;
 use raftq_proto::raft_pb::{RaftRequest, SnapshotChunk, raft_service_client::RaftServiceClient};
 use raftq_store::{Entry, Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
+use crate::standing::Standing;
 use crate::{MAX_RAFT_MESSAGE_BYTES, lock};
 
 /// Snapshot bytes per streamed chunk.
@@ -48,6 +49,8 @@ const COMMIT_ONLY_HOLD: Duration = Duration::from_millis(2);
 
 pub(crate) struct Network {
     pub(crate) group: GroupId,
+    /// Gives the cluster id every message carries.
+    pub(crate) standing: Standing,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -56,6 +59,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
         Peer {
             group: self.group,
+            standing: self.standing.clone(),
             target,
             address: node.addr.clone(),
             client: None,
@@ -66,6 +70,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 pub(crate) struct Peer {
     group: GroupId,
+    standing: Standing,
     target: NodeId,
     address: String,
     client: Option<RaftServiceClient<Channel>>,
@@ -116,6 +121,7 @@ impl Peer {
             group_id: self.group,
             target_node_id: self.target,
             payload,
+            cluster_id: self.standing.cluster_id().unwrap_or_default(),
         });
         request.set_timeout(timeout);
         Ok(request)
@@ -325,6 +331,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         Box::pin(async move {
             let mut client = self.client()?;
             let (group, target) = (self.group, self.target);
+            let cluster = self.standing.cluster_id().unwrap_or_default();
             let limit = option.hard_ttl();
             let deadlines: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
             let sent = deadlines.clone();
@@ -344,6 +351,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                     group_id: group,
                     target_node_id: target,
                     payload,
+                    cluster_id: cluster.clone(),
                 }
             });
             let opened = tokio::time::timeout(
@@ -412,8 +420,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let header = bincode::serialize(&(vote, snapshot.meta.clone(), size))
             .map_err(|e| NetworkError::new(&e))?;
         let chunks = snapshot_chunks(
-            self.group,
-            self.target,
+            (
+                self.group,
+                self.target,
+                self.standing.cluster_id().unwrap_or_default(),
+            ),
             header,
             tokio::fs::File::from_std(file),
         );
@@ -440,8 +451,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 /// than memory). A read error ends the stream early; the receiver then refuses the
 /// snapshot, as it is shorter than the header says.
 fn snapshot_chunks(
-    group: GroupId,
-    target: NodeId,
+    (group, target, cluster_id): (GroupId, NodeId, String),
     header: Vec<u8>,
     file: tokio::fs::File,
 ) -> impl futures::Stream<Item = SnapshotChunk> + Send + 'static {
@@ -451,6 +461,7 @@ fn snapshot_chunks(
         target_node_id: target,
         header,
         data: Vec::new(),
+        cluster_id,
     };
     let rest = futures::stream::unfold(Some(file), move |file| async move {
         let mut file = file?;
@@ -467,6 +478,7 @@ fn snapshot_chunks(
                     target_node_id: target,
                     header: Vec::new(),
                     data,
+                    cluster_id: String::new(),
                 },
                 Some(file),
             )),

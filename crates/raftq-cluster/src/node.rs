@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{
+    ChangeMembershipError, ClientWriteError, Fatal, LinearizableReadError, RaftError,
+};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 
 use raftq_core::{Command, GroupId, Outcome, QueueError, Request};
@@ -157,6 +159,8 @@ pub struct MemberStatus {
     /// True while this node, started on an empty data directory, catches up with a leader:
     /// until then it grants no vote.
     pub rebuilding: bool,
+    /// The cluster this node belongs to; `None` until it formed or joined one.
+    pub cluster_id: Option<String>,
     /// Every member (voters and learners) with its address, as this node knows them.
     pub members: BTreeMap<NodeId, (String, bool)>,
 }
@@ -470,6 +474,7 @@ impl RaftNode {
         .map_err(stopped)?;
         let network = Network {
             group: config.group,
+            standing: standing.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -491,11 +496,12 @@ impl RaftNode {
         // Ends once the node may vote, or when Raft stops.
         tokio::spawn(standing::earn_vote(
             raft.clone(),
-            db.clone(),
             log_store,
             config.node_id,
             standing.clone(),
         ));
+        // Ends once the node belongs to a cluster, or when Raft stops.
+        tokio::spawn(standing::name_old_cluster(raft.clone(), standing.clone()));
         Ok(RaftNode {
             standing,
             raft,
@@ -556,10 +562,9 @@ impl RaftNode {
         if self.holds_raft_state().await? {
             return Ok(false);
         }
-        // The founder's log is the whole log: it may vote from the first entry on.
-        self.standing
-            .allow(&self.raft, &self.db, self.config.node_id)
-            .map_err(stopped)?;
+        // The founder names the cluster, and its log is the whole log: it may vote from the
+        // first entry on.
+        self.standing.found(&self.raft).map_err(stopped)?;
         let nodes = BTreeMap::from([(
             self.config.node_id,
             Node {
@@ -702,6 +707,7 @@ impl RaftNode {
             leader_id: metrics.current_leader,
             voter: voters.contains(&self.config.node_id),
             rebuilding: !self.standing.may_vote(),
+            cluster_id: self.standing.cluster_id(),
             members,
         }
     }
@@ -746,6 +752,42 @@ impl RaftNode {
             )?;
         }
         Ok(())
+    }
+
+    /// Waits until Raft stops on an error of its own (a storage error: a disk that fails, or
+    /// returns damaged data) and returns that error. Pending for as long as Raft runs, and
+    /// for ever once it was shut down on purpose.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        let reason = loop {
+            let failure = match &metrics.borrow_watched().running_state {
+                Ok(()) => None,
+                Err(Fatal::Stopped) => break None,
+                Err(fatal) => Some(fatal.to_string()),
+            };
+            if failure.is_some() {
+                break failure;
+            }
+            if metrics.changed().await.is_err() && metrics.borrow_watched().running_state.is_ok() {
+                // The Raft core ended without saying why: only a panic does that.
+                break Some("the Raft core ended unexpectedly".to_string());
+            }
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Refuses a node of another cluster (its cluster id, empty when it belongs to none yet).
+    pub fn check_cluster(&self, theirs: &str) -> Result<(), ClusterError> {
+        self.standing.check_cluster(theirs)
+    }
+
+    /// Records (synced) that this node belongs to cluster `id`, as the leader answered its
+    /// join; refused when it already belongs to another.
+    pub fn join_cluster(&self, id: &str) -> Result<(), ClusterError> {
+        self.standing.join(id)
     }
 
     /// Removes a node from the voters and from the membership altogether.

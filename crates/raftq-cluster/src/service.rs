@@ -19,9 +19,9 @@ use raftq_store::{
     IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
 };
 
-use crate::lock;
 use crate::node::Raft;
 use crate::standing::Standing;
+use crate::{ClusterError, lock};
 
 /// Largest snapshot a node accepts over the transport.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -48,8 +48,16 @@ pub(crate) struct RaftGrpc {
 }
 
 impl RaftGrpc {
-    fn check(&self, group: GroupId, target: NodeId) -> Result<(), Status> {
-        check(self.group, self.node_id, group, target)
+    /// See `check` and `check_cluster`.
+    fn check(
+        &self,
+        group: GroupId,
+        target: NodeId,
+        cluster: &str,
+        from_leader: bool,
+    ) -> Result<(), Status> {
+        check(self.group, self.node_id, group, target)?;
+        check_cluster(&self.standing, cluster, from_leader)
     }
 
     /// Refuses to vote, or to stand for election, while this node's log has not caught up
@@ -83,6 +91,23 @@ fn check(served: GroupId, node_id: NodeId, group: GroupId, target: NodeId) -> Re
     Ok(())
 }
 
+/// Refuses a message from a node of another cluster. A leader's message (an append or a
+/// snapshot) to a node that belongs to no cluster yet makes it a member of the leader's.
+fn check_cluster(standing: &Standing, cluster: &str, from_leader: bool) -> Result<(), Status> {
+    let checked = if from_leader {
+        standing.join(cluster)
+    } else {
+        standing.check_cluster(cluster)
+    };
+    checked.map_err(|error| match error {
+        ClusterError::OtherCluster { .. } => {
+            metrics::counter!("raftq_foreign_messages_refused_total").increment(1);
+            Status::failed_precondition(error.to_string())
+        }
+        other => Status::unavailable(other.to_string()),
+    })
+}
+
 /// What a follower keeps for one replication stream: when each request not yet answered
 /// arrived, with its share of the byte budget, and why the stream was refused, if it was.
 #[derive(Clone, Default)]
@@ -105,13 +130,13 @@ impl StreamState {
 /// request stream still open keeps the server from finishing.
 fn append_requests(
     incoming: Streaming<RaftRequest>,
-    (served, node_id): (GroupId, NodeId),
+    (served, node_id, standing): (GroupId, NodeId, Standing),
     state: StreamState,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
     let budget = Arc::new(Semaphore::new(STREAM_BUDGET_KIB));
     futures::stream::unfold(Some((incoming, stopping)), move |open| {
-        let (budget, state) = (budget.clone(), state.clone());
+        let (budget, state, standing) = (budget.clone(), state.clone(), standing.clone());
         async move {
             let (mut incoming, mut stopping) = open?;
             let message = tokio::select! {
@@ -124,7 +149,9 @@ fn append_requests(
                 Err(status) => return state.refuse(status),
             };
             let arrived = Instant::now();
-            if let Err(status) = check(served, node_id, message.group_id, message.target_node_id) {
+            if let Err(status) = check(served, node_id, message.group_id, message.target_node_id)
+                .and_then(|()| check_cluster(&standing, &message.cluster_id, true))
+            {
                 return state.refuse(status);
             }
             let rpc = match decode(&message.payload) {
@@ -163,7 +190,12 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftResponse>, Status> {
         let started = std::time::Instant::now();
         let request = request.into_inner();
-        self.check(request.group_id, request.target_node_id)?;
+        self.check(
+            request.group_id,
+            request.target_node_id,
+            &request.cluster_id,
+            true,
+        )?;
         let rpc = decode(&request.payload)?;
         let response = self
             .raft
@@ -186,7 +218,7 @@ impl RaftService for RaftGrpc {
         let state = StreamState::default();
         let requests = append_requests(
             request.into_inner(),
-            (self.group, self.node_id),
+            (self.group, self.node_id, self.standing.clone()),
             state.clone(),
             self.stopping.clone(),
         );
@@ -218,7 +250,12 @@ impl RaftService for RaftGrpc {
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
-        self.check(request.group_id, request.target_node_id)?;
+        self.check(
+            request.group_id,
+            request.target_node_id,
+            &request.cluster_id,
+            false,
+        )?;
         self.check_may_vote()?;
         let rpc = decode(&request.payload)?;
         let response = self
@@ -234,7 +271,12 @@ impl RaftService for RaftGrpc {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
-        self.check(request.group_id, request.target_node_id)?;
+        self.check(
+            request.group_id,
+            request.target_node_id,
+            &request.cluster_id,
+            false,
+        )?;
         self.check_may_vote()?;
         let rpc = decode(&request.payload)?;
         let response = self
@@ -254,7 +296,12 @@ impl RaftService for RaftGrpc {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        self.check(first.group_id, first.target_node_id)?;
+        self.check(
+            first.group_id,
+            first.target_node_id,
+            &first.cluster_id,
+            true,
+        )?;
         let (vote, meta, size): (Vote, SnapshotMeta, u64) = decode(&first.header)?;
         if size > MAX_SNAPSHOT_BYTES {
             return Err(Status::resource_exhausted(format!(

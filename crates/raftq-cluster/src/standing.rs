@@ -1,6 +1,6 @@
-//! Whether this node may vote: settled from the data directory's identity at start, and
-//! earned back by a node that started on an empty data directory once its log has caught
-//! up with a leader.
+//! What this node's data directory says about it: the cluster it belongs to, and whether it
+//! may vote. Settled from the directory's identity at start; the vote is earned back by a
+//! node that started on an empty data directory once its log has caught up with a leader.
 //!
 //! A node on an empty data directory cannot tell a brand-new cluster from one it was a voter
 //! of before its disk was lost. It grants no vote and starts no election until it holds,
@@ -8,20 +8,29 @@
 //! Raft's leader completeness that entry comes after every entry committed before, so from
 //! then on its log is no worse than any follower's. Acknowledging appends meanwhile is safe:
 //! it acknowledges only what it has written and synced.
+//!
+//! The cluster id is named by the node that forms the cluster and recorded by every node that
+//! joins it (from the leader's answer to its join, or from the first append or snapshot a
+//! leader sends it). Raft messages carry it; a node refuses messages and joins from another
+//! cluster.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
-use raftq_store::{Db, LogStore, NodeId, NodeIdentity};
+use raftq_store::{Db, LogStore, NodeId, NodeIdentity, StoreError};
 
-use crate::ClusterError;
 use crate::node::Raft;
+use crate::{ClusterError, lock};
 
 /// Shared between the node and its Raft transport.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Standing {
     voting: Arc<AtomicBool>,
+    /// The identity as recorded in the data directory; changed only together with the record.
+    identity: Arc<Mutex<NodeIdentity>>,
+    db: Db,
 }
 
 impl Standing {
@@ -29,23 +38,79 @@ impl Standing {
         self.voting.load(Ordering::Acquire)
     }
 
+    /// The cluster this node belongs to, once it formed or joined one.
+    pub(crate) fn cluster_id(&self) -> Option<String> {
+        lock(&self.identity).cluster_id.clone()
+    }
+
     /// Records (synced) that this node's log may vote, then lets it vote and stand for
     /// election.
-    pub(crate) fn allow(
-        &self,
-        raft: &Raft,
-        db: &Db,
-        node_id: NodeId,
-    ) -> Result<(), raftq_store::StoreError> {
-        db.record_identity(&NodeIdentity {
-            node_id,
-            voting: true,
-        })?;
+    pub(crate) fn allow(&self, raft: &Raft) -> Result<(), StoreError> {
+        self.record(|identity| identity.voting = true)?;
         self.voting.store(true, Ordering::Release);
         raft.runtime_config().elect(true);
         metrics::gauge!("raftq_node_voting").set(1.0);
         Ok(())
     }
+
+    /// For the node that forms a new cluster: names the cluster (unless this directory
+    /// already belongs to one) and lets the node vote from its first entry on.
+    pub(crate) fn found(&self, raft: &Raft) -> Result<(), StoreError> {
+        self.record(|identity| {
+            identity.cluster_id.get_or_insert_with(new_cluster_id);
+        })?;
+        self.allow(raft)
+    }
+
+    /// Whether a message or a join from a member of `theirs` may be taken: an empty id (a
+    /// sender that belongs to no cluster yet) and a node that belongs to none yet take
+    /// everything.
+    pub(crate) fn check_cluster(&self, theirs: &str) -> Result<(), ClusterError> {
+        match lock(&self.identity).cluster_id.as_deref() {
+            Some(ours) if !theirs.is_empty() && ours != theirs => Err(ClusterError::OtherCluster {
+                ours: ours.to_string(),
+                theirs: theirs.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records (synced) that this node belongs to cluster `id`, unless it already belongs
+    /// to one: then `id` must be that one.
+    pub(crate) fn join(&self, id: &str) -> Result<(), ClusterError> {
+        if id.is_empty() {
+            return Ok(());
+        }
+        self.check_cluster(id)?;
+        if lock(&self.identity).cluster_id.is_some() {
+            return Ok(());
+        }
+        self.record(|identity| {
+            identity.cluster_id.get_or_insert_with(|| id.to_string());
+        })
+        .map_err(|error| ClusterError::Stopped {
+            reason: error.to_string(),
+        })?;
+        tracing::info!(cluster_id = id, "this node belongs to cluster {id}");
+        Ok(())
+    }
+
+    /// Changes the identity with `change` and records it, synced, when it changed.
+    fn record(&self, change: impl FnOnce(&mut NodeIdentity)) -> Result<(), StoreError> {
+        let mut identity = lock(&self.identity);
+        let mut changed = identity.clone();
+        change(&mut changed);
+        if changed != *identity {
+            self.db.record_identity(&changed)?;
+            *identity = changed;
+        }
+        Ok(())
+    }
+}
+
+/// A new cluster's id: unique, and sortable by when the cluster was formed.
+fn new_cluster_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Reads (or, on a data directory that has none, records) the identity of the data
@@ -75,7 +140,13 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
         // recorded was a member all along.
         None => holds_state,
     };
-    let identity = NodeIdentity { node_id, voting };
+    let identity = NodeIdentity {
+        cluster_id: recorded
+            .as_ref()
+            .and_then(|identity| identity.cluster_id.clone()),
+        node_id,
+        voting,
+    };
     if recorded.as_ref() != Some(&identity) {
         db.record_identity(&identity).map_err(stopped)?;
     }
@@ -89,6 +160,8 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
     metrics::gauge!("raftq_node_voting").set(if voting { 1.0 } else { 0.0 });
     Ok(Standing {
         voting: Arc::new(AtomicBool::new(voting)),
+        identity: Arc::new(Mutex::new(identity)),
+        db: db.clone(),
     })
 }
 
@@ -97,13 +170,7 @@ const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100)
 
 /// Until the node may vote: waits for the log to catch up with a leader, then records that
 /// (synced) and lets the node vote and stand for election. Ends when Raft stops.
-pub(crate) async fn earn_vote(
-    raft: Raft,
-    db: Db,
-    log: LogStore,
-    node_id: NodeId,
-    standing: Standing,
-) {
+pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standing: Standing) {
     let mut metrics = raft.metrics();
     loop {
         // The founder of a new cluster may vote from its first entry on.
@@ -141,7 +208,7 @@ pub(crate) async fn earn_vote(
             return;
         }
     }
-    if let Err(error) = standing.allow(&raft, &db, node_id) {
+    if let Err(error) = standing.allow(&raft) {
         tracing::error!(%error, "cannot record that the log caught up; this node keeps not voting");
         return;
     }
@@ -149,4 +216,68 @@ pub(crate) async fn earn_vote(
         node_id,
         "the log has caught up with the leader: this node votes again"
     );
+}
+
+/// For a cluster formed before cluster ids were recorded: once this node leads and belongs
+/// to no cluster, it names one; the followers record it from its appends. Ends once the
+/// node belongs to a cluster, or when Raft stops.
+pub(crate) async fn name_old_cluster(raft: Raft, standing: Standing) {
+    let mut metrics = raft.metrics();
+    while standing.cluster_id().is_none() {
+        let leading = metrics.borrow_watched().state == ServerState::Leader;
+        if leading {
+            if let Err(error) = standing.record(|identity| {
+                identity.cluster_id.get_or_insert_with(new_cluster_id);
+            }) {
+                tracing::error!(%error, "cannot record the cluster id");
+            }
+            if let Some(id) = standing.cluster_id() {
+                tracing::info!(cluster_id = %id, "named the cluster, which had no id yet");
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftq_store::{Db, LogStore, OpenOptions};
+
+    use super::settle;
+    use crate::ClusterError;
+
+    #[test]
+    fn a_node_belongs_to_the_first_cluster_it_joins_and_refuses_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let log = LogStore::new(db.clone(), 1).unwrap();
+        let standing = settle(&db, &log, 2).unwrap();
+        assert_eq!(standing.cluster_id(), None);
+        assert!(!standing.may_vote());
+        // Belonging to no cluster yet, it takes messages from any.
+        standing.check_cluster("first").unwrap();
+
+        standing.join("first").unwrap();
+        standing.join("first").unwrap();
+        assert_eq!(standing.cluster_id().as_deref(), Some("first"));
+        let recorded = db.identity().unwrap().unwrap();
+        assert_eq!(recorded.cluster_id.as_deref(), Some("first"));
+        assert_eq!(recorded.node_id, 2);
+
+        for refused in [standing.join("second"), standing.check_cluster("second")] {
+            assert_eq!(
+                refused,
+                Err(ClusterError::OtherCluster {
+                    ours: "first".into(),
+                    theirs: "second".into()
+                })
+            );
+        }
+        assert_eq!(standing.cluster_id().as_deref(), Some("first"));
+        // A sender that belongs to no cluster yet (a node about to join) is not refused.
+        standing.check_cluster("").unwrap();
+    }
 }

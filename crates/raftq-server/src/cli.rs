@@ -970,7 +970,13 @@ async fn client_command(
         }) => print_status(
             output,
             &client
-                .add_node(id, &node_addr, !no_promote, lost_data)
+                .add_node(pb::AddNodeRequest {
+                    node_id: id,
+                    address: node_addr,
+                    promote: !no_promote,
+                    lost_data,
+                    cluster_id: String::new(),
+                })
                 .await?,
         ),
         Commands::Cluster(ClusterCommand::RemoveNode { id }) => {
@@ -1159,6 +1165,8 @@ fn group_text(group: &str) -> String {
 }
 
 /// Records in a restored copy of a data directory that it belongs to `node_id` and may vote.
+/// It stays in the cluster it was copied from: every node of a restored cluster is given a
+/// copy of the same cluster.
 fn adopt_data_dir(data_dir: &std::path::Path, node_id: u64) -> anyhow::Result<()> {
     anyhow::ensure!(node_id >= 1, "node ids start at 1");
     anyhow::ensure!(
@@ -1167,7 +1175,9 @@ fn adopt_data_dir(data_dir: &std::path::Path, node_id: u64) -> anyhow::Result<()
         data_dir.display()
     );
     let db = raftq_store::Db::open(data_dir, &raftq_store::OpenOptions::default())?;
+    let cluster_id = db.identity()?.and_then(|identity| identity.cluster_id);
     db.record_identity(&raftq_store::NodeIdentity {
+        cluster_id,
         node_id,
         voting: true,
     })?;
@@ -1192,12 +1202,19 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
                 "purged_index": node.purged_index,
                 "leader_id": node.leader_id,
                 "rebuilding": node.rebuilding,
+                "cluster_id": node.cluster_id,
             })
         })
         .collect();
     let mut text = format!(
-        "leader: node {} at {}\n",
-        status.leader_id, status.leader_address
+        "cluster: {}\nleader: node {} at {}\n",
+        if status.cluster_id.is_empty() {
+            "(no id recorded)"
+        } else {
+            &status.cluster_id
+        },
+        status.leader_id,
+        status.leader_address
     );
     for node in &status.nodes {
         text.push_str(&format!(
@@ -1220,7 +1237,12 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
     }
     print(
         output,
-        json!({"leader_id": status.leader_id, "leader_address": status.leader_address, "nodes": nodes}),
+        json!({
+            "cluster_id": status.cluster_id,
+            "leader_id": status.leader_id,
+            "leader_address": status.leader_address,
+            "nodes": nodes,
+        }),
         text.trim_end().to_string(),
     );
 }

@@ -48,7 +48,9 @@ impl From<ServiceError> for Status {
                     }
                     ClusterError::NoQuorum { .. } => (Code::Unavailable, None, 500),
                     ClusterError::OutcomeUnknown => (Code::Unavailable, None, 100),
-                    ClusterError::Membership { .. } => (Code::FailedPrecondition, None, 0),
+                    ClusterError::Membership { .. } | ClusterError::OtherCluster { .. } => {
+                        (Code::FailedPrecondition, None, 0)
+                    }
                     ClusterError::MembershipBusy { .. } => (Code::Unavailable, None, 200),
                     ClusterError::Stopped { .. } => (Code::Unavailable, None, 1_000),
                     ClusterError::Storage { .. } => (Code::Internal, None, 0),
@@ -121,6 +123,14 @@ mod tests {
             ),
             (
                 ClusterError::Membership { reason: "x".into() }.into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::OtherCluster {
+                    ours: "a".into(),
+                    theirs: "b".into(),
+                }
+                .into(),
                 Code::FailedPrecondition,
             ),
             (

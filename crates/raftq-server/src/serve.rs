@@ -121,6 +121,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     ));
     tracing::info!(node_id = config.node_id, grpc = %config.listen, http = %config.http_listen, raft = ?config.raft, "raftq node serving");
 
+    tokio::spawn(report_raft_failure(node.clone()));
     let bootstrap = bootstrap(&config, &node, &advertise, peers);
     let outcome = tokio::select! {
         result = bootstrap => result.map(|()| None),
@@ -253,6 +254,23 @@ pub(crate) async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// Reports, once, that Raft stopped on an error of its own. The node then serves nothing:
+/// calls are answered UNAVAILABLE, the liveness and readiness probes fail (so Kubernetes
+/// restarts the pod), and `raftq_raft_running` drops to 0 for alerts elsewhere.
+async fn report_raft_failure(node: RaftNode) {
+    metrics::gauge!("raftq_raft_running").set(1.0);
+    let reason = node.failed().await;
+    metrics::gauge!("raftq_raft_running").set(0.0);
+    tracing::error!(
+        %reason,
+        "Raft stopped on this node, which serves nothing until it is restarted. If the error \
+         says the data is corrupt or fails a checksum (raftq_storage_corruption_total counts \
+         these), the disk returned damaged data: empty the data directory and start the node \
+         again to rebuild it from its peers (docs/operations.md, \"Replace one node that lost \
+         its data\"), and check the disk"
+    );
+}
+
 /// Forms the cluster or joins it. With a peer list, the lowest id forms the cluster alone
 /// (when neither it nor any peer holds Raft state) and every other node joins it through the
 /// peers; a node started with `--join` joins through that address.
@@ -360,15 +378,18 @@ async fn join_cluster(
         // The cluster may need this node's vote to answer at all (every node restarting at
         // once): Raft already runs, so only ask, and stay as is when nobody answers.
         match client.cluster_status().await {
-            Ok(status)
-                if status.nodes.iter().any(|member| {
+            Ok(cluster) => {
+                // Peers of another cluster than the one this data directory belongs to:
+                // serving would mix the two.
+                node.check_cluster(&cluster.cluster_id)?;
+                if cluster.nodes.iter().any(|member| {
                     member.node_id == node.node_id() && member.voter && member.address == advertise
-                }) =>
-            {
-                tracing::info!("already a voter; not joining again");
-                return Ok(());
+                }) {
+                    tracing::info!("already a voter; not joining again");
+                    return Ok(());
+                }
+                tracing::info!("the cluster does not count this node as a voter");
             }
-            Ok(_) => tracing::info!("the cluster does not count this node as a voter"),
             Err(error) => {
                 tracing::warn!(%error, "cannot confirm membership with the cluster; staying a member");
                 return Ok(());
@@ -377,10 +398,17 @@ async fn join_cluster(
     }
     let through = addresses.join(",");
     tracing::info!(%through, rebuilding = status.rebuilding, "asking the cluster to add this node");
-    client
-        .add_node(node.node_id(), advertise, true, status.rebuilding)
+    let joined = client
+        .add_node(raftq_client::pb::AddNodeRequest {
+            node_id: node.node_id(),
+            address: advertise.to_string(),
+            promote: true,
+            lost_data: status.rebuilding,
+            cluster_id: status.cluster_id.clone().unwrap_or_default(),
+        })
         .await
         .with_context(|| format!("joining through {through}"))?;
-    tracing::info!("joined the cluster as a voter");
+    node.join_cluster(&joined.cluster_id)?;
+    tracing::info!(cluster_id = %joined.cluster_id, "joined the cluster as a voter");
     Ok(())
 }

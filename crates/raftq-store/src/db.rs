@@ -51,10 +51,31 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         false
     }
+
+    /// Whether the disk returned damaged data: a checksum that does not match, or stored
+    /// bytes that do not decode.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Rocks(error) | StoreError::Open { source: error, .. } => {
+                error.kind() == rocksdb::ErrorKind::Corruption
+            }
+            StoreError::Decode { .. } | StoreError::Corrupt { .. } => true,
+            StoreError::Closed
+            | StoreError::Io(_)
+            | StoreError::MissingBody { .. }
+            | StoreError::OldLayout { .. }
+            | StoreError::Encode { .. } => false,
+        }
+    }
 }
 
+/// How storage errors reach Raft, which stops on them. Damaged data is counted in
+/// `raftq_storage_corruption_total`.
 impl From<StoreError> for std::io::Error {
     fn from(error: StoreError) -> Self {
+        if error.is_corruption() {
+            metrics::counter!("raftq_storage_corruption_total").increment(1);
+        }
         std::io::Error::other(error)
     }
 }

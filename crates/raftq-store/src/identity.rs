@@ -1,5 +1,5 @@
-//! The node's identity on disk: which node a data directory belongs to, and whether the Raft
-//! log in it may be trusted with a vote.
+//! The node's identity on disk: which cluster and node a data directory belongs to, and
+//! whether the Raft log in it may be trusted with a vote.
 //!
 //! Raft counts on every voter keeping what it promised (its vote, the entries it
 //! acknowledged). A node restarted on an empty data directory with its old id (a pod whose
@@ -22,6 +22,12 @@ const IDENTITY_KEY: &[u8] = b"\0\0\0\0\0\0\0\0identity";
 /// What a data directory says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeIdentity {
+    /// The cluster the directory belongs to: named when the cluster was formed, recorded
+    /// when the node formed or joined it. `None` on a directory that has joined no cluster
+    /// yet (or was written before cluster ids were recorded). A node refuses Raft messages
+    /// and membership from another cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// The node the directory belongs to; another node id refuses to start on it.
     pub node_id: NodeId,
     /// Whether the directory holds a log that may vote: the node formed the cluster with it,
@@ -67,6 +73,7 @@ mod tests {
     fn an_identity_survives_reopening_the_data_directory() {
         let dir = tempfile::tempdir().unwrap();
         let identity = NodeIdentity {
+            cluster_id: Some("0190c1e2-7f00-7000-8000-000000000001".into()),
             node_id: 3,
             voting: false,
         };
@@ -77,5 +84,27 @@ mod tests {
         }
         let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
         assert_eq!(db.identity().unwrap(), Some(identity));
+    }
+}
+
+#[cfg(test)]
+mod format {
+    use super::NodeIdentity;
+
+    #[test]
+    fn an_identity_written_before_cluster_ids_reads_as_belonging_to_no_cluster() {
+        let old: NodeIdentity = serde_json::from_str(r#"{"node_id":2,"voting":true}"#).unwrap();
+        assert_eq!(
+            old,
+            NodeIdentity {
+                cluster_id: None,
+                node_id: 2,
+                voting: true
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"node_id":2,"voting":true}"#
+        );
     }
 }

@@ -32,6 +32,7 @@ fn node_status(status: &MemberStatus) -> pb::NodeStatus {
         leader_id: status.leader_id.unwrap_or(0),
         voter: status.voter,
         rebuilding: status.rebuilding,
+        cluster_id: status.cluster_id.clone().unwrap_or_default(),
     }
 }
 
@@ -77,6 +78,7 @@ impl AdminApi {
         nodes.sort_by_key(|node| node.node_id);
         let leader = self.context.node.leader();
         pb::ClusterStatusResponse {
+            cluster_id: local.cluster_id.clone().unwrap_or_default(),
             leader_id: leader.as_ref().map_or(0, |(id, _)| *id),
             leader_address: leader.map(|(_, address)| address).unwrap_or_default(),
             nodes,
@@ -118,6 +120,12 @@ impl AdminService for AdminApi {
                 request.node_id
             )));
         }
+        // A node whose data directory belongs to another cluster must not be sent this one's
+        // log (nor vote in it).
+        self.context
+            .node
+            .check_cluster(&request.cluster_id)
+            .map_err(ServiceError::from)?;
         self.context
             .node
             .add_node(
