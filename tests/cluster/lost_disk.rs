@@ -1,11 +1,12 @@
 //! A voter that lost its disk (a pod whose volume was lost, restarted with its node id on an
-//! empty data directory) must not help elect a leader that lacks acknowledged messages.
+//! empty data directory), or whose disk lost the end of its write-ahead log, must not help
+//! elect a leader that lacks acknowledged messages.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use raftq_client::{Client, Message, pb};
-use raftq_tests::{Cluster, create_queue, raftq_binary, wait_until_or};
+use raftq_tests::{Cluster, NodeProcess, create_queue, raftq_binary, wait_until_or};
 
 const MESSAGES: usize = 100;
 
@@ -39,41 +40,63 @@ async fn node_info(cluster: &mut Cluster, id: u64) -> Option<pb::NodeStatus> {
     cluster.node(id).client().node_info().await.ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_voter_restarted_on_an_empty_disk_does_not_elect_a_leader_missing_acked_messages() {
+/// Cuts the newest write-ahead-log file of the (stopped) node to half its length: a disk
+/// that lost the end of a file the node had synced. RocksDB reads the cut record as a torn
+/// write and opens without everything after it.
+fn cut_write_ahead_log(node: &mut NodeProcess) {
+    let mut logs: Vec<_> = std::fs::read_dir(node.data_dir.join("rocksdb"))
+        .expect("the node's rocksdb directory")
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    let newest = logs.pop().expect("a write-ahead-log file");
+    let length = std::fs::metadata(&newest).expect("log file").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .and_then(|file| file.set_len(length / 2))
+        .expect("cut the write-ahead log");
+}
+
+/// Acknowledged sends are committed on the leader and `damaged` only (the third node is
+/// paused); then the leader is killed and `damaged` loses them (`damage`, while it is down).
+/// Were `damaged` to vote, the third node, which lacks them, could lead without them.
+async fn a_voter_that_lost_acked_entries_does_not_elect_a_leader_missing_them(
+    damage: fn(&mut NodeProcess),
+) {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let lagging = cluster.follower_of(leader);
-    let wiped = (1..=3)
+    let damaged = (1..=3)
         .find(|id| *id != leader && *id != lagging)
         .expect("a third node");
     let client = cluster.node(leader).client();
     create_queue(&client, "orders", pb::QueueOptions::default()).await;
 
-    // Committed on the leader and `wiped` only.
     cluster.node(lagging).pause();
     let sent = send_all(&client, "orders", "acked").await;
     cluster.node(leader).kill();
-    cluster.node(wiped).kill();
-    cluster.node(wiped).wipe();
-    cluster.node(wiped).restart();
+    cluster.node(damaged).kill();
+    damage(cluster.node(damaged));
+    cluster.node(damaged).restart();
     cluster.node(lagging).resume();
 
-    // `lagging` lacks the messages; `wiped` remembers no vote and no log. Were `wiped` to vote,
-    // `lagging` would lead within an election timeout or two (300-600 ms here).
-    let wiped_client = cluster.node(wiped).client();
+    // Were `damaged` to vote, `lagging` would lead within an election timeout or two
+    // (300-600 ms here).
+    let damaged_client = cluster.node(damaged).client();
     wait_until_or(
-        "the wiped node answers and says it is rebuilding",
+        "the damaged node answers and says it is rebuilding",
         Duration::from_secs(30),
         || async {
-            let info = wiped_client.node_info().await.ok()?;
+            let info = damaged_client.node_info().await.ok()?;
             info.rebuilding.then_some(())
         },
         || cluster.logs(),
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for id in [wiped, lagging] {
+    for id in [damaged, lagging] {
         let info = node_info(&mut cluster, id).await.expect("node answers");
         assert_ne!(
             info.role,
@@ -83,12 +106,22 @@ async fn a_voter_restarted_on_an_empty_disk_does_not_elect_a_leader_missing_acke
         );
     }
 
-    // The old leader comes back with the messages; the wiped node catches up from it.
+    // The old leader comes back with the messages; the damaged node catches up from it.
     cluster.node(leader).restart();
     cluster.wait_for_leader().await;
     cluster.wait_for_voters(3).await;
     let client = cluster.client();
     assert_eq!(bodies(&client, "orders").await, sent, "{}", cluster.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_on_an_empty_disk_does_not_elect_a_leader_missing_acked_messages() {
+    a_voter_that_lost_acked_entries_does_not_elect_a_leader_missing_them(NodeProcess::wipe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_whose_write_ahead_log_was_cut_does_not_elect_a_leader_missing_acked_messages() {
+    a_voter_that_lost_acked_entries_does_not_elect_a_leader_missing_them(cut_write_ahead_log).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
+use openraft::storage::{RaftLogReader, RaftLogStorage};
 use raftq_store::{Db, LogStore, NodeId, NodeIdentity, StoreError};
 
 use crate::node::Raft;
@@ -122,6 +123,21 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
     };
     let holds_state = log.holds_state().map_err(stopped)?;
     let recorded = db.identity().map_err(stopped)?;
+    // A log that ends below what it had synced lost entries it acknowledged (a damaged
+    // write-ahead log read back shorter): no better than an empty one.
+    let damaged = log.lost_synced_entries();
+    if let Some((synced, held)) = damaged {
+        metrics::counter!("raftq_storage_corruption_total").increment(1);
+        tracing::error!(
+            synced,
+            held,
+            "the Raft log ends at index {held}, but this node had synced it up to index \
+             {synced}: the disk lost or damaged entries it had acknowledged. The node grants \
+             no vote and rebuilds from the leader; check the disk. (A cluster of one node has \
+             no leader to rebuild from: to go on with what the log holds, accepting the loss, \
+             stop the node and run `raftq adopt-data-dir`.)"
+        );
+    }
     let voting = match &recorded {
         Some(identity) if identity.node_id != node_id => {
             return Err(ClusterError::Stopped {
@@ -135,10 +151,10 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
         }
         // A directory that votes but lost its Raft state (its log column families were
         // emptied) is no better than an empty one.
-        Some(identity) => identity.voting && holds_state,
+        Some(identity) => identity.voting && holds_state && damaged.is_none(),
         // An empty directory is new; one that held Raft state before identities were
         // recorded was a member all along.
-        None => holds_state,
+        None => holds_state && damaged.is_none(),
     };
     let identity = NodeIdentity {
         cluster_id: recorded
@@ -170,8 +186,27 @@ const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100)
 
 /// Until the node may vote: waits for the log to catch up with a leader, then records that
 /// (synced) and lets the node vote and stand for election. Ends when Raft stops.
+///
+/// Caught up means: a leader has told this node, since it started, of an entry committed
+/// in the leader's own term (a commit point beyond the one on this node's disk, or a newer
+/// term), and the node holds that entry synced.
 pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standing: Standing) {
     let mut metrics = raft.metrics();
+    // What the node's own disk held at start (a log that lost entries still holds a vote and
+    // a commit point): only news from a leader since then counts.
+    let (term_at_start, committed_at_start) = {
+        let mut log = log.clone();
+        match (log.read_vote().await, log.read_committed().await) {
+            (Ok(vote), Ok(committed)) => (
+                vote.map_or(0, |vote| vote.leader_id.term),
+                committed.map(|committed| committed.index()),
+            ),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "cannot read back the vote; this node keeps not voting");
+                return;
+            }
+        }
+    };
     loop {
         // The founder of a new cluster may vote from its first entry on.
         if standing.may_vote() {
@@ -185,7 +220,9 @@ pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standi
             match metrics.local_committed {
                 Some(committed)
                     if led_by_another
-                        && committed.committed_leader_id().term == metrics.current_term =>
+                        && committed.committed_leader_id().term == metrics.current_term
+                        && (metrics.current_term > term_at_start
+                            || Some(committed.index()) > committed_at_start) =>
                 {
                     Some(committed.index())
                 }

@@ -1174,6 +1174,8 @@ fn adopt_data_dir(data_dir: &std::path::Path, node_id: u64) -> anyhow::Result<()
         "{} holds no raftq data (no rocksdb directory)",
         data_dir.display()
     );
+    // A copy taken from a running node may end below what that node had synced.
+    raftq_store::forget_synced_watermarks(data_dir)?;
     let db = raftq_store::Db::open(data_dir, &raftq_store::OpenOptions::default())?;
     let cluster_id = db.identity()?.and_then(|identity| identity.cluster_id);
     db.record_identity(&raftq_store::NodeIdentity {

@@ -150,6 +150,7 @@ pub struct StorageMemory {
 #[derive(Clone)]
 pub struct Db {
     pub(crate) inner: Arc<DB>,
+    dir: PathBuf,
     snapshot_dir: PathBuf,
 }
 
@@ -239,8 +240,14 @@ impl Db {
         }
         Ok(Db {
             inner: Arc::new(inner),
+            dir: dir.to_path_buf(),
             snapshot_dir,
         })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where snapshot files are kept.

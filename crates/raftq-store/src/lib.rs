@@ -12,6 +12,7 @@ mod log_store;
 pub mod raw;
 mod snapshot;
 mod state_machine;
+mod watermark;
 
 use std::fmt;
 
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use db::{Db, OpenOptions, StorageMemory, StoreError};
 pub use identity::NodeIdentity;
-pub use log_store::LogStore;
+pub use log_store::{LogStore, forget_synced_watermarks};
 pub use snapshot::{IncomingSnapshot, SnapshotData};
 pub use state_machine::{ReadError, SharedState, StateMachineStore};
 

@@ -4,11 +4,16 @@
 //! are readable at once, and hands the flush callback to one syncer thread. That thread
 //! takes every callback waiting, fsyncs the write-ahead log once, and completes them all:
 //! many client writes share one fsync, and none is acknowledged before it is on disk.
+//! After each sync it records the last index synced outside the write-ahead log (see
+//! `watermark`), so that a log damaged below that index is noticed at start.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -20,6 +25,7 @@ use raftq_core::GroupId;
 use crate::db::{
     CF_LOG, CF_META, Db, StoreError, decode, encode, index_of_log_key, log_key, meta_key,
 };
+use crate::watermark::{self, Watermark};
 use crate::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded entry bytes one read of the log brings into memory (at least one entry).
@@ -28,23 +34,79 @@ const READ_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 /// Callbacks waiting for one fsync; beyond this, `append` syncs inline (backpressure).
 const SYNC_QUEUE_CAPACITY: usize = 4_096;
 
+/// A flush callback waiting for the sync that covers its entries: the last index appended,
+/// and the watermark's epoch at the append.
+type PendingSync = (IOFlushed<TypeConfig>, u64, u64);
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
     group: GroupId,
-    syncer: SyncSender<IOFlushed<TypeConfig>>,
+    syncer: SyncSender<PendingSync>,
+    watermark: Arc<Watermark>,
+    /// Set at open when the log ends below the last index it had synced: (synced, held).
+    lost: Option<(u64, u64)>,
+}
+
+/// The file in `dir` that records the last index of `group`'s log known to be synced.
+fn watermark_path(dir: &Path, group: GroupId) -> PathBuf {
+    dir.join(format!("log-synced-{group}"))
+}
+
+/// Forgets the synced watermarks recorded in data directory `dir`: for a copy taken from a
+/// running node, whose log may end below what the node had synced when it was copied.
+pub fn forget_synced_watermarks(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("log-synced-")
+        {
+            watermark::forget(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 impl LogStore {
     /// Opens the log of `group`. The syncer thread lives as long as any clone of the store.
     pub fn new(db: Db, group: GroupId) -> io::Result<LogStore> {
+        let (watermark, recorded) = Watermark::open(&watermark_path(db.dir(), group))?;
+        let watermark = Arc::new(watermark);
         let (syncer, pending) = sync_channel(SYNC_QUEUE_CAPACITY);
         // The syncer holds the database weakly, so dropping the last store closes RocksDB.
         let thread_db = std::sync::Arc::downgrade(&db.inner);
+        let thread_watermark = watermark.clone();
         std::thread::Builder::new()
             .name(format!("wal-sync-{group}"))
-            .spawn(move || run_syncer(thread_db, pending))?;
-        Ok(LogStore { db, group, syncer })
+            .spawn(move || run_syncer(thread_db, thread_watermark, pending))?;
+        let mut store = LogStore {
+            db,
+            group,
+            syncer,
+            watermark,
+            lost: None,
+        };
+        let held = store.last_index()?.unwrap_or(0);
+        store.lost = recorded
+            .filter(|synced| *synced > held)
+            .map(|synced| (synced, held));
+        Ok(store)
+    }
+
+    /// When the log ends below the last index it had synced, as recorded outside the
+    /// write-ahead log: `(synced, held)`. Its disk lost or damaged entries it had
+    /// acknowledged, and it must not vote with it until it has caught up again.
+    pub fn lost_synced_entries(&self) -> Option<(u64, u64)> {
+        self.lost
+    }
+
+    /// The index of the last entry the log holds, or covers by a purge behind a snapshot.
+    fn last_index(&self) -> Result<Option<u64>, StoreError> {
+        let last_purged: Option<LogId> = self.read_meta("last_purged")?;
+        let last = self.last_entry_log_id()?.or(last_purged);
+        Ok(last.map(|log_id| log_id.index))
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -89,9 +151,7 @@ impl LogStore {
     /// (or covers by a purge behind a snapshot): every entry up to it is on disk.
     pub fn synced_last_index(&self) -> Result<Option<u64>, StoreError> {
         self.db.sync_wal()?;
-        let last_purged: Option<LogId> = self.read_meta("last_purged")?;
-        let last = self.last_entry_log_id()?.or(last_purged);
-        Ok(last.map(|log_id| log_id.index))
+        self.last_index()
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
@@ -102,8 +162,20 @@ impl LogStore {
     }
 }
 
-fn run_syncer(db: std::sync::Weak<rocksdb::DB>, pending: Receiver<IOFlushed<TypeConfig>>) {
-    while let Ok(first) = pending.recv() {
+fn run_syncer(
+    db: std::sync::Weak<rocksdb::DB>,
+    watermark: Arc<Watermark>,
+    pending: Receiver<PendingSync>,
+) {
+    loop {
+        let first = match pending.recv_timeout(watermark::SYNC_EVERY) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                note_watermark_error(watermark.sync_if_due());
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         while batch.len() < SYNC_QUEUE_CAPACITY {
             match pending.try_recv() {
@@ -119,13 +191,33 @@ fn run_syncer(db: std::sync::Weak<rocksdb::DB>, pending: Receiver<IOFlushed<Type
         metrics::histogram!("raftq_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("raftq_wal_sync_batch_size").record(batch.len() as f64);
         metrics::counter!("raftq_wal_syncs_total").increment(1);
-        for callback in batch {
+        if result.is_ok() {
+            // Before the entries are acknowledged: the highest index synced per epoch
+            // (almost always one epoch). A write to the page cache, not synced here.
+            let mut synced = BTreeMap::new();
+            for (_, index, epoch) in &batch {
+                let highest = synced.entry(*epoch).or_insert(*index);
+                *highest = (*highest).max(*index);
+            }
+            for (epoch, index) in synced {
+                note_watermark_error(watermark.advance(index, epoch));
+            }
+        }
+        for (callback, ..) in batch {
             let result = match &result {
                 Ok(()) => Ok(()),
                 Err(error) => Err(io::Error::other(error.to_string())),
             };
             callback.io_completed(result);
         }
+        note_watermark_error(watermark.sync_if_due());
+    }
+}
+
+/// The watermark is a second line of defence: failing to keep it is logged, not fatal.
+fn note_watermark_error(result: io::Result<()>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "cannot record the last synced log index");
     }
 }
 
@@ -285,20 +377,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let mut count = 0u64;
+        let mut last = 0u64;
         for entry in entries {
+            last = last.max(entry.log_id().index);
             let key = log_key(self.group, entry.log_id().index);
             batch.put_cf(self.db.cf(CF_LOG), key, encode("log entry", &entry)?);
             count += 1;
         }
+        let epoch = self.watermark.epoch();
         self.write(batch, false)?;
         metrics::counter!("raftq_log_entries_appended_total").increment(count);
-        match self.syncer.try_send(callback) {
+        match self.syncer.try_send((callback, last, epoch)) {
             Ok(()) => {}
-            Err(TrySendError::Full(callback)) => {
+            Err(TrySendError::Full((callback, ..))) => {
                 let result = self.db.sync_wal().map_err(io::Error::from);
+                if result.is_ok() {
+                    note_watermark_error(self.watermark.advance(last, epoch));
+                }
                 callback.io_completed(result);
             }
-            Err(TrySendError::Disconnected(callback)) => {
+            Err(TrySendError::Disconnected((callback, ..))) => {
                 callback.io_completed(Err(io::Error::other("log syncer thread stopped")));
             }
         }
@@ -307,6 +405,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |log_id| log_id.index + 1);
+        // First, so that the log ending here after a crash is not taken for damaged.
+        self.watermark.lower(from.saturating_sub(1))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.db.cf(CF_LOG),

@@ -379,8 +379,18 @@ async fn a_damaged_record_inside_the_write_ahead_log_is_an_error_not_a_shorter_l
     }
 }
 
+/// Whether the log in `dir`, opened again, says it lost entries it had synced.
+fn lost_after_reopen(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let db = Db::open(dir, &OpenOptions::default()).unwrap();
+    LogStore::new(db, 1).unwrap().lost_synced_entries()
+}
+
 #[tokio::test]
-async fn a_torn_last_record_of_the_write_ahead_log_is_dropped_and_the_rest_kept() {
+async fn a_cut_last_record_of_the_write_ahead_log_is_dropped_and_noticed_when_it_was_synced() {
+    let intact = TempDir::new().unwrap();
+    log_in_one_wal_file(intact.path()).await;
+    assert_eq!(lost_after_reopen(intact.path()), None);
+
     let dir = TempDir::new().unwrap();
     let wal = log_in_one_wal_file(dir.path()).await;
     let length = std::fs::metadata(&wal).unwrap().len();
@@ -390,6 +400,12 @@ async fn a_torn_last_record_of_the_write_ahead_log_is_dropped_and_the_rest_kept(
         .unwrap()
         .set_len(length - 10)
         .unwrap();
+    // RocksDB takes the cut record for a torn write and drops it...
     let indexes = indexes_after_reopen(dir.path()).await.expect("reopen");
     assert_eq!(indexes, (1..=19).collect::<Vec<u64>>());
+    // ...but entry 20 had been synced (and acknowledged): the log store notices.
+    assert_eq!(lost_after_reopen(dir.path()), Some((20, 19)));
+    // Once a copy is adopted, what the watermark said is forgotten.
+    raftq_store::forget_synced_watermarks(dir.path()).unwrap();
+    assert_eq!(lost_after_reopen(dir.path()), None);
 }

@@ -66,8 +66,19 @@ impl PowerLossFs {
     }
 
     fn stop(&mut self) -> io::Result<()> {
-        match self.session.take() {
-            Some(session) => session.umount_and_join(),
+        match self.session.take().map(|session| session.umount_and_join()) {
+            // The session's last read of the FUSE device may report the connection ended
+            // (aborted, or the device gone) rather than a clean end: either way the file
+            // system is unmounted, and its state is in memory here.
+            Some(Err(error))
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ECONNABORTED) | Some(libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Some(result) => result,
             None => Ok(()),
         }
     }
