@@ -13,9 +13,19 @@ async fn send_bodies(
     prefix: String,
     count: usize,
 ) -> BTreeSet<String> {
+    send_padded(client, prefix, count, 0).await
+}
+
+/// As `send_bodies`, each body padded with `pad` bytes (so that snapshots grow).
+async fn send_padded(
+    client: raftq_client::Client,
+    prefix: String,
+    count: usize,
+    pad: usize,
+) -> BTreeSet<String> {
     let mut acked = BTreeSet::new();
     for i in 0..count {
-        let body = format!("{prefix}-{i:04}");
+        let body = format!("{prefix}-{i:04}-{}", "x".repeat(pad));
         if client
             .send("orders", Message::new(body.clone()))
             .await
@@ -30,8 +40,25 @@ async fn send_bodies(
 /// Sends `count` distinct bodies from each of `producers` concurrent tasks; returns the
 /// bodies whose send was acknowledged.
 async fn send_concurrently(cluster: &Cluster, producers: usize, count: usize) -> BTreeSet<String> {
+    send_padded_concurrently(cluster, producers, count, 0).await
+}
+
+/// As `send_concurrently`, each body padded with `pad` bytes.
+async fn send_padded_concurrently(
+    cluster: &Cluster,
+    producers: usize,
+    count: usize,
+    pad: usize,
+) -> BTreeSet<String> {
     let tasks: Vec<_> = (0..producers)
-        .map(|producer| tokio::spawn(send_bodies(cluster.client(), format!("p{producer}"), count)))
+        .map(|producer| {
+            tokio::spawn(send_padded(
+                cluster.client(),
+                format!("p{producer}"),
+                count,
+                pad,
+            ))
+        })
         .collect();
     let mut acked = BTreeSet::new();
     for task in tasks {
@@ -167,47 +194,80 @@ async fn a_single_node_losing_power_keeps_every_acknowledged_send() {
     assert_eq!(stored_bodies(&cluster).await, acked, "{}", cluster.logs());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_sends_survive_power_loss_amid_snapshot_builds_and_an_install() {
-    // A snapshot every 100 entries, 20 kept behind it: snapshots are built all the time,
-    // and a follower that was away needs one installed.
-    let env = vec![
+/// A snapshot every 100 entries, 20 kept behind it: snapshots are built all the time, and a
+/// follower that was away needs one installed.
+fn frequent_snapshots() -> Vec<(String, String)> {
+    vec![
         ("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES".into(), "100".into()),
         (
             "RAFTQ_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
             "20".into(),
         ),
-    ];
-    let mut cluster = power_loss_cluster(3, env).await;
+    ]
+}
+
+/// Bytes each body is padded with: 600 of them make a snapshot file of more than 1 MiB,
+/// which the store writes in more than one piece, so a write can be held mid-file.
+const PAD: usize = 2_048;
+
+/// Waits until the held write is reached; returns the file's path.
+fn held(
+    cluster: &Cluster,
+    tripped: &std::sync::mpsc::Receiver<std::path::PathBuf>,
+) -> std::path::PathBuf {
+    tripped
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the held write was never reached\n{}", cluster.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_losing_power_in_the_middle_of_building_a_snapshot_loses_nothing() {
+    let mut cluster = power_loss_cluster(3, frequent_snapshots()).await;
+    let leader = cluster.wait_for_leader().await;
+    let builder = cluster.follower_of(leader);
+    // The write after the first piece of the file: the state and bodies are partly written,
+    // nothing of the file synced, its name not synced either.
+    let tripped = cluster.node(builder).hold_write(".snap.part", 1);
+    let mut acked = send_padded_concurrently(&cluster, 4, 150, PAD).await;
+    assert_eq!(acked.len(), 600, "every send is acknowledged");
+    let file = held(&cluster, &tripped);
+    assert!(file.to_string_lossy().contains("snapshots/"), "{file:?}");
+
+    cluster.node(builder).lose_power();
+    cluster.node(builder).restart();
+    acked.extend(send_bodies(cluster.client(), "after".into(), 50).await);
+    every_node_loses_power(&mut cluster).await;
+    assert_none_lost(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_losing_power_in_the_middle_of_receiving_a_snapshot_loses_nothing() {
+    let mut cluster = power_loss_cluster(3, frequent_snapshots()).await;
     let leader = cluster.wait_for_leader().await;
     let away = cluster.follower_of(leader);
     cluster.node(away).kill();
-    let mut acked = send_concurrently(&cluster, 4, 150).await;
+    let mut acked = send_padded_concurrently(&cluster, 4, 150, PAD).await;
     assert_eq!(
         acked.len(),
         600,
         "every send is acknowledged with one node away"
     );
-    let snapshot_index = cluster
+    let purged = cluster
         .node(leader)
         .client()
         .node_info()
         .await
         .expect("leader info")
-        .snapshot_index;
-    assert!(snapshot_index > 0, "the leader has built snapshots");
+        .purged_index;
+    assert!(purged > 0, "the leader purged its log behind a snapshot");
 
-    // The node comes back far behind the purged log and is sent a snapshot, while sends
-    // go on; power goes out on it as soon as it answers, then on every node.
+    // The node comes back behind the purged log and is sent a snapshot; its power goes out
+    // after the first piece of the received file is written, while sends go on.
+    let tripped = cluster.node(away).hold_write("incoming-", 1);
     let load = tokio::spawn(send_bodies(cluster.client(), "during".into(), 300));
     cluster.node(away).restart();
-    let away_client = cluster.node(away).client();
-    wait_until(
-        "the returning node answers",
-        Duration::from_secs(30),
-        || async { away_client.node_info().await.ok() },
-    )
-    .await;
+    let file = held(&cluster, &tripped);
+    assert!(file.to_string_lossy().contains("snapshots/"), "{file:?}");
     cluster.node(away).lose_power();
     cluster.node(away).restart();
     acked.extend(load.await.expect("producer task"));

@@ -161,6 +161,10 @@ impl NodeProcess {
     /// kill -9: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         self.signal(nix::sys::signal::Signal::SIGKILL);
+        // A node stopped in the middle of a held write dies only once the write is answered.
+        if let Some(disk) = &self.disk {
+            disk.release_held();
+        }
         if let Some(mut child) = self.child.take() {
             child.wait().expect("reap killed node");
         }
@@ -219,6 +223,17 @@ impl NodeProcess {
             .expect("the cluster was started with power-loss disks")
             .lose_power()
             .expect("drop the node's unsynced writes");
+    }
+
+    /// Holds the node's first write at or past `offset` into a file whose path in the data
+    /// directory contains `name_part`: the node stops in the middle of writing that file
+    /// (a snapshot being built or received, say) until it loses power or is killed. The
+    /// receiver gets the path once the write is held.
+    pub fn hold_write(&self, name_part: &str, offset: u64) -> std::sync::mpsc::Receiver<PathBuf> {
+        self.disk
+            .as_ref()
+            .expect("the cluster was started with power-loss disks")
+            .hold_write(name_part, offset)
     }
 
     /// Bytes the node has written and not yet synced (0 without a power-loss disk).

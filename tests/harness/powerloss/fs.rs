@@ -17,6 +17,7 @@ use fuser::{
 };
 
 use super::cache::FileCache;
+use super::hold::Hold;
 use super::names::{Journal, NameChange};
 
 /// Kernel caching of names and attributes is off: after a power loss nothing stale is seen.
@@ -222,6 +223,8 @@ impl State {
 /// The file system the kernel talks to.
 pub(super) struct PowerLossFilesystem {
     pub(super) state: Arc<Mutex<State>>,
+    /// A write a test wants held.
+    pub(super) hold: Arc<Hold>,
 }
 
 impl PowerLossFilesystem {
@@ -483,6 +486,13 @@ impl Filesystem for PowerLossFilesystem {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        let path = self.state().path(ino);
+        if let Ok(path) = path
+            && !self.hold.before_write(&path, offset)
+        {
+            reply.error(Errno::EIO);
+            return;
+        }
         let mut state = self.state();
         let written = state
             .file_and_cache(ino)

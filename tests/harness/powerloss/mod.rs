@@ -8,6 +8,7 @@
 
 mod cache;
 mod fs;
+mod hold;
 mod names;
 
 use std::io;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use fuser::{BackgroundSession, Config, MountOption};
 
 use fs::{PowerLossFilesystem, State};
+use hold::Hold;
 
 /// The name the mounts carry (the source column of /proc/mounts).
 const FS_NAME: &str = "raftq-powerloss";
@@ -26,6 +28,7 @@ pub struct PowerLossFs {
     backing: PathBuf,
     mountpoint: PathBuf,
     state: Arc<Mutex<State>>,
+    hold: Arc<Hold>,
     session: Option<BackgroundSession>,
 }
 
@@ -44,6 +47,7 @@ impl PowerLossFs {
             backing: backing.to_path_buf(),
             mountpoint: mountpoint.to_path_buf(),
             state: Arc::new(Mutex::new(State::new(backing)?)),
+            hold: Arc::default(),
             session: None,
         };
         fs.start()?;
@@ -60,12 +64,15 @@ impl PowerLossFs {
         config.n_threads = Some(2);
         let filesystem = PowerLossFilesystem {
             state: self.state.clone(),
+            hold: self.hold.clone(),
         };
         self.session = Some(fuser::spawn_mount(filesystem, &self.mountpoint, &config)?);
         Ok(())
     }
 
     fn stop(&mut self) -> io::Result<()> {
+        // A held write must finish before the file system can be unmounted.
+        self.hold.release();
         match self.session.take().map(|session| session.umount_and_join()) {
             // The session's last read of the FUSE device may report the connection ended
             // (aborted, or the device gone) rather than a clean end: either way the file
@@ -96,6 +103,20 @@ impl PowerLossFs {
         self.stop()?;
         self.state().lose_power()?;
         self.start()
+    }
+
+    /// Holds the first write at or past `offset` into a file whose path (relative to the
+    /// mount) contains `name_part`, until power is lost (or the disk wiped): the writer is
+    /// stopped in the middle of that file. The receiver gets the path once a write is held.
+    pub fn hold_write(&self, name_part: &str, offset: u64) -> std::sync::mpsc::Receiver<PathBuf> {
+        self.hold.arm(name_part, offset)
+    }
+
+    /// Ends a held write with an error. Kill its writer first (SIGKILL, not yet reaped):
+    /// a process whose FUSE write is pending cannot die until the write is answered, and
+    /// once killed it never sees the error.
+    pub fn release_held(&self) {
+        self.hold.release();
     }
 
     /// The disk is replaced by an empty one. Whatever used the files must have stopped.
@@ -164,6 +185,37 @@ mod tests {
 
     fn sync_dir(path: &Path) {
         File::open(path).unwrap().sync_all().unwrap();
+    }
+
+    #[test]
+    fn a_held_write_stops_the_writer_mid_file_and_never_happens() {
+        let (_dir, mut fs) = mounted();
+        let path = fs.mountpoint().join("snapshot-file");
+        std::fs::write(&path, [1u8; 4096]).unwrap();
+        File::open(&path).unwrap().sync_all().unwrap();
+        sync_dir(fs.mountpoint());
+        let tripped = fs.hold_write("snapshot-file", 4096);
+        let mut writer = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec head -c 4096 /dev/zero >> '{}'",
+                path.display()
+            ))
+            .spawn()
+            .unwrap();
+        let held = tripped
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the write is held");
+        assert!(held.ends_with("snapshot-file"), "{held:?}");
+        assert!(
+            writer.try_wait().unwrap().is_none(),
+            "the writer waits in the middle of the file"
+        );
+        writer.kill().unwrap();
+        fs.release_held();
+        writer.wait().unwrap();
+        fs.lose_power().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![1u8; 4096]);
     }
 
     #[test]
