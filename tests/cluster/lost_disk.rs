@@ -177,3 +177,56 @@ async fn a_node_refuses_a_data_directory_that_belongs_to_another_node() {
         "{stderr}"
     );
 }
+
+/// `raftq reset-data-dir`, as an operator runs it.
+fn reset_data_dir(dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(raftq_binary())
+        .args(["reset-data-dir", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("run raftq reset-data-dir")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_data_dir_refuses_a_running_node_and_the_reset_node_rebuilds_from_its_peers() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    let sent = send_all(&client, "orders", "kept").await;
+    let data_dir = cluster.node(2).data_dir.clone();
+
+    let refused = reset_data_dir(&data_dir);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("is running on"), "{stderr}");
+    let not_ours = reset_data_dir(data_dir.parent().expect("the cluster's directory"));
+    assert!(!not_ours.status.success());
+    assert!(
+        String::from_utf8_lossy(&not_ours.stderr).contains("holds no raftq data"),
+        "{not_ours:?}"
+    );
+
+    cluster.node(2).kill();
+    let reset = reset_data_dir(&data_dir);
+    assert!(reset.status.success(), "{reset:?}");
+    assert_eq!(
+        std::fs::read_dir(&data_dir).expect("data dir").count(),
+        0,
+        "the directory is empty"
+    );
+    cluster.node(2).restart();
+    cluster.wait_for_voters(3).await;
+    // Node 2 holds everything again: with it, either other node may fail.
+    for down in [1, 3] {
+        cluster.node(down).kill();
+        cluster.wait_for_leader().await;
+        assert_eq!(
+            bodies(&cluster.client(), "orders").await,
+            sent,
+            "{}",
+            cluster.logs()
+        );
+        cluster.node(down).restart();
+        cluster.wait_for_voters(3).await;
+    }
+}

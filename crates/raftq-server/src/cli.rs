@@ -59,6 +59,13 @@ enum Commands {
         #[arg(long)]
         node_id: u64,
     },
+    /// Empty DATA_DIR, the data directory of a stopped node whose data is damaged, so that
+    /// the node, started again, rebuilds from its peers (it grants no vote until it has
+    /// caught up). Refused while a node runs on it.
+    ResetDataDir {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Run the benchmark (`raftq-bench`, installed next to this binary); see `raftq bench --help`.
     #[command(disable_help_flag = true)]
     Bench {
@@ -544,9 +551,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::AdoptDataDir { data_dir, node_id } => {
-            adopt_data_dir(&data_dir, node_id)?;
+            crate::data_dir::adopt(&data_dir, node_id)?;
             println!(
                 "{} now belongs to node {node_id}, and its log may vote",
+                data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::ResetDataDir { data_dir } => {
+            crate::data_dir::reset(&data_dir)?;
+            println!(
+                "{} is empty: start the node again with its node id; it rebuilds from its \
+                 peers and grants no vote until it has caught up",
                 data_dir.display()
             );
             Ok(ExitCode::SUCCESS)
@@ -1095,7 +1111,8 @@ async fn client_command(
         Commands::Serve(_)
         | Commands::Dev { .. }
         | Commands::Bench { .. }
-        | Commands::AdoptDataDir { .. } => {
+        | Commands::AdoptDataDir { .. }
+        | Commands::ResetDataDir { .. } => {
             unreachable!("server commands are handled by run")
         }
     }
@@ -1162,28 +1179,6 @@ fn group_text(group: &str) -> String {
     } else {
         format!("  group={group}")
     }
-}
-
-/// Records in a restored copy of a data directory that it belongs to `node_id` and may vote.
-/// It stays in the cluster it was copied from: every node of a restored cluster is given a
-/// copy of the same cluster.
-fn adopt_data_dir(data_dir: &std::path::Path, node_id: u64) -> anyhow::Result<()> {
-    anyhow::ensure!(node_id >= 1, "node ids start at 1");
-    anyhow::ensure!(
-        data_dir.join("rocksdb").is_dir(),
-        "{} holds no raftq data (no rocksdb directory)",
-        data_dir.display()
-    );
-    // A copy taken from a running node may end below what that node had synced.
-    raftq_store::forget_synced_watermarks(data_dir)?;
-    let db = raftq_store::Db::open(data_dir, &raftq_store::OpenOptions::default())?;
-    let cluster_id = db.identity()?.and_then(|identity| identity.cluster_id);
-    db.record_identity(&raftq_store::NodeIdentity {
-        cluster_id,
-        node_id,
-        voting: true,
-    })?;
-    Ok(())
 }
 
 fn print_status(output: Output, status: &pb::ClusterStatusResponse) {

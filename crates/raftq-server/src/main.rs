@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod context;
+mod data_dir;
 mod dev;
 mod error;
 mod http;

@@ -265,8 +265,8 @@ async fn report_raft_failure(node: RaftNode) {
         %reason,
         "Raft stopped on this node, which serves nothing until it is restarted. If the error \
          says the data is corrupt or fails a checksum (raftq_storage_corruption_total counts \
-         these), the disk returned damaged data: empty the data directory and start the node \
-         again to rebuild it from its peers (docs/operations.md, \"Replace one node that lost \
+         these), the disk returned damaged data: stop the node, empty its data directory \
+         (`raftq reset-data-dir --data-dir DIR`) and start it again to rebuild it from its peers (docs/operations.md, \"Replace one node that lost \
          its data\"), and check the disk"
     );
 }
