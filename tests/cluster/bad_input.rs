@@ -42,9 +42,16 @@ async fn each_bad_input_gets_its_status_code_and_changes_nothing() {
     let mut expect =
         |case: &str, result: Result<(), raftq_client::ClientError>, code: Code| match result {
             Err(error) if error.code() == Some(code) => {
+                let message = error.to_string();
                 assert!(
-                    !error.to_string().is_empty(),
+                    !message.is_empty(),
                     "{case}: the message says what was wrong"
+                );
+                // Whatever the caller sent, the answer quotes only a short prefix of it.
+                assert!(
+                    message.len() < 1_024,
+                    "{case}: a message of {} bytes",
+                    message.len()
                 );
             }
             other => failures.push(format!("{case}: expected {code:?}, got {other:?}")),
@@ -80,6 +87,21 @@ async fn each_bad_input_gets_its_status_code_and_changes_nothing() {
         Code::InvalidArgument,
     );
     expect(
+        "an overflow policy this version does not define",
+        unit(
+            client
+                .create_queue(
+                    "x",
+                    pb::QueueOptions {
+                        overflow: 99,
+                        ..Default::default()
+                    },
+                )
+                .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
         "duplicate create",
         unit(
             client
@@ -87,6 +109,20 @@ async fn each_bad_input_gets_its_status_code_and_changes_nothing() {
                 .await,
         ),
         Code::AlreadyExists,
+    );
+    expect(
+        "an ack with a receipt of 10,000 characters",
+        unit(client.ack("small", &"9".repeat(10_000)).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "a queue name of 10,000 characters",
+        unit(
+            client
+                .create_queue(&"q".repeat(10_000), pb::QueueOptions::default())
+                .await,
+        ),
+        Code::InvalidArgument,
     );
     expect(
         "unknown queue send",

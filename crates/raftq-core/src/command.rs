@@ -110,7 +110,7 @@ impl std::str::FromStr for Receipt {
         let bad = || {
             QueueError::invalid(
                 "receipt",
-                format!("{text:?} is not `<message_id>:<attempt>`"),
+                format!("{} is not `<message_id>:<attempt>`", crate::quote(text)),
             )
         };
         let (id, attempt) = text.split_once(':').ok_or_else(bad)?;

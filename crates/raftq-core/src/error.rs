@@ -3,17 +3,17 @@ use serde::{Deserialize, Serialize};
 /// Every way a queue command can be refused. A refused command changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue name {name:?} is invalid: {reason}")]
+    #[error("queue name {} is invalid: {reason}", quote(.name))]
     InvalidQueueName { name: String, reason: String },
     #[error("invalid argument `{field}`: {reason}")]
     InvalidArgument { field: String, reason: String },
-    #[error("queue {name:?} does not exist")]
+    #[error("queue {} does not exist", quote(.name))]
     QueueNotFound { name: String },
-    #[error("queue {name:?} already exists")]
+    #[error("queue {} already exists", quote(.name))]
     QueueAlreadyExists { name: String },
     #[error("message of {size} bytes exceeds the queue's limit of {limit} bytes")]
     MessageTooLarge { size: u64, limit: u64 },
-    #[error("queue {name:?} is full: depth {depth} of at most {max_depth}")]
+    #[error("queue {} is full: depth {depth} of at most {max_depth}", quote(.name))]
     QueueFull {
         name: String,
         depth: u64,
@@ -21,10 +21,23 @@ pub enum QueueError {
     },
     #[error("cluster holds {count} queues, the limit is {limit}")]
     TooManyQueues { count: u64, limit: u64 },
-    #[error("message {message_id} is not in queue {queue:?}")]
+    #[error("message {message_id} is not in queue {}", quote(.queue))]
     MessageNotFound { queue: String, message_id: u64 },
     #[error("receipt {receipt} is stale: {reason}")]
     StaleReceipt { receipt: String, reason: String },
+}
+
+/// Characters of a caller's input an error message quotes at most.
+const QUOTE_CHARS: usize = 64;
+
+/// `text` quoted for an error message, cut after [`QUOTE_CHARS`] characters: messages echo
+/// what a caller sent, and must stay small (gRPC clients commonly refuse status metadata
+/// over 16 KiB) whatever the caller sent.
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}... ({} bytes)", &text[..end], text.len()),
+    }
 }
 
 impl QueueError {
@@ -45,5 +58,19 @@ impl QueueError {
         QueueError::QueueNotFound {
             name: name.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn a_quote_keeps_short_input_whole_and_cuts_long_input() {
+        assert_eq!(quote("orders"), "\"orders\"");
+        let long = "é".repeat(10_000);
+        let quoted = quote(&long);
+        assert!(quoted.len() < 200, "{quoted}");
+        assert!(quoted.ends_with("... (20000 bytes)"), "{quoted}");
     }
 }

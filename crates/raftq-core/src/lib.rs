@@ -24,7 +24,7 @@ pub use command::{
     AcknowledgementRequest, Command, Delivery, MessageProperties, NewMessage, Outcome, QueueInfo,
     QueueStats, Receipt, Request, SendResult, TransactionAck, TransactionSend,
 };
-pub use error::QueueError;
+pub use error::{QueueError, quote};
 pub use limits::{Limits, Overflow, QueueOptions, journal_queue_name, validate_queue_name};
 pub use queue::StoredMessage;
 pub use sparse::Sparse;

@@ -1,19 +1,26 @@
-use raftq_core::{Overflow, QueueInfo, QueueOptions, QueueStats};
+use raftq_core::{Overflow, QueueError, QueueInfo, QueueOptions, QueueStats};
 
 use crate::pb;
 
-/// Proto options to domain options: a field left at 0 takes the domain default.
-pub fn queue_options(options: Option<pb::QueueOptions>) -> QueueOptions {
+/// Proto options to domain options: a field left at 0 takes the domain default. An enum
+/// value this version does not define is refused, not read as the default.
+pub fn queue_options(options: Option<pb::QueueOptions>) -> Result<QueueOptions, QueueError> {
     let defaults = QueueOptions::default();
     let Some(options) = options else {
-        return defaults;
+        return Ok(defaults);
     };
     let or = |value: u64, default: u64| if value == 0 { default } else { value };
-    let overflow = match options.overflow() {
-        pb::OverflowPolicy::Reject => Overflow::Reject,
-        pb::OverflowPolicy::DeadLetterOldest => Overflow::DeadLetterOldest,
+    let overflow = match pb::OverflowPolicy::try_from(options.overflow) {
+        Ok(pb::OverflowPolicy::Reject) => Overflow::Reject,
+        Ok(pb::OverflowPolicy::DeadLetterOldest) => Overflow::DeadLetterOldest,
+        Err(_) => {
+            return Err(QueueError::invalid(
+                "overflow",
+                format!("{} is not an overflow policy", options.overflow),
+            ));
+        }
     };
-    QueueOptions {
+    Ok(QueueOptions {
         dedup_window_ms: or(options.dedup_window_ms, defaults.dedup_window_ms),
         default_lease_ms: or(options.default_lease_ms, defaults.default_lease_ms),
         max_delivery_count: options.max_delivery_count,
@@ -27,7 +34,7 @@ pub fn queue_options(options: Option<pb::QueueOptions>) -> QueueOptions {
         journal: options.journal,
         journal_retention_ms: or(options.journal_retention_ms, defaults.journal_retention_ms),
         journal_max_messages: or(options.journal_max_messages, defaults.journal_max_messages),
-    }
+    })
 }
 
 impl From<QueueOptions> for pb::QueueOptions {
@@ -93,7 +100,8 @@ mod tests {
         let options = queue_options(Some(pb::QueueOptions {
             max_depth: 7,
             ..pb::QueueOptions::default()
-        }));
+        }))
+        .unwrap();
         assert_eq!(
             options,
             QueueOptions {
@@ -101,7 +109,19 @@ mod tests {
                 ..QueueOptions::default()
             }
         );
-        assert_eq!(queue_options(None), QueueOptions::default());
+        assert_eq!(queue_options(None).unwrap(), QueueOptions::default());
+    }
+
+    #[test]
+    fn an_undefined_overflow_policy_is_refused() {
+        let refused = queue_options(Some(pb::QueueOptions {
+            overflow: 99,
+            ..pb::QueueOptions::default()
+        }));
+        assert!(
+            matches!(&refused, Err(QueueError::InvalidArgument { field, .. }) if field == "overflow"),
+            "{refused:?}"
+        );
     }
 
     /// Frozen bytes: the wire form of a queue's options must not drift.

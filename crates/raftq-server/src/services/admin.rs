@@ -108,8 +108,8 @@ impl AdminService for AdminApi {
             && !request.address.contains(':')
         {
             return Err(Status::invalid_argument(format!(
-                "address {:?} is not HOST:PORT",
-                request.address
+                "address {} is not HOST:PORT",
+                raftq_core::quote(&request.address)
             )));
         }
         if let Some((address, _)) = self.context.node.status().members.get(&request.node_id)

@@ -24,7 +24,7 @@ impl QueueService for QueueApi {
         forward_to_leader!(self.context, request, QueueServiceClient<_>, create_queue);
         let request = request.into_inner();
         self.context.check_queue_name(&request.name)?;
-        let options = raftq_proto::queue_options(request.options);
+        let options = raftq_proto::queue_options(request.options).map_err(ServiceError::from)?;
         options
             .validate(&self.context.limits)
             .map_err(ServiceError::from)?;
