@@ -10,6 +10,7 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
+use tonic_reflection::pb::v1alpha;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
@@ -65,6 +66,36 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
+        // Older tools ask the v1alpha version of reflection.
+        let mut older =
+            v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone())
+                .server_reflection_info(tokio_stream::iter(vec![
+                    v1alpha::ServerReflectionRequest {
+                        host: String::new(),
+                        message_request: Some(
+                            v1alpha::server_reflection_request::MessageRequest::ListServices(
+                                String::new(),
+                            ),
+                        ),
+                    },
+                ]))
+                .await
+                .expect("reflection v1alpha")
+                .into_inner();
+        let answer = older
+            .message()
+            .await
+            .expect("reflection v1alpha answer")
+            .expect("one answer");
+        assert!(
+            matches!(
+                answer.message_response,
+                Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(
+                    ref list
+                )) if list.service.iter().any(|service| service.name == "raftq.v1.QueueService")
+            ),
+            "{answer:?}"
+        );
         let mut responses = ServerReflectionClient::new(channel)
             .server_reflection_info(tokio_stream::iter(vec![request]))
             .await

@@ -58,11 +58,18 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     health_reporter
         .set_serving::<AdminServiceServer<AdminApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(raftq_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and current tools ask v1, older ones v1alpha.
+    let described = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raftq_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = described()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = described()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
 
     let (stop, stopped) = watch::channel(false);
     let (begin_stop, stopping) = watch::channel(false);
@@ -74,6 +81,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(node.raft_service(stopped.clone()))
         .add_service(
             QueueServiceServer::new(QueueApi {
