@@ -309,6 +309,14 @@ pub(crate) fn body_key(group: GroupId, key: u64) -> [u8; 16] {
     log_key(group, key)
 }
 
+/// The group a log key (or any key starting with a group) belongs to; `None` for a key too
+/// short to hold one (damaged data).
+pub(crate) fn group_of_key(key: &[u8]) -> Option<GroupId> {
+    key.get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(GroupId::from_be_bytes)
+}
+
 pub(crate) fn index_of_log_key(key: &[u8]) -> Option<u64> {
     key.get(8..16)
         .and_then(|bytes| bytes.try_into().ok())

@@ -23,7 +23,8 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use raftq_core::GroupId;
 
 use crate::db::{
-    CF_LOG, CF_META, Db, StoreError, decode, encode, index_of_log_key, log_key, meta_key,
+    CF_LOG, CF_META, Db, StoreError, decode, encode, group_of_key, index_of_log_key, log_key,
+    meta_key,
 };
 use crate::watermark::{self, Watermark};
 use crate::{Entry, LogId, TypeConfig, Vote};
@@ -129,7 +130,7 @@ impl LogStore {
         match iter.next() {
             Some(item) => {
                 let (key, value) = item?;
-                if key[..8] != self.group.to_be_bytes() {
+                if group_of_key(&key) != Some(self.group) {
                     return Ok(None);
                 }
                 let entry: Entry = decode("log entry", &value)?;
@@ -251,7 +252,7 @@ impl LogStore {
         iter.seek(log_key(self.group, start));
         let mut bytes = 0usize;
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            if key[..8] != self.group.to_be_bytes() {
+            if group_of_key(key) != Some(self.group) {
                 break;
             }
             match index_of_log_key(key) {
