@@ -4,15 +4,19 @@
 //! It must not serve the public API or decide queue semantics: gRPC services live in
 //! raftq-server, queue rules in raftq-core.
 
+mod batcher;
+mod clock;
 mod error;
 mod network;
 mod node;
 mod service;
 mod standing;
+mod tuning;
 
 pub use error::ClusterError;
-pub use node::{MemberStatus, NodeConfig, RaftNode, RaftTuning, Role, StorageTuning};
+pub use node::{MemberStatus, RaftNode, Role};
 pub use raftq_store::NodeId;
+pub use tuning::{NodeConfig, RaftTuning, StorageTuning};
 
 /// Largest Raft RPC accepted or sent over gRPC. Bounded: a batch of append entries holds
 /// at most `max_payload_entries` entries of at most one client batch each.

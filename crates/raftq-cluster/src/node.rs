@@ -2,11 +2,10 @@
 //! operations the gRPC front end needs (write, linearizable read, status, membership).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{
@@ -14,112 +13,18 @@ use openraft::errors::{
 };
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 
-use raftq_core::{Command, GroupId, Outcome, QueueError, Request};
+use raftq_core::Command;
 use raftq_proto::raft_pb::raft_service_server::RaftServiceServer;
-use raftq_store::{
-    Applied, Db, LogStore, Node, NodeId, OpenOptions, SharedState, StateMachineStore, TypeConfig,
-};
+use raftq_store::{Db, LogStore, Node, NodeId, SharedState, StateMachineStore, TypeConfig};
 
+use crate::batcher::{PROPOSAL_QUEUE, Proposal, Proposer, WriteResult, run_batcher};
 use crate::network::Network;
 use crate::service::RaftGrpc;
 use crate::standing::{self, Standing};
+use crate::tuning::NodeConfig;
 use crate::{ClusterError, MAX_RAFT_MESSAGE_BYTES};
 
 pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
-
-/// Raft timing and log-compaction knobs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RaftTuning {
-    pub heartbeat_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-    /// Take a snapshot after this many log entries since the last one.
-    pub snapshot_every_entries: u64,
-    /// Entries kept in the log behind a snapshot (so slightly lagging followers need no snapshot).
-    pub keep_entries_after_snapshot: u64,
-    /// A write not committed within this time fails with UNAVAILABLE (outcome unknown).
-    pub write_timeout_ms: u64,
-}
-
-impl Default for RaftTuning {
-    fn default() -> Self {
-        RaftTuning {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1_000,
-            snapshot_every_entries: 20_000,
-            keep_entries_after_snapshot: 1_000,
-            write_timeout_ms: 5_000,
-        }
-    }
-}
-
-/// The memory RocksDB may use whatever the backlog: its write buffers and its block cache.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageTuning {
-    /// Write buffers across all column families, MiB; flushed to table files when full.
-    pub write_buffer_mib: u64,
-    /// The block cache shared by every column family (index and filter blocks included), MiB.
-    pub block_cache_mib: u64,
-}
-
-impl StorageTuning {
-    /// Smallest write buffers: below this RocksDB flushes tiny table files all the time.
-    pub const MIN_WRITE_BUFFER_MIB: u64 = 4;
-    /// Largest value either setting takes (1 TiB).
-    pub const MAX_MIB: u64 = 1 << 20;
-
-    /// Why these settings cannot be used, if they cannot.
-    pub fn check(&self) -> Result<(), String> {
-        let range = |name: &str, value: u64, min: u64| {
-            if (min..=Self::MAX_MIB).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{name} must be in {min}..={}, not {value}",
-                    Self::MAX_MIB
-                ))
-            }
-        };
-        range(
-            "write_buffer_mib",
-            self.write_buffer_mib,
-            Self::MIN_WRITE_BUFFER_MIB,
-        )?;
-        range("block_cache_mib", self.block_cache_mib, 1)
-    }
-
-    fn open_options(&self) -> OpenOptions {
-        let bytes = |mib: u64| usize::try_from(mib << 20).unwrap_or(usize::MAX);
-        OpenOptions {
-            write_buffer_bytes: bytes(self.write_buffer_mib),
-            block_cache_bytes: bytes(self.block_cache_mib),
-        }
-    }
-}
-
-impl Default for StorageTuning {
-    fn default() -> Self {
-        let defaults = OpenOptions::default();
-        StorageTuning {
-            write_buffer_mib: (defaults.write_buffer_bytes >> 20) as u64,
-            block_cache_mib: (defaults.block_cache_bytes >> 20) as u64,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub node_id: NodeId,
-    /// The gRPC address other nodes and clients reach this node at.
-    pub advertise_address: String,
-    pub data_dir: PathBuf,
-    pub group: GroupId,
-    pub tuning: RaftTuning,
-    pub storage: StorageTuning,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -177,264 +82,7 @@ pub struct RaftNode {
     proposals: mpsc::Sender<Proposal>,
 }
 
-/// Most commands in one batched log entry.
-const MAX_BATCH_COMMANDS: usize = 256;
-/// A batch takes no more commands once it holds about this many bytes.
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Batched entries being committed at once. While all are in flight, new writes wait in
-/// the queue and then go into the next entry together: batches grow with the load.
-const MAX_IN_FLIGHT_BATCHES: usize = 8;
-/// Writes waiting to be batched; callers wait while it is full.
-const PROPOSAL_QUEUE: usize = 8_192;
-
-type WriteResult = Result<Result<Outcome, QueueError>, ClusterError>;
-
-struct Proposal {
-    command: Command,
-    reply: oneshot::Sender<WriteResult>,
-    /// When the write was queued, for the time it waits to be proposed.
-    queued: std::time::Instant,
-}
-
-/// What proposing a log entry needs: the Raft handle, the applied state (for log time)
-/// and the clock.
-#[derive(Clone)]
-struct Proposer {
-    raft: Raft,
-    shared: SharedState,
-    clock: Arc<LogClock>,
-    write_timeout: Duration,
-}
-
-impl Proposer {
-    /// Stamps the leader's time on `command`, replicates it to a quorum and returns the
-    /// state machine's outcome, with the bodies of any deliveries not read yet (see
-    /// `with_bodies`).
-    async fn propose(&self, command: Command) -> WriteResult {
-        let log_now_ms = self.shared.read().now_ms();
-        let request = Request {
-            now_ms: self.clock.stamp(log_now_ms, wall_clock_ms()),
-            command,
-        };
-        let timeout = self.write_timeout;
-        let started = std::time::Instant::now();
-        let written = tokio::time::timeout(timeout, self.raft.client_write(request)).await;
-        // From proposing an entry to its outcome (a quorum's fsync, then apply), or to the
-        // time limit; a node that is not the leader refuses at once and is not counted.
-        if !matches!(
-            written,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
-                _
-            ))))
-        ) {
-            metrics::histogram!("raftq_raft_write_seconds").record(started.elapsed().as_secs_f64());
-        }
-        let written = written.map_err(|_| ClusterError::NoQuorum {
-            reason: format!(
-                "write not committed within {} ms; outcome unknown",
-                timeout.as_millis()
-            ),
-        })?;
-        match client_write_result(written)?.data {
-            Applied::Queue(outcome) => Ok(*outcome),
-            Applied::Internal => Err(stopped("a queue command produced no outcome")),
-        }
-    }
-
-    /// Reads the bodies of the messages each outcome delivers, on a blocking thread (see
-    /// `SharedState::fill_bodies` and `read_bodies`). At most `MAX_IN_FLIGHT_BATCHES` reads
-    /// run at once, as each holds its batch's slot.
-    async fn with_bodies(&self, outcomes: Vec<Result<Outcome, QueueError>>) -> Vec<WriteResult> {
-        if !outcomes.iter().any(SharedState::needs_bodies) {
-            return outcomes.into_iter().map(Ok).collect();
-        }
-        let count = outcomes.len();
-        let shared = self.shared.clone();
-        match tokio::task::spawn_blocking(move || read_bodies(&shared, outcomes)).await {
-            Ok(answers) => answers,
-            // The read panicked and took the outcomes with it: every command of the entry
-            // is answered with the error (a bug, not a missing body).
-            Err(error) => (0..count).map(|_| Err(unreadable(&error))).collect(),
-        }
-    }
-
-    /// Proposes the commands of `batch` as one entry (a single command as itself) and
-    /// answers each caller with its own command's result.
-    async fn propose_batch(&self, mut batch: Vec<Proposal>) {
-        metrics::histogram!("raftq_write_batch_commands").record(batch.len() as f64);
-        let waited = metrics::histogram!("raftq_write_queue_seconds");
-        for proposal in &batch {
-            waited.record(proposal.queued.elapsed().as_secs_f64());
-        }
-        if batch.len() == 1 {
-            let proposal = batch.remove(0);
-            let answer = match self.propose(proposal.command).await {
-                Ok(outcome) => self
-                    .with_bodies(vec![outcome])
-                    .await
-                    .pop()
-                    .unwrap_or_else(|| Err(stopped("a command got no answer"))),
-                Err(error) => Err(error),
-            };
-            let _ = proposal.reply.send(answer);
-            return;
-        }
-        let (commands, replies) = splice(batch);
-        let count = commands.len();
-        match self.propose(Command::Batch(commands)).await {
-            Ok(Ok(Outcome::Batch(results))) if results.len() == count => {
-                answer_spliced(replies, self.with_bodies(results).await);
-            }
-            Ok(Ok(other)) => {
-                let error = stopped(format!("a batch of {count} gave {other:?}"));
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-            Ok(Err(refused)) => {
-                for (reply, _) in replies {
-                    let _ = reply.send(Ok(Err(refused.clone())));
-                }
-            }
-            Err(error) => {
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// Where a caller's answer is in a batched entry's results: its command's, or (`Some(n)`)
-/// the `n` results of the batch it wrote, spliced in.
-type Reply = (oneshot::Sender<WriteResult>, Option<usize>);
-
-/// The commands of one batched entry, in order. A write that is itself a batch (commands
-/// one caller needs in one entry, such as acks and the receive after them) is spliced in,
-/// as a batch holds no batch.
-fn splice(batch: Vec<Proposal>) -> (Vec<Command>, Vec<Reply>) {
-    let mut commands = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    for proposal in batch {
-        match proposal.command {
-            Command::Batch(inner) => {
-                replies.push((proposal.reply, Some(inner.len())));
-                commands.extend(inner);
-            }
-            command => {
-                replies.push((proposal.reply, None));
-                commands.push(command);
-            }
-        }
-    }
-    (commands, replies)
-}
-
-/// Answers each caller of a batched entry from its results, one per spliced command: a
-/// spliced batch gets its commands' outcomes as one `Outcome::Batch` (or the first
-/// error reading their bodies).
-fn answer_spliced(replies: Vec<Reply>, answers: Vec<WriteResult>) {
-    let mut answers = answers.into_iter();
-    for (reply, spliced) in replies {
-        let answer = match spliced {
-            None => answers
-                .next()
-                .unwrap_or_else(|| Err(stopped("a command got no answer"))),
-            Some(len) => answers
-                .by_ref()
-                .take(len)
-                .collect::<Result<Vec<_>, _>>()
-                .map(|results| Ok(Outcome::Batch(results))),
-        };
-        let _ = reply.send(answer);
-    }
-}
-
-/// Fills in the bodies that each outcome delivers, each on its own: a body that cannot be
-/// read fails only the command that delivered it, and the other commands of the entry
-/// get their outcomes. Blocks on RocksDB reads.
-fn read_bodies(
-    shared: &SharedState,
-    outcomes: Vec<Result<Outcome, QueueError>>,
-) -> Vec<WriteResult> {
-    outcomes
-        .into_iter()
-        .map(|mut outcome| {
-            if SharedState::needs_bodies(&outcome) {
-                shared
-                    .fill_bodies(&mut outcome)
-                    .map_err(|error| unreadable(&error))?;
-            }
-            Ok(outcome)
-        })
-        .collect()
-}
-
-fn unreadable(error: &dyn std::fmt::Display) -> ClusterError {
-    ClusterError::Storage {
-        reason: format!("reading the bodies of delivered messages: {error}"),
-    }
-}
-
-/// Takes writes off the queue and proposes them, as many per entry as have queued up
-/// while earlier entries were being committed.
-async fn run_batcher(proposer: Proposer, mut proposals: mpsc::Receiver<Proposal>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BATCHES));
-    while let Some(first) = proposals.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let mut bytes = first.command.approx_bytes();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match proposals.try_recv() {
-                Ok(proposal) => {
-                    bytes += proposal.command.approx_bytes();
-                    batch.push(proposal);
-                }
-                Err(_) => break,
-            }
-        }
-        let proposer = proposer.clone();
-        tokio::spawn(async move {
-            proposer.propose_batch(batch).await;
-            drop(slot);
-        });
-    }
-}
-
-/// The time a leader stamps on commands: its wall clock, but never less than the log's
-/// time advanced by the real time elapsed since this node last saw it move. So when an
-/// earlier leader's clock ran ahead, log time neither goes back nor stalls until this
-/// node's clock catches up: leases and delays keep expiring at the real rate.
-#[derive(Default)]
-struct LogClock {
-    /// Largest log time seen, and when (monotonic) it was seen.
-    anchor: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
-}
-
-impl LogClock {
-    fn stamp(&self, log_now_ms: u64, wall_ms: u64) -> u64 {
-        let mut anchor = self
-            .anchor
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if log_now_ms > anchor.0 || anchor.1.is_none() {
-            *anchor = (log_now_ms.max(anchor.0), Some(std::time::Instant::now()));
-        }
-        let elapsed = anchor.1.map_or(0, |seen| seen.elapsed().as_millis() as u64);
-        wall_ms.max(anchor.0 + elapsed)
-    }
-}
-
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn stopped(error: impl std::fmt::Display) -> ClusterError {
+pub(crate) fn stopped(error: impl std::fmt::Display) -> ClusterError {
     ClusterError::Stopped {
         reason: error.to_string(),
     }
@@ -485,12 +133,11 @@ impl RaftNode {
         )
         .await
         .map_err(stopped)?;
-        let proposer = Proposer {
-            raft: raft.clone(),
-            shared: shared.clone(),
-            clock: Arc::new(LogClock::default()),
-            write_timeout: Duration::from_millis(config.tuning.write_timeout_ms),
-        };
+        let proposer = Proposer::new(
+            raft.clone(),
+            shared.clone(),
+            Duration::from_millis(config.tuning.write_timeout_ms),
+        );
         let (proposals, queued) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_batcher(proposer.clone(), queued));
         // Ends once the node may vote, or when Raft stops.
@@ -581,8 +228,9 @@ impl RaftNode {
         }
     }
 
-    /// Stamps the leader's wall-clock time on `command`, replicates it to a quorum and
-    /// returns the state machine's outcome. Writes arriving together share log entries.
+    /// Stamps log time (see `clock`) on `command`, replicates it to a quorum and returns
+    /// the state machine's outcome. Writes arriving together share log entries (see
+    /// `batcher`).
     pub async fn write(&self, command: Command) -> WriteResult {
         let (reply, answer) = oneshot::channel();
         self.proposals
@@ -607,7 +255,7 @@ impl RaftNode {
         }
         let due = {
             let state = self.shared.read();
-            state.has_due_work(self.proposer.clock.stamp(state.now_ms(), wall_clock_ms()))
+            state.has_due_work(self.proposer.log_time(state.now_ms()))
         };
         if !due {
             return Ok(false);
@@ -910,7 +558,7 @@ fn answered_within(
         .is_some_and(|at| at.elapsed() < within)
 }
 
-fn client_write_result<T>(
+pub(crate) fn client_write_result<T>(
     result: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
 ) -> Result<T, ClusterError> {
     match result {
@@ -934,197 +582,5 @@ fn client_write_result<T>(
             reason: error.to_string(),
         }),
         Err(RaftError::Fatal(fatal)) => Err(stopped(fatal)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::LogClock;
-
-    use std::collections::BTreeMap;
-
-    use futures::stream;
-    use openraft::entry::RaftEntry;
-    use openraft::storage::RaftStateMachine;
-    use raftq_core::{
-        Command, Delivery, NewMessage, Outcome, QueueError, QueueOptions, Receipt, Request,
-    };
-    use raftq_store::{Db, Entry, OpenOptions, SharedState, StateMachineStore};
-
-    use super::read_bodies;
-    use crate::ClusterError;
-
-    fn entry(index: u64, command: Command) -> Entry {
-        Entry::new_normal(
-            openraft::LogId::new(
-                openraft::impls::leader_id_adv::LeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
-                index,
-            ),
-            Request {
-                now_ms: 1_000 + index,
-                command,
-            },
-        )
-    }
-
-    /// A delivery of `message_id` as apply leaves it: its body (`len` bytes under key
-    /// `message_id`) still to be read.
-    fn unread(message_id: u64, len: u64) -> Delivery {
-        Delivery {
-            message_id,
-            sequence: message_id,
-            body: Vec::new(),
-            body_ref: raftq_core::BodyRef {
-                key: message_id,
-                len,
-            },
-            headers: BTreeMap::new(),
-            properties: Default::default(),
-            group: String::new(),
-            priority: 0,
-            receipt: Receipt {
-                message_id,
-                attempt: 1,
-            },
-            enqueued_at_ms: 0,
-            lease_expires_at_ms: 0,
-            expires_at_ms: 0,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_body_that_cannot_be_read_fails_only_the_receive_that_delivered_it() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
-        let mut sm = StateMachineStore::open(db, 1).unwrap();
-        let create = Command::CreateQueue {
-            name: "q".into(),
-            options: QueueOptions::default(),
-        };
-        let send = Command::Send {
-            queue: "q".into(),
-            messages: vec![NewMessage {
-                body: b"kept".to_vec(),
-                ..Default::default()
-            }],
-        };
-        let entries = [entry(1, create), entry(2, send)].map(|e| Ok((e, None)));
-        sm.apply(stream::iter(entries)).await.unwrap();
-        let shared: SharedState = sm.shared();
-
-        // One entry's outcomes: an ack, a receive of the stored body, a receive of a body
-        // that is gone, a refusal.
-        let answers = read_bodies(
-            &shared,
-            vec![
-                Ok(Outcome::Acked {
-                    already_acked: false,
-                }),
-                Ok(Outcome::Received(vec![unread(1, 4)])),
-                Ok(Outcome::Received(vec![unread(99, 4)])),
-                Err(QueueError::QueueNotFound { name: "r".into() }),
-            ],
-        );
-        assert_eq!(answers.len(), 4);
-        assert!(matches!(
-            answers[0],
-            Ok(Ok(Outcome::Acked {
-                already_acked: false
-            }))
-        ));
-        match &answers[1] {
-            Ok(Ok(Outcome::Received(deliveries))) => assert_eq!(deliveries[0].body, b"kept"),
-            other => panic!("the readable receive: {other:?}"),
-        }
-        assert!(
-            matches!(&answers[2], Err(ClusterError::Storage { reason }) if reason.contains("99")),
-            "{:?}",
-            answers[2]
-        );
-        assert!(matches!(
-            answers[3],
-            Ok(Err(QueueError::QueueNotFound { .. }))
-        ));
-    }
-
-    #[test]
-    fn a_batch_written_by_one_caller_is_spliced_into_the_entry_and_answered_whole() {
-        let ack = |message_id| Command::Ack {
-            queue: "q".into(),
-            receipt: Receipt {
-                message_id,
-                attempt: 1,
-            },
-        };
-        let (proposals, mut answers): (Vec<_>, Vec<_>) =
-            [ack(1), Command::Batch(vec![ack(2), ack(3)]), ack(4)]
-                .into_iter()
-                .map(|command| {
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    let queued = std::time::Instant::now();
-                    (
-                        super::Proposal {
-                            command,
-                            reply,
-                            queued,
-                        },
-                        answer,
-                    )
-                })
-                .unzip();
-        let (commands, replies) = super::splice(proposals);
-        assert_eq!(commands, [ack(1), ack(2), ack(3), ack(4)]);
-        let acked = |already_acked| Ok(Ok(Outcome::Acked { already_acked }));
-        super::answer_spliced(
-            replies,
-            vec![acked(false), acked(true), acked(false), acked(true)],
-        );
-        let mut answer = |i: usize| answers[i].try_recv().expect("answered").expect("written");
-        assert_eq!(
-            answer(0),
-            Ok(Outcome::Acked {
-                already_acked: false
-            })
-        );
-        assert_eq!(
-            answer(1),
-            Ok(Outcome::Batch(vec![
-                Ok(Outcome::Acked {
-                    already_acked: true
-                }),
-                Ok(Outcome::Acked {
-                    already_acked: false
-                }),
-            ]))
-        );
-        assert_eq!(
-            answer(2),
-            Ok(Outcome::Acked {
-                already_acked: true
-            })
-        );
-    }
-
-    #[test]
-    fn stamps_follow_the_wall_clock_when_it_is_ahead_of_log_time() {
-        let clock = LogClock::default();
-        assert_eq!(clock.stamp(1_000, 5_000), 5_000);
-    }
-
-    #[test]
-    fn stamps_keep_advancing_from_log_time_when_an_earlier_leader_ran_ahead() {
-        let clock = LogClock::default();
-        // The log is an hour ahead of this node's wall clock.
-        let first = clock.stamp(3_600_000, 1_000);
-        assert!(first >= 3_600_000);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let later = clock.stamp(3_600_000, 1_020);
-        assert!(
-            later >= first + 20,
-            "log time advances at the real rate: {first} -> {later}"
-        );
     }
 }

@@ -1,0 +1,101 @@
+//! How a node is configured: Raft timing and log compaction, storage sizes, and the node's
+//! identity and data directory.
+
+use std::path::PathBuf;
+
+use raftq_core::GroupId;
+use raftq_store::{NodeId, OpenOptions};
+
+/// Raft timing and log-compaction knobs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot (so slightly lagging followers need no snapshot).
+    pub keep_entries_after_snapshot: u64,
+    /// A write not committed within this time fails with UNAVAILABLE (outcome unknown).
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            snapshot_every_entries: 20_000,
+            keep_entries_after_snapshot: 1_000,
+            write_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The memory RocksDB may use whatever the backlog: its write buffers and its block cache.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageTuning {
+    /// Write buffers across all column families, MiB; flushed to table files when full.
+    pub write_buffer_mib: u64,
+    /// The block cache shared by every column family (index and filter blocks included), MiB.
+    pub block_cache_mib: u64,
+}
+
+impl StorageTuning {
+    /// Smallest write buffers: below this RocksDB flushes tiny table files all the time.
+    pub const MIN_WRITE_BUFFER_MIB: u64 = 4;
+    /// Largest value either setting takes (1 TiB).
+    pub const MAX_MIB: u64 = 1 << 20;
+
+    /// Why these settings cannot be used, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let range = |name: &str, value: u64, min: u64| {
+            if (min..=Self::MAX_MIB).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name} must be in {min}..={}, not {value}",
+                    Self::MAX_MIB
+                ))
+            }
+        };
+        range(
+            "write_buffer_mib",
+            self.write_buffer_mib,
+            Self::MIN_WRITE_BUFFER_MIB,
+        )?;
+        range("block_cache_mib", self.block_cache_mib, 1)
+    }
+
+    pub(crate) fn open_options(&self) -> OpenOptions {
+        let bytes = |mib: u64| usize::try_from(mib << 20).unwrap_or(usize::MAX);
+        OpenOptions {
+            write_buffer_bytes: bytes(self.write_buffer_mib),
+            block_cache_bytes: bytes(self.block_cache_mib),
+        }
+    }
+}
+
+impl Default for StorageTuning {
+    fn default() -> Self {
+        let defaults = OpenOptions::default();
+        StorageTuning {
+            write_buffer_mib: (defaults.write_buffer_bytes >> 20) as u64,
+            block_cache_mib: (defaults.block_cache_bytes >> 20) as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// The gRPC address other nodes and clients reach this node at.
+    pub advertise_address: String,
+    pub data_dir: PathBuf,
+    pub group: GroupId,
+    pub tuning: RaftTuning,
+    pub storage: StorageTuning,
+}
