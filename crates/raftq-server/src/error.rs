@@ -77,9 +77,65 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// The answer to a call forwarded to the leader at `address` that failed. The leader's own
+/// answers pass through: they went through the mapping above. A failure of the forward
+/// itself (the leader died mid-call: UNKNOWN "transport error", a refused connection,
+/// a cancelled stream) becomes UNAVAILABLE with a retry hint, as documented: the call's
+/// outcome is unknown, and the client retries it (sends carry idempotency keys).
+pub fn forward_failed(status: Status, address: &str) -> Status {
+    // Every UNAVAILABLE the mapping above makes carries a retry hint; it never makes
+    // UNKNOWN or CANCELLED; HTTP/2 failures surface as INTERNAL "h2 protocol error".
+    let forward_itself_failed = !status.metadata().contains_key(RETRY_AFTER_MS_KEY)
+        && match status.code() {
+            Code::Unknown | Code::Unavailable | Code::Cancelled => true,
+            Code::Internal => status.message().contains("h2 protocol error"),
+            _ => false,
+        };
+    if !forward_itself_failed {
+        return status;
+    }
+    ServiceError::Forward {
+        address: address.to_string(),
+        reason: raftq_core::quote(status.message()),
+    }
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forward_that_failed_is_unavailable_with_a_retry_hint_and_the_leaders_answers_pass() {
+        let hint = |status: &Status| {
+            status
+                .metadata()
+                .get(RETRY_AFTER_MS_KEY)
+                .map(|value| value.to_str().unwrap().to_string())
+        };
+        for failed in [
+            Status::unknown("transport error"),
+            Status::unavailable("tcp connect error"),
+            Status::cancelled("the stream was reset"),
+            Status::internal("h2 protocol error: stream no longer needed"),
+        ] {
+            let answer = forward_failed(failed.clone(), "10.0.0.1:7401");
+            assert_eq!(answer.code(), Code::Unavailable, "{failed:?}");
+            assert_eq!(hint(&answer).as_deref(), Some("200"), "{failed:?}");
+            assert!(answer.message().contains("10.0.0.1:7401"), "{answer:?}");
+        }
+        let leaders: Vec<Status> = vec![
+            ServiceError::from(QueueError::QueueNotFound { name: "q".into() }).into(),
+            ServiceError::from(ClusterError::NoQuorum { reason: "x".into() }).into(),
+            ServiceError::from(ClusterError::Storage { reason: "x".into() }).into(),
+        ];
+        for answer in leaders {
+            let passed = forward_failed(answer.clone(), "10.0.0.1:7401");
+            assert_eq!(passed.code(), answer.code());
+            assert_eq!(passed.message(), answer.message());
+            assert_eq!(hint(&passed), hint(&answer));
+        }
+    }
 
     #[test]
     fn each_error_kind_maps_to_its_documented_code() {

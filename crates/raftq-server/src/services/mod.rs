@@ -19,7 +19,8 @@ macro_rules! forward_to_leader {
                 .max_decoding_message_size(crate::MAX_REQUEST_BYTES)
                 .max_encoding_message_size(crate::MAX_REQUEST_BYTES)
                 .$method(crate::context::forwarded($request))
-                .await?;
+                .await
+                .map_err(|status| crate::error::forward_failed(status, &address))?;
             // Tell the caller where the leader is, so its next call goes there directly.
             if let Ok(value) = address.parse() {
                 response
