@@ -192,17 +192,12 @@ fn run_syncer(
         metrics::histogram!("raftq_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("raftq_wal_sync_batch_size").record(batch.len() as f64);
         metrics::counter!("raftq_wal_syncs_total").increment(1);
-        if result.is_ok() {
-            // Before the entries are acknowledged: the highest index synced per epoch
-            // (almost always one epoch). A write to the page cache, not synced here.
-            let mut synced = BTreeMap::new();
-            for (_, index, epoch) in &batch {
-                let highest = synced.entry(*epoch).or_insert(*index);
-                *highest = (*highest).max(*index);
-            }
-            for (epoch, index) in synced {
-                note_watermark_error(watermark.advance(index, epoch));
-            }
+        // The highest index synced per epoch (almost always one epoch), recorded once the
+        // callers are answered, off the path of every acknowledgement.
+        let mut synced = BTreeMap::new();
+        for (_, index, epoch) in &batch {
+            let highest = synced.entry(*epoch).or_insert(*index);
+            *highest = (*highest).max(*index);
         }
         for (callback, ..) in batch {
             let result = match &result {
@@ -210,6 +205,12 @@ fn run_syncer(
                 Err(error) => Err(io::Error::other(error.to_string())),
             };
             callback.io_completed(result);
+        }
+        if result.is_ok() {
+            // A write to the page cache, not synced here.
+            for (epoch, index) in synced {
+                note_watermark_error(watermark.advance(index, epoch));
+            }
         }
         note_watermark_error(watermark.sync_if_due());
     }

@@ -6,8 +6,9 @@
 //! that were synced, and those entries were acknowledged to a leader: a node that quietly
 //! lost them must not vote as if it held them. RocksDB cannot tell the two apart, so the
 //! log store keeps its own account: after every sync of the write-ahead log it writes the
-//! last index that sync covered to a small file of its own (not synced each time, so no
-//! second fsync per write; synced at most a second later). At start, a log that ends below
+//! last index that sync covered to a small file of its own, just after answering the
+//! appends (off the path of every acknowledgement; not synced each time, so no second
+//! fsync per write; synced at most a second later). At start, a log that ends below
 //! the index the file records has lost synced entries (see `LogStore::lost_synced_entries`).
 //!
 //! The account is a lower bound of what was synced: a power loss takes back only the file's
