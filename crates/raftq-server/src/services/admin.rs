@@ -104,6 +104,12 @@ impl AdminService for AdminApi {
         if request.node_id == 0 {
             return Err(Status::invalid_argument("node_id must be at least 1"));
         }
+        // A node whose data directory belongs to another cluster must not be sent this one's
+        // log (nor vote in it), whatever else is true of it.
+        self.context
+            .node
+            .check_cluster(&request.cluster_id)
+            .map_err(ServiceError::from)?;
         if request.address.parse::<std::net::SocketAddr>().is_err()
             && !request.address.contains(':')
         {
@@ -120,12 +126,6 @@ impl AdminService for AdminApi {
                 request.node_id
             )));
         }
-        // A node whose data directory belongs to another cluster must not be sent this one's
-        // log (nor vote in it).
-        self.context
-            .node
-            .check_cluster(&request.cluster_id)
-            .map_err(ServiceError::from)?;
         self.context
             .node
             .add_node(
