@@ -96,7 +96,7 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
             ),
             "{answer:?}"
         );
-        let mut responses = ServerReflectionClient::new(channel)
+        let mut responses = ServerReflectionClient::new(channel.clone())
             .server_reflection_info(tokio_stream::iter(vec![request]))
             .await
             .expect("reflection")
@@ -125,6 +125,20 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
         assert_eq!(status, 200, "healthz of node {}", node.id);
         let (status, body) = http_get(&node.http, "/readyz").await;
         assert_eq!(status, 200, "readyz of node {}: {body}", node.id);
+        // One source of readiness: what /readyz says, gRPC health says already.
+        let readiness = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: "raftq.readiness".into(),
+            })
+            .await
+            .expect("readiness check")
+            .into_inner();
+        assert_eq!(
+            readiness.status,
+            ServingStatus::Serving as i32,
+            "node {}",
+            node.id
+        );
         let (status, metrics) = http_get(&node.http, "/metrics").await;
         assert_eq!(status, 200);
         assert!(metrics.contains("raftq_raft_term "), "{metrics}");

@@ -11,12 +11,7 @@ use crate::pb::{
     queue_service_client::QueueServiceClient,
 };
 use crate::pipe::{Ended, Pipe};
-
-/// Metadata keys the server sets on UNAVAILABLE answers.
-const LEADER_ADDRESS_KEY: &str = "raftq-leader-address";
-const RETRY_AFTER_MS_KEY: &str = "raftq-retry-after-ms";
-/// Largest request or response the client sends or accepts.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+use raftq_proto::wire::{LEADER_ADDRESS_KEY, MAX_MESSAGE_BYTES, RETRY_AFTER_MS_KEY};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

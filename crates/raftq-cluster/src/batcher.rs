@@ -13,7 +13,7 @@ use raftq_store::{Applied, SharedState};
 
 use crate::ClusterError;
 use crate::clock::LogClock;
-use crate::node::{Raft, client_write_result, stopped};
+use crate::raft::{Raft, client_write_result};
 
 /// Most commands in one batched log entry.
 const MAX_BATCH_COMMANDS: usize = 256;
@@ -81,15 +81,14 @@ impl Proposer {
         ) {
             metrics::histogram!("raftq_raft_write_seconds").record(started.elapsed().as_secs_f64());
         }
-        let written = written.map_err(|_| ClusterError::NoQuorum {
-            reason: format!(
-                "write not committed within {} ms; outcome unknown",
-                timeout.as_millis()
-            ),
+        let written = written.map_err(|_| ClusterError::OutcomeUnknown {
+            reason: format!("not committed within {} ms", timeout.as_millis()),
         })?;
         match client_write_result(written)?.data {
             Applied::Queue(outcome) => Ok(*outcome),
-            Applied::Internal => Err(stopped("a queue command produced no outcome")),
+            Applied::Internal => Err(ClusterError::internal(
+                "a queue command produced no outcome",
+            )),
         }
     }
 
@@ -125,7 +124,7 @@ impl Proposer {
                     .with_bodies(vec![outcome])
                     .await
                     .pop()
-                    .unwrap_or_else(|| Err(stopped("a command got no answer"))),
+                    .unwrap_or_else(|| Err(ClusterError::internal("a command got no answer"))),
                 Err(error) => Err(error),
             };
             let _ = proposal.reply.send(answer);
@@ -138,7 +137,7 @@ impl Proposer {
                 answer_spliced(replies, self.with_bodies(results).await);
             }
             Ok(Ok(other)) => {
-                let error = stopped(format!("a batch of {count} gave {other:?}"));
+                let error = ClusterError::internal(format!("a batch of {count} gave {other:?}"));
                 for (reply, _) in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -191,7 +190,7 @@ fn answer_spliced(replies: Vec<Reply>, answers: Vec<WriteResult>) {
         let answer = match spliced {
             None => answers
                 .next()
-                .unwrap_or_else(|| Err(stopped("a command got no answer"))),
+                .unwrap_or_else(|| Err(ClusterError::internal("a command got no answer"))),
             Some(len) => answers
                 .by_ref()
                 .take(len)

@@ -10,8 +10,11 @@ pub enum ClusterError {
     },
     #[error("no quorum: {reason}")]
     NoQuorum { reason: String },
-    #[error("leader changed before the write was committed; its outcome is unknown")]
-    OutcomeUnknown,
+    /// The write may or may not have been committed (the leader changed under it, or no
+    /// quorum answered in time): the caller sends it again, which is safe because sends
+    /// carry idempotency keys and acks are fenced by their receipts.
+    #[error("the write's outcome is unknown: {reason}")]
+    OutcomeUnknown { reason: String },
     #[error("membership change refused: {reason}")]
     Membership { reason: String },
     #[error("another membership change is still being committed; retry shortly: {reason}")]
@@ -28,6 +31,9 @@ pub enum ClusterError {
     /// The write was applied, but what it returns could not be read from the disk.
     #[error("storage error after the write was applied: {reason}")]
     Storage { reason: String },
+    /// Something that cannot happen did: a bug, never retried.
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
 }
 
 fn leader_hint(id: &Option<NodeId>, address: &Option<String>) -> String {
@@ -39,19 +45,29 @@ fn leader_hint(id: &Option<NodeId>, address: &Option<String>) -> String {
 }
 
 impl ClusterError {
-    /// Whether the same request may be sent again (to the leader, or later). A write whose
-    /// outcome is unknown is retryable only because sends carry idempotency keys and acks
-    /// are fenced.
-    pub fn is_retryable(&self) -> bool {
+    /// How long a caller should wait before it sends the same request again (to the leader
+    /// named, or to any node), or `None` when sending it again cannot help. The status
+    /// mapping turns every `Some` into UNAVAILABLE with this hint.
+    pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            ClusterError::NotLeader { .. }
-            | ClusterError::NoQuorum { .. }
-            | ClusterError::OutcomeUnknown
-            | ClusterError::MembershipBusy { .. } => true,
+            // Straight to the named leader; without one, after an election.
+            ClusterError::NotLeader { leader_address, .. } => {
+                Some(if leader_address.is_some() { 0 } else { 200 })
+            }
+            ClusterError::NoQuorum { .. } => Some(500),
+            ClusterError::OutcomeUnknown { .. } => Some(100),
+            ClusterError::MembershipBusy { .. } => Some(200),
+            ClusterError::Stopped { .. } => Some(1_000),
             ClusterError::Membership { .. }
             | ClusterError::OtherCluster { .. }
-            | ClusterError::Stopped { .. }
-            | ClusterError::Storage { .. } => false,
+            | ClusterError::Storage { .. }
+            | ClusterError::Internal { .. } => None,
+        }
+    }
+
+    pub(crate) fn internal(reason: impl std::fmt::Display) -> ClusterError {
+        ClusterError::Internal {
+            reason: reason.to_string(),
         }
     }
 }

@@ -9,13 +9,16 @@ mod clock;
 mod error;
 mod network;
 mod node;
+mod raft;
 mod service;
 mod standing;
+mod status;
 mod tuning;
 
 pub use error::ClusterError;
-pub use node::{MemberStatus, RaftNode, Role};
+pub use node::RaftNode;
 pub use raftq_store::NodeId;
+pub use status::{MemberStatus, Role};
 pub use tuning::{NodeConfig, RaftTuning, StorageTuning};
 
 /// Largest Raft RPC accepted or sent over gRPC. Bounded: a batch of append entries holds

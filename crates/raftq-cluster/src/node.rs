@@ -8,9 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{
-    ChangeMembershipError, ClientWriteError, Fatal, LinearizableReadError, RaftError,
-};
+use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 
 use raftq_core::Command;
@@ -19,56 +17,12 @@ use raftq_store::{Db, LogStore, Node, NodeId, SharedState, StateMachineStore, Ty
 
 use crate::batcher::{PROPOSAL_QUEUE, Proposal, Proposer, WriteResult, run_batcher};
 use crate::network::Network;
+use crate::raft::{Raft, client_write_result, stopped};
 use crate::service::RaftGrpc;
 use crate::standing::{self, Standing};
+use crate::status::{MemberStatus, Role};
 use crate::tuning::NodeConfig;
 use crate::{ClusterError, MAX_RAFT_MESSAGE_BYTES};
-
-pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Leader,
-    Follower,
-    Candidate,
-    Learner,
-    Shutdown,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::Learner => "learner",
-            Role::Shutdown => "shutdown",
-        }
-    }
-}
-
-/// What one node reports about itself.
-#[derive(Debug, Clone)]
-pub struct MemberStatus {
-    pub node_id: NodeId,
-    pub address: String,
-    pub role: Role,
-    pub term: u64,
-    pub last_log_index: u64,
-    pub committed_index: u64,
-    pub applied_index: u64,
-    pub purged_index: u64,
-    pub snapshot_index: u64,
-    pub leader_id: Option<NodeId>,
-    pub voter: bool,
-    /// True while this node, started on an empty data directory, catches up with a leader:
-    /// until then it grants no vote.
-    pub rebuilding: bool,
-    /// The cluster this node belongs to; `None` until it formed or joined one.
-    pub cluster_id: Option<String>,
-    /// Every member (voters and learners) with its address, as this node knows them.
-    pub members: BTreeMap<NodeId, (String, bool)>,
-}
 
 #[derive(Clone)]
 pub struct RaftNode {
@@ -80,12 +34,6 @@ pub struct RaftNode {
     config: Arc<NodeConfig>,
     proposer: Proposer,
     proposals: mpsc::Sender<Proposal>,
-}
-
-pub(crate) fn stopped(error: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Stopped {
-        reason: error.to_string(),
-    }
 }
 
 impl RaftNode {
@@ -192,6 +140,14 @@ impl RaftNode {
         &self.shared
     }
 
+    /// Now, as the log sees it: the time a command proposed at this moment would carry
+    /// (see `clock`). The one clock every time-based decision of the services reads, so
+    /// that what they expect matches what the state machine will do.
+    pub fn log_time_ms(&self) -> u64 {
+        let log_now_ms = self.shared.read().now_ms();
+        self.proposer.log_time(log_now_ms)
+    }
+
     /// Whether this node holds any Raft state (a vote, a log, a membership): false on a
     /// node that started on an empty data directory and has heard from no leader yet.
     pub async fn holds_raft_state(&self) -> Result<bool, ClusterError> {
@@ -243,7 +199,7 @@ impl RaftNode {
             .map_err(|_| stopped("the write batcher has stopped"))?;
         answer
             .await
-            .unwrap_or_else(|_| Err(stopped("the write batcher dropped a write")))
+            .unwrap_or_else(|_| Err(ClusterError::internal("the write batcher dropped a write")))
     }
 
     /// On the leader, writes a [`Command::Tick`] when some queue has timed work due (an
@@ -262,7 +218,7 @@ impl RaftNode {
         }
         self.write(Command::Tick)
             .await?
-            .map_err(|error| stopped(format!("a tick was refused: {error}")))?;
+            .map_err(|error| ClusterError::internal(format!("a tick was refused: {error}")))?;
         Ok(true)
     }
 
@@ -556,31 +512,4 @@ fn answered_within(
         .as_ref()
         .and_then(|heartbeats| heartbeats.get(&node).cloned().flatten())
         .is_some_and(|at| at.elapsed() < within)
-}
-
-pub(crate) fn client_write_result<T>(
-    result: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
-) -> Result<T, ClusterError> {
-    match result {
-        Ok(value) => Ok(value),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-            Err(ClusterError::NotLeader {
-                leader_id: forward.leader_id,
-                leader_address: forward.leader_node.map(|node| node.addr),
-            })
-        }
-        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-            Err(ClusterError::OutcomeUnknown)
-        }
-        // Two nodes joining at once: the second change waits for the first to commit.
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(in_progress),
-        ))) => Err(ClusterError::MembershipBusy {
-            reason: in_progress.to_string(),
-        }),
-        Err(RaftError::APIError(error)) => Err(ClusterError::Membership {
-            reason: error.to_string(),
-        }),
-        Err(RaftError::Fatal(fatal)) => Err(stopped(fatal)),
-    }
 }

@@ -19,7 +19,7 @@ use raftq_store::{
     IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
 };
 
-use crate::node::Raft;
+use crate::raft::Raft;
 use crate::standing::Standing;
 use crate::{ClusterError, lock};
 

@@ -22,7 +22,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use raftq_store::{Db, LogStore, NodeId, NodeIdentity, StoreError};
 
-use crate::node::Raft;
+use crate::raft::Raft;
 use crate::{ClusterError, lock};
 
 /// Shared between the node and its Raft transport.

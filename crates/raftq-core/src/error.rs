@@ -41,12 +41,6 @@ pub fn quote(text: &str) -> String {
 }
 
 impl QueueError {
-    /// Whether retrying the very same command could succeed later without the caller
-    /// changing anything. Only capacity errors qualify: consumers may drain the queue.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, QueueError::QueueFull { .. })
-    }
-
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
         QueueError::InvalidArgument {
             field: field.to_string(),

@@ -1,5 +1,6 @@
-//! raftq-proto: the generated gRPC code and the one place where protobuf messages and
-//! domain types are converted into each other.
+//! raftq-proto: the generated gRPC code, the one place where protobuf messages and
+//! domain types are converted into each other, and the wire constants client and server
+//! share (`wire`).
 //!
 //! It must not hold behaviour: no validation beyond what a conversion needs, no IO.
 
@@ -20,5 +21,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/raftq_descriptor.bin"));
 
 mod convert;
+pub mod wire;
 
-pub use convert::{message_state_name, new_message, queue_options};
+pub use convert::{
+    ack_result, code_of, commit, message_state_name, new_message, queue_options, receipt, receipts,
+    refused, streamed_send_result,
+};

@@ -6,14 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftq_cluster::{ClusterError, RaftNode};
-use raftq_core::{Command, Limits, Outcome, QueueError};
+use raftq_core::{Command, Limits, Outcome};
+use raftq_proto::wire::FORWARDED_KEY;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use crate::error::ServiceError;
-
-/// Set on requests one node forwards to another, so a request is forwarded at most once.
-pub const FORWARDED_KEY: &str = "raftq-forwarded";
+use crate::error::{ServiceError, status};
 
 /// Most leader channels cached per node (one per distinct leader address seen).
 const MAX_CACHED_CHANNELS: usize = 64;
@@ -52,16 +50,14 @@ impl Context {
             Some((leader_id, address)) if leader_id != self.node.node_id() && !forwarded => {
                 Ok(Route::Leader(self.channel(&address)?, address))
             }
-            Some((leader_id, address)) => Err(ServiceError::from(ClusterError::NotLeader {
+            Some((leader_id, address)) => Err(status(ClusterError::NotLeader {
                 leader_id: Some(leader_id),
                 leader_address: Some(address),
-            })
-            .into()),
-            None => Err(ServiceError::from(ClusterError::NotLeader {
+            })),
+            None => Err(status(ClusterError::NotLeader {
                 leader_id: None,
                 leader_address: None,
-            })
-            .into()),
+            })),
         }
     }
 
@@ -71,12 +67,16 @@ impl Context {
         if self.node.is_leader() {
             return Ok(());
         }
+        Err(self.not_leader())
+    }
+
+    /// The answer of a node that does not lead (any more), naming the leader it knows.
+    pub fn not_leader(&self) -> Status {
         let (leader_id, leader_address) = self.node.leader().unzip();
-        Err(ServiceError::from(ClusterError::NotLeader {
+        status(ClusterError::NotLeader {
             leader_id,
             leader_address,
         })
-        .into())
     }
 
     fn channel(&self, address: &str) -> Result<Channel, Status> {
@@ -88,7 +88,7 @@ impl Context {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
-            Status::from(ServiceError::Forward {
+            status(ServiceError::Forward {
                 address: address.to_string(),
                 reason: e.to_string(),
             })
@@ -106,21 +106,17 @@ impl Context {
 
     /// Writes a command through Raft and turns both failure layers into a status.
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
-        let outcome = self.node.write(command).await.map_err(ServiceError::from)?;
-        outcome.map_err(|error| ServiceError::from(error).into())
+        let outcome = self.node.write(command).await.map_err(status)?;
+        outcome.map_err(status)
     }
 
     /// Confirms leadership with a quorum before a read is served from local state.
     pub async fn read_barrier(&self) -> Result<(), Status> {
-        self.node
-            .linearizable_read()
-            .await
-            .map_err(|error| ServiceError::from(error).into())
+        self.node.linearizable_read().await.map_err(status)
     }
 
     pub fn check_queue_name(&self, name: &str) -> Result<(), Status> {
-        raftq_core::validate_queue_name(name, &self.limits)
-            .map_err(|error| ServiceError::from(error).into())
+        raftq_core::validate_queue_name(name, &self.limits).map_err(status)
     }
 }
 
@@ -133,11 +129,9 @@ pub fn forwarded<T>(request: Request<T>) -> Request<T> {
     Request::from_parts(metadata, extensions, message)
 }
 
-pub fn invalid(error: QueueError) -> Status {
-    ServiceError::from(error).into()
-}
-
 /// The answer of a command that returned an outcome of an unexpected kind: a bug.
 pub fn unexpected(outcome: Outcome) -> Status {
-    Status::internal(format!("unexpected outcome {outcome:?}"))
+    status(ServiceError::internal(format!(
+        "unexpected outcome {outcome:?}"
+    )))
 }

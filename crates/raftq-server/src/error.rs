@@ -1,14 +1,15 @@
-//! The one place where raftq errors become gRPC statuses.
+//! The one place where raftq errors become gRPC statuses: every status a service returns
+//! is a `ServiceError` turned into a `Status` here, with its code and metadata.
 
 use raftq_cluster::ClusterError;
 use raftq_core::QueueError;
+use raftq_proto::wire::{LEADER_ADDRESS_KEY, RETRY_AFTER_MS_KEY};
 use tonic::{Code, Status};
 
-/// Metadata key carrying the leader's address on UNAVAILABLE answers, so a client can go
-/// straight to the leader.
-pub const LEADER_ADDRESS_KEY: &str = "raftq-leader-address";
-/// Metadata key carrying how long a client should wait before retrying.
-pub const RETRY_AFTER_MS_KEY: &str = "raftq-retry-after-ms";
+/// How long a caller waits before sending again a call whose forward to the leader
+/// failed, or that a stopping node refused.
+const RETRY_FORWARD_MS: u64 = 200;
+const RETRY_STOPPING_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -18,63 +19,80 @@ pub enum ServiceError {
     Cluster(#[from] ClusterError),
     #[error("forwarding to the leader at {address} failed: {reason}")]
     Forward { address: String, reason: String },
+    /// A field of a request the state machine never sees (membership changes).
+    #[error("invalid argument `{field}`: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("node {node_id} is not a member")]
+    NotMember { node_id: u64 },
+    #[error("node {node_id} is already a member at {address}")]
+    AlreadyMember { node_id: u64, address: String },
+    #[error("cannot remove the last voter")]
+    LastVoter,
+    #[error("this node serves {limit} consume streams already")]
+    TooManyStreams { limit: usize },
+    /// The node is stopping; the caller goes to another node.
+    #[error("this node is stopping")]
+    Stopping,
+    /// Stored data needed for an answer could not be read.
+    #[error(transparent)]
+    Read(#[from] raftq_store::StoreError),
+    /// Something that cannot happen did: a bug.
+    #[error("internal error: {what}")]
+    Internal { what: String },
+}
+
+impl ServiceError {
+    pub fn internal(what: impl Into<String>) -> ServiceError {
+        ServiceError::Internal { what: what.into() }
+    }
+
+    /// The status code, the leader to name and how long to wait before a retry.
+    fn parts(&self) -> (Code, Option<&str>, Option<u64>) {
+        match self {
+            ServiceError::Queue(error) => (raftq_proto::code_of(error), None, None),
+            ServiceError::Cluster(error) => {
+                let leader = match error {
+                    ClusterError::NotLeader { leader_address, .. } => leader_address.as_deref(),
+                    _ => None,
+                };
+                let code = match (error.retry_after_ms(), error) {
+                    (Some(_), _) => Code::Unavailable,
+                    (None, ClusterError::Membership { .. } | ClusterError::OtherCluster { .. }) => {
+                        Code::FailedPrecondition
+                    }
+                    (None, _) => Code::Internal,
+                };
+                (code, leader, error.retry_after_ms())
+            }
+            ServiceError::Forward { .. } => (Code::Unavailable, None, Some(RETRY_FORWARD_MS)),
+            ServiceError::Stopping => (Code::Unavailable, None, Some(RETRY_STOPPING_MS)),
+            ServiceError::InvalidArgument { .. } => (Code::InvalidArgument, None, None),
+            ServiceError::NotMember { .. } => (Code::NotFound, None, None),
+            ServiceError::AlreadyMember { .. } => (Code::AlreadyExists, None, None),
+            ServiceError::LastVoter => (Code::FailedPrecondition, None, None),
+            ServiceError::TooManyStreams { .. } => (Code::ResourceExhausted, None, None),
+            ServiceError::Read(_) | ServiceError::Internal { .. } => (Code::Internal, None, None),
+        }
+    }
 }
 
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Status {
-        let message = error.to_string();
-        match error {
-            ServiceError::Queue(error) => {
-                let code = match error {
-                    QueueError::InvalidQueueName { .. }
-                    | QueueError::InvalidArgument { .. }
-                    | QueueError::MessageTooLarge { .. } => Code::InvalidArgument,
-                    QueueError::QueueNotFound { .. } | QueueError::MessageNotFound { .. } => {
-                        Code::NotFound
-                    }
-                    QueueError::QueueAlreadyExists { .. } => Code::AlreadyExists,
-                    QueueError::QueueFull { .. } | QueueError::TooManyQueues { .. } => {
-                        Code::ResourceExhausted
-                    }
-                    QueueError::StaleReceipt { .. } => Code::FailedPrecondition,
-                };
-                Status::new(code, message)
-            }
-            ServiceError::Cluster(error) => {
-                let (code, leader, retry_after_ms) = match error {
-                    ClusterError::NotLeader { leader_address, .. } => {
-                        let retry = if leader_address.is_some() { 0 } else { 200 };
-                        (Code::Unavailable, leader_address, retry)
-                    }
-                    ClusterError::NoQuorum { .. } => (Code::Unavailable, None, 500),
-                    ClusterError::OutcomeUnknown => (Code::Unavailable, None, 100),
-                    ClusterError::Membership { .. } | ClusterError::OtherCluster { .. } => {
-                        (Code::FailedPrecondition, None, 0)
-                    }
-                    ClusterError::MembershipBusy { .. } => (Code::Unavailable, None, 200),
-                    ClusterError::Stopped { .. } => (Code::Unavailable, None, 1_000),
-                    ClusterError::Storage { .. } => (Code::Internal, None, 0),
-                };
-                let mut status = Status::new(code, message);
-                if let Some(address) = leader.and_then(|address| address.parse().ok()) {
-                    status.metadata_mut().insert(LEADER_ADDRESS_KEY, address);
-                }
-                if code == Code::Unavailable
-                    && let Ok(value) = retry_after_ms.to_string().parse()
-                {
-                    status.metadata_mut().insert(RETRY_AFTER_MS_KEY, value);
-                }
-                status
-            }
-            ServiceError::Forward { .. } => {
-                let mut status = Status::new(Code::Unavailable, message);
-                if let Ok(value) = "200".parse() {
-                    status.metadata_mut().insert(RETRY_AFTER_MS_KEY, value);
-                }
-                status
-            }
+        let (code, leader, retry_after_ms) = error.parts();
+        let mut status = Status::new(code, error.to_string());
+        if let Some(address) = leader.and_then(|address| address.parse().ok()) {
+            status.metadata_mut().insert(LEADER_ADDRESS_KEY, address);
         }
+        if let Some(value) = retry_after_ms.and_then(|ms| ms.to_string().parse().ok()) {
+            status.metadata_mut().insert(RETRY_AFTER_MS_KEY, value);
+        }
+        status
     }
+}
+
+/// Statuses of a service's calls, from any error of the layers below.
+pub fn status(error: impl Into<ServiceError>) -> Status {
+    error.into().into()
 }
 
 /// The answer to a call forwarded to the leader at `address` that failed. The leader's own
@@ -193,10 +211,68 @@ mod tests {
                 ClusterError::Storage { reason: "x".into() }.into(),
                 Code::Internal,
             ),
+            (
+                ClusterError::Internal { reason: "x".into() }.into(),
+                Code::Internal,
+            ),
+            (
+                ServiceError::InvalidArgument {
+                    field: "node_id",
+                    reason: "x".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (ServiceError::NotMember { node_id: 4 }, Code::NotFound),
+            (
+                ServiceError::AlreadyMember {
+                    node_id: 4,
+                    address: "a:1".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (ServiceError::LastVoter, Code::FailedPrecondition),
+            (
+                ServiceError::TooManyStreams { limit: 1 },
+                Code::ResourceExhausted,
+            ),
+            (ServiceError::internal("x"), Code::Internal),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }
+    }
+
+    /// Every UNAVAILABLE answer says when to retry; nothing else does, so a client never
+    /// retries a bug or a refusal.
+    #[test]
+    fn exactly_the_unavailable_answers_carry_a_retry_hint() {
+        let hint = |error: ServiceError| {
+            let status = Status::from(error);
+            let hint = status
+                .metadata()
+                .get(RETRY_AFTER_MS_KEY)
+                .map(|value| value.to_str().unwrap().parse::<u64>().unwrap());
+            (status.code(), hint)
+        };
+        let outcome_unknown = ClusterError::OutcomeUnknown { reason: "x".into() };
+        assert_eq!(hint(outcome_unknown.into()), (Code::Unavailable, Some(100)));
+        let no_quorum = ClusterError::NoQuorum { reason: "x".into() };
+        assert_eq!(hint(no_quorum.into()), (Code::Unavailable, Some(500)));
+        assert_eq!(
+            hint(ServiceError::Stopping),
+            (Code::Unavailable, Some(1_000))
+        );
+        let stopped = ClusterError::Stopped { reason: "x".into() };
+        assert_eq!(hint(stopped.into()), (Code::Unavailable, Some(1_000)));
+        let bug = ClusterError::Internal { reason: "x".into() };
+        assert_eq!(hint(bug.into()), (Code::Internal, None));
+        assert_eq!(hint(ServiceError::internal("x")), (Code::Internal, None));
+        let full = QueueError::QueueFull {
+            name: "q".into(),
+            depth: 1,
+            max_depth: 1,
+        };
+        assert_eq!(hint(full.into()), (Code::ResourceExhausted, None));
     }
 
     #[test]

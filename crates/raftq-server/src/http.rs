@@ -1,7 +1,7 @@
-//! The HTTP side port: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`.
+//! The HTTP side port: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`
+//! (as `probes` last found them).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +10,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use raftq_cluster::{RaftNode, Role};
 
+use crate::probes::Probes;
+
 /// Per-queue gauges are exported for at most this many queues (bounded label cardinality).
 const MAX_QUEUE_GAUGES: usize = 1_000;
 
@@ -17,19 +19,25 @@ const MAX_QUEUE_GAUGES: usize = 1_000;
 struct HttpState {
     node: RaftNode,
     prometheus: PrometheusHandle,
+    probes: Probes,
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: RaftNode,
     prometheus: PrometheusHandle,
+    probes: Probes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(HttpState { node, prometheus });
+        .with_state(HttpState {
+            node,
+            prometheus,
+            probes,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -94,74 +102,15 @@ fn allocator_committed_bytes() -> usize {
     committed
 }
 
-async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    match liveness(&state.node) {
-        Ok(()) => (StatusCode::OK, "ok\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n"),
-    }
-}
-
-/// A follower counts as caught up while it has applied the leader's commit index less
-/// this many entries (under load the commit index moves on between the two readings).
-const READY_LAG_ENTRIES: u64 = 1_000;
-/// Longest a readiness probe waits for the leader's answer.
-const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Whether this node is a caught-up member: it knows a leader, is in the membership, and
-/// (a follower) has applied what the leader has committed, within `READY_LAG_ENTRIES`. A
-/// node restarted far behind, or still receiving a snapshot, is not ready, so a rolling
-/// update waits for it before taking down the next node. `Ok` and `Err` carry the reason.
-pub(crate) async fn readiness(node: &RaftNode) -> Result<String, String> {
-    let status = node.status();
-    let Some(leader) = status.leader_id else {
-        return Err("no leader known".to_string());
-    };
-    if !status.members.contains_key(&status.node_id) {
-        return Err("not a member yet".to_string());
-    }
-    if leader == status.node_id {
-        return Ok("ready; this node leads".to_string());
-    }
-    let Some((_, address)) = node.leader() else {
-        return Err("no leader address known".to_string());
-    };
-    let config = raftq_client::ClientConfig {
-        retry_deadline: LEADER_QUERY_TIMEOUT,
-        attempt_timeout: LEADER_QUERY_TIMEOUT,
-        connect_timeout: LEADER_QUERY_TIMEOUT,
-        ..raftq_client::ClientConfig::default()
-    };
-    let leader_status = match raftq_client::Client::new(&[address], config) {
-        Ok(client) => client.node_info().await,
-        Err(error) => Err(error),
-    };
-    match leader_status {
-        Ok(leader_status)
-            if status.applied_index + READY_LAG_ENTRIES >= leader_status.committed_index =>
-        {
-            Ok(format!(
-                "ready; leader is node {leader}; applied {} of its {} committed",
-                status.applied_index, leader_status.committed_index
-            ))
-        }
-        Ok(leader_status) => Err(format!(
-            "catching up: applied {} of the {} entries node {leader} has committed",
-            status.applied_index, leader_status.committed_index
-        )),
-        Err(error) => Err(format!("cannot reach the leader, node {leader}: {error}")),
-    }
-}
-
-/// Whether Raft runs on this node.
-pub(crate) fn liveness(node: &RaftNode) -> Result<(), String> {
-    match node.status().role {
-        Role::Shutdown => Err("raft stopped".to_string()),
-        _ => Ok(()),
+async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.probes.current().live {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
-    match readiness(&state.node).await {
+    match state.probes.current().ready {
         Ok(reason) => (StatusCode::OK, format!("{reason}\n")),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }

@@ -11,6 +11,7 @@ mod data_dir;
 mod dev;
 mod error;
 mod http;
+mod probes;
 mod serve;
 mod services;
 
@@ -44,9 +45,6 @@ fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory.
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
-
-/// Largest public API request or response (a send batch, a receive).
-pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 fn main() -> std::process::ExitCode {
     disable_transparent_huge_pages();

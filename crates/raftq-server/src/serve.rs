@@ -9,15 +9,15 @@ use raftq_proto::pb::{
     admin_service_server::AdminServiceServer, message_service_server::MessageServiceServer,
     queue_service_server::QueueServiceServer,
 };
+use raftq_proto::wire::MAX_MESSAGE_BYTES;
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::MAX_REQUEST_BYTES;
 use crate::config::ServeConfig;
 use crate::context::Context;
-use crate::http;
 use crate::services::{AdminApi, MessageApi, QueueApi};
+use crate::{http, probes};
 
 /// How long the gRPC server may take to finish the calls and streams in flight once it
 /// stops taking new ones.
@@ -87,8 +87,8 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
             QueueServiceServer::new(QueueApi {
                 context: context.clone(),
             })
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_REQUEST_BYTES),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
             MessageServiceServer::new(MessageApi {
@@ -96,8 +96,8 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
                 stopped: stopped.clone(),
                 stopping,
             })
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_REQUEST_BYTES),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AdminServiceServer::new(AdminApi { context }))
         .serve_with_incoming_shutdown(
@@ -116,15 +116,16 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         );
     let grpc_task = tokio::spawn(grpc);
     let timer_task = tokio::spawn(timers(node.clone(), until(stopped.clone())));
-    let probe_task = tokio::spawn(health_probes(
+    let (probes, probe_task) = probes::start(
         node.clone(),
         health_reporter.clone(),
         until(stopped.clone()),
-    ));
+    );
     let http_task = tokio::spawn(http::serve(
         http_listener,
         node.clone(),
         prometheus,
+        probes,
         until(stopped.clone()),
     ));
     tracing::info!(node_id = config.node_id, grpc = %config.listen, http = %config.http_listen, raft = ?config.raft, "raftq node serving");
@@ -180,44 +181,6 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
 
 /// Longest a stopping leader waits for another node to take over.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// gRPC health service names that carry the node's liveness and readiness (the same checks
-/// as `/healthz` and `/readyz`), for probes that speak gRPC health.
-pub const LIVENESS_SERVICE: &str = "raftq.liveness";
-pub const READINESS_SERVICE: &str = "raftq.readiness";
-/// How often those two are brought up to date.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Keeps the gRPC health statuses of `LIVENESS_SERVICE` and `READINESS_SERVICE` up to date
-/// until `stop` resolves.
-async fn health_probes(
-    node: RaftNode,
-    reporter: tonic_health::server::HealthReporter,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    use tonic_health::ServingStatus;
-    let status = |ok: bool| {
-        if ok {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        }
-    };
-    tokio::pin!(stop);
-    let mut interval = tokio::time::interval(PROBE_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = interval.tick() => {
-                let live = crate::http::liveness(&node).is_ok();
-                reporter.set_service_status(LIVENESS_SERVICE, status(live)).await;
-                let ready = crate::http::readiness(&node).await.is_ok();
-                reporter.set_service_status(READINESS_SERVICE, status(ready)).await;
-            }
-        }
-    }
-}
 
 /// How often the leader looks for timed work (expiries, ended leases) to write a tick for.
 const TICK_INTERVAL: Duration = Duration::from_millis(250);

@@ -47,11 +47,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Storage errors are never retryable by a client: the node needs an operator.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-
     /// Whether the disk returned damaged data: a checksum that does not match, or stored
     /// bytes that do not decode.
     pub fn is_corruption(&self) -> bool {

@@ -80,6 +80,27 @@ impl From<Delivery> for pb::ReceivedMessage {
     }
 }
 
+/// The answer to one send of a send stream: what `Send` would have answered, or the code
+/// and message it would have failed with.
+pub fn streamed_send_result(
+    id: u64,
+    sent: Result<pb::SendResponse, tonic::Status>,
+) -> pb::StreamedSendResult {
+    match sent {
+        Ok(sent) => pb::StreamedSendResult {
+            id,
+            sent: Some(sent),
+            ..pb::StreamedSendResult::default()
+        },
+        Err(status) => pb::StreamedSendResult {
+            id,
+            sent: None,
+            code: status.code() as i32,
+            error: status.message().to_string(),
+        },
+    }
+}
+
 pub fn message_state_name(state: &MessageState) -> &'static str {
     match state {
         MessageState::Ready => "ready",
@@ -115,10 +136,8 @@ mod tests {
 
     use super::*;
 
-    /// Frozen bytes: a delivery's wire form must not drift.
-    #[test]
-    fn received_message_wire_format_is_frozen() {
-        let delivery = Delivery {
+    fn delivery() -> Delivery {
+        Delivery {
             message_id: 5,
             sequence: 2,
             body: b"hi".to_vec(),
@@ -134,14 +153,77 @@ mod tests {
             enqueued_at_ms: 10,
             lease_expires_at_ms: 20,
             expires_at_ms: 0,
-        };
-        let bytes = pb::ReceivedMessage::from(delivery).encode_to_vec();
+        }
+    }
+
+    /// A delivery's wire form, as the test below freezes it.
+    const DELIVERY: [u8; 19] = [
+        0x08, 0x05, 0x10, 0x02, 0x1a, 0x02, b'h', b'i', 0x2a, 0x03, b'5', b':', b'1', 0x30, 0x01,
+        0x38, 0x0a, 0x40, 0x14,
+    ];
+
+    fn sent() -> pb::SendResponse {
+        pb::SendResponse::from(SendResult {
+            message_id: 300,
+            sequence: 2,
+            duplicate: true,
+            expired: false,
+        })
+    }
+
+    /// Frozen bytes: a delivery's wire form must not drift.
+    #[test]
+    fn received_message_wire_format_is_frozen() {
+        let bytes = pb::ReceivedMessage::from(delivery()).encode_to_vec();
+        assert_eq!(bytes, DELIVERY);
+    }
+
+    #[test]
+    fn send_response_wire_format_is_frozen() {
         assert_eq!(
-            bytes,
+            sent().encode_to_vec(),
+            [0x08, 0xac, 0x02, 0x10, 0x02, 0x18, 0x01]
+        );
+    }
+
+    #[test]
+    fn streamed_send_result_wire_format_is_frozen() {
+        let stored = streamed_send_result(9, Ok(sent()));
+        assert_eq!(
+            stored.encode_to_vec(),
             [
-                0x08, 0x05, 0x10, 0x02, 0x1a, 0x02, b'h', b'i', 0x2a, 0x03, b'5', b':', b'1', 0x30,
-                0x01, 0x38, 0x0a, 0x40, 0x14
+                0x08, 0x09, 0x12, 0x07, 0x08, 0xac, 0x02, 0x10, 0x02, 0x18, 0x01
             ]
         );
+        let refused = streamed_send_result(9, Err(tonic::Status::not_found("q")));
+        assert_eq!(
+            refused.encode_to_vec(),
+            [0x08, 0x09, 0x18, 0x05, 0x22, 0x01, b'q']
+        );
+    }
+
+    #[test]
+    fn receive_and_consume_responses_wire_format_is_frozen() {
+        let acked = pb::AckResult {
+            already_acked: true,
+            ..pb::AckResult::default()
+        };
+        let mut expected = vec![0x0a, DELIVERY.len() as u8];
+        expected.extend_from_slice(&DELIVERY);
+        expected.extend_from_slice(&[0x12, 0x02, 0x18, 0x01]);
+        let received = pb::ReceiveResponse {
+            messages: vec![delivery().into()],
+            ack_results: vec![acked.clone()],
+        };
+        assert_eq!(received.encode_to_vec(), expected);
+        let consumed = pb::ConsumeResponse {
+            messages: vec![delivery().into()],
+            ack_results: vec![acked],
+            nack_results: vec![pb::AckResult::default()],
+        };
+        expected.extend_from_slice(&[0x1a, 0x00]);
+        assert_eq!(consumed.encode_to_vec(), expected);
+        // A heartbeat is empty.
+        assert!(pb::ConsumeResponse::default().encode_to_vec().is_empty());
     }
 }

@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use raftq_cluster::MemberStatus;
 use raftq_proto::pb::{
     self, admin_service_client::AdminServiceClient, admin_service_server::AdminService,
 };
@@ -9,31 +8,13 @@ use tonic::{Request, Response, Status};
 
 use super::forward_to_leader;
 use crate::context::Context;
-use crate::error::ServiceError;
+use crate::error::{ServiceError, status};
 
 /// How long cluster status waits for each other node's own report.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct AdminApi {
     pub context: Context,
-}
-
-fn node_status(status: &MemberStatus) -> pb::NodeStatus {
-    pb::NodeStatus {
-        node_id: status.node_id,
-        address: status.address.clone(),
-        role: status.role.as_str().to_string(),
-        term: status.term,
-        last_log_index: status.last_log_index,
-        committed_index: status.committed_index,
-        applied_index: status.applied_index,
-        purged_index: status.purged_index,
-        snapshot_index: status.snapshot_index,
-        leader_id: status.leader_id.unwrap_or(0),
-        voter: status.voter,
-        rebuilding: status.rebuilding,
-        cluster_id: status.cluster_id.clone().unwrap_or_default(),
-    }
 }
 
 /// What node `node_id` at `address` reports about itself, if it answers quickly and is that
@@ -60,14 +41,14 @@ impl AdminApi {
         let mut lookups = Vec::new();
         for (id, (address, voter)) in &local.members {
             if *id == local.node_id {
-                nodes.push(node_status(&local));
+                nodes.push(pb::NodeStatus::from(&local));
             } else {
                 let (id, address, voter) = (*id, address.clone(), *voter);
                 lookups.push(async move {
                     peer_status(id, &address).await.unwrap_or(pb::NodeStatus {
                         node_id: id,
                         address,
-                        role: "unknown".to_string(),
+                        role: raftq_proto::wire::role::UNKNOWN.to_string(),
                         voter,
                         ..pb::NodeStatus::default()
                     })
@@ -102,29 +83,32 @@ impl AdminService for AdminApi {
         forward_to_leader!(self.context, request, AdminServiceClient<_>, add_node);
         let request = request.into_inner();
         if request.node_id == 0 {
-            return Err(Status::invalid_argument("node_id must be at least 1"));
+            return Err(status(ServiceError::InvalidArgument {
+                field: "node_id",
+                reason: "must be at least 1".into(),
+            }));
         }
         // A node whose data directory belongs to another cluster must not be sent this one's
         // log (nor vote in it), whatever else is true of it.
         self.context
             .node
             .check_cluster(&request.cluster_id)
-            .map_err(ServiceError::from)?;
+            .map_err(status)?;
         if request.address.parse::<std::net::SocketAddr>().is_err()
             && !request.address.contains(':')
         {
-            return Err(Status::invalid_argument(format!(
-                "address {} is not HOST:PORT",
-                raftq_core::quote(&request.address)
-            )));
+            return Err(status(ServiceError::InvalidArgument {
+                field: "address",
+                reason: format!("{} is not HOST:PORT", raftq_core::quote(&request.address)),
+            }));
         }
         if let Some((address, _)) = self.context.node.status().members.get(&request.node_id)
             && *address != request.address
         {
-            return Err(Status::already_exists(format!(
-                "node {} is already a member at {address}",
-                request.node_id
-            )));
+            return Err(status(ServiceError::AlreadyMember {
+                node_id: request.node_id,
+                address: address.clone(),
+            }));
         }
         self.context
             .node
@@ -135,7 +119,7 @@ impl AdminService for AdminApi {
                 request.lost_data,
             )
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(status)?;
         Ok(Response::new(pb::AddNodeResponse {
             status: Some(AdminApi::cluster_status(self).await),
         }))
@@ -147,24 +131,19 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         forward_to_leader!(self.context, request, AdminServiceClient<_>, remove_node);
         let node_id = request.into_inner().node_id;
-        let status = self.context.node.status();
-        if !status.members.contains_key(&node_id) {
-            return Err(Status::not_found(format!("node {node_id} is not a member")));
+        let members = self.context.node.status().members;
+        if !members.contains_key(&node_id) {
+            return Err(status(ServiceError::NotMember { node_id }));
         }
-        let voters = status.members.values().filter(|(_, voter)| *voter).count();
-        if voters <= 1
-            && status
-                .members
-                .get(&node_id)
-                .is_some_and(|(_, voter)| *voter)
-        {
-            return Err(Status::failed_precondition("cannot remove the last voter"));
+        let voters = members.values().filter(|(_, voter)| *voter).count();
+        if voters <= 1 && members.get(&node_id).is_some_and(|(_, voter)| *voter) {
+            return Err(status(ServiceError::LastVoter));
         }
         self.context
             .node
             .remove_node(node_id)
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(status)?;
         Ok(Response::new(pb::RemoveNodeResponse {
             status: Some(AdminApi::cluster_status(self).await),
         }))
@@ -175,7 +154,7 @@ impl AdminService for AdminApi {
         _request: Request<pb::NodeInfoRequest>,
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
         Ok(Response::new(pb::NodeInfoResponse {
-            node: Some(node_status(&self.context.node.status())),
+            node: Some(pb::NodeStatus::from(&self.context.node.status())),
         }))
     }
 }

@@ -14,13 +14,12 @@ use raftq_core::{Command, Outcome, QueueError, Receipt};
 use raftq_proto::pb;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::message::{
-    MessageApi, POLL_INTERVAL, ack_results, receipt, refused_result, wall_clock_ms,
-};
-use crate::context::{invalid, unexpected};
-use crate::error::ServiceError;
+use super::acks::{POLL_INTERVAL, ack_results};
+use crate::context::{Context, unexpected};
+use crate::error::{ServiceError, status};
 
 /// Most deliveries one stream may hold unacknowledged.
 pub const MAX_PREFETCH: u32 = 1_000;
@@ -32,7 +31,7 @@ const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
 /// Most consume streams one node serves at once.
 pub const MAX_STREAMS: usize = 1_024;
 /// Answers queued for a client that reads them slower than they come.
-pub const ANSWER_QUEUE: usize = 16;
+const ANSWER_QUEUE: usize = 16;
 /// With nothing written or answered for this long, the leader confirms with a quorum
 /// that it still leads and sends an empty answer: a consumer can tell a quiet queue from
 /// a stream nobody serves any more.
@@ -46,15 +45,13 @@ const CLOSING_WRITE_WITHIN: Duration = Duration::from_secs(5);
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// A place among the node's [`MAX_STREAMS`] consume streams, given back on drop.
-pub struct StreamSlot(());
+struct StreamSlot(());
 
 impl StreamSlot {
-    pub fn take() -> Result<StreamSlot, Status> {
+    fn take() -> Result<StreamSlot, Status> {
         if STREAMS.fetch_add(1, Ordering::AcqRel) >= MAX_STREAMS {
             STREAMS.fetch_sub(1, Ordering::AcqRel);
-            return Err(Status::resource_exhausted(format!(
-                "this node serves {MAX_STREAMS} consume streams already"
-            )));
+            return Err(status(ServiceError::TooManyStreams { limit: MAX_STREAMS }));
         }
         metrics::gauge!("raftq_consume_streams").increment(1.0);
         Ok(StreamSlot(()))
@@ -84,6 +81,17 @@ struct Held {
 
 type Write<'a> = Pin<Box<dyn Future<Output = Result<Outcome, Status>> + Send + 'a>>;
 type Answers = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
+/// The answers of one Consume stream, as the service returns them.
+pub type ConsumeAnswers =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::ConsumeResponse, Status>> + Send + 'static>>;
+
+/// Serves Consume streams: one task per stream.
+pub struct Consumer {
+    context: Context,
+    /// Turns true when the node begins to stop, before a leader hands over: streams write
+    /// their last acks and hand back their deliveries while it still leads.
+    stopping: watch::Receiver<bool>,
+}
 
 /// How a stream ended.
 enum End {
@@ -147,6 +155,24 @@ impl Stream {
         }
     }
 
+    /// Takes in the acks or nacks of one request; their deliveries are no longer held.
+    fn settle(&mut self, settle: Settle) {
+        match settle {
+            Settle::Ack(receipts) => {
+                for receipt in receipts {
+                    self.unhold(&receipt);
+                    self.acks.push(receipt);
+                }
+            }
+            Settle::Nack(receipts, delay_ms) => {
+                for receipt in receipts {
+                    self.unhold(&receipt);
+                    self.nacks.push((receipt, delay_ms));
+                }
+            }
+        }
+    }
+
     fn unhold(&mut self, receipt: &Receipt) {
         if let Some(held) = self.held.remove(receipt) {
             self.held_bytes -= held.bytes;
@@ -168,10 +194,27 @@ impl Stream {
     }
 }
 
-impl MessageApi {
+impl Consumer {
+    pub fn new(context: Context, stopping: watch::Receiver<bool>) -> Consumer {
+        Consumer { context, stopping }
+    }
+
+    /// Opens a stream on the leader, if this node leads, is not stopping and serves fewer
+    /// than [`MAX_STREAMS`]; its task answers on what this returns.
+    pub fn open(self, incoming: Streaming<pb::ConsumeRequest>) -> Result<ConsumeAnswers, Status> {
+        self.context.require_leader()?;
+        if *self.stopping.borrow() {
+            return Err(status(ServiceError::Stopping));
+        }
+        let slot = StreamSlot::take()?;
+        let (answers, answered) = mpsc::channel(ANSWER_QUEUE);
+        tokio::spawn(self.serve(incoming, answers, slot));
+        Ok(Box::pin(ReceiverStream::new(answered)))
+    }
+
     fn consume_start(&self, first: Option<pb::ConsumeRequest>) -> Result<Start, Status> {
         let Some(pb::consume_request::Request::Start(start)) = first.and_then(|r| r.request) else {
-            return Err(invalid(QueueError::invalid(
+            return Err(status(QueueError::invalid(
                 "start",
                 "the first message of a Consume stream must be `start`",
             )));
@@ -181,7 +224,7 @@ impl MessageApi {
         let prefetch = match start.prefetch {
             0 => DEFAULT_PREFETCH,
             n if n > MAX_PREFETCH => {
-                return Err(invalid(QueueError::invalid(
+                return Err(status(QueueError::invalid(
                     "prefetch",
                     format!("must be in 1..={MAX_PREFETCH}"),
                 )));
@@ -191,7 +234,7 @@ impl MessageApi {
         let max_messages = match start.max_messages {
             0 => DEFAULT_MAX_MESSAGES,
             n if n > limits.max_receive_messages => {
-                return Err(invalid(QueueError::invalid(
+                return Err(status(QueueError::invalid(
                     "max_messages",
                     format!("must be in 1..={}", limits.max_receive_messages),
                 )));
@@ -201,7 +244,7 @@ impl MessageApi {
         if start.lease_ms != 0 {
             limits
                 .check_lease("lease_ms", start.lease_ms)
-                .map_err(invalid)?;
+                .map_err(status)?;
         }
         Ok(Start {
             queue: start.queue,
@@ -215,7 +258,7 @@ impl MessageApi {
     /// begins to stop, or a request is refused. However it ends, the acks read are written
     /// and the deliveries held are handed back while this node leads; a refusal then
     /// ends the answers with its status, a stopping node with UNAVAILABLE.
-    pub(super) async fn serve_consume(
+    async fn serve(
         self,
         mut incoming: Streaming<pb::ConsumeRequest>,
         answers: Answers,
@@ -229,7 +272,7 @@ impl MessageApi {
         let start = match first {
             Ok(Ok(first)) => self.consume_start(first),
             Ok(Err(status)) => Err(status),
-            Err(_) => Err(invalid(QueueError::invalid(
+            Err(_) => Err(status(QueueError::invalid(
                 "start",
                 format!("no `start` within {START_WITHIN:?}"),
             ))),
@@ -253,11 +296,65 @@ impl MessageApi {
         self.close(&start.queue, stream).await;
         let last = match end {
             End::Consumer => return,
-            End::Node => Status::unavailable("the node is stopping"),
+            End::Node => status(ServiceError::Stopping),
             End::Failed(status) => status,
         };
         // A client that reads no more does not hold the node up.
         let _ = tokio::time::timeout(POLL_INTERVAL, answers.send(Err(last))).await;
+    }
+
+    /// What to write next, if anything: the acks and nacks read (as many as one write
+    /// takes), then a receive when `may_receive`, the stream has room and the queue has
+    /// something to hand out.
+    fn next_write(
+        &self,
+        start: &Start,
+        stream: &mut Stream,
+        may_receive: bool,
+    ) -> Option<(Vec<Command>, Shape)> {
+        let limits = &self.context.limits;
+        stream.forget_ended(self.now_ms());
+        let room = start.prefetch.saturating_sub(stream.held.len());
+        let receive = may_receive
+            && room > 0
+            && stream.held_bytes < MAX_HELD_BYTES
+            && self.deliverable(&start.queue);
+        if !receive && stream.acks.is_empty() && stream.nacks.is_empty() {
+            return None;
+        }
+        let (mut commands, settled) =
+            settle_commands(&start.queue, stream, limits.max_batch_messages);
+        if receive {
+            commands.push(Command::Receive {
+                queue: start.queue.clone(),
+                max_messages: room.min(limits.max_receive_messages as usize) as u32,
+                lease_ms: start.lease_ms,
+            });
+        }
+        Some((commands, Shape { receive, ..settled }))
+    }
+
+    /// While the stream has nothing to write: ends it when this node no longer leads, and
+    /// after [`HEARTBEAT`] without an answer confirms it still leads and sends a heartbeat.
+    async fn keep_alive(
+        &self,
+        answers: &Answers,
+        last_answer: &mut Instant,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Result<(), End> {
+        self.context.require_leader().map_err(End::Failed)?;
+        if last_answer.elapsed() < HEARTBEAT {
+            return Ok(());
+        }
+        self.confirm_leading().await.map_err(End::Failed)?;
+        match send(answers, pb::ConsumeResponse::default(), stopping).await {
+            Answered::Gone => Err(End::Consumer),
+            Answered::Stopping => Err(End::Node),
+            Answered::Yes | Answered::Nothing => {
+                *last_answer = Instant::now();
+                Ok(())
+            }
+        }
     }
 
     async fn consume(
@@ -268,7 +365,6 @@ impl MessageApi {
         stream: &mut Stream,
     ) -> End {
         let max_acks = self.context.limits.max_batch_messages;
-        let max_receive = self.context.limits.max_receive_messages as usize;
         let mut reading = true;
         let mut write: Option<Write<'_>> = None;
         // The last receive handed out nothing (another consumer was first): wait for
@@ -280,26 +376,13 @@ impl MessageApi {
         let mut stopping = self.stopping.clone();
         let end = loop {
             if write.is_none() {
-                stream.forget_ended(self.now_ms());
-                let room = start.prefetch.saturating_sub(stream.held.len());
-                let receive = reading
-                    && !dry
-                    && room > 0
-                    && stream.held_bytes < MAX_HELD_BYTES
-                    && self.deliverable(&start.queue);
-                if receive || !stream.acks.is_empty() || !stream.nacks.is_empty() {
-                    let (mut commands, settled) = settle_commands(&start.queue, stream, max_acks);
-                    shape = Shape { receive, ..settled };
-                    if receive {
-                        commands.push(Command::Receive {
-                            queue: start.queue.clone(),
-                            max_messages: room.min(max_receive) as u32,
-                            lease_ms: start.lease_ms,
-                        });
+                match self.next_write(start, stream, reading && !dry) {
+                    Some((commands, planned)) => {
+                        shape = planned;
+                        write = Some(Box::pin(self.context.write(Command::Batch(commands))));
                     }
-                    write = Some(Box::pin(self.context.write(Command::Batch(commands))));
-                } else if !reading {
-                    break End::Consumer;
+                    None if !reading => break End::Consumer,
+                    None => {}
                 }
             }
             let idle = write.is_none();
@@ -310,18 +393,7 @@ impl MessageApi {
                 {
                     match next {
                         Ok(Some(request)) => match self.consume_settle(request) {
-                            Ok(Settle::Ack(receipts)) => {
-                                for receipt in receipts {
-                                    stream.unhold(&receipt);
-                                    stream.acks.push(receipt);
-                                }
-                            }
-                            Ok(Settle::Nack(receipts, delay_ms)) => {
-                                for receipt in receipts {
-                                    stream.unhold(&receipt);
-                                    stream.nacks.push((receipt, delay_ms));
-                                }
-                            }
+                            Ok(settle) => stream.settle(settle),
                             Err(status) => break End::Failed(status),
                         },
                         // Closed by the consumer, or broken: what was read is still
@@ -355,19 +427,8 @@ impl MessageApi {
                 // made a message deliverable) or a lease or delay may have ended.
                 _ = tokio::time::timeout(POLL_INTERVAL, applied.changed()), if idle => {
                     dry = false;
-                    if let Err(status) = self.context.require_leader() {
-                        break End::Failed(status);
-                    }
-                    if last_answer.elapsed() >= HEARTBEAT {
-                        if let Err(status) = self.confirm_leading().await {
-                            break End::Failed(status);
-                        }
-                        let heartbeat = pb::ConsumeResponse::default();
-                        match send(answers, heartbeat, &mut stopping).await {
-                            Answered::Gone => break End::Consumer,
-                            Answered::Stopping => break End::Node,
-                            _ => last_answer = Instant::now(),
-                        }
+                    if let Err(end) = self.keep_alive(answers, &mut last_answer, &mut stopping).await {
+                        break end;
                     }
                 }
             }
@@ -389,31 +450,27 @@ impl MessageApi {
         }
         match tokio::time::timeout(HEARTBEAT, self.context.read_barrier()).await {
             Ok(confirmed) => confirmed,
-            Err(_) => Err(Status::unavailable(format!(
-                "this node could not confirm it leads within {HEARTBEAT:?}"
-            ))),
+            Err(_) => Err(status(raftq_cluster::ClusterError::NoQuorum {
+                reason: format!("this node could not confirm it leads within {HEARTBEAT:?}"),
+            })),
         }
     }
 
     /// Log time as the leader stamps it.
     fn now_ms(&self) -> u64 {
-        self.context
-            .node
-            .state()
-            .read()
-            .now_ms()
-            .max(wall_clock_ms())
+        self.context.node.log_time_ms()
     }
 
     /// Whether a receive on `queue` would hand out something now; an unknown queue lets
     /// the log decide (a new leader may not have applied it yet), so that it is refused
     /// with NOT_FOUND.
     fn deliverable(&self, queue: &str) -> bool {
+        let now_ms = self.now_ms();
         self.context
             .node
             .state()
             .read()
-            .has_deliverable(queue, wall_clock_ms())
+            .has_deliverable(queue, now_ms)
             .unwrap_or(true)
     }
 
@@ -423,12 +480,12 @@ impl MessageApi {
         let parsed = |field: &str, receipts: &[String]| {
             let max = limits.max_batch_messages;
             if receipts.len() > max {
-                return Err(invalid(QueueError::invalid(
+                return Err(status(QueueError::invalid(
                     field,
                     format!("must hold at most {max} receipts"),
                 )));
             }
-            receipts.iter().map(|text| receipt(text)).collect()
+            raftq_proto::receipts(receipts).map_err(status)
         };
         match request.request {
             Some(pb::consume_request::Request::Ack(ack)) => {
@@ -436,7 +493,7 @@ impl MessageApi {
             }
             Some(pb::consume_request::Request::Nack(nack)) => {
                 if nack.delay_ms > limits.max_nack_delay_ms {
-                    return Err(invalid(QueueError::invalid(
+                    return Err(status(QueueError::invalid(
                         "nack.delay_ms",
                         format!("must be at most {} ms", limits.max_nack_delay_ms),
                     )));
@@ -444,11 +501,11 @@ impl MessageApi {
                 let receipts = parsed("nack.receipts", &nack.receipts)?;
                 Ok(Settle::Nack(receipts, nack.delay_ms))
             }
-            Some(pb::consume_request::Request::Start(_)) => Err(invalid(QueueError::invalid(
+            Some(pb::consume_request::Request::Start(_)) => Err(status(QueueError::invalid(
                 "start",
                 "this stream has started already; open another to consume another queue",
             ))),
-            None => Err(invalid(QueueError::invalid("request", "is required"))),
+            None => Err(status(QueueError::invalid("request", "is required"))),
         }
     }
 
@@ -528,7 +585,7 @@ fn nack_result(outcome: Result<Outcome, QueueError>) -> pb::AckResult {
             metrics::counter!("raftq_messages_nacked_total").increment(1);
             pb::AckResult::default()
         }
-        Err(error) => refused_result(error),
+        Err(error) => raftq_proto::refused(&error),
     }
 }
 
@@ -541,12 +598,12 @@ fn consumed(outcome: Result<Outcome, Status>, shape: Shape) -> Result<Written, S
     };
     let expected = usize::from(shape.acks) + shape.nacks + usize::from(shape.receive);
     if results.len() != expected {
-        return Err(Status::internal(format!(
+        return Err(status(ServiceError::internal(format!(
             "a consume stream's write of {expected} commands had {} results",
             results.len()
-        )));
+        ))));
     }
-    let refused = |error| Status::from(ServiceError::from(error));
+    let refused = |error: QueueError| status(error);
     let mut results = results.into_iter();
     let mut written = Written::default();
     if shape.acks {

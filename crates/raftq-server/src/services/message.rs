@@ -1,7 +1,7 @@
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
-use raftq_core::{Command, Outcome, Receipt, TransactionAck, TransactionSend};
+use raftq_core::{Command, Delivery, Outcome, QueueError};
 use raftq_proto::pb::{
     self, message_service_client::MessageServiceClient, message_service_server::MessageService,
 };
@@ -10,17 +10,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::acks::{POLL_INTERVAL, ack_results};
 use super::forward_to_leader;
-use crate::context::{Context, invalid, unexpected};
-use crate::error::ServiceError;
+use crate::context::{Context, unexpected};
+use crate::error::{ServiceError, status};
 
 /// Longest long-poll a receive may ask for.
 pub const MAX_WAIT_MS: u64 = 20_000;
 /// Most messages one peek returns.
 const MAX_PEEK: usize = 1_000;
 const DEFAULT_PEEK: usize = 10;
-/// While long-polling, re-check at least this often (leases may expire without any write).
-pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 pub struct MessageApi {
     pub context: Context,
@@ -30,54 +29,6 @@ pub struct MessageApi {
     /// Turns true when the node begins to stop, before a leader hands over: consume
     /// streams write their last acks and hand back their deliveries while it still leads.
     pub stopping: watch::Receiver<bool>,
-}
-
-pub(super) fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub(super) fn receipt(text: &str) -> Result<Receipt, Status> {
-    text.parse::<Receipt>().map_err(invalid)
-}
-
-fn receipts(texts: &[String]) -> Result<Vec<Receipt>, Status> {
-    texts.iter().map(|text| receipt(text)).collect()
-}
-
-/// The wire form of one receipt an ack or nack refused.
-pub(super) fn refused_result(error: raftq_core::QueueError) -> pb::AckResult {
-    let status = Status::from(ServiceError::from(error));
-    pb::AckResult {
-        code: status.code() as i32,
-        error: status.message().to_string(),
-        already_acked: false,
-    }
-}
-
-/// The wire form of an `AckBatch`'s per-receipt results; counts the messages acknowledged
-/// now (not those a retried ack finds already acknowledged).
-pub(super) fn ack_results(
-    results: Vec<Result<bool, raftq_core::QueueError>>,
-) -> Vec<pb::AckResult> {
-    let results: Vec<pb::AckResult> = results
-        .into_iter()
-        .map(|result| match result {
-            Ok(already_acked) => pb::AckResult {
-                already_acked,
-                ..pb::AckResult::default()
-            },
-            Err(error) => refused_result(error),
-        })
-        .collect();
-    let acked = results
-        .iter()
-        .filter(|r| r.code == 0 && !r.already_acked)
-        .count();
-    metrics::counter!("raftq_messages_acked_total").increment(acked as u64);
-    results
 }
 
 impl MessageApi {
@@ -90,6 +41,109 @@ impl MessageApi {
         }
     }
 
+    /// The command a Receive call asks for, once its limits are checked.
+    fn check_receive(&self, request: &pb::ReceiveRequest) -> Result<Command, Status> {
+        self.context.check_queue_name(&request.queue)?;
+        let limits = &self.context.limits;
+        let max_messages = request.max_messages.max(1);
+        if max_messages > limits.max_receive_messages {
+            return Err(status(QueueError::invalid(
+                "max_messages",
+                format!("must be in 1..={}", limits.max_receive_messages),
+            )));
+        }
+        if request.lease_ms != 0 {
+            limits
+                .check_lease("lease_ms", request.lease_ms)
+                .map_err(status)?;
+        }
+        if request.wait_ms > MAX_WAIT_MS {
+            return Err(status(QueueError::invalid(
+                "wait_ms",
+                format!("must be at most {MAX_WAIT_MS} ms"),
+            )));
+        }
+        if request.ack_receipts.len() > limits.max_batch_messages {
+            return Err(status(QueueError::invalid(
+                "ack_receipts",
+                format!("must hold at most {} receipts", limits.max_batch_messages),
+            )));
+        }
+        let queue = request.queue.clone();
+        let lease_ms = request.lease_ms;
+        Ok(if is_selective(request) {
+            Command::ReceiveSelected {
+                queue,
+                message_id: request.message_id,
+                correlation_id: request.correlation_id.clone(),
+                max_messages,
+                lease_ms,
+            }
+        } else {
+            Command::Receive {
+                queue,
+                max_messages,
+                lease_ms,
+            }
+        })
+    }
+
+    /// Whether a Receive call would hand out something now. An unknown queue may be one a
+    /// new leader has not applied yet: the log decides.
+    fn deliverable(&self, request: &pb::ReceiveRequest) -> bool {
+        let now_ms = self.context.node.log_time_ms();
+        let state = self.context.node.state().read();
+        if is_selective(request) {
+            state.has_selected_deliverable(
+                &request.queue,
+                request.message_id,
+                &request.correlation_id,
+                now_ms,
+            )
+        } else {
+            state.has_deliverable(&request.queue, now_ms)
+        }
+        .unwrap_or(true)
+    }
+
+    /// Writes a receive, after the acks `ack` holds in the same entry when there are any;
+    /// returns the acks' results (when there were acks) and the deliveries.
+    async fn write_receive(
+        &self,
+        receive: Command,
+        ack: Option<Command>,
+    ) -> Result<(Option<Vec<pb::AckResult>>, Vec<Delivery>), Status> {
+        let Some(ack) = ack else {
+            return match self.context.write(receive).await? {
+                Outcome::Received(deliveries) => Ok((None, deliveries)),
+                other => Err(unexpected(other)),
+            };
+        };
+        let mut results = match self
+            .context
+            .write(Command::Batch(vec![ack, receive]))
+            .await?
+        {
+            Outcome::Batch(results) if results.len() == 2 => results.into_iter(),
+            other => return Err(unexpected(other)),
+        };
+        let acked = match results.next() {
+            Some(Ok(Outcome::AckedBatch(results))) => ack_results(results),
+            Some(Err(error)) => return Err(status(error)),
+            other => {
+                return Err(status(ServiceError::internal(format!(
+                    "unexpected ack outcome {other:?}"
+                ))));
+            }
+        };
+        match results.next().map(|received| received.map_err(status)) {
+            Some(Ok(Outcome::Received(deliveries))) => Ok((Some(acked), deliveries)),
+            Some(Ok(other)) => Err(unexpected(other)),
+            Some(Err(status)) => Err(status),
+            None => Ok((Some(acked), Vec::new())),
+        }
+    }
+
     async fn send_messages(
         &self,
         queue: String,
@@ -98,7 +152,7 @@ impl MessageApi {
         self.context.check_queue_name(&queue)?;
         let limits = &self.context.limits;
         if messages.len() > limits.max_batch_messages {
-            return Err(invalid(raftq_core::QueueError::InvalidArgument {
+            return Err(status(QueueError::InvalidArgument {
                 field: "messages".into(),
                 reason: format!(
                     "{} messages exceed the batch limit of {}",
@@ -109,9 +163,9 @@ impl MessageApi {
         }
         let messages: Vec<_> = messages.into_iter().map(raftq_proto::new_message).collect();
         for message in &messages {
-            limits.check_message(message).map_err(ServiceError::from)?;
+            limits.check_message(message).map_err(status)?;
             if message.size() > limits.max_message_bytes {
-                return Err(invalid(raftq_core::QueueError::MessageTooLarge {
+                return Err(status(QueueError::MessageTooLarge {
                     size: message.size(),
                     limit: limits.max_message_bytes,
                 }));
@@ -138,19 +192,16 @@ pub const MAX_STREAMED_SENDS: usize = 1_024;
 /// goes, alone).
 const MAX_STREAMED_BYTES: usize = 16 * 1024 * 1024;
 
-type ConsumeAnswers =
-    std::pin::Pin<Box<dyn Stream<Item = Result<pb::ConsumeResponse, Status>> + Send + 'static>>;
-
 type SendResults =
     std::pin::Pin<Box<dyn Stream<Item = Result<pb::StreamedSendResult, Status>> + Send + 'static>>;
 
+/// A receive of chosen messages (by id or correlation id) rather than the next ones.
+fn is_selective(request: &pb::ReceiveRequest) -> bool {
+    request.message_id != 0 || !request.correlation_id.is_empty()
+}
+
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
-    value.ok_or_else(|| {
-        invalid(raftq_core::QueueError::InvalidArgument {
-            field: field.into(),
-            reason: "is required".into(),
-        })
-    })
+    value.ok_or_else(|| status(QueueError::invalid(field, "is required")))
 }
 
 impl MessageApi {
@@ -160,7 +211,7 @@ impl MessageApi {
         let mut results = self.send_messages(request.queue, vec![message]).await?;
         results
             .pop()
-            .ok_or_else(|| Status::internal("send returned no result"))
+            .ok_or_else(|| status(ServiceError::internal("a send returned no result")))
     }
 
     /// One send of a send stream, answered as `Send` would answer it.
@@ -170,19 +221,7 @@ impl MessageApi {
             Ok(send) => self.send_one(send).await,
             Err(status) => Err(status),
         };
-        match outcome {
-            Ok(sent) => pb::StreamedSendResult {
-                id: item.id,
-                sent: Some(sent),
-                ..pb::StreamedSendResult::default()
-            },
-            Err(status) => pb::StreamedSendResult {
-                id: item.id,
-                sent: None,
-                code: status.code() as i32,
-                error: status.message().to_string(),
-            },
-        }
+        raftq_proto::streamed_send_result(item.id, outcome)
     }
 
     /// Reads a send stream and answers each send as it is stored, with at most
@@ -261,23 +300,14 @@ impl MessageService for MessageApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
     }
 
-    type ConsumeStream = ConsumeAnswers;
+    type ConsumeStream = super::consume::ConsumeAnswers;
 
     async fn consume(
         &self,
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        self.context.require_leader()?;
-        if *self.stopping.borrow() {
-            return Err(Status::unavailable("this node is stopping"));
-        }
-        let slot = super::consume::StreamSlot::take()?;
-        let (answers, answered) = mpsc::channel(super::consume::ANSWER_QUEUE);
-        tokio::spawn(
-            self.clone_api()
-                .serve_consume(request.into_inner(), answers, slot),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
+        let consumer = super::consume::Consumer::new(self.context.clone(), self.stopping.clone());
+        consumer.open(request.into_inner()).map(Response::new)
     }
 
     async fn send(
@@ -304,119 +334,24 @@ impl MessageService for MessageApi {
     ) -> Result<Response<pb::ReceiveResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, receive);
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
-        let limits = &self.context.limits;
-        let max_messages = request.max_messages.max(1);
-        if max_messages > limits.max_receive_messages {
-            return Err(invalid(raftq_core::QueueError::InvalidArgument {
-                field: "max_messages".into(),
-                reason: format!("must be in 1..={}", limits.max_receive_messages),
-            }));
-        }
-        if request.lease_ms != 0 {
-            limits
-                .check_lease("lease_ms", request.lease_ms)
-                .map_err(invalid)?;
-        }
-        if request.wait_ms > MAX_WAIT_MS {
-            return Err(invalid(raftq_core::QueueError::InvalidArgument {
-                field: "wait_ms".into(),
-                reason: format!("must be at most {MAX_WAIT_MS} ms"),
-            }));
-        }
-        if request.ack_receipts.len() > limits.max_batch_messages {
-            return Err(invalid(raftq_core::QueueError::InvalidArgument {
-                field: "ack_receipts".into(),
-                reason: format!("must hold at most {} receipts", limits.max_batch_messages),
-            }));
-        }
+        let receiving = self.check_receive(&request)?;
         // Acks to apply with the first write; the answer carries their results.
-        let mut acks = Some(receipts(&request.ack_receipts)?).filter(|acks| !acks.is_empty());
+        let acks = raftq_proto::receipts(&request.ack_receipts).map_err(status)?;
+        let mut acks = Some(acks).filter(|acks| !acks.is_empty());
         let mut acked = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
         let mut applied = self.context.node.state().subscribe();
         loop {
-            // Only write a receive into the log when it would deliver something, or when
-            // the caller does not wait (so an unknown queue still gets NOT_FOUND from Raft).
-            let selective = request.message_id != 0 || !request.correlation_id.is_empty();
-            let deliverable = {
-                let state = self.context.node.state().read();
-                if selective {
-                    state.has_selected_deliverable(
-                        &request.queue,
-                        request.message_id,
-                        &request.correlation_id,
-                        wall_clock_ms(),
-                    )
-                } else {
-                    state.has_deliverable(&request.queue, wall_clock_ms())
-                }
-            }
-            // An unknown queue here may be one a new leader has not applied yet: let the
-            // log decide.
-            .unwrap_or(true);
-            let out_of_time = tokio::time::Instant::now() >= deadline;
-            let receiving = deliverable || out_of_time;
             let ack = acks.take().map(|receipts| Command::AckBatch {
                 queue: request.queue.clone(),
                 receipts,
             });
-            if !receiving {
-                if let Some(ack) = ack {
-                    // Nothing to receive yet: the acks go in at once, the receive waits.
-                    acked = match self.context.write(ack).await? {
-                        Outcome::AckedBatch(results) => ack_results(results),
-                        other => return Err(unexpected(other)),
-                    };
-                }
-            } else {
-                let command = if selective {
-                    Command::ReceiveSelected {
-                        queue: request.queue.clone(),
-                        message_id: request.message_id,
-                        correlation_id: request.correlation_id.clone(),
-                        max_messages,
-                        lease_ms: request.lease_ms,
-                    }
-                } else {
-                    Command::Receive {
-                        queue: request.queue.clone(),
-                        max_messages,
-                        lease_ms: request.lease_ms,
-                    }
-                };
-                let outcome = match ack {
-                    // The acks and the receive share one entry, acks first.
-                    Some(ack) => match self
-                        .context
-                        .write(Command::Batch(vec![ack, command]))
-                        .await?
-                    {
-                        Outcome::Batch(mut results) if results.len() == 2 => {
-                            let received = results.pop();
-                            match results.pop() {
-                                Some(Ok(Outcome::AckedBatch(results))) => {
-                                    acked = ack_results(results);
-                                }
-                                Some(Err(error)) => return Err(ServiceError::from(error).into()),
-                                other => {
-                                    return Err(Status::internal(format!(
-                                        "unexpected ack outcome {other:?}"
-                                    )));
-                                }
-                            }
-                            received
-                                .unwrap_or_else(|| Ok(Outcome::Received(Vec::new())))
-                                .map_err(|error| Status::from(ServiceError::from(error)))?
-                        }
-                        other => return Err(unexpected(other)),
-                    },
-                    None => self.context.write(command).await?,
-                };
-                let deliveries = match outcome {
-                    Outcome::Received(deliveries) => deliveries,
-                    other => return Err(unexpected(other)),
-                };
+            // Only write a receive into the log when it would deliver something, or when
+            // the caller does not wait (so an unknown queue still gets NOT_FOUND from Raft).
+            let out_of_time = tokio::time::Instant::now() >= deadline;
+            if out_of_time || self.deliverable(&request) {
+                let (ack_results, deliveries) = self.write_receive(receiving.clone(), ack).await?;
+                acked = ack_results.unwrap_or(acked);
                 if !deliveries.is_empty() || out_of_time {
                     metrics::counter!("raftq_messages_delivered_total")
                         .increment(deliveries.len() as u64);
@@ -425,16 +360,18 @@ impl MessageService for MessageApi {
                         ack_results: acked,
                     }));
                 }
+            } else if let Some(ack) = ack {
+                // Nothing to receive yet: the acks go in at once, the receive waits.
+                acked = match self.context.write(ack).await? {
+                    Outcome::AckedBatch(results) => ack_results(results),
+                    other => return Err(unexpected(other)),
+                };
             }
             let wake = deadline.min(tokio::time::Instant::now() + POLL_INTERVAL);
             // Either a new entry was applied or the poll interval passed: look again.
             let _ = tokio::time::timeout_at(wake, applied.changed()).await;
             if !self.context.node.is_leader() {
-                return Err(ServiceError::from(raftq_cluster::ClusterError::NotLeader {
-                    leader_id: self.context.node.leader().map(|(id, _)| id),
-                    leader_address: self.context.node.leader().map(|(_, address)| address),
-                })
-                .into());
+                return Err(self.context.not_leader());
             }
         }
     }
@@ -446,7 +383,7 @@ impl MessageService for MessageApi {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, ack);
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
-        let receipt = receipt(&request.receipt)?;
+        let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
         match self
             .context
             .write(Command::Ack {
@@ -471,7 +408,7 @@ impl MessageService for MessageApi {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, ack_batch);
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
-        let receipts = receipts(&request.receipts)?;
+        let receipts = raftq_proto::receipts(&request.receipts).map_err(status)?;
         match self
             .context
             .write(Command::AckBatch {
@@ -494,7 +431,7 @@ impl MessageService for MessageApi {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, nack);
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
-        let receipt = receipt(&request.receipt)?;
+        let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
         let command = Command::Nack {
             queue: request.queue,
             receipt,
@@ -516,11 +453,11 @@ impl MessageService for MessageApi {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, extend_lease);
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
-        let receipt = receipt(&request.receipt)?;
+        let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
         self.context
             .limits
             .check_lease("lease_ms", request.lease_ms)
-            .map_err(invalid)?;
+            .map_err(status)?;
         let command = Command::ExtendLease {
             queue: request.queue,
             receipt,
@@ -546,10 +483,10 @@ impl MessageService for MessageApi {
         let max = match request.max_messages as usize {
             0 => DEFAULT_PEEK,
             n if n > MAX_PEEK => {
-                return Err(invalid(raftq_core::QueueError::InvalidArgument {
-                    field: "max_messages".into(),
-                    reason: format!("must be at most {MAX_PEEK}"),
-                }));
+                return Err(status(QueueError::invalid(
+                    "max_messages",
+                    format!("must be at most {MAX_PEEK}"),
+                )));
             }
             n => n,
         };
@@ -566,8 +503,8 @@ impl MessageService for MessageApi {
                 &request.correlation_id,
             )
             .map_err(|error| match error {
-                ReadError::Queue(error) => Status::from(ServiceError::from(error)),
-                ReadError::Store(error) => Status::internal(error.to_string()),
+                ReadError::Queue(error) => status(error),
+                ReadError::Store(error) => status(error),
             })?;
         Ok(Response::new(pb::PeekResponse {
             messages: messages.into_iter().map(Into::into).collect(),
@@ -579,34 +516,13 @@ impl MessageService for MessageApi {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, commit);
-        let request = request.into_inner();
-        let mut acks = Vec::with_capacity(request.acks.len());
-        for ack in request.acks {
-            self.context.check_queue_name(&ack.queue)?;
-            acks.push(TransactionAck {
-                queue: ack.queue,
-                receipt: receipt(&ack.receipt)?,
-            });
+        let command = raftq_proto::commit(request.into_inner()).map_err(status)?;
+        if let Command::Commit { acks, sends, .. } = &command {
+            let queues = acks.iter().map(|ack| &ack.queue);
+            for queue in queues.chain(sends.iter().map(|send| &send.queue)) {
+                self.context.check_queue_name(queue)?;
+            }
         }
-        let mut sends = Vec::with_capacity(request.sends.len());
-        for send in request.sends {
-            self.context.check_queue_name(&send.queue)?;
-            let message = send.message.ok_or_else(|| {
-                invalid(raftq_core::QueueError::InvalidArgument {
-                    field: "sends.message".into(),
-                    reason: "every send needs a message".into(),
-                })
-            })?;
-            sends.push(TransactionSend {
-                queue: send.queue,
-                message: raftq_proto::new_message(message),
-            });
-        }
-        let command = Command::Commit {
-            transaction_id: request.transaction_id,
-            acks,
-            sends,
-        };
         match self.context.write(command).await? {
             Outcome::Committed {
                 sent,

@@ -1,6 +1,7 @@
 //! The public gRPC services. Each method either forwards to the leader (once) or serves
 //! the call here: writes go through Raft, reads wait for a quorum-confirmed read barrier.
 
+mod acks;
 mod admin;
 mod consume;
 mod message;
@@ -16,8 +17,8 @@ macro_rules! forward_to_leader {
     ($context:expr, $request:ident, $client:ty, $method:ident) => {
         if let crate::context::Route::Leader(channel, address) = $context.route(&$request)? {
             let mut response = <$client>::new(channel)
-                .max_decoding_message_size(crate::MAX_REQUEST_BYTES)
-                .max_encoding_message_size(crate::MAX_REQUEST_BYTES)
+                .max_decoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
                 .$method(crate::context::forwarded($request))
                 .await
                 .map_err(|status| crate::error::forward_failed(status, &address))?;
@@ -25,7 +26,7 @@ macro_rules! forward_to_leader {
             if let Ok(value) = address.parse() {
                 response
                     .metadata_mut()
-                    .insert(crate::error::LEADER_ADDRESS_KEY, value);
+                    .insert(raftq_proto::wire::LEADER_ADDRESS_KEY, value);
             }
             return Ok(response);
         }

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::forward_to_leader;
 use crate::context::{Context, unexpected};
-use crate::error::ServiceError;
+use crate::error::status;
 
 /// Most queues one list call returns.
 const MAX_LIST: usize = 1_000;
@@ -24,10 +24,8 @@ impl QueueService for QueueApi {
         forward_to_leader!(self.context, request, QueueServiceClient<_>, create_queue);
         let request = request.into_inner();
         self.context.check_queue_name(&request.name)?;
-        let options = raftq_proto::queue_options(request.options).map_err(ServiceError::from)?;
-        options
-            .validate(&self.context.limits)
-            .map_err(ServiceError::from)?;
+        let options = raftq_proto::queue_options(request.options).map_err(status)?;
+        options.validate(&self.context.limits).map_err(status)?;
         match self
             .context
             .write(Command::CreateQueue {
@@ -57,7 +55,7 @@ impl QueueService for QueueApi {
             .state()
             .read()
             .queue_info(&name)
-            .map_err(ServiceError::from)?;
+            .map_err(status)?;
         Ok(Response::new(pb::GetQueueResponse {
             queue: Some(info.into()),
         }))

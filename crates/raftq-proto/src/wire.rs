@@ -1,0 +1,28 @@
+//! Wire constants that client and server share: metadata keys, role names, size limits.
+
+/// Response metadata: the leader's address, on UNAVAILABLE answers of a node that does
+/// not lead and on answers a follower forwarded, so the caller's next call goes there.
+pub const LEADER_ADDRESS_KEY: &str = "raftq-leader-address";
+
+/// Response metadata on every UNAVAILABLE answer: how many milliseconds to wait before
+/// the same call is sent again.
+pub const RETRY_AFTER_MS_KEY: &str = "raftq-retry-after-ms";
+
+/// Request metadata a node sets on a call it forwards to the leader, so that a call is
+/// forwarded at most once.
+pub const FORWARDED_KEY: &str = "raftq-forwarded";
+
+/// Largest request or response of the public API (a send batch, a receive), both ways.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A node's role as `NodeStatus.role` names it.
+pub mod role {
+    pub const LEADER: &str = "leader";
+    pub const FOLLOWER: &str = "follower";
+    pub const CANDIDATE: &str = "candidate";
+    pub const LEARNER: &str = "learner";
+    /// A node whose Raft instance has stopped.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// A member that did not answer for itself in time.
+    pub const UNKNOWN: &str = "unknown";
+}
