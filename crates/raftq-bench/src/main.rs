@@ -226,7 +226,7 @@ fn default_load(seconds: f64) -> Load {
 /// Longest one send, receive or ack may take before its target counts as not answering.
 const CALL_LIMIT: Duration = Duration::from_secs(30);
 
-/// The suite's scenarios: the targets name these shapes.
+/// The suite's scenarios: the shapes docs/performance.md sets its targets for.
 fn suite_plan(args: &SuiteArgs) -> Vec<(String, Scenario, Load)> {
     let base = default_load(args.seconds);
     vec![

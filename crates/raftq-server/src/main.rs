@@ -39,8 +39,9 @@ pub(crate) fn release_freed_memory() {
 /// asks for them on its heap (`MADV_HUGEPAGE`), and the kernel then backs every 2 MiB of
 /// heap that is touched at all with a whole huge page: with a backlog of a million
 /// messages, node peaks were 276-318 MiB with them and 236-253 MiB without, at the same
-/// batched throughput (see docs/performance.md). A kernel without the setting (before
-/// 3.15) keeps its default, which is only a matter of memory.
+/// batched throughput (see "Transparent huge pages off" in docs/performance-log.md). A
+/// kernel without the setting (before 3.15) keeps its default, which is only a matter of
+/// memory.
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory.
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };

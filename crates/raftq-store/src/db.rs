@@ -207,7 +207,8 @@ impl Db {
         // Message bodies, in the log and in their own family, are stored as sent, as
         // brokers do: what compresses well is better compressed once by its sender, and
         // LZ4 run over random or already compressed bodies at every flush cost 5-6 % of
-        // the machine under batched sends and saved nothing (see docs/performance.md).
+        // the machine under batched sends and saved nothing (see "Bodies that do not
+        // compress" in docs/performance-log.md).
         // They are read many at a time in key order, so their blocks are large: a
         // hundred 1 KiB bodies take two reads, not twenty-five.
         let families = vec![
