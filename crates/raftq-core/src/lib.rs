@@ -12,6 +12,7 @@ mod command;
 mod dedup;
 mod error;
 mod limits;
+mod message;
 pub mod queue;
 mod record;
 mod runs;

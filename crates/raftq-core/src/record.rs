@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::body::BodyRef;
 use crate::command::{AcknowledgementRequest, MessageProperties};
-use crate::queue::{MessageState, StoredMessage};
+use crate::message::{MessageState, StoredMessage};
 use crate::sparse::{Empty, Sparse};
 use crate::{MessageId, TimeMs};
 
@@ -209,7 +209,7 @@ pub(crate) mod as_messages {
     use serde::{Deserializer, Serializer};
 
     use super::{AsMessage, Record};
-    use crate::queue::StoredMessage;
+    use crate::message::StoredMessage;
     use crate::seqmap::SeqMap;
 
     pub(crate) fn serialize<S: Serializer>(
