@@ -798,6 +798,52 @@ fn dead_letter_oldest_makes_room_from_the_head_but_never_takes_a_leased_message(
     assert!(matches!(refused, Err(QueueError::QueueFull { .. })));
 }
 
+/// A batch that repeats a new idempotency key stores it once, so it needs room for one:
+/// it must not be refused as full, nor make room by dead-lettering twice.
+#[test]
+fn a_key_repeated_within_a_batch_needs_room_for_one_message() {
+    let keyed = |text: &str, key: &str| NewMessage {
+        idempotency_key: key.into(),
+        ..body(text)
+    };
+    let mut sm = with_queue(QueueOptions {
+        max_depth: 3,
+        ..QueueOptions::default()
+    });
+    send(&mut sm, 2_000, vec![body("1"), body("2")]);
+    let ids = send(&mut sm, 2_001, vec![keyed("3", "k"), keyed("3", "k")]);
+    assert_eq!(ids[0], ids[1], "the repeat is the first message");
+    assert_eq!(sm.queue_info("q").unwrap().stats.depth, 3);
+
+    create(
+        &mut sm,
+        "oldest",
+        QueueOptions {
+            max_depth: 3,
+            overflow: raftq_core::Overflow::DeadLetterOldest,
+            dead_letter_queue: "oldest.dlq".into(),
+            ..QueueOptions::default()
+        },
+    );
+    send_to(
+        &mut sm,
+        2_002,
+        "oldest",
+        vec![body("1"), body("2"), body("3")],
+    );
+    send_to(
+        &mut sm,
+        2_003,
+        "oldest",
+        vec![keyed("4", "k"), keyed("4", "k")],
+    );
+    assert_eq!(sm.queue_info("oldest").unwrap().stats.depth, 3);
+    assert_eq!(
+        bodies(&receive_from(&mut sm, 2_004, "oldest.dlq", 10)),
+        ["1"]
+    );
+}
+
 #[test]
 fn acknowledgement_messages_report_consumption_and_expiry_with_the_original_id() {
     let mut sm = with_queue(QueueOptions::default());

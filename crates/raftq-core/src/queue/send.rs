@@ -1,5 +1,7 @@
 //! Sending: a batch checked against the limits, room made on overflow, dedup, storing.
 
+use std::collections::HashSet;
+
 use super::{DeadLetterReason, Queue};
 use crate::body::{BodyChange, BodyRef};
 use crate::command::{NewMessage, SendResult};
@@ -64,6 +66,9 @@ impl Queue {
         messages: impl IntoIterator<Item = &'a NewMessage>,
     ) -> Result<(u64, u64), QueueError> {
         let (mut count, mut bytes) = (0u64, 0u64);
+        // Keys this batch stores first: a repeat within the batch is a duplicate too,
+        // when the queue remembers keys at all.
+        let mut batch_keys = HashSet::new();
         for message in messages {
             let size = message.size();
             if size > self.options.max_message_bytes {
@@ -72,9 +77,12 @@ impl Queue {
                     limit: self.options.max_message_bytes,
                 });
             }
-            if message.idempotency_key.is_empty()
-                || !self.dedup.contains(&dedup_key(&message.idempotency_key))
-            {
+            let stored = message.idempotency_key.is_empty() || {
+                let key = dedup_key(&message.idempotency_key);
+                !self.dedup.contains(&key)
+                    && (self.options.dedup_window_ms == 0 || batch_keys.insert(key))
+            };
+            if stored {
                 count += 1;
                 bytes += size;
             }

@@ -184,26 +184,6 @@ fn msg() -> impl Strategy<Value = Msg> {
         )
 }
 
-/// Leaves out a key repeated within one batch for the queues with a small bound (`b`, the
-/// journal). The state machine counts such a key once per message when it checks a batch
-/// for room, so it refuses (or, under dead-letter-oldest, evicts for) more than the batch
-/// stores; docs/semantics.md bounds what a send stores, and the model states that rule.
-/// The other queues are far from full, so they still get repeated keys.
-fn keys_once_if_bounded<'a>(queue: Q, messages: impl Iterator<Item = &'a mut Msg>) {
-    if !matches!(queue, Q::B | Q::Journal) {
-        return;
-    }
-    let mut keys = Vec::new();
-    for message in messages {
-        if let Some(key) = message.key {
-            if keys.contains(&key) {
-                message.key = None;
-            }
-            keys.push(key);
-        }
-    }
-}
-
 /// Mostly valid leases (0: the queue's default), now and then one too short.
 fn lease() -> impl Strategy<Value = u64> {
     prop_oneof![6 => Just(0u64), 6 => Just(100), 6 => Just(300), 4 => Just(1_000), 1 => Just(50)]
@@ -217,10 +197,8 @@ pub fn op() -> impl Strategy<Value = Op> {
     // The n-th latest receipt or id: 0, the latest, is what most steps are about.
     let pick = || 0usize..6;
     prop_oneof![
-        10 => (queue(), proptest::collection::vec(msg(), 1..3)).prop_map(|(queue, mut messages)| {
-            keys_once_if_bounded(queue, messages.iter_mut());
-            Op::Send { queue, messages }
-        }),
+        10 => (queue(), proptest::collection::vec(msg(), 1..3))
+            .prop_map(|(queue, messages)| Op::Send { queue, messages }),
         8 => (queue(), max(), lease())
             .prop_map(|(queue, max, lease_ms)| Op::Receive { queue, max, lease_ms }),
         4 => (
@@ -264,13 +242,7 @@ pub fn op() -> impl Strategy<Value = Op> {
                 4 => proptest::collection::vec((commit_queue(), msg()), 1..3),
             ],
         )
-            .prop_map(|(transaction, acks, mut sends)| {
-                for bounded in [Q::B, Q::Journal] {
-                    let to = sends.iter_mut().filter(|(q, _)| *q == bounded).map(|(_, m)| m);
-                    keys_once_if_bounded(bounded, to);
-                }
-                Op::Commit { transaction, acks, sends }
-            }),
+            .prop_map(|(transaction, acks, sends)| Op::Commit { transaction, acks, sends }),
         2 => Just(Op::Tick),
         5 => prop_oneof![Just(50u64), Just(150), Just(400), Just(1_000)].prop_map(|ms| Op::Wait { ms }),
         1 => prop_oneof![Just(100u64), Just(600)].prop_map(|ms| Op::ClockBehind { ms }),
