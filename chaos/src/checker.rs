@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::history::{Event, Op, Outcome};
+use crate::unavailability::{self, FaultSpan, KindUnavailability};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -28,6 +29,9 @@ pub struct Verdict {
     /// Longest stretch without a successful send, not counting time when a majority of
     /// nodes was down.
     pub longest_unavailable_ms: u64,
+    /// The longest of those stretches put down to each fault kind, and to none (see
+    /// [`unavailability::by_fault_kind`]).
+    pub unavailable_by_fault: Vec<KindUnavailability>,
     pub valid: bool,
 }
 
@@ -46,6 +50,11 @@ impl Verdict {
             self.order_violations.len(),
             self.longest_unavailable_ms as f64 / 1000.0
         )
+    }
+
+    /// The longest unavailable stretch after each fault kind, as a table.
+    pub fn unavailability_table(&self) -> String {
+        unavailability::table(&self.unavailable_by_fault)
     }
 }
 
@@ -69,6 +78,7 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
     let mut first_delivery: HashMap<&str, FirstDelivery> = HashMap::new();
     let mut delivered: HashSet<&str> = HashSet::new();
     let mut outages: Vec<(u64, u64)> = Vec::new();
+    let mut faults: Vec<FaultSpan> = Vec::new();
     let mut send_successes: Vec<u64> = Vec::new();
     // Every send (any outcome) of each producer, in invocation order: a grouped producer's
     // send order is its group's order.
@@ -109,8 +119,17 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
                 Outcome::Failed => {}
             },
             Op::Receive { .. } => {}
-            Op::Fault { majority_down, .. } => {
+            Op::Fault {
+                kind,
+                majority_down,
+                ..
+            } => {
                 verdict.faults += 1;
+                faults.push(FaultSpan {
+                    kind,
+                    start_ms: event.start_ms,
+                    end_ms: event.end_ms,
+                });
                 if *majority_down {
                     outages.push((event.start_ms, event.end_ms));
                 }
@@ -207,7 +226,13 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
         );
     }
 
-    verdict.longest_unavailable_ms = longest_gap(send_successes, &outages, producing_end_ms);
+    let windows = unavailability::windows(send_successes, &outages, producing_end_ms);
+    verdict.longest_unavailable_ms = windows
+        .iter()
+        .map(|window| window.unavailable_ms)
+        .max()
+        .unwrap_or(0);
+    verdict.unavailable_by_fault = unavailability::by_fault_kind(&windows, &faults);
     verdict.lost.sort();
     verdict.duplicates.sort();
     verdict.phantoms.sort();
@@ -308,28 +333,6 @@ fn check_group_order(
             ));
         }
     }
-}
-
-/// Longest interval without a successful send completion, minus overlap with windows
-/// where a majority was down (no system can be available then).
-fn longest_gap(mut successes: Vec<u64>, outages: &[(u64, u64)], run_end_ms: u64) -> u64 {
-    successes.retain(|at| *at <= run_end_ms);
-    successes.sort_unstable();
-    let mut points = vec![0];
-    points.extend(successes);
-    points.push(run_end_ms);
-    points
-        .windows(2)
-        .map(|pair| {
-            let (from, to) = (pair[0], pair[1].max(pair[0]));
-            let excused: u64 = outages
-                .iter()
-                .map(|(start, end)| to.min(*end).saturating_sub(from.max(*start)))
-                .sum();
-            (to - from).saturating_sub(excused)
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -552,5 +555,13 @@ mod tests {
         let verdict = check(&history, 1_100);
         // 5..1005 without a send is 1000 ms, 600 of them with a majority down.
         assert_eq!(verdict.longest_unavailable_ms, 400);
+        // That window began with the restart-all active; the first one, 0..5, began within
+        // LEAD_MS of its injection, so no window is put down to no fault.
+        let kinds: Vec<(&str, usize, u64)> = verdict
+            .unavailable_by_fault
+            .iter()
+            .map(|row| (row.kind.as_str(), row.faults, row.longest_unavailable_ms))
+            .collect();
+        assert_eq!(kinds, [("restart-all", 1, 400), ("none", 0, 0)]);
     }
 }

@@ -9,6 +9,7 @@ mod damage;
 mod history;
 mod nemesis;
 mod timeline;
+mod unavailability;
 mod workload;
 
 use std::path::PathBuf;
@@ -127,9 +128,10 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             let text = std::fs::read_to_string(&history)
                 .with_context(|| format!("reading {}", history.display()))?;
             let events = history::from_jsonl(&text)?;
-            let end = events.iter().map(|e| e.end_ms).max().unwrap_or(0);
+            let end = producing_end_ms(&events);
             let verdict = checker::check(&events, end);
             println!("{}", serde_json::to_string_pretty(&verdict)?);
+            print!("{}", verdict.unavailability_table());
             Ok(exit(verdict.valid))
         }
         Command::Cleanup => {
@@ -150,10 +152,51 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// When the producers stopped, as far as a history shows it: the end of the last send
+/// (the run measures availability until its producers have returned, and the drain after
+/// that has no sends). A history without sends ends with its last event.
+fn producing_end_ms(events: &[history::Event]) -> u64 {
+    let last = |sends_only: bool| {
+        events
+            .iter()
+            .filter(|e| !sends_only || matches!(e.op, history::Op::Send { .. }))
+            .map(|e| e.end_ms)
+            .max()
+    };
+    last(true).or_else(|| last(false)).unwrap_or(0)
+}
+
 fn exit(valid: bool) -> std::process::ExitCode {
     if valid {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use history::{Event, Op, Outcome};
+
+    fn event(op: Op, end_ms: u64) -> Event {
+        Event {
+            process: "p1".into(),
+            op,
+            start_ms: end_ms.saturating_sub(5),
+            end_ms,
+            outcome: Outcome::Ok,
+            error: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_history_stops_producing_with_its_last_send_not_its_drain() {
+        let send = Op::Send { value: "a".into() };
+        let ack = Op::Ack { value: "a".into() };
+        let events = [event(send, 1_000), event(ack.clone(), 9_000)];
+        assert_eq!(producing_end_ms(&events), 1_000);
+        assert_eq!(producing_end_ms(&[event(ack, 9_000)]), 9_000);
+        assert_eq!(producing_end_ms(&[]), 0);
     }
 }

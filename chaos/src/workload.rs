@@ -569,6 +569,7 @@ impl Workload {
             timeline::render(&events, run_end_ms),
         )?;
         println!("raftq-chaos: {}", verdict.counts_line());
+        print!("{}", verdict.unavailability_table());
         println!(
             "raftq-chaos: {} — history, summary.json and timeline.svg in {}",
             if verdict.valid { "VALID" } else { "INVALID" },
