@@ -1,3 +1,5 @@
+//! Malformed, oversized and unknown input: a specific status, and nothing changed.
+
 use std::time::Duration;
 
 use raftq_client::{Message, pb};

@@ -1,3 +1,5 @@
+//! Sending and receiving through any node: forwarding, leases, acks, long polls.
+
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! Adding, removing and shrinking members, and nodes joining a running cluster.
+
 use std::time::Duration;
 
 use raftq_client::{Message, pb};

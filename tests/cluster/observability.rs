@@ -1,3 +1,5 @@
+//! gRPC health, reflection, Prometheus metrics and the probes.
+
 use raftq_client::{Message, pb};
 use std::time::Duration;
 

@@ -1,3 +1,6 @@
+//! `Client`: any node's address, leader following, retries within a deadline with one
+//! idempotency key per logical send, and every call of the public API.
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -1,3 +1,5 @@
+//! `ClientError`, and which gRPC answers a client sends again.
+
 use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,3 +1,6 @@
+//! `ClusterError`: why the cluster could not carry out a request, and how long a caller
+//! should wait before sending it again.
+
 use raftq_store::NodeId;
 
 /// Why the cluster could not carry out a request.

@@ -1,3 +1,6 @@
+//! What goes through the log: `Command` and its `Request` (a command with its log time),
+//! the messages a send carries, receipts, and what applying a command returns (`Outcome`).
+
 use std::collections::BTreeMap;
 use std::fmt;
 

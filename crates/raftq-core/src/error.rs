@@ -1,3 +1,6 @@
+//! `QueueError`: every way the state machine refuses a command, and `quote` for echoing
+//! a caller's input in a bounded way.
+
 use serde::{Deserialize, Serialize};
 
 /// Every way a queue command can be refused. A refused command changes nothing.

@@ -8,6 +8,7 @@
 //! every node.
 
 pub mod body;
+mod checks;
 mod command;
 mod dedup;
 mod error;

@@ -1,3 +1,6 @@
+//! The cluster-wide `Limits` (replicated with the state) and a queue's `QueueOptions`
+//! with their defaults and validation; request checks against the limits are in `checks`.
+
 use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
@@ -60,125 +63,6 @@ impl Default for Limits {
             max_ttl_ms: 30 * 24 * 60 * 60 * 1000,
             transaction_window_ms: 5 * 60 * 1000,
         }
-    }
-}
-
-impl Limits {
-    pub fn check_lease(&self, field: &str, lease_ms: u64) -> Result<(), QueueError> {
-        if lease_ms < self.min_lease_ms || lease_ms > self.max_lease_ms {
-            return Err(QueueError::invalid(
-                field,
-                format!(
-                    "{lease_ms} ms is outside {}..={} ms",
-                    self.min_lease_ms, self.max_lease_ms
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Limits {
-    /// Checks what a message must satisfy on any queue: header count and size, key length.
-    pub fn check_message(&self, message: &crate::NewMessage) -> Result<(), QueueError> {
-        if message.headers.len() > self.max_headers {
-            return Err(QueueError::invalid(
-                "headers",
-                format!(
-                    "{} headers exceed the limit of {}",
-                    message.headers.len(),
-                    self.max_headers
-                ),
-            ));
-        }
-        if message.headers.keys().any(String::is_empty) {
-            return Err(QueueError::invalid(
-                "headers",
-                "header names must not be empty",
-            ));
-        }
-        let header_bytes: usize = message.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if header_bytes > self.max_header_bytes {
-            return Err(QueueError::invalid(
-                "headers",
-                format!(
-                    "{header_bytes} bytes of headers exceed the limit of {}",
-                    self.max_header_bytes
-                ),
-            ));
-        }
-        if message.idempotency_key.len() > self.max_idempotency_key_len {
-            return Err(QueueError::invalid(
-                "idempotency_key",
-                format!("longer than {} bytes", self.max_idempotency_key_len),
-            ));
-        }
-        if message.group.len() > self.max_group_len {
-            return Err(QueueError::invalid(
-                "group",
-                format!("longer than {} bytes", self.max_group_len),
-            ));
-        }
-        if message.priority > self.max_priority {
-            return Err(QueueError::invalid(
-                "priority",
-                format!("{} is outside 0..={}", message.priority, self.max_priority),
-            ));
-        }
-        if message.delay_ms > self.max_delay_ms {
-            return Err(QueueError::invalid(
-                "delay_ms",
-                format!("must be at most {} ms", self.max_delay_ms),
-            ));
-        }
-        if message.time_to_reach_ms > self.max_ttl_ms {
-            return Err(QueueError::invalid(
-                "time_to_reach_ms",
-                format!("must be at most {} ms", self.max_ttl_ms),
-            ));
-        }
-        if message.ttl_ms > self.max_ttl_ms {
-            return Err(QueueError::invalid(
-                "ttl_ms",
-                format!("must be at most {} ms", self.max_ttl_ms),
-            ));
-        }
-        let properties = &message.properties;
-        for (field, value) in [
-            ("label", &properties.label),
-            ("correlation_id", &properties.correlation_id),
-            ("content_type", &properties.content_type),
-        ] {
-            if value.len() > self.max_property_len {
-                return Err(QueueError::invalid(
-                    field,
-                    format!("longer than {} bytes", self.max_property_len),
-                ));
-            }
-        }
-        let acknowledgement = &message.acknowledgement;
-        if !acknowledgement.queue.is_empty() {
-            validate_queue_name(&acknowledgement.queue, self).map_err(|error| {
-                QueueError::invalid("ack_queue", format!("not a queue name: {error}"))
-            })?;
-            if !acknowledgement.positive && !acknowledgement.negative {
-                return Err(QueueError::invalid(
-                    "ack_queue",
-                    "ask for positive and/or negative acknowledgements",
-                ));
-            }
-        } else if acknowledgement.positive || acknowledgement.negative {
-            return Err(QueueError::invalid(
-                "ack_queue",
-                "acknowledgements need a queue to go to",
-            ));
-        }
-        if !properties.reply_to.is_empty() {
-            validate_queue_name(&properties.reply_to, self).map_err(|error| {
-                QueueError::invalid("reply_to", format!("not a queue name: {error}"))
-            })?;
-        }
-        Ok(())
     }
 }
 

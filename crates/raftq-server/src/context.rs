@@ -32,9 +32,11 @@ pub enum Route {
 
 impl Context {
     pub fn new(node: RaftNode) -> Context {
+        // The replicated limits: no command changes them, so the state's are read once.
+        let limits = Arc::new(node.state().read().limits().clone());
         Context {
             node,
-            limits: Arc::new(Limits::default()),
+            limits,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }

@@ -1,3 +1,6 @@
+//! The node's RocksDB: opening it with its column families and options, the key layout
+//! (group id first), `StoreError`, and memory figures for the metrics.
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

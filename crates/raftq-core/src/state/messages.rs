@@ -26,12 +26,7 @@ impl StateMachine {
         max_messages: u32,
         lease_ms: u64,
     ) -> Result<(u64, u64), QueueError> {
-        if max_messages == 0 || max_messages > self.limits.max_receive_messages {
-            return Err(QueueError::invalid(
-                "max_messages",
-                format!("must be in 1..={}", self.limits.max_receive_messages),
-            ));
-        }
+        self.limits.check_receive_size(max_messages)?;
         if lease_ms != 0 {
             self.limits.check_lease("lease_ms", lease_ms)?;
         }
@@ -51,22 +46,7 @@ impl StateMachine {
         messages: Vec<NewMessage>,
     ) -> Result<Outcome, QueueError> {
         let now = self.now_ms;
-        if messages.is_empty() {
-            return Err(QueueError::invalid("messages", "the batch is empty"));
-        }
-        if messages.len() > self.limits.max_batch_messages {
-            return Err(QueueError::invalid(
-                "messages",
-                format!(
-                    "{} messages exceed the batch limit of {}",
-                    messages.len(),
-                    self.limits.max_batch_messages
-                ),
-            ));
-        }
-        for message in &messages {
-            self.limits.check_message(message)?;
-        }
+        self.limits.check_send_batch(&messages)?;
         self.check_acknowledgement_queues(&messages)?;
         let first_id = self.next_message_id;
         let queue = self.queue_mut(&queue)?;
@@ -170,12 +150,7 @@ impl StateMachine {
         delay_ms: u64,
     ) -> Result<Outcome, QueueError> {
         let now = self.now_ms;
-        if delay_ms > self.limits.max_nack_delay_ms {
-            return Err(QueueError::invalid(
-                "delay_ms",
-                format!("must be at most {} ms", self.limits.max_nack_delay_ms),
-            ));
-        }
+        self.limits.check_nack_delay("delay_ms", delay_ms)?;
         let queue = self.queue_mut(&queue)?;
         let visible_at_ms = queue.nack(receipt, delay_ms, now)?;
         Ok(Outcome::Nacked { visible_at_ms })

@@ -1,3 +1,6 @@
+//! Messages on the wire: outgoing messages, send results, deliveries, peeked messages and
+//! the answers of send streams.
+
 use raftq_core::{
     AcknowledgementRequest, Delivery, MessageProperties, NewMessage, SendResult, StoredMessage,
     queue::MessageState,

@@ -1,3 +1,5 @@
+//! Queues on the wire: options (with their defaults and enums checked), stats and info.
+
 use raftq_core::{Overflow, QueueError, QueueInfo, QueueOptions, QueueStats};
 
 use crate::pb;

@@ -1,3 +1,6 @@
+//! AdminService: cluster status (each member's own report), node info, adding and
+//! removing nodes.
+
 use std::time::Duration;
 
 use raftq_proto::pb::{

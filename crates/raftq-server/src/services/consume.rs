@@ -233,14 +233,9 @@ impl Consumer {
         };
         let max_messages = match start.max_messages {
             0 => DEFAULT_MAX_MESSAGES,
-            n if n > limits.max_receive_messages => {
-                return Err(status(QueueError::invalid(
-                    "max_messages",
-                    format!("must be in 1..={}", limits.max_receive_messages),
-                )));
-            }
             n => n,
         };
+        limits.check_receive_size(max_messages).map_err(status)?;
         if start.lease_ms != 0 {
             limits
                 .check_lease("lease_ms", start.lease_ms)
@@ -478,13 +473,9 @@ impl Consumer {
     fn consume_settle(&self, request: pb::ConsumeRequest) -> Result<Settle, Status> {
         let limits = &self.context.limits;
         let parsed = |field: &str, receipts: &[String]| {
-            let max = limits.max_batch_messages;
-            if receipts.len() > max {
-                return Err(status(QueueError::invalid(
-                    field,
-                    format!("must hold at most {max} receipts"),
-                )));
-            }
+            limits
+                .check_receipts(field, receipts.len())
+                .map_err(status)?;
             raftq_proto::receipts(receipts).map_err(status)
         };
         match request.request {
@@ -492,12 +483,9 @@ impl Consumer {
                 Ok(Settle::Ack(parsed("ack.receipts", &ack.receipts)?))
             }
             Some(pb::consume_request::Request::Nack(nack)) => {
-                if nack.delay_ms > limits.max_nack_delay_ms {
-                    return Err(status(QueueError::invalid(
-                        "nack.delay_ms",
-                        format!("must be at most {} ms", limits.max_nack_delay_ms),
-                    )));
-                }
+                limits
+                    .check_nack_delay("nack.delay_ms", nack.delay_ms)
+                    .map_err(status)?;
                 let receipts = parsed("nack.receipts", &nack.receipts)?;
                 Ok(Settle::Nack(receipts, nack.delay_ms))
             }

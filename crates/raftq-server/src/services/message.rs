@@ -1,3 +1,6 @@
+//! MessageService: send, send streams, receive (long-polling), ack, nack, extend, peek,
+//! commit and redrive; the Consume stream is served by `consume`.
+
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
@@ -46,12 +49,7 @@ impl MessageApi {
         self.context.check_queue_name(&request.queue)?;
         let limits = &self.context.limits;
         let max_messages = request.max_messages.max(1);
-        if max_messages > limits.max_receive_messages {
-            return Err(status(QueueError::invalid(
-                "max_messages",
-                format!("must be in 1..={}", limits.max_receive_messages),
-            )));
-        }
+        limits.check_receive_size(max_messages).map_err(status)?;
         if request.lease_ms != 0 {
             limits
                 .check_lease("lease_ms", request.lease_ms)
@@ -63,12 +61,9 @@ impl MessageApi {
                 format!("must be at most {MAX_WAIT_MS} ms"),
             )));
         }
-        if request.ack_receipts.len() > limits.max_batch_messages {
-            return Err(status(QueueError::invalid(
-                "ack_receipts",
-                format!("must hold at most {} receipts", limits.max_batch_messages),
-            )));
-        }
+        limits
+            .check_receipts("ack_receipts", request.ack_receipts.len())
+            .map_err(status)?;
         let queue = request.queue.clone();
         let lease_ms = request.lease_ms;
         Ok(if is_selective(request) {
@@ -151,26 +146,8 @@ impl MessageApi {
     ) -> Result<Vec<pb::SendResponse>, Status> {
         self.context.check_queue_name(&queue)?;
         let limits = &self.context.limits;
-        if messages.len() > limits.max_batch_messages {
-            return Err(status(QueueError::InvalidArgument {
-                field: "messages".into(),
-                reason: format!(
-                    "{} messages exceed the batch limit of {}",
-                    messages.len(),
-                    limits.max_batch_messages
-                ),
-            }));
-        }
         let messages: Vec<_> = messages.into_iter().map(raftq_proto::new_message).collect();
-        for message in &messages {
-            limits.check_message(message).map_err(status)?;
-            if message.size() > limits.max_message_bytes {
-                return Err(status(QueueError::MessageTooLarge {
-                    size: message.size(),
-                    limit: limits.max_message_bytes,
-                }));
-            }
-        }
+        limits.check_send_batch(&messages).map_err(status)?;
         let count = messages.len() as u64;
         match self
             .context
@@ -432,6 +409,10 @@ impl MessageService for MessageApi {
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
+        self.context
+            .limits
+            .check_nack_delay("delay_ms", request.delay_ms)
+            .map_err(status)?;
         let command = Command::Nack {
             queue: request.queue,
             receipt,

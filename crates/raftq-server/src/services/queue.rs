@@ -1,3 +1,5 @@
+//! QueueService: create, get, list, delete and purge queues.
+
 use raftq_core::{Command, Outcome};
 use raftq_proto::pb::{
     self, queue_service_client::QueueServiceClient, queue_service_server::QueueService,
