@@ -1,0 +1,150 @@
+//! Cluster commands: `cluster status`, `add-node`, `remove-node`, `shrink`; the status output.
+
+use clap::Subcommand;
+use raftq_client::{Client, ClientError, pb};
+use serde_json::json;
+
+use super::output::{Output, print};
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ClusterCommand {
+    Status,
+    /// Add a node as learner, then voter once it has caught up.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// The new node's gRPC address.
+        #[arg(long)]
+        node_addr: String,
+        /// Leave the node a learner.
+        #[arg(long)]
+        no_promote: bool,
+        /// The node lost its data and was started again on an empty data directory: remove
+        /// its old self, add it as a learner and promote it once it has caught up (a node
+        /// does this itself when it starts).
+        #[arg(long)]
+        lost_data: bool,
+    },
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove every member whose id is above `--to`, one at a time, highest first: what a
+    /// scale-down to `--to` nodes (ids 1..=to) needs before the departing nodes stop.
+    /// Nothing to remove is not an error.
+    Shrink {
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        to: u64,
+    },
+}
+
+pub(super) async fn run(
+    client: &Client,
+    command: ClusterCommand,
+    output: Output,
+) -> Result<(), ClientError> {
+    let status = match command {
+        ClusterCommand::Status => client.cluster_status().await?,
+        ClusterCommand::AddNode {
+            id,
+            node_addr,
+            no_promote,
+            lost_data,
+        } => {
+            client
+                .add_node(pb::AddNodeRequest {
+                    node_id: id,
+                    address: node_addr,
+                    promote: !no_promote,
+                    lost_data,
+                    cluster_id: String::new(),
+                })
+                .await?
+        }
+        ClusterCommand::RemoveNode { id } => client.remove_node(id).await?,
+        ClusterCommand::Shrink { to } => shrink(client, to).await?,
+    };
+    print_status(output, &status);
+    Ok(())
+}
+
+/// Removes the members above `to`, highest first; answers the last status seen.
+async fn shrink(client: &Client, to: u64) -> Result<pb::ClusterStatusResponse, ClientError> {
+    let status = client.cluster_status().await?;
+    let mut departing: Vec<u64> = status
+        .nodes
+        .iter()
+        .map(|node| node.node_id)
+        .filter(|id| *id > to)
+        .collect();
+    departing.sort_unstable_by(|a, b| b.cmp(a));
+    let mut status = status;
+    for id in departing {
+        eprintln!("removing node {id}");
+        status = client.remove_node(id).await?;
+    }
+    Ok(status)
+}
+
+fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
+    let nodes: Vec<_> = status
+        .nodes
+        .iter()
+        .map(|node| {
+            json!({
+                "node_id": node.node_id,
+                "address": node.address,
+                "role": node.role,
+                "voter": node.voter,
+                "term": node.term,
+                "last_log_index": node.last_log_index,
+                "committed_index": node.committed_index,
+                "applied_index": node.applied_index,
+                "snapshot_index": node.snapshot_index,
+                "purged_index": node.purged_index,
+                "leader_id": node.leader_id,
+                "rebuilding": node.rebuilding,
+                "cluster_id": node.cluster_id,
+            })
+        })
+        .collect();
+    let mut text = format!(
+        "cluster: {}\nleader: node {} at {}\n",
+        if status.cluster_id.is_empty() {
+            "(no id recorded)"
+        } else {
+            &status.cluster_id
+        },
+        status.leader_id,
+        status.leader_address
+    );
+    for node in &status.nodes {
+        text.push_str(&format!(
+            "  node {} {} {}{}{} term={} last_log={} committed={} applied={} snapshot={}\n",
+            node.node_id,
+            node.address,
+            node.role,
+            if node.voter { "" } else { " (learner)" },
+            if node.rebuilding {
+                " (rebuilding: no vote yet)"
+            } else {
+                ""
+            },
+            node.term,
+            node.last_log_index,
+            node.committed_index,
+            node.applied_index,
+            node.snapshot_index
+        ));
+    }
+    print(
+        output,
+        json!({
+            "cluster_id": status.cluster_id,
+            "leader_id": status.leader_id,
+            "leader_address": status.leader_address,
+            "nodes": nodes,
+        }),
+        text.trim_end().to_string(),
+    );
+}

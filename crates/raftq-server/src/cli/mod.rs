@@ -1,0 +1,141 @@
+//! Command-line interface: the top-level commands, their dispatch and client exit statuses.
+
+mod cluster;
+mod dlq;
+mod journal;
+mod message;
+mod output;
+mod queue;
+mod receive;
+mod send;
+mod server;
+mod tx;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use raftq_client::{Client, ClientConfig, ClientError};
+use serde_json::json;
+
+use output::{Output, out};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftq",
+    version,
+    about = "Replicated message queue: server and client"
+)]
+pub struct Cli {
+    /// Any node of the cluster (HOST:PORT; a comma-separated list is tried in turn).
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_ADDR",
+        default_value = "127.0.0.1:7401"
+    )]
+    addr: String,
+    /// `text` for people, `json` for one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: Output,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+// The top-level commands, in the order `raftq --help` lists them: server and message
+// commands stand at the top level themselves, the other groups are subcommands. No doc
+// comment: clap applies an enum's doc comment to the command it belongs to, `raftq`.
+#[derive(Subcommand, Debug)]
+enum Commands {
+    #[command(flatten)]
+    Server(server::ServerCommand),
+    /// Create, inspect, list, delete and purge queues.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    #[command(flatten)]
+    Message(message::MessageCommand),
+    /// Cluster status and membership.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Dead-letter queues: move messages back (redrive).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Transactions: acks and sends across queues, all or nothing.
+    #[command(subcommand)]
+    Tx(tx::TxCommand),
+    /// Journals of consumed messages (`<queue>.journal`; browse them with `peek`).
+    #[command(subcommand)]
+    Journal(journal::JournalCommand),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let output = cli.output;
+    match cli.command {
+        Commands::Server(command) => server::run(command).await,
+        command => {
+            // A person is waiting: give up sooner than a service would.
+            let config = ClientConfig {
+                retry_deadline: Duration::from_secs(10),
+                ..ClientConfig::default()
+            };
+            let client = Client::new(&[cli.addr], config)?;
+            match client_command(&client, command, output).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(error) => {
+                    let code = error
+                        .code()
+                        .map(|code| format!("{code:?}"))
+                        .unwrap_or_default();
+                    match output {
+                        Output::Json => out(json!({"error": error.to_string(), "code": code})),
+                        Output::Text => eprintln!("raftq: {error}"),
+                    }
+                    Ok(ExitCode::from(exit_code(error.code())))
+                }
+            }
+        }
+    }
+}
+
+async fn client_command(
+    client: &Client,
+    command: Commands,
+    output: Output,
+) -> Result<(), ClientError> {
+    match command {
+        Commands::Queue(command) => queue::run(client, command, output).await,
+        Commands::Message(command) => message::run(client, command, output).await,
+        Commands::Cluster(command) => cluster::run(client, command, output).await,
+        Commands::Dlq(command) => dlq::run(client, command, output).await,
+        Commands::Tx(command) => tx::run(client, command, output).await,
+        Commands::Journal(command) => journal::run(client, command, output).await,
+        Commands::Server(_) => unreachable!("server commands are handled by run"),
+    }
+}
+
+/// Exit status of a failed client command, so scripts can tell failures apart
+/// (2 is left to usage errors, as clap reports them).
+fn exit_code(code: Option<tonic::Code>) -> u8 {
+    match code {
+        Some(tonic::Code::NotFound) => 3,
+        Some(tonic::Code::InvalidArgument) => 4,
+        Some(tonic::Code::AlreadyExists) => 5,
+        Some(tonic::Code::FailedPrecondition) => 6,
+        Some(tonic::Code::ResourceExhausted) => 7,
+        Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            8
+        }
+        _ => 1,
+    }
+}
+
+/// Reads a file given on the command line, or standard input for `-`, as bytes.
+fn read_body(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    if path == std::path::Path::new("-") {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)?;
+        Ok(body)
+    } else {
+        std::fs::read(path)
+    }
+}
