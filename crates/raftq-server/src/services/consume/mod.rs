@@ -10,15 +10,21 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use raftq_core::{Command, Outcome, QueueError, Receipt};
+use raftq_core::{Command, Outcome, QueueError};
 use raftq_proto::pb;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::acks::{POLL_INTERVAL, ack_results};
-use crate::context::{Context, unexpected};
+mod answer;
+mod stream;
+
+use answer::{Answered, answer, send};
+use stream::{Settle, Shape, Stream, consumed, settle_commands};
+
+use super::acks::POLL_INTERVAL;
+use crate::context::Context;
 use crate::error::{ServiceError, status};
 
 /// Most deliveries one stream may hold unacknowledged.
@@ -73,12 +79,6 @@ struct Start {
     lease_ms: u64,
 }
 
-/// A delivery the stream handed out and the consumer has not acknowledged on it.
-struct Held {
-    lease_ends_ms: u64,
-    bytes: usize,
-}
-
 type Write<'a> = Pin<Box<dyn Future<Output = Result<Outcome, Status>> + Send + 'a>>;
 type Answers = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
 /// The answers of one Consume stream, as the service returns them.
@@ -102,96 +102,6 @@ enum End {
     /// The stream is refused with this status (a bad request, an unknown queue, lost
     /// leadership).
     Failed(Status),
-}
-
-/// The stream's state between its log writes.
-struct Stream {
-    held: HashMap<Receipt, Held>,
-    held_bytes: usize,
-    /// Read and not written yet, in the order they came.
-    acks: Vec<Receipt>,
-    nacks: Vec<(Receipt, u64)>,
-}
-
-/// What one message of the stream after `start` asks for.
-enum Settle {
-    Ack(Vec<Receipt>),
-    /// Receipts, and the delay before they are visible again.
-    Nack(Vec<Receipt>, u64),
-}
-
-/// The commands of one of the stream's writes, in order: an `AckBatch` when `acks`, then
-/// `nacks` nacks, then a receive when `receive`.
-#[derive(Clone, Copy, Default)]
-struct Shape {
-    acks: bool,
-    nacks: usize,
-    receive: bool,
-}
-
-/// What one write did: ack results, nack results, deliveries.
-#[derive(Default)]
-struct Written {
-    acked: Vec<pb::AckResult>,
-    nacked: Vec<pb::AckResult>,
-    delivered: Vec<pb::ReceivedMessage>,
-}
-
-impl Stream {
-    fn hold(&mut self, delivered: &[pb::ReceivedMessage]) {
-        for message in delivered {
-            if let Ok(receipt) = message.receipt.parse::<Receipt>() {
-                let bytes = message.body.len();
-                self.held_bytes += bytes;
-                let lease_ends_ms = message.lease_expires_at_ms;
-                self.held.insert(
-                    receipt,
-                    Held {
-                        lease_ends_ms,
-                        bytes,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Takes in the acks or nacks of one request; their deliveries are no longer held.
-    fn settle(&mut self, settle: Settle) {
-        match settle {
-            Settle::Ack(receipts) => {
-                for receipt in receipts {
-                    self.unhold(&receipt);
-                    self.acks.push(receipt);
-                }
-            }
-            Settle::Nack(receipts, delay_ms) => {
-                for receipt in receipts {
-                    self.unhold(&receipt);
-                    self.nacks.push((receipt, delay_ms));
-                }
-            }
-        }
-    }
-
-    fn unhold(&mut self, receipt: &Receipt) {
-        if let Some(held) = self.held.remove(receipt) {
-            self.held_bytes -= held.bytes;
-        }
-    }
-
-    /// Forgets deliveries whose lease has ended (nacked by a call, say, or never
-    /// acknowledged): the queue may hand them to anyone now, so they take no room.
-    fn forget_ended(&mut self, now_ms: u64) {
-        let mut freed = 0;
-        self.held.retain(|_, held| {
-            let keep = held.lease_ends_ms > now_ms;
-            if !keep {
-                freed += held.bytes;
-            }
-            keep
-        });
-        self.held_bytes -= freed;
-    }
 }
 
 impl Consumer {
@@ -541,87 +451,6 @@ impl Consumer {
     }
 }
 
-/// The first of the acks and nacks read (at most `max` receipts in all) as commands,
-/// acks first, and the shape of those commands.
-fn settle_commands(queue: &str, stream: &mut Stream, max: usize) -> (Vec<Command>, Shape) {
-    let mut commands = Vec::with_capacity(2);
-    let mut shape = Shape::default();
-    let acks = stream.acks.len().min(max);
-    if acks > 0 {
-        commands.push(Command::AckBatch {
-            queue: queue.to_string(),
-            receipts: stream.acks.drain(..acks).collect(),
-        });
-        shape.acks = true;
-    }
-    let nacks = stream.nacks.len().min(max - acks);
-    for (receipt, delay_ms) in stream.nacks.drain(..nacks) {
-        commands.push(Command::Nack {
-            queue: queue.to_string(),
-            receipt,
-            delay_ms,
-        });
-    }
-    shape.nacks = nacks;
-    (commands, shape)
-}
-
-/// The wire form of one nack's outcome.
-fn nack_result(outcome: Result<Outcome, QueueError>) -> pb::AckResult {
-    match outcome {
-        Ok(_) => {
-            metrics::counter!("raftq_messages_nacked_total").increment(1);
-            pb::AckResult::default()
-        }
-        Err(error) => raftq_proto::refused(&error),
-    }
-}
-
-/// What one of the stream's writes, of `shape`, did. A refused ack batch or receive
-/// (an unknown queue) fails the stream; each nack succeeds or fails on its own.
-fn consumed(outcome: Result<Outcome, Status>, shape: Shape) -> Result<Written, Status> {
-    let results = match outcome? {
-        Outcome::Batch(results) => results,
-        other => return Err(unexpected(other)),
-    };
-    let expected = usize::from(shape.acks) + shape.nacks + usize::from(shape.receive);
-    if results.len() != expected {
-        return Err(status(ServiceError::internal(format!(
-            "a consume stream's write of {expected} commands had {} results",
-            results.len()
-        ))));
-    }
-    let refused = |error: QueueError| status(error);
-    let mut results = results.into_iter();
-    let mut written = Written::default();
-    if shape.acks {
-        match results.next() {
-            Some(Ok(Outcome::AckedBatch(outcomes))) => written.acked = ack_results(outcomes),
-            Some(Ok(other)) => return Err(unexpected(other)),
-            Some(Err(error)) => return Err(refused(error)),
-            None => {}
-        }
-    }
-    written.nacked = results
-        .by_ref()
-        .take(shape.nacks)
-        .map(nack_result)
-        .collect();
-    if shape.receive {
-        match results.next() {
-            Some(Ok(Outcome::Received(deliveries))) => {
-                metrics::counter!("raftq_messages_delivered_total")
-                    .increment(deliveries.len() as u64);
-                written.delivered = deliveries.into_iter().map(Into::into).collect();
-            }
-            Some(Ok(other)) => return Err(unexpected(other)),
-            Some(Err(error)) => return Err(refused(error)),
-            None => {}
-        }
-    }
-    Ok(written)
-}
-
 /// Resolves once the node begins to stop.
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
@@ -630,58 +459,4 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
 /// Consume streams this node serves now.
 pub fn active_streams() -> usize {
     STREAMS.load(Ordering::Acquire)
-}
-
-enum Answered {
-    Yes,
-    /// There was nothing to answer.
-    Nothing,
-    /// The consumer reads no more.
-    Gone,
-    /// The node began to stop while the answer waited for room.
-    Stopping,
-}
-
-/// Sends one answer, unless the node begins to stop while it waits for room.
-async fn send(
-    answers: &Answers,
-    response: pb::ConsumeResponse,
-    stopping: &mut watch::Receiver<bool>,
-) -> Answered {
-    tokio::select! {
-        sent = answers.send(Ok(response)) => match sent {
-            Ok(()) => Answered::Yes,
-            Err(_) => Answered::Gone,
-        },
-        () = stopped(stopping) => Answered::Stopping,
-    }
-}
-
-/// Sends one write's results, deliveries split into answers of `max_messages`, the ack
-/// and nack results with the first.
-async fn answer(
-    answers: &Answers,
-    written: Written,
-    max_messages: usize,
-    stopping: &mut watch::Receiver<bool>,
-) -> Answered {
-    let Written {
-        mut acked,
-        mut nacked,
-        mut delivered,
-    } = written;
-    let mut answered = Answered::Nothing;
-    while !acked.is_empty() || !nacked.is_empty() || !delivered.is_empty() {
-        let rest = delivered.split_off(delivered.len().min(max_messages));
-        let response = pb::ConsumeResponse {
-            messages: std::mem::replace(&mut delivered, rest),
-            ack_results: std::mem::take(&mut acked),
-            nack_results: std::mem::take(&mut nacked),
-        };
-        answered = send(answers, response, stopping).await;
-        if !matches!(answered, Answered::Yes) {
-            return answered;
-        }
-    }
-    answered
 }
