@@ -32,8 +32,13 @@ struct Cli {
 enum Command {
     /// Start a cluster, run workload and nemesis, drain, check.
     Run(RunArgs),
-    /// Check an existing history file.
-    Check { history: PathBuf },
+    /// Check an existing history file (and, with `--timeline`, draw its timeline again).
+    Check {
+        history: PathBuf,
+        /// Also write the run's timeline (SVG) here.
+        #[arg(long)]
+        timeline: Option<PathBuf>,
+    },
     /// Remove network namespaces, bridges and power-loss file system mounts left by runs
     /// that were killed (only while no other run is going on).
     Cleanup,
@@ -124,12 +129,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { history } => {
+        Command::Check { history, timeline } => {
             let text = std::fs::read_to_string(&history)
                 .with_context(|| format!("reading {}", history.display()))?;
             let events = history::from_jsonl(&text)?;
             let end = producing_end_ms(&events);
             let verdict = checker::check(&events, end);
+            if let Some(path) = timeline {
+                let run_end_ms = events.iter().map(|event| event.end_ms).max().unwrap_or(0);
+                std::fs::write(&path, timeline::render(&events, run_end_ms))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             println!("{}", serde_json::to_string_pretty(&verdict)?);
             print!("{}", verdict.unavailability_table());
             Ok(exit(verdict.valid))

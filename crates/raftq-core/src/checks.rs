@@ -183,4 +183,45 @@ impl Limits {
         }
         Ok(())
     }
+
+    /// An `AckBatch`: 1 to `max_batch_messages` receipts.
+    pub fn check_ack_batch(&self, count: usize) -> Result<(), QueueError> {
+        if count == 0 || count > self.max_batch_messages {
+            return Err(QueueError::invalid(
+                "receipts",
+                format!("must hold 1 to {} receipts", self.max_batch_messages),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A transaction's id: 1 to `max_idempotency_key_len` bytes.
+    pub fn check_transaction_id(&self, transaction_id: &str) -> Result<(), QueueError> {
+        if transaction_id.is_empty() || transaction_id.len() > self.max_idempotency_key_len {
+            return Err(QueueError::invalid(
+                "transaction_id",
+                format!("must be 1..={} bytes", self.max_idempotency_key_len),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A transaction's parts: 1 to `max_batch_messages` acks and sends in all, each sent
+    /// message within the limits every queue has.
+    pub fn check_transaction_parts<'a>(
+        &self,
+        acks: usize,
+        sends: impl ExactSizeIterator<Item = &'a NewMessage>,
+    ) -> Result<(), QueueError> {
+        let parts = acks + sends.len();
+        if parts == 0 || parts > self.max_batch_messages {
+            return Err(QueueError::invalid(
+                "transaction",
+                format!("must hold 1..={} acks and sends", self.max_batch_messages),
+            ));
+        }
+        sends
+            .into_iter()
+            .try_for_each(|message| self.check_message(message))
+    }
 }

@@ -289,13 +289,13 @@ impl Db {
     }
 }
 
-/// Keys carry the group id first, so one RocksDB can hold many Raft groups.
 /// Makes the names in `dir` durable (new files and directories, renames, removals).
 pub(crate) fn sync_directory(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
+/// Keys carry the group id first, so one RocksDB can hold many Raft groups.
 pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&group.to_be_bytes());

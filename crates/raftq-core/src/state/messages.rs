@@ -128,12 +128,7 @@ impl StateMachine {
         receipts: Vec<Receipt>,
     ) -> Result<Outcome, QueueError> {
         let now = self.now_ms;
-        if receipts.is_empty() || receipts.len() > self.limits.max_batch_messages {
-            return Err(QueueError::invalid(
-                "receipts",
-                format!("must hold 1 to {} receipts", self.limits.max_batch_messages),
-            ));
-        }
+        self.limits.check_ack_batch(receipts.len())?;
         let queue = self.queue_mut(&queue)?;
         let results = receipts
             .into_iter()

@@ -34,31 +34,15 @@ impl StateMachine {
         sends: Vec<TransactionSend>,
     ) -> Result<Outcome, QueueError> {
         let now = self.now_ms;
-        if transaction_id.is_empty() || transaction_id.len() > self.limits.max_idempotency_key_len {
-            return Err(QueueError::invalid(
-                "transaction_id",
-                format!("must be 1..={} bytes", self.limits.max_idempotency_key_len),
-            ));
-        }
+        self.limits.check_transaction_id(&transaction_id)?;
         if let Some(committed) = self.transactions.get(&transaction_id) {
             return Ok(Outcome::Committed {
                 sent: committed.sent.clone(),
                 already_committed: true,
             });
         }
-        let parts = acks.len() + sends.len();
-        if parts == 0 || parts > self.limits.max_batch_messages {
-            return Err(QueueError::invalid(
-                "transaction",
-                format!(
-                    "must hold 1..={} acks and sends",
-                    self.limits.max_batch_messages
-                ),
-            ));
-        }
-        for send in &sends {
-            self.limits.check_message(&send.message)?;
-        }
+        self.limits
+            .check_transaction_parts(acks.len(), sends.iter().map(|send| &send.message))?;
         self.check_acknowledgement_queues(sends.iter().map(|send| &send.message))?;
         for ack in &acks {
             self.queue_mut(&ack.queue)?

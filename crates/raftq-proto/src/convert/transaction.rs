@@ -5,7 +5,7 @@ use raftq_core::{Command, QueueError, TransactionAck, TransactionSend};
 use crate::{new_message, pb, receipt};
 
 /// The `Commit` command a request asks for. Queue names and limits are checked by the
-/// caller (and again by the state machine).
+/// caller before it proposes the command (and again by the state machine).
 pub fn commit(request: pb::CommitRequest) -> Result<Command, QueueError> {
     let acks = request
         .acks

@@ -385,6 +385,10 @@ impl MessageService for MessageApi {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, ack_batch);
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
+        self.context
+            .limits
+            .check_ack_batch(request.receipts.len())
+            .map_err(status)?;
         let receipts = raftq_proto::receipts(&request.receipts).map_err(status)?;
         match self
             .context
@@ -498,7 +502,20 @@ impl MessageService for MessageApi {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, commit);
         let command = raftq_proto::commit(request.into_inner()).map_err(status)?;
-        if let Command::Commit { acks, sends, .. } = &command {
+        if let Command::Commit {
+            transaction_id,
+            acks,
+            sends,
+        } = &command
+        {
+            let limits = &self.context.limits;
+            limits
+                .check_transaction_id(transaction_id)
+                .map_err(status)?;
+            let messages = sends.iter().map(|send| &send.message);
+            limits
+                .check_transaction_parts(acks.len(), messages)
+                .map_err(status)?;
             let queues = acks.iter().map(|ack| &ack.queue);
             for queue in queues.chain(sends.iter().map(|send| &send.queue)) {
                 self.context.check_queue_name(queue)?;
