@@ -1,0 +1,175 @@
+//! `Client`, `ClientConfig`: construction, channels, the leader cache, the send stream.
+
+mod admin;
+mod message;
+mod messages;
+mod queues;
+mod retry;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+use crate::pipe::{Ended, Pipe};
+use raftq_proto::wire::MAX_MESSAGE_BYTES;
+
+pub use message::{Message, SendOptions};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Total time a call may spend retrying before it gives up.
+    pub retry_deadline: Duration,
+    /// Time limit of one attempt (a long-poll receive adds its wait to this).
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Single sends share one `SendStream` to the leader (many in flight on it) instead
+    /// of a call each; a send the stream cannot answer goes again as a call.
+    pub stream_sends: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            retry_deadline: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            initial_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+            stream_sends: true,
+        }
+    }
+}
+
+struct Nodes {
+    addresses: Vec<String>,
+    channels: HashMap<String, Channel>,
+    /// Address the next call goes to first: the last known leader, or a seed.
+    preferred: String,
+    next_seed: usize,
+    /// The send stream to the preferred node, once a single send has opened it.
+    pipe: Option<Pipe>,
+    /// Nodes that answered a send stream with UNIMPLEMENTED (older servers).
+    without_streams: HashSet<String>,
+}
+
+impl Nodes {
+    fn channel(&mut self, address: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
+        if let Some(channel) = self.channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = endpoint(address, config)?.connect_lazy();
+        self.channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// A cheaply cloneable handle; clones share connections and the leader cache.
+#[derive(Clone)]
+pub struct Client {
+    nodes: Arc<Mutex<Nodes>>,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// A client for the cluster reachable at any of `addresses` (`HOST:PORT`). Connections
+    /// are made lazily.
+    pub fn new(addresses: &[String], config: ClientConfig) -> Result<Client, ClientError> {
+        let addresses: Vec<String> = addresses
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(|a| a.trim().trim_start_matches("http://").to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let first = addresses.first().cloned().ok_or(ClientError::NoAddress)?;
+        for address in &addresses {
+            endpoint(address, &config)?;
+        }
+        Ok(Client {
+            nodes: Arc::new(Mutex::new(Nodes {
+                addresses,
+                channels: HashMap::new(),
+                preferred: first,
+                next_seed: 1,
+                pipe: None,
+                without_streams: HashSet::new(),
+            })),
+            config,
+        })
+    }
+
+    pub fn connect(address: &str) -> Result<Client, ClientError> {
+        Client::new(&[address.to_string()], ClientConfig::default())
+    }
+
+    /// The node the next call goes to first: the cached leader once one is known.
+    pub fn preferred_address(&self) -> String {
+        self.lock().preferred.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Nodes> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn channel(&self) -> Result<(String, Channel), ClientError> {
+        let mut nodes = self.lock();
+        let address = nodes.preferred.clone();
+        let channel = nodes.channel(&address, &self.config)?;
+        Ok((address, channel))
+    }
+
+    /// The send stream to the preferred node, opened if there is none (or it ended);
+    /// `None` when streamed sends are off or that node does not serve send streams.
+    fn pipe(&self) -> Option<Pipe> {
+        if !self.config.stream_sends {
+            return None;
+        }
+        let mut nodes = self.lock();
+        let address = nodes.preferred.clone();
+        if let Some(pipe) = &nodes.pipe
+            && pipe.address == address
+            && pipe.is_open()
+        {
+            return Some(pipe.clone());
+        }
+        if nodes.without_streams.contains(&address) {
+            return None;
+        }
+        let channel = nodes.channel(&address, &self.config).ok()?;
+        let shared = Arc::downgrade(&self.nodes);
+        let refused = address.clone();
+        let pipe = Pipe::open(address, channel, MAX_MESSAGE_BYTES, move |ended| {
+            if let (Ended::Unsupported, Some(nodes)) = (ended, shared.upgrade()) {
+                let mut nodes = nodes
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                nodes.without_streams.insert(refused);
+            }
+        });
+        nodes.pipe = Some(pipe.clone());
+        Some(pipe)
+    }
+
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+}
+
+fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map(|endpoint| {
+            endpoint
+                .connect_timeout(config.connect_timeout)
+                .tcp_nodelay(true)
+        })
+        .map_err(|error| ClientError::InvalidAddress {
+            address: address.to_string(),
+            reason: error.to_string(),
+        })
+}
