@@ -11,8 +11,10 @@ use crate::{MessageId, QueueError, QueueOptions, TimeMs};
 /// One entry of the replicated log: a command plus the time the leader stamped on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// Leader's wall clock when it proposed the command. The state machine never lets its
-    /// own notion of time go backwards, whatever this says.
+    /// Log time as the leader stamped it when it proposed the command: its wall clock, but
+    /// never less than the log's time advanced by the real time since it last saw it move
+    /// (raftq-cluster's `LogClock`). The state machine never lets its own notion of time go
+    /// backwards, whatever this says.
     pub now_ms: TimeMs,
     pub command: Command,
 }
