@@ -362,7 +362,7 @@ async fn log_in_one_wal_file(dir: &std::path::Path) -> std::path::PathBuf {
             std::time::Instant::now() < deadline,
             "the synced index reaches 20"
         );
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let mut wal: Vec<_> = std::fs::read_dir(dir.join("rocksdb"))
         .unwrap()
