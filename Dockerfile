@@ -2,9 +2,19 @@
 # Rust and Debian base images. (Where no image can be pulled, scripts/image builds the
 # same runtime image from a locally built Debian root and a binary built on the host.)
 #
-# Runs `raftq serve` as an unprivileged user with its data on a volume; configure it with
-# RAFTQ_* variables (see docs/operations.md), e.g.
-#   docker run -e RAFTQ_NODE_ID=1 -e RAFTQ_ADVERTISE=host:7000 -v raftq-data:/var/lib/raftq raftq
+# Runs `raftq serve` as an unprivileged user (uid 10001) with its data on a volume;
+# configure it with RAFTQ_* variables (see docs/operations.md). It refuses to start
+# without TLS: give it the node's certificate and key and the cluster CA, e.g. from
+# `raftq tls generate --out certs --name host,localhost,127.0.0.1` (a throwaway CA, for
+# trials; node.key must be readable by uid 10001):
+#   docker run -e RAFTQ_NODE_ID=1 -e RAFTQ_ADVERTISE=host:7000 \
+#     -e RAFTQ_INTERNAL_ADVERTISE=host:7100 -v raftq-data:/var/lib/raftq \
+#     -v "$PWD/certs:/etc/raftq-tls:ro" -e RAFTQ_TLS__CERT=/etc/raftq-tls/node.pem \
+#     -e RAFTQ_TLS__KEY=/etc/raftq-tls/node.key -e RAFTQ_TLS__CA=/etc/raftq-tls/ca.pem raftq
+# Clients then pass --ca-cert certs/ca.pem. Only on a network you trust: plaintext with
+# -e RAFTQ_INSECURE=true instead of the RAFTQ_TLS__* variables.
+# Ports: 7000 public gRPC (clients, TLS), 7100 internal gRPC (Raft; other nodes only,
+# mutual TLS), 8000 HTTP, plaintext (/healthz, /readyz, /metrics).
 
 FROM rust:1-bookworm AS build
 RUN apt-get update \
@@ -21,10 +31,11 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/raftq --no-cre
 COPY --from=build /out/raftq /usr/local/bin/raftq
 ENV RAFTQ_DATA_DIR=/var/lib/raftq \
     RAFTQ_LISTEN=0.0.0.0:7000 \
+    RAFTQ_INTERNAL_LISTEN=0.0.0.0:7100 \
     RAFTQ_HTTP_LISTEN=0.0.0.0:8000 \
     RAFTQ_LOG_FORMAT=json
 VOLUME ["/var/lib/raftq"]
-EXPOSE 7000 8000
+EXPOSE 7000 7100 8000
 USER 10001:10001
 ENTRYPOINT ["/usr/local/bin/raftq"]
 CMD ["serve"]

@@ -55,6 +55,15 @@ pub struct LoadArgs {
     /// Stop producing once this file exists.
     #[arg(long)]
     stop_file: Option<PathBuf>,
+    /// The CA certificate (PEM) the cluster's certificates chain to; without it,
+    /// plaintext (a cluster started with --insecure).
+    #[arg(long, env = "RAFTQ_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, with --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// Stop producing after this long at the latest, e.g. 10m.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     duration: Duration,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::ValueEnum as _;
-use raftq_client::{Client, ClientConfig, ClientError, Code, Message, pb};
+use raftq_client::{Client, ClientConfig, ClientError, ClientTls, Code, Message, Transport, pb};
 use raftq_tests::{Cluster, ClusterOptions};
 
 use crate::checker::{self, Verdict};
@@ -67,12 +67,13 @@ fn outcome_of(error: &ClientError) -> Outcome {
     }
 }
 
-fn workload_client(addresses: &[String]) -> anyhow::Result<Client> {
+fn workload_client(addresses: &[String], transport: &Transport) -> anyhow::Result<Client> {
     Ok(Client::new(
         addresses,
         ClientConfig {
             retry_deadline: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(2),
+            transport: transport.clone(),
             ..ClientConfig::default()
         },
     )?)
@@ -298,7 +299,12 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         },
     )
     .await;
-    let workload = Workload::start(cluster_addresses(&cluster), &args.mix).await?;
+    let workload = Workload::start(
+        cluster_addresses(&cluster),
+        &args.mix,
+        raftq_tests::test_ca().transport(),
+    )
+    .await?;
     let recorder = workload.recorder.clone();
     let plan = nemesis::schedule(args.seed, &kinds, args.duration, args.pace);
     for planned in plan {
@@ -356,7 +362,13 @@ pub async fn load(args: &LoadArgs) -> anyhow::Result<Verdict> {
         args.mix.flags()
     );
     println!("raftq-chaos: {reproduce}");
-    let workload = Workload::start(args.addr.clone(), &args.mix).await?;
+    let transport = match &args.ca_cert {
+        Some(ca) => Transport::Tls(
+            ClientTls::from_files(ca, args.cert.as_deref().zip(args.key.as_deref()))?.connector(),
+        ),
+        None => Transport::Plaintext,
+    };
+    let workload = Workload::start(args.addr.clone(), &args.mix, transport).await?;
     let deadline = tokio::time::Instant::now() + args.duration;
     println!("raftq-chaos: load running");
     while tokio::time::Instant::now() < deadline
@@ -423,8 +435,12 @@ pub struct Workload {
 
 impl Workload {
     /// Creates the queues (if missing) and starts every process of `mix`.
-    pub async fn start(addresses: Vec<String>, mix: &Mix) -> anyhow::Result<Workload> {
-        let client = workload_client(&addresses)?;
+    pub async fn start(
+        addresses: Vec<String>,
+        mix: &Mix,
+        transport: Transport,
+    ) -> anyhow::Result<Workload> {
+        let client = workload_client(&addresses, &transport)?;
         for queue in QUEUES {
             let created = client
                 .create_queue(
@@ -458,7 +474,7 @@ impl Workload {
             .chain(transactional)
             .map(|(name, queue, grouped)| {
                 let task = produce(
-                    workload_client(&addresses)?,
+                    workload_client(&addresses, &transport)?,
                     recorder.clone(),
                     name,
                     queue,
@@ -476,7 +492,7 @@ impl Workload {
             .chain(moved)
             .map(|(name, queue)| {
                 let task = consume(
-                    workload_client(&addresses)?,
+                    workload_client(&addresses, &transport)?,
                     recorder.clone(),
                     name,
                     queue,
@@ -487,7 +503,7 @@ impl Workload {
             .collect::<anyhow::Result<_>>()?;
         for i in 0..mix.stream_consumers {
             let task = consume_stream(
-                workload_client(&addresses)?,
+                workload_client(&addresses, &transport)?,
                 recorder.clone(),
                 format!("s{i}"),
                 QUEUE,
@@ -497,7 +513,7 @@ impl Workload {
         }
         for i in 0..mix.tx_movers {
             let task = mover(
-                workload_client(&addresses)?,
+                workload_client(&addresses, &transport)?,
                 recorder.clone(),
                 format!("m{i}"),
                 stop_consumers.clone(),

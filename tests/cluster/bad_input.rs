@@ -249,9 +249,7 @@ async fn replication_stream_refusal(
     message: raftq_proto::raft_pb::RaftRequest,
 ) -> tonic::Status {
     use raftq_proto::raft_pb::raft_service_client::RaftServiceClient;
-    let mut raft = RaftServiceClient::connect(format!("http://{address}"))
-        .await
-        .expect("connect");
+    let mut raft = RaftServiceClient::new(raftq_tests::connect(&format!("http://{address}")).await);
     // The request side stays open: the node must refuse the message it was sent, not
     // the end of the stream.
     let (sender, requests) = tokio::sync::mpsc::channel(1);
@@ -278,7 +276,7 @@ async fn a_replication_stream_meant_for_another_node_or_cluster_or_undecodable_i
         .send("q", Message::new("before"))
         .await
         .expect("send");
-    let address = cluster.node(2).grpc.clone();
+    let address = cluster.node(2).internal.clone();
 
     let status = replication_stream_refusal(
         &address,

@@ -10,7 +10,7 @@ async fn a_cli_command_whose_reader_has_gone_stops_quietly() {
     // Standard output is a pipe whose reading end is already closed (`... | head -0`).
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
-    let output = std::process::Command::new(raftq_tests::raftq_binary())
+    let output = raftq_tests::cli()
         .args(["--addr", &cluster.nodes[0].grpc, "queue", "get", "piped"])
         .stdout(writer)
         .output()
@@ -71,7 +71,7 @@ async fn cli_consume_prints_and_acknowledges_up_to_its_count_and_hands_back_the_
             .expect("send");
     }
     let consume = |args: &[&str]| {
-        let output = std::process::Command::new(raftq_tests::raftq_binary())
+        let output = raftq_tests::cli()
             .args(["--addr", &cluster.nodes[0].grpc, "consume", "tail"])
             .args(args)
             .output()

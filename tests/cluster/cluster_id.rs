@@ -40,12 +40,12 @@ async fn every_node_records_the_cluster_id_and_a_node_of_another_cluster_cannot_
         .await;
     }
 
-    let theirs_address = theirs.nodes[0].grpc.clone();
     let refused = ours
         .client()
         .add_node(pb::AddNodeRequest {
             node_id: 4,
-            address: theirs_address,
+            address: theirs.nodes[0].grpc.clone(),
+            internal_address: theirs.nodes[0].internal.clone(),
             promote: true,
             lost_data: false,
             cluster_id: other.clone(),
@@ -74,7 +74,8 @@ async fn a_node_started_with_the_peers_of_another_cluster_refuses_to_serve() {
     ours.node(2).stop();
     let data_dir = ours.node(2).data_dir.clone();
     let listen = format!("127.0.0.1:{}", free_port());
-    let peers = format!("1={},2={listen}", theirs.nodes[0].grpc);
+    let internal = format!("127.0.0.1:{}", free_port());
+    let peers = format!("1={},2={internal}", theirs.nodes[0].internal);
     let output = tokio::process::Command::new(raftq_binary())
         .args([
             "serve",
@@ -82,11 +83,14 @@ async fn a_node_started_with_the_peers_of_another_cluster_refuses_to_serve() {
             "2",
             "--listen",
             &listen,
+            "--internal-listen",
+            &internal,
             "--peers",
             &peers,
         ])
         .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
+        .args(raftq_tests::node_tls_args(ours.dir.path(), "restarted-2"))
         .output();
     let output = tokio::time::timeout(Duration::from_secs(60), output)
         .await

@@ -26,9 +26,7 @@ async fn refusal_of(address: String, requests: Vec<pb::ConsumeRequest>) -> tonic
     for request in requests {
         sender.send(request).await.expect("queue a request");
     }
-    let mut api = MessageServiceClient::connect(address)
-        .await
-        .expect("connect");
+    let mut api = MessageServiceClient::new(raftq_tests::connect(&address).await);
     let mut answers = match api.consume(ReceiverStream::new(outgoing)).await {
         Ok(response) => response.into_inner(),
         Err(status) => return status,

@@ -516,9 +516,7 @@ async fn a_send_stream_answers_each_send_by_id_and_a_follower_refuses_it() {
     create_queue(&client, "streamed", pb::QueueOptions::default()).await;
 
     // A follower refuses the stream at once and names the leader.
-    let mut on_follower = MessageServiceClient::connect(grpc_of(follower))
-        .await
-        .expect("connect to a follower");
+    let mut on_follower = MessageServiceClient::new(raftq_tests::connect(&grpc_of(follower)).await);
     let (_open, nothing) = tokio::sync::mpsc::channel::<pb::StreamedSend>(1);
     let refusal = on_follower
         .send_stream(ReceiverStream::new(nothing))
@@ -557,9 +555,7 @@ async fn a_send_stream_answers_each_send_by_id_and_a_follower_refuses_it() {
     }
     // The request side ends after the sends: the node answers them all, then ends too.
     drop(requests);
-    let mut on_leader = MessageServiceClient::connect(grpc_of(leader))
-        .await
-        .expect("connect to the leader");
+    let mut on_leader = MessageServiceClient::new(raftq_tests::connect(&grpc_of(leader)).await);
     let mut answers = on_leader
         .send_stream(ReceiverStream::new(outgoing))
         .await

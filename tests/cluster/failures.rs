@@ -706,9 +706,7 @@ async fn a_send_forwarded_to_a_leader_that_died_is_unavailable_with_a_retry_hint
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower_of(leader);
     let address = format!("http://{}", cluster.node(follower).grpc);
-    let stub = MessageServiceClient::connect(address)
-        .await
-        .expect("connect to the follower");
+    let stub = MessageServiceClient::new(raftq_tests::connect(&address).await);
     cluster.node(leader).kill();
     let refused = Arc::new(Mutex::new(Vec::new()));
     let stored = wait_until(

@@ -163,6 +163,7 @@ async fn a_node_refuses_a_data_directory_that_belongs_to_another_node() {
     let data_dir = cluster.node(1).data_dir.clone();
     let output = tokio::process::Command::new(raftq_binary())
         .args(["serve", "--node-id", "2", "--listen", "127.0.0.1:0"])
+        .args(["--internal-listen", "127.0.0.1:0", "--insecure"])
         .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
         .output();

@@ -10,5 +10,7 @@ mod features;
 mod lost_disk;
 mod membership;
 mod observability;
+mod ports;
 mod power_loss;
+mod tls;
 mod transactions;

@@ -135,7 +135,7 @@ async fn shrink_removes_the_members_above_the_count_and_a_removed_node_joins_aga
     // What the chart's pre-upgrade hook runs on a scale-down from 4 to 3.
     let address = cluster.node(1).grpc.clone();
     let shrink = || {
-        std::process::Command::new(raftq_tests::raftq_binary())
+        raftq_tests::cli()
             .args([
                 "--addr", &address, "--output", "json", "cluster", "shrink", "--to", "3",
             ])

@@ -4,7 +4,6 @@ use raftq_client::{Message, pb};
 use std::time::Duration;
 
 use raftq_tests::{Cluster, create_queue, http_get, metric_value, wait_until};
-use tonic::transport::Endpoint;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -27,11 +26,7 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
     }
     let leader = cluster.wait_for_leader().await;
     for node in &cluster.nodes {
-        let channel = Endpoint::from_shared(format!("http://{}", node.grpc))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = raftq_tests::connect(&node.grpc).await;
         let health = HealthClient::new(channel.clone())
             .check(HealthCheckRequest {
                 service: "raftq.v1.MessageService".into(),
@@ -122,6 +117,11 @@ async fn every_node_serves_grpc_health_reflection_and_prometheus_metrics() {
                 "{service} missing from {names:?}"
             );
         }
+        // The internal protocol is served on the internal port only, and not described.
+        assert!(
+            !names.iter().any(|name| name.starts_with("raftq.raft.")),
+            "the public port describes the internal protocol: {names:?}"
+        );
 
         let (status, _) = http_get(&node.http, "/healthz").await;
         assert_eq!(status, 200, "healthz of node {}", node.id);

@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod powerloss;
+pub mod tls;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use raftq_client::{Client, ClientConfig};
 
 pub use raftq_client::pb;
+pub use tls::{connect, node_tls_args, test_ca};
 
 /// Raft timing used by the tests: short, so elections after a kill finish quickly.
 const TEST_RAFT_ENV: [(&str, &str); 3] = [
@@ -49,6 +51,16 @@ pub fn raftq_binary() -> PathBuf {
     binary
 }
 
+/// The `raftq` command line as a user runs it against the test clusters: TLS, trusting
+/// the tests' CA (`RAFTQ_CA_CERT`).
+pub fn cli() -> Command {
+    let mut command = Command::new(raftq_binary());
+    command
+        .env("RAFTQ_CA_CERT", test_ca().ca_path())
+        .env_remove("RAFTQ_ADDR");
+    command
+}
+
 /// A port for a test node. Not one the kernel picks for port 0: those come from the
 /// ephemeral range, from which every outgoing connection (the tests make many) also takes
 /// its local port, so one could take it between this check and the node's bind. Instead,
@@ -73,7 +85,10 @@ pub fn free_port() -> u16 {
 
 pub struct NodeProcess {
     pub id: u64,
+    /// The public gRPC address (what clients use).
     pub grpc: String,
+    /// The internal gRPC address (Raft, membership, forwarded calls).
+    pub internal: String,
     pub http: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -280,6 +295,7 @@ pub fn test_client_config() -> ClientConfig {
     ClientConfig {
         retry_deadline: Duration::from_secs(20),
         attempt_timeout: Duration::from_secs(10),
+        transport: test_ca().transport(),
         ..ClientConfig::default()
     }
 }
@@ -305,9 +321,19 @@ pub struct ClusterOptions {
     pub power_loss_disks: bool,
 }
 
-/// The gRPC and HTTP ports of nodes that have an address of their own.
+/// The gRPC (public and internal) and HTTP ports of nodes that have an address of their
+/// own.
 const NAMESPACED_GRPC_PORT: u16 = 7000;
+const NAMESPACED_INTERNAL_PORT: u16 = 7100;
 const NAMESPACED_HTTP_PORT: u16 = 8000;
+
+/// Where one node listens.
+#[derive(Debug, Clone)]
+struct Endpoints {
+    grpc: String,
+    internal: String,
+    http: String,
+}
 
 impl Cluster {
     /// Starts `size` nodes that form one cluster; waits until it has a leader.
@@ -326,19 +352,17 @@ impl Cluster {
             nodes: Vec::new(),
             network,
         };
-        let endpoints: Vec<(String, String)> =
-            ids.iter().map(|&id| cluster.endpoints(id)).collect();
+        let endpoints: Vec<Endpoints> = ids.iter().map(|&id| cluster.endpoints(id)).collect();
         let peers = endpoints
             .iter()
             .zip(&ids)
-            .map(|((grpc, _), id)| format!("{id}={grpc}"))
+            .map(|(endpoints, id)| format!("{id}={}", endpoints.internal))
             .collect::<Vec<_>>()
             .join(",");
-        for (id, (grpc, http)) in ids.into_iter().zip(endpoints) {
+        for (id, endpoints) in ids.into_iter().zip(endpoints) {
             let node = cluster.new_node(
                 id,
-                grpc,
-                http,
+                endpoints,
                 vec!["--peers".into(), peers.clone()],
                 &options,
             );
@@ -370,40 +394,54 @@ impl Cluster {
         .await;
     }
 
-    /// The gRPC and HTTP addresses node `id` listens on: its own address in its namespace,
-    /// or free loopback ports.
-    fn endpoints(&self, id: u64) -> (String, String) {
+    /// The addresses node `id` listens on: its own address in its namespace, or free
+    /// loopback ports.
+    fn endpoints(&self, id: u64) -> Endpoints {
         match &self.network {
             Some(network) => {
                 let address = network.address(id);
-                (
-                    format!("{address}:{NAMESPACED_GRPC_PORT}"),
-                    format!("{address}:{NAMESPACED_HTTP_PORT}"),
-                )
+                Endpoints {
+                    grpc: format!("{address}:{NAMESPACED_GRPC_PORT}"),
+                    internal: format!("{address}:{NAMESPACED_INTERNAL_PORT}"),
+                    http: format!("{address}:{NAMESPACED_HTTP_PORT}"),
+                }
             }
-            None => (
-                format!("127.0.0.1:{}", free_port()),
-                format!("127.0.0.1:{}", free_port()),
-            ),
+            None => Endpoints {
+                grpc: format!("127.0.0.1:{}", free_port()),
+                internal: format!("127.0.0.1:{}", free_port()),
+                http: format!("127.0.0.1:{}", free_port()),
+            },
         }
     }
 
     fn new_node(
         &self,
         id: u64,
-        grpc: String,
-        http: String,
+        endpoints: Endpoints,
         mut extra: Vec<String>,
         options: &ClusterOptions,
     ) -> NodeProcess {
         let data_dir = self.dir.path().join(format!("node-{id}"));
+        let ip = endpoints
+            .grpc
+            .rsplit_once(':')
+            .map_or("127.0.0.1", |(ip, _)| ip);
+        let (cert, key) = test_ca().issue_node(self.dir.path(), &format!("node-{id}"), ip);
         let mut args = vec![
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".to_string(),
+            key.display().to_string(),
+            "--tls-ca".to_string(),
+            test_ca().ca_path().display().to_string(),
             "--node-id".to_string(),
             id.to_string(),
             "--listen".to_string(),
-            grpc.clone(),
+            endpoints.grpc.clone(),
+            "--internal-listen".to_string(),
+            endpoints.internal.clone(),
             "--http-listen".to_string(),
-            http.clone(),
+            endpoints.http.clone(),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
         ];
@@ -417,8 +455,9 @@ impl Cluster {
         });
         let mut node = NodeProcess {
             id,
-            grpc,
-            http,
+            grpc: endpoints.grpc,
+            internal: endpoints.internal,
+            http: endpoints.http,
             log: self.dir.path().join(format!("node-{id}.log")),
             data_dir,
             child: None,
@@ -435,19 +474,19 @@ impl Cluster {
         node
     }
 
-    /// Starts a new node that joins through node 1's address (learner, then voter).
+    /// Starts a new node that joins through node 1's internal address (learner, then
+    /// voter).
     pub fn spawn_joining_node(&mut self, id: u64) -> &NodeProcess {
-        let join = self.nodes[0].grpc.clone();
+        let join = self.nodes[0].internal.clone();
         if let Some(network) = &self.network {
             network
                 .add_node(id)
                 .expect("a network namespace for the new node");
         }
-        let (grpc, http) = self.endpoints(id);
+        let endpoints = self.endpoints(id);
         let node = self.new_node(
             id,
-            grpc,
-            http,
+            endpoints,
             vec!["--join".into(), join],
             &ClusterOptions::default(),
         );

@@ -7,10 +7,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use raftq_client::{Client, ClientConfig};
+use raftq_client::{Client, ClientConfig, ClientTls, Transport};
 use tokio::process::{Child, Command};
 
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Node `i`'s ports: public `base_port + i`, HTTP `base_port + 100 + i`, internal
+/// `base_port + INTERNAL_PORT_OFFSET + i`.
+const INTERNAL_PORT_OFFSET: u16 = 200;
 
 pub struct SpawnedCluster {
     exe: PathBuf,
@@ -18,6 +21,9 @@ pub struct SpawnedCluster {
     base_port: u16,
     peers: String,
     nodes: Vec<Option<Child>>,
+    /// The TLS flags every node starts with (`--insecure` without TLS).
+    tls_args: Vec<String>,
+    transport: Transport,
 }
 
 impl SpawnedCluster {
@@ -26,27 +32,57 @@ impl SpawnedCluster {
         parent: &Path,
         nodes: u16,
         base_port: u16,
+        tls: bool,
     ) -> anyhow::Result<SpawnedCluster> {
         std::fs::create_dir_all(parent)?;
         let dir = tempfile::Builder::new()
             .prefix("raftq-")
             .tempdir_in(parent)?;
         let peers = (0..nodes)
-            .map(|i| format!("{}=127.0.0.1:{}", i + 1, base_port + i))
+            .map(|i| {
+                format!(
+                    "{}=127.0.0.1:{}",
+                    i + 1,
+                    base_port + INTERNAL_PORT_OFFSET + i
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
+        let (tls_args, transport) = if tls {
+            throwaway_tls(dir.path())?
+        } else {
+            (vec!["--insecure".to_string()], Transport::Plaintext)
+        };
         let mut cluster = SpawnedCluster {
             exe: exe.to_path_buf(),
             dir,
             base_port,
             peers,
             nodes: (0..nodes).map(|_| None).collect(),
+            tls_args,
+            transport,
         };
         for index in 0..nodes as usize {
             cluster.spawn(index)?;
         }
         cluster.wait_for_leader().await?;
         Ok(cluster)
+    }
+
+    /// A client of every node.
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(
+            &self.addresses(),
+            ClientConfig {
+                transport: self.transport.clone(),
+                ..ClientConfig::default()
+            },
+        )?)
+    }
+
+    /// How a client reaches the nodes.
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
     }
 
     pub fn addresses(&self) -> Vec<String> {
@@ -78,6 +114,11 @@ impl SpawnedCluster {
             .arg(node_id.to_string())
             .arg("--listen")
             .arg(self.address(index))
+            .arg("--internal-listen")
+            .arg(format!(
+                "127.0.0.1:{}",
+                self.base_port as usize + INTERNAL_PORT_OFFSET as usize + index
+            ))
             .arg("--http-listen")
             .arg(format!(
                 "127.0.0.1:{}",
@@ -87,6 +128,7 @@ impl SpawnedCluster {
             .arg(self.dir.path().join(format!("node-{node_id}")))
             .arg("--peers")
             .arg(&self.peers)
+            .args(&self.tls_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -98,7 +140,7 @@ impl SpawnedCluster {
     }
 
     async fn wait_for_leader(&self) -> anyhow::Result<()> {
-        let client = Client::new(&self.addresses(), ClientConfig::default())?;
+        let client = self.client()?;
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             // One node forms the cluster and the others join it: ready once every node
@@ -125,7 +167,7 @@ impl SpawnedCluster {
 
     /// The index of a node that is not the leader.
     pub async fn follower(&self) -> anyhow::Result<usize> {
-        let client = Client::new(&self.addresses(), ClientConfig::default())?;
+        let client = self.client()?;
         let leader = client.cluster_status().await?.leader_id as usize;
         Ok((0..self.nodes.len()).find(|i| i + 1 != leader).unwrap_or(0))
     }
@@ -134,7 +176,7 @@ impl SpawnedCluster {
     /// long it took until it answered and had applied everything the leader had committed
     /// when it was killed.
     pub async fn restart(&mut self, index: usize) -> anyhow::Result<Duration> {
-        let leader = Client::new(&self.addresses(), ClientConfig::default())?;
+        let leader = self.client()?;
         let status = leader.cluster_status().await?;
         let target = status
             .nodes
@@ -152,6 +194,7 @@ impl SpawnedCluster {
             ClientConfig {
                 retry_deadline: Duration::from_millis(500),
                 max_backoff: Duration::from_millis(50),
+                transport: self.transport.clone(),
                 ..ClientConfig::default()
             },
         )?;
@@ -177,4 +220,28 @@ impl SpawnedCluster {
             let _ = child.kill().await;
         }
     }
+}
+
+/// A throwaway CA and node certificate under `dir`: the nodes' TLS flags, and how a
+/// client trusting the CA connects.
+fn throwaway_tls(dir: &Path) -> anyhow::Result<(Vec<String>, Transport)> {
+    let ca = raftq_tls::generate::Authority::new("raftq bench CA")?;
+    let ca_path = dir.join("ca.pem");
+    raftq_tls::generate::write_file(&ca_path, &ca.cert_pem(), 0o644)?;
+    let (cert, key) = ca
+        .issue(
+            "raftq bench node",
+            &["127.0.0.1".into(), "localhost".into()],
+        )?
+        .write(dir, "node")?;
+    let args = [
+        ("--tls-cert", &cert),
+        ("--tls-key", &key),
+        ("--tls-ca", &ca_path),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+    .collect();
+    let transport = Transport::Tls(ClientTls::from_files(&ca_path, None)?.connector());
+    Ok((args, transport))
 }

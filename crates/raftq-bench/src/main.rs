@@ -92,6 +92,13 @@ struct Targets {
     /// First port of clusters the benchmark starts.
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
+    /// raftq: clusters the benchmark starts serve TLS (throwaway certificates) and the
+    /// client speaks it; without it they serve plaintext (`--insecure`), as the peers do.
+    #[arg(long)]
+    raftq_tls: bool,
+    /// raftq: the CA certificate of the `--addr` cluster, to connect with TLS.
+    #[arg(long, env = "RAFTQ_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// NATS JetStream servers.
     #[arg(
         long,
@@ -380,6 +387,12 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
             driver: Arc::new(raftq::Raftq::connect(
                 &targets.addr,
                 targets.raftq_options(),
+                match &targets.ca_cert {
+                    Some(ca) => raftq_client::Transport::Tls(
+                        raftq_client::ClientTls::from_files(ca, None)?.connector(),
+                    ),
+                    None => raftq_client::Transport::Plaintext,
+                },
             )?),
             // Server processes only: not `raftq dev` or a `raftq bench` wrapper.
             processes: processes_named("raftq", Some("serve")),
@@ -391,12 +404,14 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
                 &targets.work_dir,
                 3,
                 targets.base_port,
+                targets.raftq_tls,
             )
             .await?;
             Prepared {
                 driver: Arc::new(raftq::Raftq::connect(
                     &cluster.addresses(),
                     targets.raftq_options(),
+                    cluster.transport(),
                 )?),
                 processes: cluster.processes(),
                 cluster: Some(cluster),

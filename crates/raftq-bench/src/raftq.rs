@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, try_join_all};
-use raftq_client::{Client, ClientConfig, Code, ConsumeOptions, Message, pb};
+use raftq_client::{Client, ClientConfig, Code, ConsumeOptions, Message, Transport, pb};
 
 use crate::driver::{Consumer, Driver, Producer, Result};
 
@@ -34,9 +34,10 @@ pub struct Options {
 }
 
 impl Raftq {
-    pub fn connect(addresses: &[String], options: Options) -> Result<Raftq> {
+    pub fn connect(addresses: &[String], options: Options, transport: Transport) -> Result<Raftq> {
         let config = ClientConfig {
             stream_sends: !options.unary_sends,
+            transport,
             ..ClientConfig::default()
         };
         Ok(Raftq {

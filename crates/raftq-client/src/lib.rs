@@ -15,5 +15,6 @@ pub use client::{Client, ClientConfig, Message, SendOptions};
 pub use consumer::{ConsumeOptions, Consumer, Delivery};
 pub use error::ClientError;
 pub use raftq_proto::pb;
+pub use raftq_tls::{ClientTls, TlsError, Transport};
 pub use tonic::Code;
 pub use transaction::Transaction;

@@ -17,7 +17,7 @@ mod tuning;
 
 pub use error::ClusterError;
 pub use node::RaftNode;
-pub use raftq_store::NodeId;
+pub use raftq_store::{Node, NodeId};
 pub use status::{MemberStatus, Role};
 pub use tuning::{NodeConfig, RaftTuning, StorageTuning};
 

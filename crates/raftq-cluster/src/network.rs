@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use raftq_core::GroupId;
 use raftq_proto::raft_pb::{RaftRequest, SnapshotChunk, raft_service_client::RaftServiceClient};
 use raftq_store::{Entry, Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use raftq_tls::Transport;
 
 use crate::standing::Standing;
 use crate::{MAX_RAFT_MESSAGE_BYTES, lock};
@@ -51,6 +52,8 @@ pub(crate) struct Network {
     pub(crate) group: GroupId,
     /// Gives the cluster id every message carries.
     pub(crate) standing: Standing,
+    /// Plaintext, or mutual TLS with this node's certificate.
+    pub(crate) transport: Transport,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -60,8 +63,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             group: self.group,
             standing: self.standing.clone(),
+            transport: self.transport.clone(),
             target,
-            address: node.addr.clone(),
+            address: node.internal.clone(),
             client: None,
             streams: true,
         }
@@ -71,6 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub(crate) struct Peer {
     group: GroupId,
     standing: Standing,
+    transport: Transport,
     target: NodeId,
     address: String,
     client: Option<RaftServiceClient<Channel>>,
@@ -97,12 +102,12 @@ impl Peer {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{}", self.address))
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
             .map_err(unreachable)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        let channel = self.transport.channel(&endpoint);
         let client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);

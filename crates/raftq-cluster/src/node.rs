@@ -71,6 +71,7 @@ impl RaftNode {
         let network = Network {
             group: config.group,
             standing: standing.clone(),
+            transport: config.transport.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -168,12 +169,7 @@ impl RaftNode {
         // The founder names the cluster, and its log is the whole log: it may vote from the
         // first entry on.
         self.standing.found(&self.raft).map_err(stopped)?;
-        let nodes = BTreeMap::from([(
-            self.config.node_id,
-            Node {
-                addr: self.config.advertise_address.clone(),
-            },
-        )]);
+        let nodes = BTreeMap::from([(self.config.node_id, self.config.addresses.clone())]);
         match self.raft.initialize(nodes).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(error)) => {
@@ -242,7 +238,7 @@ impl RaftNode {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
                 Err(ClusterError::NotLeader {
                     leader_id: forward.leader_id,
-                    leader_address: forward.leader_node.map(|node| node.addr),
+                    leader_address: forward.leader_node.map(|node| node.public),
                 })
             }
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(error))) => {
@@ -254,17 +250,22 @@ impl RaftNode {
         }
     }
 
-    /// The leader this node currently knows, with its address.
+    /// The leader this node currently knows, with its public address (for clients).
     pub fn leader(&self) -> Option<(NodeId, String)> {
+        self.leader_node()
+            .map(|(leader, node)| (leader, node.public))
+    }
+
+    /// The leader this node currently knows, with both its addresses.
+    pub fn leader_node(&self) -> Option<(NodeId, Node)> {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader?;
-        let address = metrics
+        let node = metrics
             .membership_config
             .membership()
             .get_node(&leader)?
-            .addr
             .clone();
-        Some((leader, address))
+        Some((leader, node))
     }
 
     pub fn is_leader(&self) -> bool {
@@ -288,7 +289,7 @@ impl RaftNode {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
+            .map(|(id, node)| (*id, (node.clone(), voters.contains(id))))
             .collect();
         let role = match metrics.state {
             ServerState::Leader => Role::Leader,
@@ -300,7 +301,7 @@ impl RaftNode {
         let index = |log_id: Option<raftq_store::LogId>| log_id.map_or(0, |log_id| log_id.index);
         MemberStatus {
             node_id: self.config.node_id,
-            address: self.config.advertise_address.clone(),
+            addresses: self.config.addresses.clone(),
             role,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index.unwrap_or(0),
@@ -322,7 +323,7 @@ impl RaftNode {
     pub async fn add_node(
         &self,
         node_id: NodeId,
-        address: String,
+        address: Node,
         promote: bool,
         lost_data: bool,
     ) -> Result<(), ClusterError> {
@@ -342,11 +343,7 @@ impl RaftNode {
             // be, nothing changes.
             return Ok(());
         }
-        self.change(
-            self.raft
-                .add_learner(node_id, Node { addr: address }, true)
-                .await,
-        )?;
+        self.change(self.raft.add_learner(node_id, address, true).await)?;
         if promote {
             let voters = BTreeSet::from([node_id]);
             self.change(
@@ -381,6 +378,11 @@ impl RaftNode {
             Some(reason) => reason,
             None => std::future::pending().await,
         }
+    }
+
+    /// The cluster this node belongs to; `None` until it formed or joined one.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.standing.cluster_id()
     }
 
     /// Refuses a node of another cluster (its cluster id, empty when it belongs to none yet).

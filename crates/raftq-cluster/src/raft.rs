@@ -1,6 +1,6 @@
 //! The openraft instance type, and how its errors become [`ClusterError`]s.
 
-use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, PreconditionFailed, RaftError};
 use raftq_store::{StateMachineStore, TypeConfig};
 
 use crate::ClusterError;
@@ -22,7 +22,7 @@ pub(crate) fn client_write_result<T>(
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Err(ClusterError::NotLeader {
                 leader_id: forward.leader_id,
-                leader_address: forward.leader_node.map(|node| node.addr),
+                leader_address: forward.leader_node.map(|node| node.public),
             })
         }
         Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
@@ -35,6 +35,13 @@ pub(crate) fn client_write_result<T>(
             ChangeMembershipError::InProgress(in_progress),
         ))) => Err(ClusterError::MembershipBusy {
             reason: in_progress.to_string(),
+        }),
+        // Another change committed between this one's reading of the membership and its
+        // proposal: the change is made again on the new membership.
+        Err(RaftError::APIError(ClientWriteError::PreconditionFailed(
+            mismatch @ PreconditionFailed::LastMembershipLogIdMismatch { .. },
+        ))) => Err(ClusterError::MembershipBusy {
+            reason: mismatch.to_string(),
         }),
         Err(RaftError::APIError(error)) => Err(ClusterError::Membership {
             reason: error.to_string(),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use raftq_proto::pb;
 use raftq_proto::wire::role;
-use raftq_store::NodeId;
+use raftq_store::{Node, NodeId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -35,7 +35,7 @@ impl Role {
 #[derive(Debug, Clone)]
 pub struct MemberStatus {
     pub node_id: NodeId,
-    pub address: String,
+    pub addresses: Node,
     pub role: Role,
     pub term: u64,
     pub last_log_index: u64,
@@ -51,14 +51,14 @@ pub struct MemberStatus {
     /// The cluster this node belongs to; `None` until it formed or joined one.
     pub cluster_id: Option<String>,
     /// Every member (voters and learners) with its address, as this node knows them.
-    pub members: BTreeMap<NodeId, (String, bool)>,
+    pub members: BTreeMap<NodeId, (Node, bool)>,
 }
 
 impl From<&MemberStatus> for pb::NodeStatus {
     fn from(status: &MemberStatus) -> Self {
         pb::NodeStatus {
             node_id: status.node_id,
-            address: status.address.clone(),
+            address: status.addresses.public.clone(),
             role: status.role.as_str().to_string(),
             term: status.term,
             last_log_index: status.last_log_index,
@@ -70,6 +70,7 @@ impl From<&MemberStatus> for pb::NodeStatus {
             voter: status.voter,
             rebuilding: status.rebuilding,
             cluster_id: status.cluster_id.clone().unwrap_or_default(),
+            internal_address: status.addresses.internal.clone(),
         }
     }
 }
@@ -80,12 +81,13 @@ mod tests {
 
     use super::*;
 
-    /// Frozen bytes: what `cluster status` and the clients decode must not drift.
+    /// Frozen bytes: what `cluster status` and the clients decode must not drift (new
+    /// fields only ever add bytes at the end).
     #[test]
     fn node_status_wire_format_is_frozen() {
         let status = MemberStatus {
             node_id: 2,
-            address: "h:1".into(),
+            addresses: Node::new("h:1", "h:1"),
             role: Role::Leader,
             term: 3,
             last_log_index: 4,
@@ -105,7 +107,7 @@ mod tests {
             [
                 0x08, 0x02, 0x12, 0x03, b'h', b':', b'1', 0x1a, 0x06, b'l', b'e', b'a', b'd', b'e',
                 b'r', 0x20, 0x03, 0x28, 0x04, 0x30, 0x05, 0x38, 0x06, 0x40, 0x07, 0x48, 0x08, 0x50,
-                0x02, 0x58, 0x01, 0x6a, 0x01, b'c'
+                0x02, 0x58, 0x01, 0x6a, 0x01, b'c', 0x72, 0x03, b'h', b':', b'1'
             ]
         );
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use raftq_core::GroupId;
-use raftq_store::{NodeId, OpenOptions};
+use raftq_store::{Node, NodeId, OpenOptions};
 
 /// Raft timing and log-compaction knobs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,8 +92,10 @@ impl Default for StorageTuning {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,
-    /// The gRPC address other nodes and clients reach this node at.
-    pub advertise_address: String,
+    /// Where other nodes (internal port) and clients (public port) reach this node.
+    pub addresses: Node,
+    /// How this node reaches its peers' internal ports.
+    pub transport: raftq_tls::Transport,
     pub data_dir: PathBuf,
     pub group: GroupId,
     pub tuning: RaftTuning,

@@ -16,9 +16,10 @@ pub mod raft_pb {
     tonic::include_proto!("raftq.raft.v1");
 }
 
-/// Encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/raftq_descriptor.bin"));
+/// Encoded `FileDescriptorSet` of the public API (not the internal Raft protocol), for
+/// gRPC server reflection on the public port.
+pub const PUBLIC_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/raftq_public.bin"));
 
 mod convert;
 pub mod wire;

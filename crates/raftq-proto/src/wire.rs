@@ -11,6 +11,9 @@ pub const RETRY_AFTER_MS_KEY: &str = "raftq-retry-after-ms";
 /// Request metadata a node sets on a call it forwards to the leader, so that a call is
 /// forwarded at most once.
 pub const FORWARDED_KEY: &str = "raftq-forwarded";
+/// Internal: on a forwarded call, the cluster of the node that forwarded it; a node of
+/// another cluster refuses the call.
+pub const CLUSTER_ID_KEY: &str = "raftq-cluster-id";
 
 /// Largest request or response of the public API (a send batch, a receive), both ways.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -15,21 +15,49 @@ use serde::{Deserialize, Serialize};
 pub struct ServeConfig {
     /// This node's id, unique in the cluster and never reused with an empty data dir.
     pub node_id: u64,
-    /// Where the gRPC API (public and Raft) listens.
+    /// Where the public gRPC API (queues, messages, cluster status) listens.
     pub listen: SocketAddr,
-    /// The address other nodes and clients use to reach `listen`; defaults to `listen`.
+    /// The address clients use to reach `listen` (named in leader hints); defaults to
+    /// `listen`.
     pub advertise: Option<String>,
+    /// Where the internal gRPC port listens: Raft, membership changes and calls forwarded
+    /// between nodes. Only other nodes (and operators' tools) should reach it.
+    pub internal_listen: SocketAddr,
+    /// The address other nodes use to reach `internal_listen`; defaults to
+    /// `internal_listen`.
+    pub internal_advertise: Option<String>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Initial voters as `ID=HOST:PORT,...`. The lowest id forms the cluster on first start.
+    /// Initial voters as `ID=HOST:PORT,...`, each one's internal address. The lowest id
+    /// forms the cluster on first start.
     pub peers: String,
-    /// Address of a running member to join through (as learner, then voter).
+    /// Internal address of a running member to join through (as learner, then voter).
     pub join: Option<String>,
     /// `text` or `json`.
     pub log_format: String,
+    /// Serve both ports in plaintext. Without it, `[tls]` must be set: a node refuses to
+    /// start without TLS.
+    pub insecure: bool,
+    pub tls: TlsConfig,
     pub raft: RaftTuning,
     pub storage: StorageTuning,
+}
+
+/// `[tls]`: the files of this node's TLS, re-read when they change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM), for both ports and towards its peers.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The cluster CA (PEM): a peer on the internal port must present a certificate
+    /// from it.
+    pub ca: Option<PathBuf>,
+    /// The CA of client certificates on the public port (optional): a client may then
+    /// authenticate with a certificate from it.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -38,11 +66,15 @@ impl Default for ServeConfig {
             node_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             advertise: None,
+            internal_listen: SocketAddr::from(([127, 0, 0, 1], 7601)),
+            internal_advertise: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9401)),
             data_dir: PathBuf::from("raftq-data"),
             peers: String::new(),
             join: None,
             log_format: "text".to_string(),
+            insecure: false,
+            tls: TlsConfig::default(),
             raft: RaftTuning::default(),
             storage: StorageTuning::default(),
         }
@@ -51,15 +83,19 @@ impl Default for ServeConfig {
 
 /// `RAFTQ_*` variables read by `serve`; others (such as the client's `RAFTQ_ADDR`) are
 /// left alone.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 14] = [
     "node_id",
     "listen",
     "advertise",
+    "internal_listen",
+    "internal_advertise",
     "http_listen",
     "data_dir",
     "peers",
     "join",
     "log_format",
+    "insecure",
+    "tls",
     "raft",
     "storage",
 ];
@@ -74,6 +110,10 @@ pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_advertise: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -83,6 +123,29 @@ pub struct FlagOverrides {
     pub join: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    #[serde(skip_serializing_if = "TlsFlags::is_empty")]
+    pub tls: TlsFlags,
+}
+
+/// `[tls]` values given as flags.
+#[derive(Debug, Default, Serialize)]
+pub struct TlsFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    fn is_empty(&self) -> bool {
+        self.cert.is_none() && self.key.is_none() && self.ca.is_none() && self.client_ca.is_none()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +160,20 @@ pub enum ConfigError {
     BadLogFormat(String),
     #[error("[storage] {0}")]
     BadStorage(String),
+    #[error(
+        "listen and internal_listen are both {0}: the public and the internal port must differ"
+    )]
+    SamePort(SocketAddr),
+    #[error(
+        "no TLS configured: set [tls] cert, key and ca (RAFTQ_TLS__CERT, RAFTQ_TLS__KEY, \
+         RAFTQ_TLS__CA, or --tls-cert, --tls-key, --tls-ca), or start with --insecure to \
+         serve plaintext (never where others can reach the ports)"
+    )]
+    NoTls,
+    #[error("[tls] {missing} is not set; cert, key and ca go together")]
+    PartialTls { missing: &'static str },
+    #[error("--insecure and [tls] are both set: choose one")]
+    InsecureAndTls,
 }
 
 impl ServeConfig {
@@ -116,6 +193,7 @@ impl ServeConfig {
                         ENV_KEYS.contains(&key.as_str())
                             || key.starts_with("raft__")
                             || key.starts_with("storage__")
+                            || key.starts_with("tls__")
                     })
                     .split("__"),
             )
@@ -130,13 +208,46 @@ impl ServeConfig {
         }
         config.storage.check().map_err(ConfigError::BadStorage)?;
         config.peer_map()?;
+        if config.listen == config.internal_listen && config.listen.port() != 0 {
+            return Err(ConfigError::SamePort(config.listen));
+        }
+        config.tls_files()?;
         Ok(config)
     }
 
-    pub fn advertise_address(&self) -> String {
-        self.advertise
-            .clone()
-            .unwrap_or_else(|| self.listen.to_string())
+    /// Where other nodes (internal) and clients (public) reach this node.
+    pub fn addresses(&self) -> raftq_cluster::Node {
+        raftq_cluster::Node::new(
+            self.internal_advertise
+                .clone()
+                .unwrap_or_else(|| self.internal_listen.to_string()),
+            self.advertise
+                .clone()
+                .unwrap_or_else(|| self.listen.to_string()),
+        )
+    }
+
+    /// The TLS files, or `None` with `--insecure`; refuses a configuration that is
+    /// neither, or half of TLS.
+    pub fn tls_files(&self) -> Result<Option<raftq_tls::TlsFiles>, ConfigError> {
+        let tls = &self.tls;
+        let any =
+            tls.cert.is_some() || tls.key.is_some() || tls.ca.is_some() || tls.client_ca.is_some();
+        match (self.insecure, any) {
+            (true, true) => return Err(ConfigError::InsecureAndTls),
+            (true, false) => return Ok(None),
+            (false, false) => return Err(ConfigError::NoTls),
+            (false, true) => {}
+        }
+        let required = |value: &Option<PathBuf>, missing| {
+            value.clone().ok_or(ConfigError::PartialTls { missing })
+        };
+        Ok(Some(raftq_tls::TlsFiles {
+            cert: required(&tls.cert, "cert")?,
+            key: required(&tls.key, "key")?,
+            ca: required(&tls.ca, "ca")?,
+            client_ca: tls.client_ca.clone(),
+        }))
     }
 
     pub fn peer_map(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
@@ -168,6 +279,48 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
 mod tests {
     use super::*;
 
+    /// Flags that serve plaintext: these tests are about other settings.
+    fn insecure() -> FlagOverrides {
+        FlagOverrides {
+            insecure: Some(true),
+            ..FlagOverrides::default()
+        }
+    }
+
+    #[test]
+    fn a_node_without_tls_must_say_insecure_and_tls_comes_whole() {
+        let error = ServeConfig::load(None, FlagOverrides::default())
+            .expect_err("plaintext without --insecure")
+            .to_string();
+        assert!(
+            error.contains("--insecure") && error.contains("[tls]"),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("raftq.toml");
+        std::fs::write(&file, "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n").unwrap();
+        let error = ServeConfig::load(Some(&file), FlagOverrides::default())
+            .expect_err("no CA")
+            .to_string();
+        assert!(error.contains("[tls] ca is not set"), "{error}");
+        let error = ServeConfig::load(Some(&file), insecure())
+            .expect_err("both")
+            .to_string();
+        assert!(error.contains("--insecure and [tls]"), "{error}");
+        let flags = FlagOverrides {
+            tls: TlsFlags {
+                ca: Some(PathBuf::from("/ca.pem")),
+                ..TlsFlags::default()
+            },
+            ..FlagOverrides::default()
+        };
+        let config = ServeConfig::load(Some(&file), flags).unwrap();
+        let files = config.tls_files().unwrap().expect("TLS");
+        assert_eq!(files.cert, PathBuf::from("/c.pem"));
+        assert_eq!(files.ca, PathBuf::from("/ca.pem"));
+        assert_eq!(files.client_ca, None);
+    }
+
     #[test]
     fn flags_override_file_and_environment() {
         let dir = tempfile::tempdir().unwrap();
@@ -179,7 +332,7 @@ mod tests {
         .unwrap();
         let flags = FlagOverrides {
             data_dir: Some(PathBuf::from("/from/flag")),
-            ..FlagOverrides::default()
+            ..insecure()
         };
         let config = ServeConfig::load(Some(&file), flags).unwrap();
         assert_eq!(config.node_id, 2);
@@ -193,7 +346,7 @@ mod tests {
         // `storage`'s write buffers; the other tests read neither).
         unsafe { std::env::set_var("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES", "500") };
         unsafe { std::env::set_var("RAFTQ_STORAGE__WRITE_BUFFER_MIB", "64") };
-        let config = ServeConfig::load(None, FlagOverrides::default()).unwrap();
+        let config = ServeConfig::load(None, insecure()).unwrap();
         unsafe { std::env::remove_var("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES") };
         unsafe { std::env::remove_var("RAFTQ_STORAGE__WRITE_BUFFER_MIB") };
         assert_eq!(config.raft.snapshot_every_entries, 500);
@@ -205,10 +358,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("raftq.toml");
         std::fs::write(&file, "[storage]\nblock_cache_mib = 8\n").unwrap();
-        let config = ServeConfig::load(Some(&file), FlagOverrides::default()).unwrap();
+        let config = ServeConfig::load(Some(&file), insecure()).unwrap();
         assert_eq!(config.storage.block_cache_mib, 8);
         std::fs::write(&file, "[storage]\nblock_cache_mib = 0\n").unwrap();
-        let error = ServeConfig::load(Some(&file), FlagOverrides::default())
+        let error = ServeConfig::load(Some(&file), insecure())
             .expect_err("an empty block cache accepted")
             .to_string();
         assert!(error.contains("block_cache_mib must be in 1..="), "{error}");
@@ -219,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("raftq.toml");
         std::fs::write(&file, "[raft]\nheartbeat = 77\n").unwrap();
-        let error = ServeConfig::load(Some(&file), FlagOverrides::default())
+        let error = ServeConfig::load(Some(&file), insecure())
             .expect_err("unknown key accepted")
             .to_string();
         assert!(error.contains("heartbeat"), "{error}");

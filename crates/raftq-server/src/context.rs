@@ -1,13 +1,14 @@
 //! What every gRPC service shares: the Raft node, the limits, and the way to reach the
-//! leader when this node is not it.
+//! leader when this node is not it (its internal port).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftq_cluster::{ClusterError, RaftNode};
+use raftq_cluster::{ClusterError, Node, RaftNode};
 use raftq_core::{Command, Limits, Outcome};
-use raftq_proto::wire::FORWARDED_KEY;
+use raftq_proto::wire::{CLUSTER_ID_KEY, FORWARDED_KEY};
+use raftq_tls::Transport;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
@@ -20,23 +21,27 @@ const MAX_CACHED_CHANNELS: usize = 64;
 pub struct Context {
     pub node: RaftNode,
     pub limits: Arc<Limits>,
+    /// How this node reaches other nodes' internal ports.
+    pub transport: Transport,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 /// Where a request is served.
 pub enum Route {
     Local,
-    /// Forward over this channel to the leader at this address.
-    Leader(Channel, String),
+    /// Forward over this channel to the leader's internal port; the leader has these
+    /// addresses.
+    Leader(Channel, Node),
 }
 
 impl Context {
-    pub fn new(node: RaftNode) -> Context {
+    pub fn new(node: RaftNode, transport: Transport) -> Context {
         // The replicated limits: no command changes them, so the state's are read once.
         let limits = Arc::new(node.state().read().limits().clone());
         Context {
             node,
             limits,
+            transport,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -46,15 +51,24 @@ impl Context {
         if self.node.is_leader() {
             return Ok(Route::Local);
         }
-        let leader = self.node.leader();
+        let leader = self.node.leader_node();
         let forwarded = request.metadata().contains_key(FORWARDED_KEY);
+        if forwarded {
+            // Forwarded by a node of another cluster (sharing this one's CA, say).
+            let theirs = request
+                .metadata()
+                .get(CLUSTER_ID_KEY)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            self.node.check_cluster(theirs).map_err(status)?;
+        }
         match leader {
-            Some((leader_id, address)) if leader_id != self.node.node_id() && !forwarded => {
-                Ok(Route::Leader(self.channel(&address)?, address))
+            Some((leader_id, node)) if leader_id != self.node.node_id() && !forwarded => {
+                Ok(Route::Leader(self.channel(&node.internal)?, node))
             }
-            Some((leader_id, address)) => Err(status(ClusterError::NotLeader {
+            Some((leader_id, node)) => Err(status(ClusterError::NotLeader {
                 leader_id: Some(leader_id),
-                leader_address: Some(address),
+                leader_address: Some(node.public),
             })),
             None => Err(status(ClusterError::NotLeader {
                 leader_id: None,
@@ -95,10 +109,11 @@ impl Context {
                 reason: e.to_string(),
             })
         })?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self.transport.channel(
+            &endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true),
+        );
         if channels.len() >= MAX_CACHED_CHANNELS {
             channels.clear();
         }
@@ -122,13 +137,21 @@ impl Context {
     }
 }
 
-/// Marks a request as forwarded and copies the caller's deadline.
-pub fn forwarded<T>(request: Request<T>) -> Request<T> {
-    let (mut metadata, extensions, message) = request.into_parts();
-    if let Ok(value) = "1".parse() {
-        metadata.insert(FORWARDED_KEY, value);
+impl Context {
+    /// Marks a request as forwarded by this node, of this cluster; the caller's deadline
+    /// and other metadata go with it.
+    pub fn forwarded<T>(&self, request: Request<T>) -> Request<T> {
+        let (mut metadata, extensions, message) = request.into_parts();
+        if let Ok(value) = "1".parse() {
+            metadata.insert(FORWARDED_KEY, value);
+        }
+        if let Some(id) = self.node.cluster_id()
+            && let Ok(value) = id.parse()
+        {
+            metadata.insert(CLUSTER_ID_KEY, value);
+        }
+        Request::from_parts(metadata, extensions, message)
     }
-    Request::from_parts(metadata, extensions, message)
 }
 
 /// The answer of a command that returned an outcome of an unexpected kind: a bug.

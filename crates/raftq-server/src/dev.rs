@@ -1,5 +1,7 @@
 //! `raftq dev`: a local cluster of real `raftq serve` processes on 127.0.0.1, data kept
-//! under one directory across restarts, stopped together on Ctrl-C.
+//! under one directory across restarts, stopped together on Ctrl-C. TLS is on: a
+//! throwaway CA and node certificate are made under `<data-dir>/tls` on first start, and
+//! `<data-dir>/client.env` tells a shell how to reach the cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +12,8 @@ use tokio::process::{Child, Command};
 
 /// The HTTP side port of node `i` is `base_port + HTTP_PORT_OFFSET + i`.
 pub const HTTP_PORT_OFFSET: u16 = 100;
+/// The internal gRPC port of node `i` is `base_port + INTERNAL_PORT_OFFSET + i`.
+pub const INTERNAL_PORT_OFFSET: u16 = 200;
 /// How long `dev` waits for the cluster to elect a leader before reporting failure.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -24,11 +28,12 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         anyhow::bail!("--nodes must be in 1..=9");
     }
     if options.base_port == 0
-        || u32::from(options.base_port) + u32::from(HTTP_PORT_OFFSET) + u32::from(options.nodes) - 1
+        || u32::from(options.base_port) + u32::from(INTERNAL_PORT_OFFSET) + u32::from(options.nodes)
+            - 1
             > u32::from(u16::MAX)
     {
         anyhow::bail!(
-            "--base-port {} does not fit {} node(s): each needs a port from 1 up, and the one {HTTP_PORT_OFFSET} above it",
+            "--base-port {} does not fit {} node(s): each needs a port from 1 up, and the ones {HTTP_PORT_OFFSET} and {INTERNAL_PORT_OFFSET} above it",
             options.base_port,
             options.nodes
         );
@@ -45,14 +50,23 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let data_dir = std::path::absolute(&options.data_dir)
+        .with_context(|| format!("locating {}", options.data_dir.display()))?;
+    let tls = dev_certificates(&data_dir)?;
     let peers: Vec<String> = (0..options.nodes)
-        .map(|i| format!("{}=127.0.0.1:{}", i + 1, options.base_port + i))
+        .map(|i| {
+            format!(
+                "{}=127.0.0.1:{}",
+                i + 1,
+                options.base_port + INTERNAL_PORT_OFFSET + i
+            )
+        })
         .collect();
     let peers = peers.join(",");
     let exe = std::env::current_exe().context("locating the raftq binary")?;
     let mut children = Vec::new();
     for i in 0..options.nodes {
-        let child = spawn_node(&exe, &options, i, &peers)?;
+        let child = spawn_node(&exe, &options, i, &peers, &tls)?;
         children.push(child);
     }
     let addresses: Vec<String> = (0..options.nodes)
@@ -65,24 +79,30 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     );
     for i in 0..options.nodes {
         println!(
-            "  node {}: grpc 127.0.0.1:{}  http http://127.0.0.1:{}/metrics  log {}",
+            "  node {}: grpc 127.0.0.1:{}  internal 127.0.0.1:{}  http http://127.0.0.1:{}/metrics  log {}",
             i + 1,
             options.base_port + i,
+            options.base_port + INTERNAL_PORT_OFFSET + i,
             options.base_port + HTTP_PORT_OFFSET + i,
             log_path(&options.data_dir, i + 1).display()
         );
     }
+    let client_env = write_client_env(&data_dir, &addresses, &tls)?;
+    println!("  client settings: source {}", client_env.display());
     let client = raftq_client::Client::new(
         &addresses,
         raftq_client::ClientConfig {
             retry_deadline: READY_DEADLINE,
+            transport: raftq_client::Transport::Tls(
+                raftq_client::ClientTls::from_files(&tls.ca, None)?.connector(),
+            ),
             ..raftq_client::ClientConfig::default()
         },
     )?;
     tokio::select! {
         status = wait_for_leader(&client, options.nodes) => {
             match status.and_then(|leader| all_running(&mut children, &options.data_dir).map(|()| leader)) {
-                Ok(leader) => println!("raftq dev: ready, leader is {leader}. Try:\n  raftq --addr {} queue create orders\nCtrl-C stops the cluster.", addresses[0]),
+                Ok(leader) => println!("raftq dev: ready, leader is {leader}. Try:\n  source {}\n  raftq queue create orders\nCtrl-C stops the cluster.", client_env.display()),
                 Err(error) => eprintln!("raftq dev: not ready: {error}; see the node logs"),
             }
         }
@@ -129,6 +149,7 @@ fn ports_in_use(options: &DevOptions) -> Vec<u16> {
         .flat_map(|i| {
             [
                 options.base_port + i,
+                options.base_port + INTERNAL_PORT_OFFSET + i,
                 options.base_port + HTTP_PORT_OFFSET + i,
             ]
         })
@@ -159,7 +180,60 @@ fn log_path(data_dir: &Path, node_id: u16) -> PathBuf {
     data_dir.join(format!("node-{node_id}.log"))
 }
 
-fn spawn_node(exe: &Path, options: &DevOptions, i: u16, peers: &str) -> anyhow::Result<Child> {
+/// The dev cluster's TLS files.
+struct DevTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Makes a throwaway CA and one certificate for every node (valid for 127.0.0.1 and
+/// localhost) under `<data_dir>/tls`, unless they are there from an earlier start.
+fn dev_certificates(data_dir: &Path) -> anyhow::Result<DevTls> {
+    let dir = data_dir.join("tls");
+    let tls = DevTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("node.pem"),
+        key: dir.join("node.key"),
+    };
+    if tls.ca.exists() && tls.cert.exists() && tls.key.exists() {
+        return Ok(tls);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = raftq_tls::generate::Authority::new("raftq dev CA")?;
+    ca.issue("raftq dev node", &["127.0.0.1".into(), "localhost".into()])?
+        .write(&dir, "node")?;
+    // The CA last: its presence says the set is whole.
+    raftq_tls::generate::write_file(&tls.ca, &ca.cert_pem(), 0o644)?;
+    Ok(tls)
+}
+
+/// Writes `<data_dir>/client.env`: the `export` lines that point the CLI (and any client
+/// reading the same variables) at this cluster.
+fn write_client_env(
+    data_dir: &Path,
+    addresses: &[String],
+    tls: &DevTls,
+) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("client.env");
+    let text = format!(
+        "# raftq dev: source this file to reach the local cluster.\n\
+         export RAFTQ_ADDR={}\n\
+         export RAFTQ_CA_CERT={}\n",
+        addresses.join(","),
+        tls.ca.display()
+    );
+    raftq_tls::generate::write_file(&path, &text, 0o600)?;
+    Ok(path)
+}
+
+fn spawn_node(
+    exe: &Path,
+    options: &DevOptions,
+    i: u16,
+    peers: &str,
+    tls: &DevTls,
+) -> anyhow::Result<Child> {
     let node_id = i + 1;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -172,6 +246,11 @@ fn spawn_node(exe: &Path, options: &DevOptions, i: u16, peers: &str) -> anyhow::
         .arg(node_id.to_string())
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", options.base_port + i))
+        .arg("--internal-listen")
+        .arg(format!(
+            "127.0.0.1:{}",
+            options.base_port + INTERNAL_PORT_OFFSET + i
+        ))
         .arg("--http-listen")
         .arg(format!(
             "127.0.0.1:{}",
@@ -181,6 +260,12 @@ fn spawn_node(exe: &Path, options: &DevOptions, i: u16, peers: &str) -> anyhow::
         .arg(options.data_dir.join(format!("node-{node_id}")))
         .arg("--peers")
         .arg(peers)
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
+        .arg("--tls-ca")
+        .arg(&tls.ca)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

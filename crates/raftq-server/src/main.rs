@@ -10,6 +10,7 @@ mod context;
 mod data_dir;
 mod dev;
 mod error;
+mod grpc;
 mod http;
 mod probes;
 mod serve;

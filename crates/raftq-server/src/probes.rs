@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use raftq_cluster::{RaftNode, Role};
+use raftq_tls::Transport;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -38,6 +39,7 @@ impl Probes {
 /// resolves; the first evaluation runs at once.
 pub fn start(
     node: RaftNode,
+    transport: Transport,
     reporter: HealthReporter,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (Probes, tokio::task::JoinHandle<()>) {
@@ -55,7 +57,7 @@ pub fn start(
                 _ = interval.tick() => {
                     let found = Health {
                         live: liveness(&node),
-                        ready: readiness(&node).await,
+                        ready: readiness(&node, &transport).await,
                     };
                     // gRPC health first: once /readyz says ready, so does gRPC health.
                     reporter
@@ -90,7 +92,7 @@ const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// (a follower) has applied what the leader has committed, within `READY_LAG_ENTRIES`. A
 /// node restarted far behind, or still receiving a snapshot, is not ready, so a rolling
 /// update waits for it before taking down the next node. `Ok` and `Err` carry the reason.
-async fn readiness(node: &RaftNode) -> Result<String, String> {
+async fn readiness(node: &RaftNode, transport: &Transport) -> Result<String, String> {
     let status = node.status();
     let Some(leader) = status.leader_id else {
         return Err("no leader known".to_string());
@@ -101,21 +103,13 @@ async fn readiness(node: &RaftNode) -> Result<String, String> {
     if leader == status.node_id {
         return Ok("ready; this node leads".to_string());
     }
-    let Some((_, address)) = node.leader() else {
+    let Some((_, addresses)) = node.leader_node() else {
         return Err("no leader address known".to_string());
     };
-    let config = raftq_client::ClientConfig {
-        retry_deadline: LEADER_QUERY_TIMEOUT,
-        attempt_timeout: LEADER_QUERY_TIMEOUT,
-        connect_timeout: LEADER_QUERY_TIMEOUT,
-        ..raftq_client::ClientConfig::default()
-    };
-    let leader_status = match raftq_client::Client::new(&[address], config) {
-        Ok(client) => client.node_info().await,
-        Err(error) => Err(error),
-    };
-    match leader_status {
-        Ok(leader_status)
+    match crate::services::peer_status(leader, &addresses.internal, transport, LEADER_QUERY_TIMEOUT)
+        .await
+    {
+        Some(leader_status)
             if status.applied_index + READY_LAG_ENTRIES >= leader_status.committed_index =>
         {
             Ok(format!(
@@ -123,11 +117,14 @@ async fn readiness(node: &RaftNode) -> Result<String, String> {
                 status.applied_index, leader_status.committed_index
             ))
         }
-        Ok(leader_status) => Err(format!(
+        Some(leader_status) => Err(format!(
             "catching up: applied {} of the {} entries node {leader} has committed",
             status.applied_index, leader_status.committed_index
         )),
-        Err(error) => Err(format!("cannot reach the leader, node {leader}: {error}")),
+        None => Err(format!(
+            "cannot reach the leader, node {leader}, at its internal address {}",
+            addresses.internal
+        )),
     }
 }
 

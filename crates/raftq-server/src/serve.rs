@@ -4,20 +4,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use raftq_cluster::{NodeConfig, RaftNode};
-use raftq_proto::pb::{
-    admin_service_server::AdminServiceServer, message_service_server::MessageServiceServer,
-    queue_service_server::QueueServiceServer,
-};
-use raftq_proto::wire::MAX_MESSAGE_BYTES;
+use raftq_cluster::{Node, NodeConfig, RaftNode};
+use raftq_tls::{NodeTls, Transport};
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ServeConfig;
 use crate::context::Context;
-use crate::services::{AdminApi, MessageApi, QueueApi};
-use crate::{http, probes};
+use crate::{grpc, http, probes};
 
 /// How long the gRPC server may take to finish the calls and streams in flight once it
 /// stops taking new ones.
@@ -28,17 +21,32 @@ const CONSUME_STREAMS_END_WITHIN: Duration = Duration::from_secs(3);
 const JOIN_DEADLINE: Duration = Duration::from_secs(300);
 
 pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::Result<()> {
-    let advertise = config.advertise_address();
+    let addresses = config.addresses();
     let peers = config.peer_map()?;
-    let grpc_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding gRPC listener {}", config.listen))?;
+    let tls = match config.tls_files()? {
+        Some(files) => Some(NodeTls::load(files).context("loading the TLS files")?),
+        None => {
+            tracing::warn!(
+                "serving plaintext (--insecure): anyone who reaches the ports can read and change \
+                 every queue and speak Raft to this node; never where others can reach them"
+            );
+            None
+        }
+    };
+    metrics::gauge!("raftq_insecure").set(if tls.is_none() { 1.0 } else { 0.0 });
+    let transport = match &tls {
+        Some(tls) => Transport::Tls(tls.connector()),
+        None => Transport::Plaintext,
+    };
+    let public_listener = grpc::bind(config.listen, "public").await?;
+    let internal_listener = grpc::bind(config.internal_listen, "internal").await?;
     let http_listener = http::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
     let node = RaftNode::start(NodeConfig {
         node_id: config.node_id,
-        advertise_address: advertise.clone(),
+        addresses: addresses.clone(),
+        transport: transport.clone(),
         data_dir: config.data_dir.clone(),
         group: 1,
         tuning: config.raft.clone(),
@@ -46,78 +54,37 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     })
     .await
     .context("starting raft")?;
-    let context = Context::new(node.clone());
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<QueueServiceServer<QueueApi>>()
-        .await;
-    health_reporter
-        .set_serving::<MessageServiceServer<MessageApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AdminServiceServer<AdminApi>>()
-        .await;
-    // Reflection in both versions: grpcurl and current tools ask v1, older ones v1alpha.
-    let described = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(raftq_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection = described()
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_v1alpha = described()
-        .build_v1alpha()
-        .context("building the reflection service (v1alpha)")?;
 
     let (stop, stopped) = watch::channel(false);
     let (begin_stop, stopping) = watch::channel(false);
-    let grpc = tonic::transport::Server::builder()
-        // Pings find peers that went away without closing their connection (a client
-        // host lost, say): their streams end, and a consume stream hands its deliveries
-        // back instead of holding them until their leases end.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(node.raft_service(stopped.clone()))
-        .add_service(
-            QueueServiceServer::new(QueueApi {
-                context: context.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            MessageServiceServer::new(MessageApi {
-                context: context.clone(),
-                stopped: stopped.clone(),
-                stopping,
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(AdminServiceServer::new(AdminApi { context }))
-        .serve_with_incoming_shutdown(
-            // Answers (to clients, and to the leader's append-entries) go out at once:
-            // without TCP_NODELAY, Nagle's algorithm meets the peer's delayed ACK and small
-            // responses wait up to 40 ms.
-            TcpListenerStream::new(grpc_listener).map(|accepted| {
-                if let Ok(stream) = &accepted
-                    && let Err(error) = stream.set_nodelay(true)
-                {
-                    tracing::warn!(%error, "setting TCP_NODELAY");
-                }
-                accepted
-            }),
-            until(stopped.clone()),
-        );
-    let grpc_task = tokio::spawn(grpc);
+    let handlers = grpc::Handlers {
+        context: Context::new(node.clone(), transport.clone()),
+        stopped: stopped.clone(),
+        stopping,
+    };
+    let (public_routes, health_reporter) = handlers.public().await?;
+    let internal_routes = handlers.internal(&node);
+    let public_task = tokio::spawn(grpc::serve(
+        public_routes,
+        public_listener,
+        tls.clone(),
+        grpc::Port::Public,
+        until(stopped.clone()),
+    ));
+    let internal_task = tokio::spawn(grpc::serve(
+        internal_routes,
+        internal_listener,
+        tls.clone(),
+        grpc::Port::Internal,
+        until(stopped.clone()),
+    ));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(until(stopped.clone())));
+    }
     let timer_task = tokio::spawn(timers(node.clone(), until(stopped.clone())));
     let (probes, probe_task) = probes::start(
         node.clone(),
+        transport.clone(),
         health_reporter.clone(),
         until(stopped.clone()),
     );
@@ -128,10 +95,18 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         probes,
         until(stopped.clone()),
     ));
-    tracing::info!(node_id = config.node_id, grpc = %config.listen, http = %config.http_listen, raft = ?config.raft, "raftq node serving");
+    tracing::info!(
+        node_id = config.node_id,
+        public = %config.listen,
+        internal = %config.internal_listen,
+        http = %config.http_listen,
+        tls = tls.is_some(),
+        raft = ?config.raft,
+        "raftq node serving"
+    );
 
     tokio::spawn(report_raft_failure(node.clone()));
-    let bootstrap = bootstrap(&config, &node, &advertise, peers);
+    let bootstrap = bootstrap(&config, &node, &addresses, &transport, peers);
     let outcome = tokio::select! {
         result = bootstrap => result.map(|()| None),
         signal = shutdown_signal() => Ok(Some(signal)),
@@ -158,14 +133,19 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     // A client that stopped reading a stream would hold the graceful stop for ever: its
     // answers wait for flow-control room. Past the limit the server stops anyway; a
     // consume stream has handed its deliveries back by then.
-    let mut grpc_task = grpc_task;
-    match tokio::time::timeout(GRACEFUL_STOP_WITHIN, &mut grpc_task).await {
-        Ok(served) => served.context("gRPC task")?.context("gRPC server")?,
-        Err(_) => {
-            tracing::warn!(
-                "calls or streams still open {GRACEFUL_STOP_WITHIN:?} after the stop began; closing them"
-            );
-            grpc_task.abort();
+    let stop_by = tokio::time::Instant::now() + GRACEFUL_STOP_WITHIN;
+    for (mut task, port) in [(public_task, "public"), (internal_task, "internal")] {
+        match tokio::time::timeout_at(stop_by, &mut task).await {
+            Ok(served) => served
+                .with_context(|| format!("{port} gRPC task"))?
+                .with_context(|| format!("{port} gRPC server"))?,
+            Err(_) => {
+                tracing::warn!(
+                    port,
+                    "calls or streams still open {GRACEFUL_STOP_WITHIN:?} after the stop began; closing them"
+                );
+                task.abort();
+            }
         }
     }
     http_task
@@ -248,14 +228,15 @@ async fn report_raft_failure(node: RaftNode) {
 async fn bootstrap(
     config: &ServeConfig,
     node: &RaftNode,
-    advertise: &str,
+    addresses: &Node,
+    transport: &Transport,
     peers: std::collections::BTreeMap<u64, String>,
 ) -> anyhow::Result<()> {
     if let Some(join) = &config.join {
-        return join_cluster(node, std::slice::from_ref(join), advertise).await;
+        return join_cluster(node, std::slice::from_ref(join), addresses, transport).await;
     }
     let members = if peers.is_empty() {
-        std::collections::BTreeMap::from([(config.node_id, advertise.to_string())])
+        std::collections::BTreeMap::from([(config.node_id, addresses.internal.clone())])
     } else {
         peers
     };
@@ -269,7 +250,7 @@ async fn bootstrap(
         .collect();
     let founder = members.keys().next() == Some(&config.node_id);
     if founder && !node.holds_raft_state().await? {
-        if peers_hold_no_raft_state(&others).await {
+        if peers_hold_no_raft_state(&others, transport).await {
             if node.initialize().await? {
                 tracing::info!("formed a new cluster; the other peers join it");
             }
@@ -283,8 +264,8 @@ async fn bootstrap(
     if others.is_empty() {
         return Ok(());
     }
-    let addresses: Vec<String> = others.into_values().collect();
-    join_cluster(node, &addresses, advertise).await
+    let others: Vec<String> = others.into_values().collect();
+    join_cluster(node, &others, addresses, transport).await
 }
 
 /// How often a forming node asks its peers whether they hold Raft state.
@@ -293,7 +274,10 @@ const PEER_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Waits until every peer has answered, and tells whether none of them holds Raft state.
 /// A founder whose own data directory is empty forms a new cluster only then: had it lost
 /// its disk, forming a new cluster would leave the old one's data behind.
-async fn peers_hold_no_raft_state(peers: &std::collections::BTreeMap<u64, String>) -> bool {
+async fn peers_hold_no_raft_state(
+    peers: &std::collections::BTreeMap<u64, String>,
+    transport: &Transport,
+) -> bool {
     let mut answered = std::collections::BTreeSet::new();
     let mut asked = 0u64;
     loop {
@@ -301,7 +285,14 @@ async fn peers_hold_no_raft_state(peers: &std::collections::BTreeMap<u64, String
             if answered.contains(id) {
                 continue;
             }
-            if let Some(status) = crate::services::peer_status(*id, address).await {
+            if let Some(status) = crate::services::peer_status(
+                *id,
+                address,
+                transport,
+                crate::services::PEER_STATUS_TIMEOUT,
+            )
+            .await
+            {
                 if status.term > 0 || status.last_log_index > 0 || status.leader_id != 0 {
                     return false;
                 }
@@ -323,20 +314,22 @@ async fn peers_hold_no_raft_state(peers: &std::collections::BTreeMap<u64, String
     }
 }
 
-/// Joins the cluster through `addresses` as a voter, unless the cluster already has this
+/// Joins the cluster through `through` (members' internal addresses) as a voter, unless the cluster already has this
 /// node as a voter at this address. The node's own view is not enough: a node removed while
 /// it was down (a scale-down) still remembers itself as a member, and must join again when it
 /// comes back; one that the cluster counts as a learner is promoted. A node that lost its
 /// data asks to be made a learner until it has caught up, whatever the cluster counts it as.
 async fn join_cluster(
     node: &RaftNode,
-    addresses: &[String],
-    advertise: &str,
+    through: &[String],
+    addresses: &Node,
+    transport: &Transport,
 ) -> anyhow::Result<()> {
     let client = raftq_client::Client::new(
-        addresses,
+        through,
         raftq_client::ClientConfig {
             retry_deadline: JOIN_DEADLINE,
+            transport: transport.clone(),
             ..raftq_client::ClientConfig::default()
         },
     )?;
@@ -354,7 +347,10 @@ async fn join_cluster(
                 // serving would mix the two.
                 node.check_cluster(&cluster.cluster_id)?;
                 if cluster.nodes.iter().any(|member| {
-                    member.node_id == node.node_id() && member.voter && member.address == advertise
+                    member.node_id == node.node_id()
+                        && member.voter
+                        && member.address == addresses.public
+                        && member.internal_address == addresses.internal
                 }) {
                     tracing::info!("already a voter; not joining again");
                     return Ok(());
@@ -367,12 +363,13 @@ async fn join_cluster(
             }
         }
     }
-    let through = addresses.join(",");
+    let through = through.join(",");
     tracing::info!(%through, rebuilding = status.rebuilding, "asking the cluster to add this node");
     let joined = client
         .add_node(raftq_client::pb::AddNodeRequest {
             node_id: node.node_id(),
-            address: advertise.to_string(),
+            address: addresses.public.clone(),
+            internal_address: addresses.internal.clone(),
             promote: true,
             lost_data: status.rebuilding,
             cluster_id: status.cluster_id.clone().unwrap_or_default(),

@@ -9,6 +9,7 @@ pub mod codec;
 mod db;
 mod identity;
 mod log_store;
+mod member;
 pub mod raw;
 mod snapshot;
 mod state_machine;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use db::{Db, OpenOptions, StorageMemory, StoreError};
 pub use identity::NodeIdentity;
 pub use log_store::{LogStore, forget_synced_watermarks};
+pub use member::Node;
 pub use snapshot::{IncomingSnapshot, SnapshotData};
 pub use state_machine::{ReadError, SharedState, StateMachineStore};
 
@@ -52,11 +54,10 @@ openraft::declare_raft_types!(
         D = raftq_core::Request,
         R = Applied,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Node,
 );
 
 pub type NodeId = u64;
-pub type Node = openraft::BasicNode;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;

@@ -108,25 +108,105 @@ Call with (list . PORT).
 {{- end }}
 
 {{/*
-The initial voters, "1=<pod 0>:PORT,2=<pod 1>:PORT,...": pod ordinal N is node id N+1.
+The internal address of the pod with ordinal N, "<fullname>-N.<headless>.<domain>:PORT"
+(ports.internal). Call with (list . N).
+*/}}
+{{- define "raftq.internalAddress" -}}
+{{- $root := index . 0 }}
+{{- $ordinal := index . 1 }}
+{{- printf "%s-%d.%s.%s:%d" (include "raftq.fullname" $root) (int $ordinal) (include "raftq.headlessName" $root) (include "raftq.svcDomain" $root) (int $root.Values.ports.internal) }}
+{{- end }}
+
+{{/*
+The initial voters' internal addresses, "1=<pod 0>:PORT,2=<pod 1>:PORT,...": pod
+ordinal N is node id N+1. Pod 0's RAFTQ_PEERS.
 */}}
 {{- define "raftq.initialPeers" -}}
-{{- $fullname := include "raftq.fullname" . }}
-{{- $headless := include "raftq.headlessName" . }}
-{{- $domain := include "raftq.svcDomain" . }}
 {{- $peers := list }}
 {{- range $ordinal := until (int .Values.initialReplicas) }}
-{{- $peers = append $peers (printf "%d=%s-%d.%s.%s:%d" (add1 $ordinal) $fullname $ordinal $headless $domain (int $.Values.ports.grpc)) }}
+{{- $peers = append $peers (printf "%d=%s" (add1 $ordinal) (include "raftq.internalAddress" (list $ $ordinal))) }}
 {{- end }}
 {{- join "," $peers }}
 {{- end }}
 
 {{/*
-Where pods beyond the initial ones join: the client Service, which routes only to ready
-pods (members that know a leader); the raftq client follows the leader from there.
+Where the other pods join (RAFTQ_JOIN): the initial pods' internal addresses,
+"<pod 0>:PORT,<pod 1>:PORT,..." (the container command drops the pod's own). Not the
+client Service: it has only the public port. The node tries them in turn and follows
+the leader from there.
 */}}
-{{- define "raftq.joinAddress" -}}
+{{- define "raftq.joinAddresses" -}}
+{{- $addresses := list }}
+{{- range $ordinal := until (int .Values.initialReplicas) }}
+{{- $addresses = append $addresses (include "raftq.internalAddress" (list $ $ordinal)) }}
+{{- end }}
+{{- join "," $addresses }}
+{{- end }}
+
+{{/*
+The client Service's public gRPC address, "<fullname>.<domain>:PORT": what clients, the
+`raftq` CLI and the scale-down hook's Job connect to.
+*/}}
+{{- define "raftq.clientAddress" -}}
 {{- printf "%s.%s:%d" (include "raftq.fullname" .) (include "raftq.svcDomain" .) (int .Values.ports.grpc) }}
+{{- end }}
+
+{{/*
+Where the pods mount the TLS Secret (tls.crt, tls.key, ca.crt), and the CA of client
+certificates (tls.clientCaSecret). Not under /etc/raftq: that is the ConfigMap's
+read-only volume, and a mount point cannot be made inside it.
+*/}}
+{{- define "raftq.tlsDir" -}}
+/etc/raftq-tls
+{{- end }}
+{{- define "raftq.clientCaDir" -}}
+/etc/raftq-client-ca
+{{- end }}
+
+{{/*
+The Secret holding the nodes' certificate: tls.existingSecret, or the one the
+cert-manager Certificate writes (tls.certManager.secretName, default <fullname>-tls).
+*/}}
+{{- define "raftq.tlsSecretName" -}}
+{{- if .Values.tls.existingSecret }}
+{{- .Values.tls.existingSecret }}
+{{- else }}
+{{- default (printf "%s-tls" (include "raftq.fullname" .)) .Values.tls.certManager.secretName }}
+{{- end }}
+{{- end }}
+
+{{/*
+The DNS names the nodes' certificate must be valid for, one per line: every pod's name
+behind the headless Service (a wildcard; the other nodes dial it, and clients follow
+leader hints to it), the client Service's names, and localhost (exec'd CLI calls).
+*/}}
+{{- define "raftq.tlsDnsNames" -}}
+{{- $fullname := include "raftq.fullname" . -}}
+*.{{ include "raftq.headlessName" . }}.{{ include "raftq.svcDomain" . }}
+{{ $fullname }}
+{{ $fullname }}.{{ .Release.Namespace }}
+{{ $fullname }}.{{ .Release.Namespace }}.svc
+{{ $fullname }}.{{ include "raftq.svcDomain" . }}
+localhost
+{{- end }}
+
+{{/*
+The IP addresses the nodes' certificate must be valid for, one per line: the loopback
+addresses, for `raftq --addr 127.0.0.1:PORT` in a pod.
+*/}}
+{{- define "raftq.tlsIpAddresses" -}}
+127.0.0.1
+::1
+{{- end }}
+
+{{/*
+" --ca-cert <ca.crt in the pod>" with TLS on, else nothing: for `raftq` CLI calls in a
+pod shown in NOTES.txt.
+*/}}
+{{- define "raftq.execCaFlag" -}}
+{{- if .Values.tls.enabled }}
+{{- printf " --ca-cert %s/ca.crt" (include "raftq.tlsDir" .) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -136,12 +216,27 @@ Checks of values that the JSON schema cannot express.
 {{- if gt (int .Values.initialReplicas) (int .Values.replicas) }}
 {{- fail (printf "initialReplicas (%d) must not exceed replicas (%d). At install, set both (e.g. --set replicas=1,initialReplicas=1). After install, initialReplicas stays as installed; to scale below it, remove the nodes with `raftq cluster remove-node` first and lower both (see the chart's README)." (int .Values.initialReplicas) (int .Values.replicas)) }}
 {{- end }}
-{{- if eq (int .Values.ports.grpc) (int .Values.ports.http) }}
-{{- fail "ports.grpc and ports.http must differ" }}
+{{- $ports := list (int .Values.ports.grpc) (int .Values.ports.internal) (int .Values.ports.http) }}
+{{- if ne (len (uniq $ports)) (len $ports) }}
+{{- fail (printf "ports.grpc (%d), ports.internal (%d) and ports.http (%d) must all differ" (int .Values.ports.grpc) (int .Values.ports.internal) (int .Values.ports.http)) }}
 {{- end }}
 {{- range .Values.extraEnv }}
-{{- if has .name (list "RAFTQ_NODE_ID" "RAFTQ_PEERS" "RAFTQ_JOIN" "RAFTQ_ADVERTISE" "RAFTQ_LISTEN" "RAFTQ_HTTP_LISTEN" "RAFTQ_DATA_DIR" "RAFTQ_LOG_FORMAT") }}
+{{- if has .name (list "RAFTQ_NODE_ID" "RAFTQ_PEERS" "RAFTQ_JOIN" "RAFTQ_ADVERTISE" "RAFTQ_LISTEN" "RAFTQ_INTERNAL_ADVERTISE" "RAFTQ_INTERNAL_LISTEN" "RAFTQ_HTTP_LISTEN" "RAFTQ_DATA_DIR" "RAFTQ_LOG_FORMAT") }}
 {{- fail (printf "extraEnv must not set %s: the chart sets it (from ports, listenHost, logFormat, or per pod)" .name) }}
+{{- end }}
+{{- if or (has (upper .name) (list "RAFTQ_INSECURE" "RAFTQ_CA_CERT")) (hasPrefix "RAFTQ_TLS__" (upper .name)) }}
+{{- fail (printf "extraEnv must not set %s: the chart sets TLS from the tls values (tls.enabled, tls.existingSecret, tls.certManager, tls.clientCaSecret)" .name) }}
+{{- end }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- if and .Values.tls.existingSecret .Values.tls.certManager.enabled }}
+{{- fail (printf "tls.existingSecret (%s) and tls.certManager.enabled are both set: give the nodes' certificate one way only" .Values.tls.existingSecret) }}
+{{- end }}
+{{- if not (or .Values.tls.existingSecret .Values.tls.certManager.enabled) }}
+{{- fail "tls.enabled is true (the default) but no certificate is given: set tls.existingSecret to a Secret with tls.crt, tls.key and ca.crt, or tls.certManager.enabled=true with tls.certManager.issuerRef.name to have cert-manager issue one (see the TLS section of the chart's README). Only for a trial on a trusted network: tls.enabled=false serves plaintext." }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled is true but tls.certManager.issuerRef.name is empty: name the cert-manager Issuer (or ClusterIssuer, with tls.certManager.issuerRef.kind) that issues the nodes' certificate" }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -85,6 +85,13 @@ impl PowerLossFs {
             {
                 Ok(())
             }
+            // Busy: a process forked elsewhere in this process (by another test) still
+            // holds a copy of a descriptor into this file system, until it execs. The
+            // power is cut anyway: the file system is detached now and goes once the last
+            // such copy is closed; what it held is in memory here.
+            Some(Err(error)) if error.raw_os_error() == Some(libc::EBUSY) => {
+                detach(&self.mountpoint)
+            }
             Some(result) => result,
             None => Ok(()),
         }
@@ -136,6 +143,23 @@ impl PowerLossFs {
     /// Name changes not yet made durable by a directory fsync.
     pub fn unsynced_names(&self) -> usize {
         self.state().unsynced_names()
+    }
+}
+
+/// Detaches the file system mounted at `mountpoint` from the mount tree at once, even while
+/// it is busy (`umount -l`).
+fn detach(mountpoint: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        // Not mounted any more: gone on its own meanwhile.
+        error if error.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        error => Err(error),
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use raftq_tls::Transport;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
@@ -30,6 +31,9 @@ pub struct ClientConfig {
     /// Single sends share one `SendStream` to the leader (many in flight on it) instead
     /// of a call each; a send the stream cannot answer goes again as a call.
     pub stream_sends: bool,
+    /// TLS (the CA to trust, and a client certificate for mutual TLS), or plaintext for
+    /// servers started with `--insecure`.
+    pub transport: Transport,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +45,7 @@ impl Default for ClientConfig {
             initial_backoff: Duration::from_millis(25),
             max_backoff: Duration::from_secs(1),
             stream_sends: true,
+            transport: Transport::Plaintext,
         }
     }
 }
@@ -62,7 +67,7 @@ impl Nodes {
         if let Some(channel) = self.channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = endpoint(address, config)?.connect_lazy();
+        let channel = config.transport.channel(&endpoint(address, config)?);
         self.channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -82,7 +87,12 @@ impl Client {
         let addresses: Vec<String> = addresses
             .iter()
             .flat_map(|a| a.split(','))
-            .map(|a| a.trim().trim_start_matches("http://").to_string())
+            .map(|a| {
+                a.trim()
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+                    .to_string()
+            })
             .filter(|a| !a.is_empty())
             .collect();
         let first = addresses.first().cloned().ok_or(ClientError::NoAddress)?;

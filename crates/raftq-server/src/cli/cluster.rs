@@ -13,9 +13,12 @@ pub(super) enum ClusterCommand {
     AddNode {
         #[arg(long)]
         id: u64,
-        /// The new node's gRPC address.
+        /// The new node's public gRPC address (what clients use).
         #[arg(long)]
         node_addr: String,
+        /// The new node's internal address (what other nodes use).
+        #[arg(long)]
+        internal_addr: String,
         /// Leave the node a learner.
         #[arg(long)]
         no_promote: bool,
@@ -48,6 +51,7 @@ pub(super) async fn run(
         ClusterCommand::AddNode {
             id,
             node_addr,
+            internal_addr,
             no_promote,
             lost_data,
         } => {
@@ -58,6 +62,7 @@ pub(super) async fn run(
                     promote: !no_promote,
                     lost_data,
                     cluster_id: String::new(),
+                    internal_address: internal_addr,
                 })
                 .await?
         }
@@ -94,6 +99,7 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
             json!({
                 "node_id": node.node_id,
                 "address": node.address,
+                "internal_address": node.internal_address,
                 "role": node.role,
                 "voter": node.voter,
                 "term": node.term,
@@ -120,9 +126,10 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
     );
     for node in &status.nodes {
         text.push_str(&format!(
-            "  node {} {} {}{}{} term={} last_log={} committed={} applied={} snapshot={}\n",
+            "  node {} {} (internal {}) {}{}{} term={} last_log={} committed={} applied={} snapshot={}\n",
             node.node_id,
             node.address,
+            node.internal_address,
             node.role,
             if node.voter { "" } else { " (learner)" },
             if node.rebuilding {

@@ -9,13 +9,14 @@ mod queue;
 mod receive;
 mod send;
 mod server;
+mod tls;
 mod tx;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use raftq_client::{Client, ClientConfig, ClientError};
+use raftq_client::{Client, ClientConfig, ClientError, ClientTls, Transport};
 use serde_json::json;
 
 use output::{Output, out};
@@ -38,6 +39,16 @@ pub struct Cli {
     /// `text` for people, `json` for one JSON object per line.
     #[arg(long, global = true, value_enum, default_value = "text")]
     output: Output,
+    /// The CA certificate (PEM) the cluster's certificates chain to: connect with TLS.
+    /// Without it, plaintext (servers started with --insecure).
+    #[arg(long, global = true, env = "RAFTQ_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present (mutual TLS); needs --key.
+    #[arg(long, global = true, env = "RAFTQ_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "RAFTQ_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Commands,
 }
@@ -66,16 +77,28 @@ enum Commands {
     /// Journals of consumed messages (`<queue>.journal`; browse them with `peek`).
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Certificates for trying raftq out (a throwaway CA).
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let output = cli.output;
     match cli.command {
         Commands::Server(command) => server::run(command).await,
+        Commands::Tls(command) => tls::run(command),
         command => {
+            let transport = match &cli.ca_cert {
+                Some(ca) => {
+                    let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+                    Transport::Tls(ClientTls::from_files(ca, identity)?.connector())
+                }
+                None => Transport::Plaintext,
+            };
             // A person is waiting: give up sooner than a service would.
             let config = ClientConfig {
                 retry_deadline: Duration::from_secs(10),
+                transport,
                 ..ClientConfig::default()
             };
             let client = Client::new(&[cli.addr], config)?;
@@ -109,7 +132,7 @@ async fn client_command(
         Commands::Dlq(command) => dlq::run(client, command, output).await,
         Commands::Tx(command) => tx::run(client, command, output).await,
         Commands::Journal(command) => journal::run(client, command, output).await,
-        Commands::Server(_) => unreachable!("server commands are handled by run"),
+        Commands::Server(_) | Commands::Tls(_) => unreachable!("handled by run"),
     }
 }
 

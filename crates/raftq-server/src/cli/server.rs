@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{FlagOverrides, ServeConfig};
+use crate::config::{FlagOverrides, ServeConfig, TlsFlags};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ServerCommand {
     /// Run one node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local cluster of N nodes on 127.0.0.1 (ports BASE_PORT..BASE_PORT+N-1).
     Dev {
         #[arg(long, default_value_t = 3)]
@@ -52,25 +52,47 @@ pub(super) struct ServeArgs {
     node_id: Option<u64>,
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Address clients use to reach --listen (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
+    /// Internal port: Raft, membership changes and calls forwarded between nodes.
+    #[arg(long)]
+    internal_listen: Option<std::net::SocketAddr>,
+    /// Address other nodes use to reach --internal-listen (default: --internal-listen).
+    #[arg(long)]
+    internal_advertise: Option<String>,
     #[arg(long)]
     http_listen: Option<std::net::SocketAddr>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Initial voters: ID=HOST:PORT,...
+    /// Initial voters: ID=HOST:PORT,... (their internal addresses)
     #[arg(long)]
     peers: Option<String>,
-    /// Join an existing cluster through this member.
+    /// Join an existing cluster through this member's internal address.
     #[arg(long)]
     join: Option<String>,
     #[arg(long)]
     log_format: Option<String>,
+    /// Serve both ports in plaintext, without TLS (never where others can reach them).
+    #[arg(long)]
+    insecure: bool,
+    /// This node's certificate chain (PEM); `[tls] cert`.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM); `[tls] key`.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM); `[tls] ca`.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// The CA of client certificates on the public port (PEM); `[tls] client_ca`.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
 }
 
 pub(super) async fn run(command: ServerCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ServerCommand::Serve(args) => serve(args).await,
+        ServerCommand::Serve(args) => serve(*args).await,
         ServerCommand::Dev {
             nodes,
             data_dir,
@@ -110,11 +132,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node_id: args.node_id,
         listen: args.listen,
         advertise: args.advertise,
+        internal_listen: args.internal_listen,
+        internal_advertise: args.internal_advertise,
         http_listen: args.http_listen,
         data_dir: args.data_dir,
         peers: args.peers,
         join: args.join,
         log_format: args.log_format,
+        insecure: args.insecure.then_some(true),
+        tls: TlsFlags {
+            cert: args.tls_cert,
+            key: args.tls_key,
+            ca: args.tls_ca,
+            client_ca: args.tls_client_ca,
+        },
     };
     let config = ServeConfig::load(args.config.as_deref(), flags)?;
     init_logging(&config.log_format);

@@ -9,25 +9,33 @@ use raftq_proto::pb::{
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
+use raftq_cluster::Node;
+use raftq_tls::Transport;
+
 use super::forward_to_leader;
 use crate::context::Context;
 use crate::error::{ServiceError, status};
 
 /// How long cluster status waits for each other node's own report.
-const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct AdminApi {
     pub context: Context,
 }
 
-/// What node `node_id` at `address` reports about itself, if it answers quickly and is that
-/// node.
-pub async fn peer_status(node_id: u64, address: &str) -> Option<pb::NodeStatus> {
+/// What node `node_id` reports about itself when asked at its internal `address`, if it
+/// answers within `timeout` and is that node.
+pub async fn peer_status(
+    node_id: u64,
+    address: &str,
+    transport: &Transport,
+    timeout: Duration,
+) -> Option<pb::NodeStatus> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .ok()?
-        .connect_timeout(PEER_STATUS_TIMEOUT)
-        .timeout(PEER_STATUS_TIMEOUT);
-    let channel = endpoint.connect().await.ok()?;
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = transport.connect(&endpoint).await.ok()?;
     let node = AdminServiceClient::new(channel)
         .node_info(pb::NodeInfoRequest {})
         .await
@@ -37,24 +45,39 @@ pub async fn peer_status(node_id: u64, address: &str) -> Option<pb::NodeStatus> 
     (node.node_id == node_id).then_some(node)
 }
 
+/// Refuses an address that is not `HOST:PORT`.
+fn check_address(field: &'static str, address: &str) -> Result<(), Status> {
+    if address.parse::<std::net::SocketAddr>().is_err() && !address.contains(':') {
+        return Err(status(ServiceError::InvalidArgument {
+            field,
+            reason: format!("{} is not HOST:PORT", raftq_core::quote(address)),
+        }));
+    }
+    Ok(())
+}
+
 impl AdminApi {
     async fn cluster_status(&self) -> pb::ClusterStatusResponse {
         let local = self.context.node.status();
         let mut nodes = Vec::with_capacity(local.members.len());
         let mut lookups = Vec::new();
-        for (id, (address, voter)) in &local.members {
+        for (id, (addresses, voter)) in &local.members {
             if *id == local.node_id {
                 nodes.push(pb::NodeStatus::from(&local));
             } else {
-                let (id, address, voter) = (*id, address.clone(), *voter);
+                let (id, addresses, voter) = (*id, addresses.clone(), *voter);
+                let transport = self.context.transport.clone();
                 lookups.push(async move {
-                    peer_status(id, &address).await.unwrap_or(pb::NodeStatus {
-                        node_id: id,
-                        address,
-                        role: raftq_proto::wire::role::UNKNOWN.to_string(),
-                        voter,
-                        ..pb::NodeStatus::default()
-                    })
+                    peer_status(id, &addresses.internal, &transport, PEER_STATUS_TIMEOUT)
+                        .await
+                        .unwrap_or(pb::NodeStatus {
+                            node_id: id,
+                            address: addresses.public,
+                            internal_address: addresses.internal,
+                            role: raftq_proto::wire::role::UNKNOWN.to_string(),
+                            voter,
+                            ..pb::NodeStatus::default()
+                        })
                 });
             }
         }
@@ -97,27 +120,27 @@ impl AdminService for AdminApi {
             .node
             .check_cluster(&request.cluster_id)
             .map_err(status)?;
-        if request.address.parse::<std::net::SocketAddr>().is_err()
-            && !request.address.contains(':')
-        {
-            return Err(status(ServiceError::InvalidArgument {
-                field: "address",
-                reason: format!("{} is not HOST:PORT", raftq_core::quote(&request.address)),
-            }));
-        }
-        if let Some((address, _)) = self.context.node.status().members.get(&request.node_id)
-            && *address != request.address
+        let internal = if request.internal_address.is_empty() {
+            request.address.clone()
+        } else {
+            request.internal_address
+        };
+        check_address("address", &request.address)?;
+        check_address("internal_address", &internal)?;
+        let addresses = Node::new(internal, request.address);
+        if let Some((known, _)) = self.context.node.status().members.get(&request.node_id)
+            && *known != addresses
         {
             return Err(status(ServiceError::AlreadyMember {
                 node_id: request.node_id,
-                address: address.clone(),
+                address: known.to_string(),
             }));
         }
         self.context
             .node
             .add_node(
                 request.node_id,
-                request.address,
+                addresses,
                 request.promote,
                 request.lost_data,
             )

@@ -1,5 +1,6 @@
-//! The public gRPC services. Each method either forwards to the leader (once) or serves
-//! the call here: writes go through Raft, reads wait for a quorum-confirmed read barrier.
+//! The gRPC services. Each method either forwards to the leader's internal port (once) or
+//! serves the call here: writes go through Raft, reads wait for a quorum-confirmed read
+//! barrier. The public and the internal port serve the same handlers (see `grpc`).
 
 mod acks;
 mod admin;
@@ -7,7 +8,7 @@ mod consume;
 mod message;
 mod queue;
 
-pub use admin::{AdminApi, peer_status};
+pub use admin::{AdminApi, PEER_STATUS_TIMEOUT, peer_status};
 pub use consume::active_streams as active_consume_streams;
 pub use message::MessageApi;
 pub use queue::QueueApi;
@@ -15,15 +16,15 @@ pub use queue::QueueApi;
 /// Forwards the request to the leader and returns its answer when this node does not lead.
 macro_rules! forward_to_leader {
     ($context:expr, $request:ident, $client:ty, $method:ident) => {
-        if let crate::context::Route::Leader(channel, address) = $context.route(&$request)? {
+        if let crate::context::Route::Leader(channel, leader) = $context.route(&$request)? {
             let mut response = <$client>::new(channel)
                 .max_decoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
-                .$method(crate::context::forwarded($request))
+                .$method($context.forwarded($request))
                 .await
-                .map_err(|status| crate::error::forward_failed(status, &address))?;
+                .map_err(|status| crate::error::forward_failed(status, &leader.internal))?;
             // Tell the caller where the leader is, so its next call goes there directly.
-            if let Ok(value) = address.parse() {
+            if let Ok(value) = leader.public.parse() {
                 response
                     .metadata_mut()
                     .insert(raftq_proto::wire::LEADER_ADDRESS_KEY, value);

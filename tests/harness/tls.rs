@@ -1,0 +1,113 @@
+//! The tests' TLS: one throwaway CA per test process, a certificate per node (valid for
+//! its addresses), and a client that trusts the CA and presents a certificate from it (so
+//! it can also speak to a node's internal port, as a peer would).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use raftq_client::{ClientTls, Transport};
+use raftq_tls::generate::{Authority, Validity, write_file};
+use tonic::transport::{Channel, Endpoint};
+
+pub struct TestCa {
+    authority: Authority,
+    /// Holds `ca.pem` and the client's certificate; kept for the whole process.
+    dir: tempfile::TempDir,
+    client: ClientTls,
+}
+
+impl TestCa {
+    /// A new CA, with its certificate and a client certificate written to a directory of
+    /// its own.
+    pub fn new(name: &str) -> TestCa {
+        let authority = Authority::new(name).expect("a test CA");
+        let dir = tempfile::tempdir().expect("a directory for the test CA");
+        write_file(&dir.path().join("ca.pem"), &authority.cert_pem(), 0o644).expect("write ca.pem");
+        let (cert, key) = authority
+            .issue("raftq test client", &[])
+            .expect("a client certificate")
+            .write(dir.path(), "client")
+            .expect("write the client certificate");
+        let client = ClientTls::from_files(&dir.path().join("ca.pem"), Some((&cert, &key)))
+            .expect("the test client's TLS");
+        TestCa {
+            authority,
+            dir,
+            client,
+        }
+    }
+
+    /// The CA certificate's path (what `--ca-cert` and `--tls-ca` take).
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The client certificate and key (`--cert`, `--key`).
+    pub fn client_identity(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("client.pem"),
+            self.dir.path().join("client.key"),
+        )
+    }
+
+    /// Writes `<dir>/<stem>.pem` and `.key`: a certificate valid for 127.0.0.1, localhost
+    /// and `ip`.
+    pub fn issue_node(&self, dir: &Path, stem: &str, ip: &str) -> (PathBuf, PathBuf) {
+        self.issue_node_with(dir, stem, ip, Validity::Current)
+    }
+
+    pub fn issue_node_with(
+        &self,
+        dir: &Path,
+        stem: &str,
+        ip: &str,
+        validity: Validity,
+    ) -> (PathBuf, PathBuf) {
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        if !names.iter().any(|name| name == ip) {
+            names.push(ip.to_string());
+        }
+        self.authority
+            .issue_with(stem, &names, validity)
+            .expect("a node certificate")
+            .write(dir, stem)
+            .expect("write the node certificate")
+    }
+
+    /// How a test client connects: TLS, trusting this CA, presenting its certificate.
+    pub fn transport(&self) -> Transport {
+        Transport::Tls(self.client.connector())
+    }
+}
+
+/// The `raftq serve` flags of a node whose certificate (for 127.0.0.1) is written to
+/// `<dir>/<stem>.pem`.
+pub fn node_tls_args(dir: &Path, stem: &str) -> Vec<String> {
+    let ca = test_ca();
+    let (cert, key) = ca.issue_node(dir, stem, "127.0.0.1");
+    vec![
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".to_string(),
+        key.display().to_string(),
+        "--tls-ca".to_string(),
+        ca.ca_path().display().to_string(),
+    ]
+}
+
+/// The CA of every cluster this test process starts.
+pub fn test_ca() -> &'static TestCa {
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    CA.get_or_init(|| TestCa::new("raftq test CA"))
+}
+
+/// A channel to `address` (`HOST:PORT`, or with `http://`) over the tests' TLS, connected.
+pub async fn connect(address: &str) -> Channel {
+    let address = address.trim_start_matches("http://");
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).expect("an endpoint");
+    test_ca()
+        .transport()
+        .connect(&endpoint)
+        .await
+        .unwrap_or_else(|error| panic!("connect to {address}: {error}"))
+}
