@@ -64,6 +64,10 @@ pub struct LoadArgs {
     cert: Option<PathBuf>,
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// The bearer token to authenticate with (needs send, receive and manage on the
+    /// workload's queues).
+    #[arg(long, env = "RAFTQ_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Stop producing after this long at the latest, e.g. 10m.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     duration: Duration,

@@ -210,8 +210,7 @@ pub async fn find_leader(cluster: &Cluster) -> Option<u64> {
             ClientConfig {
                 retry_deadline: Duration::from_millis(300),
                 attempt_timeout: Duration::from_millis(300),
-                transport: raftq_tests::test_ca().transport(),
-                ..ClientConfig::default()
+                ..raftq_tests::test_client_config()
             },
         )
         .ok()?;

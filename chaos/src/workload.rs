@@ -67,14 +67,14 @@ fn outcome_of(error: &ClientError) -> Outcome {
     }
 }
 
-fn workload_client(addresses: &[String], transport: &Transport) -> anyhow::Result<Client> {
+/// A client of the workload, connecting and authenticating as `access` says.
+fn workload_client(addresses: &[String], access: &ClientConfig) -> anyhow::Result<Client> {
     Ok(Client::new(
         addresses,
         ClientConfig {
             retry_deadline: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(2),
-            transport: transport.clone(),
-            ..ClientConfig::default()
+            ..access.clone()
         },
     )?)
 }
@@ -302,7 +302,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     let workload = Workload::start(
         cluster_addresses(&cluster),
         &args.mix,
-        raftq_tests::test_ca().transport(),
+        raftq_tests::test_client_config(),
     )
     .await?;
     let recorder = workload.recorder.clone();
@@ -368,7 +368,12 @@ pub async fn load(args: &LoadArgs) -> anyhow::Result<Verdict> {
         ),
         None => Transport::Plaintext,
     };
-    let workload = Workload::start(args.addr.clone(), &args.mix, transport).await?;
+    let access = ClientConfig {
+        transport,
+        token: args.token.clone(),
+        ..ClientConfig::default()
+    };
+    let workload = Workload::start(args.addr.clone(), &args.mix, access).await?;
     let deadline = tokio::time::Instant::now() + args.duration;
     println!("raftq-chaos: load running");
     while tokio::time::Instant::now() < deadline
@@ -438,9 +443,9 @@ impl Workload {
     pub async fn start(
         addresses: Vec<String>,
         mix: &Mix,
-        transport: Transport,
+        access: ClientConfig,
     ) -> anyhow::Result<Workload> {
-        let client = workload_client(&addresses, &transport)?;
+        let client = workload_client(&addresses, &access)?;
         for queue in QUEUES {
             let created = client
                 .create_queue(
@@ -474,7 +479,7 @@ impl Workload {
             .chain(transactional)
             .map(|(name, queue, grouped)| {
                 let task = produce(
-                    workload_client(&addresses, &transport)?,
+                    workload_client(&addresses, &access)?,
                     recorder.clone(),
                     name,
                     queue,
@@ -492,7 +497,7 @@ impl Workload {
             .chain(moved)
             .map(|(name, queue)| {
                 let task = consume(
-                    workload_client(&addresses, &transport)?,
+                    workload_client(&addresses, &access)?,
                     recorder.clone(),
                     name,
                     queue,
@@ -503,7 +508,7 @@ impl Workload {
             .collect::<anyhow::Result<_>>()?;
         for i in 0..mix.stream_consumers {
             let task = consume_stream(
-                workload_client(&addresses, &transport)?,
+                workload_client(&addresses, &access)?,
                 recorder.clone(),
                 format!("s{i}"),
                 QUEUE,
@@ -513,7 +518,7 @@ impl Workload {
         }
         for i in 0..mix.tx_movers {
             let task = mover(
-                workload_client(&addresses, &transport)?,
+                workload_client(&addresses, &access)?,
                 recorder.clone(),
                 format!("m{i}"),
                 stop_consumers.clone(),

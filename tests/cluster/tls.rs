@@ -136,6 +136,8 @@ async fn a_node_whose_certificate_expired_is_refused_by_clients() {
         .arg(&key)
         .arg("--tls-ca")
         .arg(test_ca().ca_path())
+        .arg("--admin-token-file")
+        .arg(test_ca().admin_token_path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -57,6 +57,7 @@ pub fn cli() -> Command {
     let mut command = Command::new(raftq_binary());
     command
         .env("RAFTQ_CA_CERT", test_ca().ca_path())
+        .env("RAFTQ_TOKEN", test_ca().admin_token())
         .env_remove("RAFTQ_ADDR");
     command
 }
@@ -296,6 +297,7 @@ pub fn test_client_config() -> ClientConfig {
         retry_deadline: Duration::from_secs(20),
         attempt_timeout: Duration::from_secs(10),
         transport: test_ca().transport(),
+        token: Some(test_ca().admin_token().to_string()),
         ..ClientConfig::default()
     }
 }
@@ -434,6 +436,8 @@ impl Cluster {
             key.display().to_string(),
             "--tls-ca".to_string(),
             test_ca().ca_path().display().to_string(),
+            "--admin-token-file".to_string(),
+            test_ca().admin_token_path().display().to_string(),
             "--node-id".to_string(),
             id.to_string(),
             "--listen".to_string(),

@@ -7,10 +7,14 @@ use std::sync::OnceLock;
 
 use raftq_client::{ClientTls, Transport};
 use raftq_tls::generate::{Authority, Validity, write_file};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
 
 pub struct TestCa {
     authority: Authority,
+    /// The bootstrap admin token of every test node.
+    admin_token: String,
     /// Holds `ca.pem` and the client's certificate; kept for the whole process.
     dir: tempfile::TempDir,
     client: ClientTls,
@@ -30,8 +34,12 @@ impl TestCa {
             .expect("write the client certificate");
         let client = ClientTls::from_files(&dir.path().join("ca.pem"), Some((&cert, &key)))
             .expect("the test client's TLS");
+        let admin_token = format!("test-admin-{}", std::process::id()) + &"0".repeat(16);
+        write_file(&dir.path().join("admin.token"), &admin_token, 0o600)
+            .expect("write the admin token");
         TestCa {
             authority,
+            admin_token,
             dir,
             client,
         }
@@ -40,6 +48,17 @@ impl TestCa {
     /// The CA certificate's path (what `--ca-cert` and `--tls-ca` take).
     pub fn ca_path(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The bootstrap admin token's file (`--admin-token-file`).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.path().join("admin.token")
+    }
+
+    /// The bootstrap admin token: the tests' clients act as the admin unless a test
+    /// gives them a principal's token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
     }
 
     /// The client certificate and key (`--cert`, `--key`).
@@ -92,6 +111,8 @@ pub fn node_tls_args(dir: &Path, stem: &str) -> Vec<String> {
         key.display().to_string(),
         "--tls-ca".to_string(),
         ca.ca_path().display().to_string(),
+        "--admin-token-file".to_string(),
+        ca.admin_token_path().display().to_string(),
     ]
 }
 
@@ -101,13 +122,28 @@ pub fn test_ca() -> &'static TestCa {
     CA.get_or_init(|| TestCa::new("raftq test CA"))
 }
 
-/// A channel to `address` (`HOST:PORT`, or with `http://`) over the tests' TLS, connected.
-pub async fn connect(address: &str) -> Channel {
+/// A connection of the tests' generated stubs: the tests' TLS, the admin token on every
+/// call.
+pub type TestChannel = InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
+
+/// Adds the bootstrap admin token to a call.
+fn as_admin(mut request: Request<()>) -> Result<Request<()>, Status> {
+    let value = format!("Bearer {}", test_ca().admin_token())
+        .parse()
+        .expect("a header value");
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// A channel to `address` (`HOST:PORT`, or with `http://`) over the tests' TLS, connected,
+/// whose calls carry the admin token.
+pub async fn connect(address: &str) -> TestChannel {
     let address = address.trim_start_matches("http://");
     let endpoint = Endpoint::from_shared(format!("http://{address}")).expect("an endpoint");
-    test_ca()
+    let channel = test_ca()
         .transport()
         .connect(&endpoint)
         .await
-        .unwrap_or_else(|error| panic!("connect to {address}: {error}"))
+        .unwrap_or_else(|error| panic!("connect to {address}: {error}"));
+    InterceptedService::new(channel, as_admin)
 }

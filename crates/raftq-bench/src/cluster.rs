@@ -24,6 +24,8 @@ pub struct SpawnedCluster {
     /// The TLS flags every node starts with (`--insecure` without TLS).
     tls_args: Vec<String>,
     transport: Transport,
+    /// The admin token clients authenticate with (with TLS).
+    token: Option<String>,
 }
 
 impl SpawnedCluster {
@@ -48,10 +50,10 @@ impl SpawnedCluster {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let (tls_args, transport) = if tls {
+        let (tls_args, transport, token) = if tls {
             throwaway_tls(dir.path())?
         } else {
-            (vec!["--insecure".to_string()], Transport::Plaintext)
+            (vec!["--insecure".to_string()], Transport::Plaintext, None)
         };
         let mut cluster = SpawnedCluster {
             exe: exe.to_path_buf(),
@@ -61,6 +63,7 @@ impl SpawnedCluster {
             nodes: (0..nodes).map(|_| None).collect(),
             tls_args,
             transport,
+            token,
         };
         for index in 0..nodes as usize {
             cluster.spawn(index)?;
@@ -75,14 +78,15 @@ impl SpawnedCluster {
             &self.addresses(),
             ClientConfig {
                 transport: self.transport.clone(),
+                token: self.token.clone(),
                 ..ClientConfig::default()
             },
         )?)
     }
 
-    /// How a client reaches the nodes.
-    pub fn transport(&self) -> Transport {
-        self.transport.clone()
+    /// How a client reaches the nodes, and the token it authenticates with.
+    pub fn access(&self) -> (Transport, Option<String>) {
+        (self.transport.clone(), self.token.clone())
     }
 
     pub fn addresses(&self) -> Vec<String> {
@@ -195,6 +199,7 @@ impl SpawnedCluster {
                 retry_deadline: Duration::from_millis(500),
                 max_backoff: Duration::from_millis(50),
                 transport: self.transport.clone(),
+                token: self.token.clone(),
                 ..ClientConfig::default()
             },
         )?;
@@ -222,9 +227,9 @@ impl SpawnedCluster {
     }
 }
 
-/// A throwaway CA and node certificate under `dir`: the nodes' TLS flags, and how a
-/// client trusting the CA connects.
-fn throwaway_tls(dir: &Path) -> anyhow::Result<(Vec<String>, Transport)> {
+/// A throwaway CA, node certificate and admin token under `dir`: the nodes' flags, how a
+/// client trusting the CA connects, and the token it authenticates with.
+fn throwaway_tls(dir: &Path) -> anyhow::Result<(Vec<String>, Transport, Option<String>)> {
     let ca = raftq_tls::generate::Authority::new("raftq bench CA")?;
     let ca_path = dir.join("ca.pem");
     raftq_tls::generate::write_file(&ca_path, &ca.cert_pem(), 0o644)?;
@@ -234,14 +239,20 @@ fn throwaway_tls(dir: &Path) -> anyhow::Result<(Vec<String>, Transport)> {
             &["127.0.0.1".into(), "localhost".into()],
         )?
         .write(dir, "node")?;
+    let token: String = (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let token_path = dir.join("admin.token");
+    raftq_tls::generate::write_file(&token_path, &token, 0o600)?;
     let args = [
         ("--tls-cert", &cert),
         ("--tls-key", &key),
         ("--tls-ca", &ca_path),
+        ("--admin-token-file", &token_path),
     ]
     .into_iter()
     .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
     .collect();
     let transport = Transport::Tls(ClientTls::from_files(&ca_path, None)?.connector());
-    Ok((args, transport))
+    Ok((args, transport, Some(token)))
 }

@@ -99,6 +99,9 @@ struct Targets {
     /// raftq: the CA certificate of the `--addr` cluster, to connect with TLS.
     #[arg(long, env = "RAFTQ_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// raftq: the token to authenticate with at the `--addr` cluster.
+    #[arg(long, env = "RAFTQ_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// NATS JetStream servers.
     #[arg(
         long,
@@ -387,12 +390,15 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
             driver: Arc::new(raftq::Raftq::connect(
                 &targets.addr,
                 targets.raftq_options(),
-                match &targets.ca_cert {
-                    Some(ca) => raftq_client::Transport::Tls(
-                        raftq_client::ClientTls::from_files(ca, None)?.connector(),
-                    ),
-                    None => raftq_client::Transport::Plaintext,
-                },
+                (
+                    match &targets.ca_cert {
+                        Some(ca) => raftq_client::Transport::Tls(
+                            raftq_client::ClientTls::from_files(ca, None)?.connector(),
+                        ),
+                        None => raftq_client::Transport::Plaintext,
+                    },
+                    targets.token.clone(),
+                ),
             )?),
             // Server processes only: not `raftq dev` or a `raftq bench` wrapper.
             processes: processes_named("raftq", Some("serve")),
@@ -411,7 +417,7 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
                 driver: Arc::new(raftq::Raftq::connect(
                     &cluster.addresses(),
                     targets.raftq_options(),
-                    cluster.transport(),
+                    cluster.access(),
                 )?),
                 processes: cluster.processes(),
                 cluster: Some(cluster),

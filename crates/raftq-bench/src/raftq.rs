@@ -34,10 +34,15 @@ pub struct Options {
 }
 
 impl Raftq {
-    pub fn connect(addresses: &[String], options: Options, transport: Transport) -> Result<Raftq> {
+    pub fn connect(
+        addresses: &[String],
+        options: Options,
+        (transport, token): (Transport, Option<String>),
+    ) -> Result<Raftq> {
         let config = ClientConfig {
             stream_sends: !options.unary_sends,
             transport,
+            token,
             ..ClientConfig::default()
         };
         Ok(Raftq {

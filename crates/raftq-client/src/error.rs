@@ -8,6 +8,8 @@ pub enum ClientError {
     NoAddress,
     #[error("invalid node address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
+    #[error("the token holds characters a request header cannot carry")]
+    InvalidToken,
     /// The server refused the call; `status.code()` says why (NOT_FOUND, INVALID_ARGUMENT, ...).
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
@@ -26,7 +28,9 @@ impl ClientError {
             ClientError::Status(status) | ClientError::RetriesExhausted { last: status, .. } => {
                 Some(status.code())
             }
-            ClientError::NoAddress | ClientError::InvalidAddress { .. } => None,
+            ClientError::NoAddress
+            | ClientError::InvalidAddress { .. }
+            | ClientError::InvalidToken => None,
         }
     }
 

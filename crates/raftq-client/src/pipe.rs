@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
+use crate::client::Channel;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::is_retryable;

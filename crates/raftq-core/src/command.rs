@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{Actions, TokenHash};
 use crate::{MessageId, QueueError, QueueOptions, TimeMs};
 
 /// One entry of the replicated log: a command plus the time the leader stamped on it.
@@ -212,6 +213,28 @@ pub enum Command {
     /// concurrent client writes together this way so they share one entry. A batch holds
     /// no batch.
     Batch(Vec<Command>),
+    /// A new principal, which authenticates with the token that hashes to `token_hash`
+    /// (the token itself is never written) and may do nothing until granted.
+    CreatePrincipal {
+        name: String,
+        token_hash: TokenHash,
+    },
+    /// The principal and its grants go; its token no longer authenticates.
+    DeletePrincipal {
+        name: String,
+    },
+    /// `principal` may do `actions` on the queues `pattern` matches (replacing what it
+    /// could do there before).
+    Grant {
+        principal: String,
+        pattern: String,
+        actions: Actions,
+    },
+    /// `principal` may no longer do anything through its grant on `pattern`.
+    Revoke {
+        principal: String,
+        pattern: String,
+    },
 }
 
 impl Command {
@@ -251,6 +274,10 @@ impl Command {
             Command::Commit { .. } => "commit",
             Command::Tick => "tick",
             Command::Batch(_) => "batch",
+            Command::CreatePrincipal { .. } => "create_principal",
+            Command::DeletePrincipal { .. } => "delete_principal",
+            Command::Grant { .. } => "grant",
+            Command::Revoke { .. } => "revoke",
         }
     }
 }
@@ -365,6 +392,11 @@ pub enum Outcome {
     },
     /// A `Batch`'s results, one per command in order.
     Batch(Vec<Result<Outcome, QueueError>>),
+    /// A principal, grant or revocation took effect; `changed` is false for a revocation
+    /// of a grant that did not exist.
+    AccessChanged {
+        changed: bool,
+    },
 }
 
 #[cfg(test)]

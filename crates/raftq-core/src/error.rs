@@ -28,6 +28,10 @@ pub enum QueueError {
     MessageNotFound { queue: String, message_id: u64 },
     #[error("receipt {receipt} is stale: {reason}")]
     StaleReceipt { receipt: String, reason: String },
+    #[error("principal {} does not exist", quote(.name))]
+    PrincipalNotFound { name: String },
+    #[error("principal {} already exists", quote(.name))]
+    PrincipalAlreadyExists { name: String },
 }
 
 /// Characters of a caller's input an error message quotes at most.

@@ -7,6 +7,7 @@
 //! command (stamped by the Raft leader), so replaying the log gives the same state on
 //! every node.
 
+pub mod access;
 pub mod body;
 mod checks;
 mod command;

@@ -14,6 +14,9 @@ pub const FORWARDED_KEY: &str = "raftq-forwarded";
 /// Internal: on a forwarded call, the cluster of the node that forwarded it; a node of
 /// another cluster refuses the call.
 pub const CLUSTER_ID_KEY: &str = "raftq-cluster-id";
+/// Internal: on a forwarded call, the principal the forwarding node authenticated the
+/// caller as. Trusted on the internal port only; removed from calls on the public port.
+pub const PRINCIPAL_KEY: &str = "raftq-principal";
 
 /// Largest request or response of the public API (a send batch, a receive), both ways.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -40,9 +40,26 @@ pub struct ServeConfig {
     /// start without TLS.
     pub insecure: bool,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
     pub raft: RaftTuning,
     pub storage: StorageTuning,
 }
+
+/// `[auth]`: the bootstrap admin credential. With TLS on, clients must authenticate; the
+/// admin token may do everything (create principals, grant them actions).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file holding the admin token (a Kubernetes Secret, say); surrounding white space
+    /// is ignored.
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (prefer the file: the environment of a process is easy to
+    /// read).
+    pub admin_token: Option<String>,
+}
+
+/// Shortest admin token accepted.
+const MIN_ADMIN_TOKEN: usize = 16;
 
 /// `[tls]`: the files of this node's TLS, re-read when they change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,6 +92,7 @@ impl Default for ServeConfig {
             log_format: "text".to_string(),
             insecure: false,
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             raft: RaftTuning::default(),
             storage: StorageTuning::default(),
         }
@@ -83,7 +101,7 @@ impl Default for ServeConfig {
 
 /// `RAFTQ_*` variables read by `serve`; others (such as the client's `RAFTQ_ADDR`) are
 /// left alone.
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
     "node_id",
     "listen",
     "advertise",
@@ -96,6 +114,7 @@ const ENV_KEYS: [&str; 14] = [
     "log_format",
     "insecure",
     "tls",
+    "auth",
     "raft",
     "storage",
 ];
@@ -127,6 +146,21 @@ pub struct FlagOverrides {
     pub insecure: Option<bool>,
     #[serde(skip_serializing_if = "TlsFlags::is_empty")]
     pub tls: TlsFlags,
+    #[serde(skip_serializing_if = "AuthFlags::is_empty")]
+    pub auth: AuthFlags,
+}
+
+/// `[auth]` values given as flags.
+#[derive(Debug, Default, Serialize)]
+pub struct AuthFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl AuthFlags {
+    fn is_empty(&self) -> bool {
+        self.admin_token_file.is_none()
+    }
 }
 
 /// `[tls]` values given as flags.
@@ -174,6 +208,13 @@ pub enum ConfigError {
     PartialTls { missing: &'static str },
     #[error("--insecure and [tls] are both set: choose one")]
     InsecureAndTls,
+    #[error(
+        "no admin token: with TLS on, clients authenticate; set [auth] admin_token_file \
+         (RAFTQ_AUTH__ADMIN_TOKEN_FILE, --admin-token-file) or admin_token"
+    )]
+    NoAdminToken,
+    #[error("[auth] {0}")]
+    BadAdminToken(String),
 }
 
 impl ServeConfig {
@@ -194,6 +235,7 @@ impl ServeConfig {
                             || key.starts_with("raft__")
                             || key.starts_with("storage__")
                             || key.starts_with("tls__")
+                            || key.starts_with("auth__")
                     })
                     .split("__"),
             )
@@ -211,7 +253,9 @@ impl ServeConfig {
         if config.listen == config.internal_listen && config.listen.port() != 0 {
             return Err(ConfigError::SamePort(config.listen));
         }
-        config.tls_files()?;
+        if config.tls_files()?.is_some() {
+            config.admin_token()?;
+        }
         Ok(config)
     }
 
@@ -248,6 +292,38 @@ impl ServeConfig {
             ca: required(&tls.ca, "ca")?,
             client_ca: tls.client_ca.clone(),
         }))
+    }
+
+    /// The bootstrap admin token: required with TLS, and ignored without (`--insecure`
+    /// turns authentication off along with TLS).
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        if self.insecure {
+            return Ok(None);
+        }
+        let token = match (&self.auth.admin_token_file, &self.auth.admin_token) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::BadAdminToken(
+                    "admin_token_file and admin_token are both set: choose one".into(),
+                ));
+            }
+            (Some(path), None) => std::fs::read_to_string(path)
+                .map_err(|error| {
+                    ConfigError::BadAdminToken(format!(
+                        "admin_token_file {}: {error}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+            (None, Some(token)) => token.trim().to_string(),
+            (None, None) => return Err(ConfigError::NoAdminToken),
+        };
+        if token.len() < MIN_ADMIN_TOKEN || token.contains(char::is_whitespace) {
+            return Err(ConfigError::BadAdminToken(format!(
+                "the admin token must be at least {MIN_ADMIN_TOKEN} characters, without spaces"
+            )));
+        }
+        Ok(Some(token))
     }
 
     pub fn peer_map(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
@@ -314,7 +390,21 @@ mod tests {
             },
             ..FlagOverrides::default()
         };
-        let config = ServeConfig::load(Some(&file), flags).unwrap();
+        let error = ServeConfig::load(Some(&file), flags)
+            .expect_err("TLS without an admin token")
+            .to_string();
+        assert!(error.contains("no admin token"), "{error}");
+        std::fs::write(
+            &file,
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nca = \"/ca.pem\"\n\
+             [auth]\nadmin_token = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let config = ServeConfig::load(Some(&file), FlagOverrides::default()).unwrap();
+        assert_eq!(
+            config.admin_token().unwrap().as_deref(),
+            Some("0123456789abcdef")
+        );
         let files = config.tls_files().unwrap().expect("TLS");
         assert_eq!(files.cert, PathBuf::from("/c.pem"));
         assert_eq!(files.ca, PathBuf::from("/ca.pem"));

@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftq_cluster::{ClusterError, Node, RaftNode};
+use raftq_core::access::Action;
 use raftq_core::{Command, Limits, Outcome};
 use raftq_proto::wire::{CLUSTER_ID_KEY, FORWARDED_KEY};
 use raftq_tls::Transport;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use crate::auth::Caller;
 use crate::error::{ServiceError, status};
 
 /// Most leader channels cached per node (one per distinct leader address seen).
@@ -132,6 +134,20 @@ impl Context {
         self.node.linearizable_read().await.map_err(status)
     }
 
+    /// The request's caller, if its grants allow `action` on `queue` (`None`: on the
+    /// cluster); PERMISSION_DENIED naming both otherwise. Called where a call is served,
+    /// before anything is written.
+    pub fn allow<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        queue: Option<&str>,
+    ) -> Result<Caller, Status> {
+        let caller = crate::auth::caller(request)?;
+        crate::auth::authorize(&self.node, &caller, action, queue)?;
+        Ok(caller)
+    }
+
     pub fn check_queue_name(&self, name: &str) -> Result<(), Status> {
         raftq_core::validate_queue_name(name, &self.limits).map_err(status)
     }
@@ -140,7 +156,10 @@ impl Context {
 impl Context {
     /// Marks a request as forwarded by this node, of this cluster; the caller's deadline
     /// and other metadata go with it.
-    pub fn forwarded<T>(&self, request: Request<T>) -> Request<T> {
+    pub fn forwarded<T>(&self, mut request: Request<T>) -> Request<T> {
+        crate::auth::name_caller(&mut request);
+        // The leader takes the caller this node established; the credentials stay here.
+        request.metadata_mut().remove("authorization");
         let (mut metadata, extensions, message) = request.into_parts();
         if let Ok(value) = "1".parse() {
             metadata.insert(FORWARDED_KEY, value);

@@ -96,6 +96,11 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             transport: raftq_client::Transport::Tls(
                 raftq_client::ClientTls::from_files(&tls.ca, None)?.connector(),
             ),
+            token: Some(
+                std::fs::read_to_string(&tls.admin_token)?
+                    .trim()
+                    .to_string(),
+            ),
             ..raftq_client::ClientConfig::default()
         },
     )?;
@@ -180,26 +185,30 @@ fn log_path(data_dir: &Path, node_id: u16) -> PathBuf {
     data_dir.join(format!("node-{node_id}.log"))
 }
 
-/// The dev cluster's TLS files.
+/// The dev cluster's TLS files and admin token.
 struct DevTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    admin_token: PathBuf,
 }
 
-/// Makes a throwaway CA and one certificate for every node (valid for 127.0.0.1 and
-/// localhost) under `<data_dir>/tls`, unless they are there from an earlier start.
+/// Makes a throwaway CA, one certificate for every node (valid for 127.0.0.1 and
+/// localhost) and an admin token under `<data_dir>/tls`, unless they are there from an
+/// earlier start.
 fn dev_certificates(data_dir: &Path) -> anyhow::Result<DevTls> {
     let dir = data_dir.join("tls");
     let tls = DevTls {
         ca: dir.join("ca.pem"),
         cert: dir.join("node.pem"),
         key: dir.join("node.key"),
+        admin_token: dir.join("admin.token"),
     };
-    if tls.ca.exists() && tls.cert.exists() && tls.key.exists() {
+    if tls.ca.exists() && tls.cert.exists() && tls.key.exists() && tls.admin_token.exists() {
         return Ok(tls);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    raftq_tls::generate::write_file(&tls.admin_token, &crate::auth::new_token(), 0o600)?;
     let ca = raftq_tls::generate::Authority::new("raftq dev CA")?;
     ca.issue("raftq dev node", &["127.0.0.1".into(), "localhost".into()])?
         .write(&dir, "node")?;
@@ -219,9 +228,11 @@ fn write_client_env(
     let text = format!(
         "# raftq dev: source this file to reach the local cluster.\n\
          export RAFTQ_ADDR={}\n\
-         export RAFTQ_CA_CERT={}\n",
+         export RAFTQ_CA_CERT={}\n\
+         export RAFTQ_TOKEN=$(cat {})\n",
         addresses.join(","),
-        tls.ca.display()
+        tls.ca.display(),
+        tls.admin_token.display()
     );
     raftq_tls::generate::write_file(&path, &text, 0o600)?;
     Ok(path)
@@ -266,6 +277,8 @@ fn spawn_node(
         .arg(&tls.key)
         .arg("--tls-ca")
         .arg(&tls.ca)
+        .arg("--admin-token-file")
+        .arg(&tls.admin_token)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -39,6 +39,17 @@ pub enum ServiceError {
     /// Something that cannot happen did: a bug.
     #[error("internal error: {what}")]
     Internal { what: String },
+    #[error("{reason}")]
+    Unauthenticated { reason: String },
+    #[error("principal {} may not {action} {}", raftq_core::quote(.principal), match .queue {
+        Some(queue) => format!("on queue {}", raftq_core::quote(queue)),
+        None => "on the cluster".to_string(),
+    })]
+    PermissionDenied {
+        principal: String,
+        action: &'static str,
+        queue: Option<String>,
+    },
 }
 
 impl ServiceError {
@@ -72,6 +83,8 @@ impl ServiceError {
             ServiceError::LastVoter => (Code::FailedPrecondition, None, None),
             ServiceError::TooManyStreams { .. } => (Code::ResourceExhausted, None, None),
             ServiceError::Read(_) | ServiceError::Internal { .. } => (Code::Internal, None, None),
+            ServiceError::Unauthenticated { .. } => (Code::Unauthenticated, None, None),
+            ServiceError::PermissionDenied { .. } => (Code::PermissionDenied, None, None),
         }
     }
 }

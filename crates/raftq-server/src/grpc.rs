@@ -22,14 +22,18 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::Auth;
 use crate::context::Context;
 use crate::services::{AdminApi, MessageApi, QueueApi};
 
 /// What both ports' handlers share.
 pub(crate) struct Handlers {
     pub context: Context,
+    /// Who is calling, established on each port before a handler runs.
+    pub auth: Auth,
     /// Turns true when the servers stop taking calls.
     pub stopped: watch::Receiver<bool>,
     /// Turns true when the node begins to stop (consume streams end first).
@@ -37,17 +41,24 @@ pub(crate) struct Handlers {
 }
 
 impl Handlers {
-    /// The queue, message and admin services, as both ports serve them.
-    fn api(&self) -> Routes {
+    /// The queue, message and admin services, as both ports serve them, each call's
+    /// caller established first as `port` does it (see `auth`).
+    fn api(&self, port: Port) -> Routes {
+        let auth = self.auth.clone();
+        let caller = move |request| match port {
+            Port::Public => auth.public(request),
+            Port::Internal => auth.internal(request),
+        };
         Routes::default()
-            .add_service(
+            .add_service(InterceptedService::new(
                 QueueServiceServer::new(QueueApi {
                     context: self.context.clone(),
                 })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
+                caller.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 MessageServiceServer::new(MessageApi {
                     context: self.context.clone(),
                     stopped: self.stopped.clone(),
@@ -55,10 +66,14 @@ impl Handlers {
                 })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(AdminServiceServer::new(AdminApi {
-                context: self.context.clone(),
-            }))
+                caller.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                AdminServiceServer::new(AdminApi {
+                    context: self.context.clone(),
+                }),
+                caller,
+            ))
     }
 
     /// The public port's services.
@@ -83,7 +98,7 @@ impl Handlers {
             .build_v1alpha()
             .context("building the reflection service (v1alpha)")?;
         let routes = self
-            .api()
+            .api(Port::Public)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha);
@@ -92,7 +107,7 @@ impl Handlers {
 
     /// The internal port's services.
     pub fn internal(&self, node: &RaftNode) -> Routes {
-        self.api()
+        self.api(Port::Internal)
             .add_service(node.raft_service(self.stopped.clone()))
     }
 }

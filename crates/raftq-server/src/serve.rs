@@ -57,8 +57,10 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
 
     let (stop, stopped) = watch::channel(false);
     let (begin_stop, stopping) = watch::channel(false);
+    let admin_token = config.admin_token()?;
     let handlers = grpc::Handlers {
         context: Context::new(node.clone(), transport.clone()),
+        auth: crate::auth::Auth::new(node.clone(), admin_token.as_deref()),
         stopped: stopped.clone(),
         stopping,
     };

@@ -194,6 +194,14 @@ impl SnapshotWriter {
                 what: "snapshot state",
                 source,
             })?;
+            // Principals and grants follow the rest of the state, inside its length: a
+            // state written before they existed ends without them.
+            bincode::serialize_into(&mut hashing, state.access()).map_err(|source| {
+                StoreError::Encode {
+                    what: "snapshot principals",
+                    source,
+                }
+            })?;
             let state_sum = checksum::finish(hashing.hasher);
             let state_end = file.stream_position()?;
             file.write_all(&state_sum)?;
@@ -386,12 +394,22 @@ impl SnapshotReader {
             inner: (&mut self.file).take(length),
             hasher: Sha256::new(),
         };
-        let state = crate::codec::decode_from_within(&mut limited, length).map_err(|source| {
-            StoreError::Decode {
+        let mut state: StateMachine = crate::codec::decode_from_within(&mut limited, length)
+            .map_err(|source| StoreError::Decode {
                 what: "snapshot state",
                 source,
-            }
-        })?;
+            })?;
+        let rest = limited.inner.limit();
+        if rest != 0 {
+            let access =
+                crate::codec::decode_from_within(&mut limited, rest).map_err(|source| {
+                    StoreError::Decode {
+                        what: "snapshot principals",
+                        source,
+                    }
+                })?;
+            state.restore_access(access);
+        }
         if limited.inner.limit() != 0 {
             return Err(damaged("the snapshot state is shorter than its length says").into());
         }
@@ -463,6 +481,44 @@ mod tests {
             assert_eq!(reader.next_body().unwrap(), Some((key, body(key))));
         }
         assert_eq!(reader.next_body().unwrap(), None);
+    }
+
+    #[test]
+    fn principals_and_grants_survive_a_snapshot() {
+        use raftq_core::access::{Action, Actions};
+        use raftq_core::{Command, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = StateMachine::default();
+        for command in [
+            Command::CreatePrincipal {
+                name: "orders-app".into(),
+                token_hash: [7; 32],
+            },
+            Command::Grant {
+                principal: "orders-app".into(),
+                pattern: "orders*".into(),
+                actions: Actions::of([Action::Send, Action::Receive]),
+            },
+        ] {
+            state.apply(Request { now_ms: 1, command }).unwrap();
+        }
+        let writer = SnapshotWriter::create(dir.path(), 1, 7, &state).unwrap();
+        let name = writer.finish().unwrap();
+        let read = SnapshotReader::open(&dir.path().join(name))
+            .unwrap()
+            .state()
+            .unwrap();
+        assert_eq!(read, state);
+        assert_eq!(read.access().authenticate(&[7; 32]), Some("orders-app"));
+        assert!(
+            read.access()
+                .allows("orders-app", Action::Send, Some("orders.eu"))
+        );
+        assert!(
+            !read
+                .access()
+                .allows("orders-app", Action::Manage, Some("orders"))
+        );
     }
 
     /// Writes a snapshot of `bodies` one-KiB bodies; returns its path.

@@ -200,12 +200,61 @@ addresses, for `raftq --addr 127.0.0.1:PORT` in a pod.
 {{- end }}
 
 {{/*
+The Secret holding the bootstrap admin token: auth.existingSecret, or the one the chart
+creates (<fullname>-admin-token, templates/admin-token-secret.yaml). Only with TLS on:
+without TLS, authentication is off.
+*/}}
+{{- define "raftq.adminTokenSecretName" -}}
+{{- default (printf "%s-admin-token" (include "raftq.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/*
+The key of the admin token in that Secret: auth.adminTokenKey in an existing Secret;
+"admin-token" in the one the chart creates.
+*/}}
+{{- define "raftq.adminTokenKey" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.adminTokenKey }}
+{{- else -}}
+admin-token
+{{- end }}
+{{- end }}
+
+{{/*
+Where the pods (and the scale-down hook) mount the admin token Secret, and the token's
+file there (RAFTQ_AUTH__ADMIN_TOKEN_FILE), whatever its key in the Secret.
+*/}}
+{{- define "raftq.authDir" -}}
+/etc/raftq-auth
+{{- end }}
+{{- define "raftq.adminTokenFile" -}}
+{{- printf "%s/admin-token" (include "raftq.authDir" .) }}
+{{- end }}
+
+{{/*
 " --ca-cert <ca.crt in the pod>" with TLS on, else nothing: for `raftq` CLI calls in a
 pod shown in NOTES.txt.
 */}}
 {{- define "raftq.execCaFlag" -}}
 {{- if .Values.tls.enabled }}
 {{- printf " --ca-cert %s/ca.crt" (include "raftq.tlsDir" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A `raftq` CLI call run in pod 0 (kubectl exec), for NOTES.txt: with TLS on, as the admin
+(the token read from the mounted Secret into RAFTQ_TOKEN, through sh: the CLI takes the
+token from --token or RAFTQ_TOKEN only). Call with (list . "ARGS"); ARGS must not hold
+a single quote.
+*/}}
+{{- define "raftq.execRaftq" -}}
+{{- $root := index . 0 }}
+{{- $args := index . 1 }}
+{{- $call := printf "raftq --addr 127.0.0.1:%d%s %s" (int $root.Values.ports.grpc) (include "raftq.execCaFlag" $root) $args }}
+{{- if $root.Values.tls.enabled }}
+{{- printf "kubectl --namespace %s exec %s-0 -- sh -c 'RAFTQ_TOKEN=$(cat %s) %s'" $root.Release.Namespace (include "raftq.fullname" $root) (include "raftq.adminTokenFile" $root) $call }}
+{{- else }}
+{{- printf "kubectl --namespace %s exec %s-0 -- %s" $root.Release.Namespace (include "raftq.fullname" $root) $call }}
 {{- end }}
 {{- end }}
 
@@ -226,6 +275,9 @@ Checks of values that the JSON schema cannot express.
 {{- end }}
 {{- if or (has (upper .name) (list "RAFTQ_INSECURE" "RAFTQ_CA_CERT")) (hasPrefix "RAFTQ_TLS__" (upper .name)) }}
 {{- fail (printf "extraEnv must not set %s: the chart sets TLS from the tls values (tls.enabled, tls.existingSecret, tls.certManager, tls.clientCaSecret)" .name) }}
+{{- end }}
+{{- if or (eq (upper .name) "RAFTQ_TOKEN") (hasPrefix "RAFTQ_AUTH__" (upper .name)) }}
+{{- fail (printf "extraEnv must not set %s: the chart sets authentication from the auth values (auth.existingSecret, auth.adminTokenKey; on with tls.enabled), and a token in the environment is easy to read" .name) }}
 {{- end }}
 {{- end }}
 {{- if .Values.tls.enabled }}

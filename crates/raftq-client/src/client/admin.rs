@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use crate::client::Channel;
 
 use super::Client;
 use super::retry::{missing, with_timeout};
@@ -54,6 +54,86 @@ impl Client {
             })
             .await?;
         missing(response.into_inner().status, "status")
+    }
+
+    /// Creates a principal; the answer holds its token, which the cluster does not keep.
+    /// (A retry after an answer was lost is refused with ALREADY_EXISTS: delete the
+    /// principal and create it again.)
+    pub async fn create_principal(
+        &self,
+        name: &str,
+    ) -> Result<pb::CreatePrincipalResponse, ClientError> {
+        let request = pb::CreatePrincipalRequest {
+            name: name.to_string(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::admin(channel).create_principal(request).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn delete_principal(&self, name: &str) -> Result<(), ClientError> {
+        let request = pb::DeletePrincipalRequest {
+            name: name.to_string(),
+        };
+        self.retry(Duration::ZERO, |channel, timeout| {
+            let request = with_timeout(request.clone(), timeout);
+            async move { Self::admin(channel).delete_principal(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_principals(&self) -> Result<Vec<pb::PrincipalInfo>, ClientError> {
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(pb::ListPrincipalsRequest {}, timeout);
+                async move { Self::admin(channel).list_principals(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().principals)
+    }
+
+    /// Lets `name` do `actions` (`send`, `receive`, `browse`, `manage`, `admin`) on the
+    /// queues `queue` matches (a name, or a prefix ending in `*`).
+    pub async fn grant(
+        &self,
+        name: &str,
+        queue: &str,
+        actions: &[&str],
+    ) -> Result<pb::PrincipalInfo, ClientError> {
+        let request = pb::GrantRequest {
+            name: name.to_string(),
+            grant: Some(pb::QueueGrant {
+                queue: queue.to_string(),
+                actions: actions.iter().map(|action| action.to_string()).collect(),
+            }),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::admin(channel).grant(request).await }
+            })
+            .await?;
+        missing(response.into_inner().principal, "principal")
+    }
+
+    /// Removes `name`'s grant on `queue`; false when there was none.
+    pub async fn revoke(&self, name: &str, queue: &str) -> Result<bool, ClientError> {
+        let request = pb::RevokeRequest {
+            name: name.to_string(),
+            queue: queue.to_string(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::admin(channel).revoke(request).await }
+            })
+            .await?;
+        Ok(response.into_inner().revoked)
     }
 
     /// This node's own view (never forwarded): role, term and indexes.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use crate::client::Channel;
 
 use super::retry::with_timeout;
 use super::{Client, Message};

@@ -11,7 +11,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftq_tls::Transport;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
+
+/// A connection to one node that carries the client's credentials on every call.
+pub(crate) type Channel = InterceptedService<tonic::transport::Channel, Credentials>;
+
+/// The `authorization: Bearer <token>` every call carries, when the client has a token.
+#[derive(Clone)]
+pub(crate) struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
 
 use crate::error::ClientError;
 use crate::pipe::{Ended, Pipe};
@@ -34,6 +58,9 @@ pub struct ClientConfig {
     /// TLS (the CA to trust, and a client certificate for mutual TLS), or plaintext for
     /// servers started with `--insecure`.
     pub transport: Transport,
+    /// The bearer token every call carries (a principal's, or the admin token); none for
+    /// servers started with `--insecure`.
+    pub token: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +73,7 @@ impl Default for ClientConfig {
             max_backoff: Duration::from_secs(1),
             stream_sends: true,
             transport: Transport::Plaintext,
+            token: None,
         }
     }
 }
@@ -67,7 +95,18 @@ impl Nodes {
         if let Some(channel) = self.channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = config.transport.channel(&endpoint(address, config)?);
+        let credentials = match &config.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| ClientError::InvalidToken)?,
+            ),
+            None => None,
+        };
+        let channel = InterceptedService::new(
+            config.transport.channel(&endpoint(address, config)?),
+            Credentials(credentials),
+        );
         self.channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::client::Channel;
 
 use super::Client;
 use crate::error::{ClientError, is_retryable};

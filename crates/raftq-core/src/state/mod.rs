@@ -9,13 +9,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::body::{Bodies, BodyChange, BodyEffect, BodyRef};
 use crate::command::{Command, Outcome, QueueInfo, Request};
 use crate::queue::{Queue, StoredMessage};
 use crate::{Limits, MessageId, QueueError, TimeMs};
 use transaction::CommittedTransaction;
 
-/// The replicated state of one Raft group: every queue it holds.
+fn changed(changed: bool) -> Outcome {
+    Outcome::AccessChanged { changed }
+}
+
+/// The replicated state of one Raft group: every queue it holds, and who may do what.
 ///
 /// `apply` is a pure function of (state, request): no clock, no randomness, no IO. The
 /// effective time is the largest `now_ms` seen so far, so time never goes backwards even
@@ -30,6 +35,10 @@ pub struct StateMachine {
     transactions: BTreeMap<String, CommittedTransaction>,
     transaction_expiry: BTreeSet<(TimeMs, String)>,
     bodies: Bodies,
+    /// Principals and grants. Encoded after the rest of the state (see
+    /// [`StateMachine::access`]), so that states written before it existed still decode.
+    #[serde(skip)]
+    access: Access,
     /// Queues touched by the command being applied, whose dead letters must be moved
     /// before it ends. Always empty between commands.
     #[serde(skip)]
@@ -59,6 +68,7 @@ impl StateMachine {
             transactions: BTreeMap::new(),
             transaction_expiry: BTreeSet::new(),
             bodies: Bodies::default(),
+            access: Access::default(),
             touched: Vec::new(),
             changed: Vec::new(),
             body_changes: Vec::new(),
@@ -71,6 +81,18 @@ impl StateMachine {
     /// [`BodyRef`]. Bodies held so far are handed over as effects.
     pub fn keep_bodies_outside(&mut self) {
         self.bodies.keep_outside();
+    }
+
+    /// Principals and grants. A snapshot writes them after the state's other fields
+    /// (which `serde` encodes without them) and [`StateMachine::restore_access`] puts them
+    /// back; a snapshot from before they existed has none.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    pub fn restore_access(&mut self, mut access: Access) {
+        access.reindex();
+        self.access = access;
     }
 
     /// Every body key in use is below this (keys are ids of messages that were sent).
@@ -194,6 +216,22 @@ impl StateMachine {
                 sends,
             } => self.commit(transaction_id, acks, sends),
             Command::Tick => self.tick(),
+            Command::CreatePrincipal { name, token_hash } => self
+                .access
+                .create(&name, token_hash)
+                .map(|()| changed(true)),
+            Command::DeletePrincipal { name } => self.access.delete(&name).map(|()| changed(true)),
+            Command::Grant {
+                principal,
+                pattern,
+                actions,
+            } => self
+                .access
+                .grant(&principal, &pattern, actions)
+                .map(|()| changed(true)),
+            Command::Revoke { principal, pattern } => {
+                self.access.revoke(&principal, &pattern).map(changed)
+            }
         }
     }
 

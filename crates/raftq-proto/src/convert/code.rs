@@ -9,8 +9,12 @@ pub fn code_of(error: &QueueError) -> Code {
         QueueError::InvalidQueueName { .. }
         | QueueError::InvalidArgument { .. }
         | QueueError::MessageTooLarge { .. } => Code::InvalidArgument,
-        QueueError::QueueNotFound { .. } | QueueError::MessageNotFound { .. } => Code::NotFound,
-        QueueError::QueueAlreadyExists { .. } => Code::AlreadyExists,
+        QueueError::QueueNotFound { .. }
+        | QueueError::MessageNotFound { .. }
+        | QueueError::PrincipalNotFound { .. } => Code::NotFound,
+        QueueError::QueueAlreadyExists { .. } | QueueError::PrincipalAlreadyExists { .. } => {
+            Code::AlreadyExists
+        }
         QueueError::QueueFull { .. } | QueueError::TooManyQueues { .. } => Code::ResourceExhausted,
         QueueError::StaleReceipt { .. } => Code::FailedPrecondition,
     }

@@ -5,6 +5,7 @@ mod dlq;
 mod journal;
 mod message;
 mod output;
+mod principal;
 mod queue;
 mod receive;
 mod send;
@@ -43,6 +44,9 @@ pub struct Cli {
     /// Without it, plaintext (servers started with --insecure).
     #[arg(long, global = true, env = "RAFTQ_CA_CERT")]
     ca_cert: Option<std::path::PathBuf>,
+    /// The bearer token to authenticate with (a principal's, or the admin token).
+    #[arg(long, global = true, env = "RAFTQ_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// A client certificate (PEM) to present (mutual TLS); needs --key.
     #[arg(long, global = true, env = "RAFTQ_CERT", requires = "key")]
     cert: Option<std::path::PathBuf>,
@@ -77,6 +81,11 @@ enum Commands {
     /// Journals of consumed messages (`<queue>.journal`; browse them with `peek`).
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Principals: who may call the cluster (create, list, delete).
+    #[command(subcommand)]
+    Principal(principal::PrincipalCommand),
+    #[command(flatten)]
+    Access(principal::AccessCommand),
     /// Certificates for trying raftq out (a throwaway CA).
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -99,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = ClientConfig {
                 retry_deadline: Duration::from_secs(10),
                 transport,
+                token: cli.token.clone(),
                 ..ClientConfig::default()
             };
             let client = Client::new(&[cli.addr], config)?;
@@ -132,6 +142,8 @@ async fn client_command(
         Commands::Dlq(command) => dlq::run(client, command, output).await,
         Commands::Tx(command) => tx::run(client, command, output).await,
         Commands::Journal(command) => journal::run(client, command, output).await,
+        Commands::Principal(command) => principal::run_principal(client, command, output).await,
+        Commands::Access(command) => principal::run_access(client, command, output).await,
         Commands::Server(_) | Commands::Tls(_) => unreachable!("handled by run"),
     }
 }
@@ -148,6 +160,8 @@ fn exit_code(code: Option<tonic::Code>) -> u8 {
         Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
             8
         }
+        Some(tonic::Code::Unauthenticated) => 9,
+        Some(tonic::Code::PermissionDenied) => 10,
         _ => 1,
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::config::{FlagOverrides, ServeConfig, TlsFlags};
+use crate::config::{AuthFlags, FlagOverrides, ServeConfig, TlsFlags};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ServerCommand {
@@ -88,6 +88,9 @@ pub(super) struct ServeArgs {
     /// The CA of client certificates on the public port (PEM); `[tls] client_ca`.
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// A file holding the bootstrap admin token; `[auth] admin_token_file`.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 pub(super) async fn run(command: ServerCommand) -> anyhow::Result<ExitCode> {
@@ -145,6 +148,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             key: args.tls_key,
             ca: args.tls_ca,
             client_ca: args.tls_client_ca,
+        },
+        auth: AuthFlags {
+            admin_token_file: args.admin_token_file,
         },
     };
     let config = ServeConfig::load(args.config.as_deref(), flags)?;

@@ -12,7 +12,10 @@ use tonic::{Request, Response, Status};
 use raftq_cluster::Node;
 use raftq_tls::Transport;
 
-use super::forward_to_leader;
+use raftq_core::access::Action;
+
+use super::{forward_to_leader, principals};
+use crate::auth::audit;
 use crate::context::Context;
 use crate::error::{ServiceError, status};
 
@@ -107,7 +110,9 @@ impl AdminService for AdminApi {
         request: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
         forward_to_leader!(self.context, request, AdminServiceClient<_>, add_node);
+        let caller = self.context.allow(&request, Action::Admin, None)?;
         let request = request.into_inner();
+        let request_node_id = request.node_id;
         if request.node_id == 0 {
             return Err(status(ServiceError::InvalidArgument {
                 field: "node_id",
@@ -136,7 +141,8 @@ impl AdminService for AdminApi {
                 address: known.to_string(),
             }));
         }
-        self.context
+        let added = self
+            .context
             .node
             .add_node(
                 request.node_id,
@@ -144,8 +150,14 @@ impl AdminService for AdminApi {
                 request.promote,
                 request.lost_data,
             )
-            .await
-            .map_err(status)?;
+            .await;
+        audit(
+            &caller,
+            Action::Admin,
+            &format!("add node {}", request_node_id),
+            added.is_ok(),
+        );
+        added.map_err(status)?;
         Ok(Response::new(pb::AddNodeResponse {
             status: Some(AdminApi::cluster_status(self).await),
         }))
@@ -156,6 +168,7 @@ impl AdminService for AdminApi {
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         forward_to_leader!(self.context, request, AdminServiceClient<_>, remove_node);
+        let caller = self.context.allow(&request, Action::Admin, None)?;
         let node_id = request.into_inner().node_id;
         let members = self.context.node.status().members;
         if !members.contains_key(&node_id) {
@@ -165,14 +178,85 @@ impl AdminService for AdminApi {
         if voters <= 1 && members.get(&node_id).is_some_and(|(_, voter)| *voter) {
             return Err(status(ServiceError::LastVoter));
         }
-        self.context
-            .node
-            .remove_node(node_id)
-            .await
-            .map_err(status)?;
+        let removed = self.context.node.remove_node(node_id).await;
+        audit(
+            &caller,
+            Action::Admin,
+            &format!("remove node {node_id}"),
+            removed.is_ok(),
+        );
+        removed.map_err(status)?;
         Ok(Response::new(pb::RemoveNodeResponse {
             status: Some(AdminApi::cluster_status(self).await),
         }))
+    }
+
+    async fn create_principal(
+        &self,
+        request: Request<pb::CreatePrincipalRequest>,
+    ) -> Result<Response<pb::CreatePrincipalResponse>, Status> {
+        forward_to_leader!(
+            self.context,
+            request,
+            AdminServiceClient<_>,
+            create_principal
+        );
+        let caller = self.context.allow(&request, Action::Admin, None)?;
+        principals::create(&self.context, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_principal(
+        &self,
+        request: Request<pb::DeletePrincipalRequest>,
+    ) -> Result<Response<pb::DeletePrincipalResponse>, Status> {
+        forward_to_leader!(
+            self.context,
+            request,
+            AdminServiceClient<_>,
+            delete_principal
+        );
+        let caller = self.context.allow(&request, Action::Admin, None)?;
+        principals::delete(&self.context, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_principals(
+        &self,
+        request: Request<pb::ListPrincipalsRequest>,
+    ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
+        forward_to_leader!(
+            self.context,
+            request,
+            AdminServiceClient<_>,
+            list_principals
+        );
+        self.context.allow(&request, Action::Admin, None)?;
+        principals::list(&self.context).await.map(Response::new)
+    }
+
+    async fn grant(
+        &self,
+        request: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        forward_to_leader!(self.context, request, AdminServiceClient<_>, grant);
+        let caller = self.context.allow(&request, Action::Admin, None)?;
+        principals::grant(&self.context, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        forward_to_leader!(self.context, request, AdminServiceClient<_>, revoke);
+        let caller = self.context.allow(&request, Action::Admin, None)?;
+        principals::revoke(&self.context, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn node_info(

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use raftq_core::access::Action;
 use raftq_core::{Command, Delivery, Outcome, QueueError};
 use raftq_proto::pb::{
     self, message_service_client::MessageServiceClient, message_service_server::MessageService,
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::acks::{POLL_INTERVAL, ack_results};
 use super::forward_to_leader;
+use crate::auth::Caller;
 use crate::context::{Context, unexpected};
 use crate::error::{ServiceError, status};
 
@@ -192,10 +194,24 @@ impl MessageApi {
     }
 
     /// One send of a send stream, answered as `Send` would answer it.
-    async fn streamed_send(&self, item: pb::StreamedSend) -> pb::StreamedSendResult {
+    async fn streamed_send(
+        &self,
+        item: pb::StreamedSend,
+        caller: &Caller,
+    ) -> pb::StreamedSendResult {
         metrics::counter!("raftq_streamed_sends_total").increment(1);
         let outcome = match required(item.send, "send") {
-            Ok(send) => self.send_one(send).await,
+            Ok(send) => {
+                match crate::auth::authorize(
+                    &self.context.node,
+                    caller,
+                    Action::Send,
+                    Some(&send.queue),
+                ) {
+                    Ok(()) => self.send_one(send).await,
+                    Err(status) => Err(status),
+                }
+            }
             Err(status) => Err(status),
         };
         raftq_proto::streamed_send_result(item.id, outcome)
@@ -208,6 +224,7 @@ impl MessageApi {
     async fn serve_send_stream(
         self,
         mut incoming: Streaming<pb::StreamedSend>,
+        caller: Caller,
         answers: mpsc::Sender<Result<pb::StreamedSendResult, Status>>,
     ) {
         let api = &self;
@@ -234,7 +251,8 @@ impl MessageApi {
                                 .and_then(|send| send.message.as_ref())
                                 .map_or(0, |message| message.body.len());
                             bytes_in_flight += bytes;
-                            in_flight.push(async move { (api.streamed_send(item).await, bytes) });
+                            let caller = &caller;
+                            in_flight.push(async move { (api.streamed_send(item, caller).await, bytes) });
                         }
                         Ok(None) => reading = false,
                         Err(status) => {
@@ -269,10 +287,11 @@ impl MessageService for MessageApi {
         request: Request<Streaming<pb::StreamedSend>>,
     ) -> Result<Response<Self::SendStreamStream>, Status> {
         self.context.require_leader()?;
+        let caller = crate::auth::caller(&request)?;
         let (answers, answered) = mpsc::channel(MAX_STREAMED_SENDS);
         tokio::spawn(
             self.clone_api()
-                .serve_send_stream(request.into_inner(), answers),
+                .serve_send_stream(request.into_inner(), caller, answers),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
     }
@@ -283,7 +302,9 @@ impl MessageService for MessageApi {
         &self,
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let consumer = super::consume::Consumer::new(self.context.clone(), self.stopping.clone());
+        let caller = crate::auth::caller(&request)?;
+        let consumer =
+            super::consume::Consumer::new(self.context.clone(), self.stopping.clone(), caller);
         consumer.open(request.into_inner()).map(Response::new)
     }
 
@@ -292,6 +313,8 @@ impl MessageService for MessageApi {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, send);
+        self.context
+            .allow(&request, Action::Send, Some(&request.get_ref().queue))?;
         self.send_one(request.into_inner()).await.map(Response::new)
     }
 
@@ -300,6 +323,8 @@ impl MessageService for MessageApi {
         request: Request<pb::SendBatchRequest>,
     ) -> Result<Response<pb::SendBatchResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, send_batch);
+        self.context
+            .allow(&request, Action::Send, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         let results = self.send_messages(request.queue, request.messages).await?;
         Ok(Response::new(pb::SendBatchResponse { results }))
@@ -310,6 +335,8 @@ impl MessageService for MessageApi {
         request: Request<pb::ReceiveRequest>,
     ) -> Result<Response<pb::ReceiveResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, receive);
+        self.context
+            .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         let receiving = self.check_receive(&request)?;
         // Acks to apply with the first write; the answer carries their results.
@@ -358,6 +385,8 @@ impl MessageService for MessageApi {
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, ack);
+        self.context
+            .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
@@ -383,6 +412,8 @@ impl MessageService for MessageApi {
         request: Request<pb::AckBatchRequest>,
     ) -> Result<Response<pb::AckBatchResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, ack_batch);
+        self.context
+            .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
         self.context
@@ -410,6 +441,8 @@ impl MessageService for MessageApi {
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, nack);
+        self.context
+            .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
@@ -436,6 +469,8 @@ impl MessageService for MessageApi {
         request: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, extend_lease);
+        self.context
+            .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
@@ -463,6 +498,8 @@ impl MessageService for MessageApi {
         request: Request<pb::PeekRequest>,
     ) -> Result<Response<pb::PeekResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, peek);
+        self.context
+            .allow(&request, Action::Browse, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
         let max = match request.max_messages as usize {
@@ -501,6 +538,7 @@ impl MessageService for MessageApi {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, commit);
+        let caller = crate::auth::caller(&request)?;
         let command = raftq_proto::commit(request.into_inner()).map_err(status)?;
         if let Command::Commit {
             transaction_id,
@@ -519,6 +557,14 @@ impl MessageService for MessageApi {
             let queues = acks.iter().map(|ack| &ack.queue);
             for queue in queues.chain(sends.iter().map(|send| &send.queue)) {
                 self.context.check_queue_name(queue)?;
+            }
+            // Every part must be allowed, or nothing is written.
+            let node = &self.context.node;
+            for ack in acks {
+                crate::auth::authorize(node, &caller, Action::Receive, Some(&ack.queue))?;
+            }
+            for send in sends {
+                crate::auth::authorize(node, &caller, Action::Send, Some(&send.queue))?;
             }
         }
         match self.context.write(command).await? {
@@ -543,6 +589,17 @@ impl MessageService for MessageApi {
         request: Request<pb::RedriveRequest>,
     ) -> Result<Response<pb::RedriveResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, redrive);
+        let caller =
+            self.context
+                .allow(&request, Action::Manage, Some(&request.get_ref().queue))?;
+        if !request.get_ref().to.is_empty() {
+            crate::auth::authorize(
+                &self.context.node,
+                &caller,
+                Action::Send,
+                Some(&request.get_ref().to),
+            )?;
+        }
         let request = request.into_inner();
         self.context.check_queue_name(&request.queue)?;
         if !request.to.is_empty() {

@@ -6,6 +6,7 @@ mod acks;
 mod admin;
 mod consume;
 mod message;
+mod principals;
 mod queue;
 
 pub use admin::{AdminApi, PEER_STATUS_TIMEOUT, peer_status};

@@ -4,6 +4,9 @@
 //! never waits for its own round trip before the next batch, and the queue hands out
 //! its messages to the stream in order.
 
+use raftq_core::access::Action;
+
+use crate::auth::Caller;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -91,6 +94,8 @@ pub struct Consumer {
     /// Turns true when the node begins to stop, before a leader hands over: streams write
     /// their last acks and hand back their deliveries while it still leads.
     stopping: watch::Receiver<bool>,
+    /// Who opened the stream; its grants are checked when the stream starts.
+    caller: Caller,
 }
 
 /// How a stream ended.
@@ -105,8 +110,12 @@ enum End {
 }
 
 impl Consumer {
-    pub fn new(context: Context, stopping: watch::Receiver<bool>) -> Consumer {
-        Consumer { context, stopping }
+    pub fn new(context: Context, stopping: watch::Receiver<bool>, caller: Caller) -> Consumer {
+        Consumer {
+            context,
+            stopping,
+            caller,
+        }
     }
 
     /// Opens a stream on the leader, if this node leads, is not stopping and serves fewer
@@ -130,6 +139,12 @@ impl Consumer {
             )));
         };
         self.context.check_queue_name(&start.queue)?;
+        crate::auth::authorize(
+            &self.context.node,
+            &self.caller,
+            Action::Receive,
+            Some(&start.queue),
+        )?;
         let limits = &self.context.limits;
         let prefetch = match start.prefetch {
             0 => DEFAULT_PREFETCH,
