@@ -294,4 +294,15 @@ async fn the_cli_exits_9_when_unauthenticated_and_10_when_denied() {
     assert!(output.status.success(), "{output:?}");
     let output = run(&created.token, &["queue", "get", "orders"]);
     assert!(output.status.success(), "{output:?}");
+    // The same token from a file, as a mounted Secret gives it.
+    let file = cluster.dir.path().join("reader.token");
+    std::fs::write(&file, format!("{}\n", created.token)).expect("write the token file");
+    let output = raftq_tests::cli()
+        .env_remove("RAFTQ_TOKEN")
+        .arg("--token-file")
+        .arg(&file)
+        .args(["--addr", &cluster.nodes[0].grpc, "queue", "get", "orders"])
+        .output()
+        .expect("run raftq");
+    assert!(output.status.success(), "{output:?}");
 }

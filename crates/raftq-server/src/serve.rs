@@ -108,7 +108,14 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     );
 
     tokio::spawn(report_raft_failure(node.clone()));
-    let bootstrap = bootstrap(&config, &node, &addresses, &transport, peers);
+    // How this node calls its peers as a client (joining): their internal ports, over its
+    // own TLS, and with the admin token should a call end up on a public port.
+    let as_peer = raftq_client::ClientConfig {
+        transport: transport.clone(),
+        token: admin_token.clone(),
+        ..raftq_client::ClientConfig::default()
+    };
+    let bootstrap = bootstrap(&config, &node, &addresses, &as_peer, peers);
     let outcome = tokio::select! {
         result = bootstrap => result.map(|()| None),
         signal = shutdown_signal() => Ok(Some(signal)),
@@ -231,11 +238,11 @@ async fn bootstrap(
     config: &ServeConfig,
     node: &RaftNode,
     addresses: &Node,
-    transport: &Transport,
+    as_peer: &raftq_client::ClientConfig,
     peers: std::collections::BTreeMap<u64, String>,
 ) -> anyhow::Result<()> {
     if let Some(join) = &config.join {
-        return join_cluster(node, std::slice::from_ref(join), addresses, transport).await;
+        return join_cluster(node, std::slice::from_ref(join), addresses, as_peer).await;
     }
     let members = if peers.is_empty() {
         std::collections::BTreeMap::from([(config.node_id, addresses.internal.clone())])
@@ -252,7 +259,7 @@ async fn bootstrap(
         .collect();
     let founder = members.keys().next() == Some(&config.node_id);
     if founder && !node.holds_raft_state().await? {
-        if peers_hold_no_raft_state(&others, transport).await {
+        if peers_hold_no_raft_state(&others, &as_peer.transport).await {
             if node.initialize().await? {
                 tracing::info!("formed a new cluster; the other peers join it");
             }
@@ -267,7 +274,7 @@ async fn bootstrap(
         return Ok(());
     }
     let others: Vec<String> = others.into_values().collect();
-    join_cluster(node, &others, addresses, transport).await
+    join_cluster(node, &others, addresses, as_peer).await
 }
 
 /// How often a forming node asks its peers whether they hold Raft state.
@@ -325,14 +332,13 @@ async fn join_cluster(
     node: &RaftNode,
     through: &[String],
     addresses: &Node,
-    transport: &Transport,
+    as_peer: &raftq_client::ClientConfig,
 ) -> anyhow::Result<()> {
     let client = raftq_client::Client::new(
         through,
         raftq_client::ClientConfig {
             retry_deadline: JOIN_DEADLINE,
-            transport: transport.clone(),
-            ..raftq_client::ClientConfig::default()
+            ..as_peer.clone()
         },
     )?;
     let status = node.status();

@@ -47,6 +47,14 @@ pub struct Cli {
     /// The bearer token to authenticate with (a principal's, or the admin token).
     #[arg(long, global = true, env = "RAFTQ_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the token (a mounted Secret, say), instead of --token.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
     /// A client certificate (PEM) to present (mutual TLS); needs --key.
     #[arg(long, global = true, env = "RAFTQ_CERT", requires = "key")]
     cert: Option<std::path::PathBuf>,
@@ -108,7 +116,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = ClientConfig {
                 retry_deadline: Duration::from_secs(10),
                 transport,
-                token: cli.token.clone(),
+                token: match &cli.token_file {
+                    Some(path) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|error| {
+                                anyhow::anyhow!(
+                                    "reading the token file {}: {error}",
+                                    path.display()
+                                )
+                            })?
+                            .trim()
+                            .to_string(),
+                    ),
+                    None => cli.token.clone(),
+                },
                 ..ClientConfig::default()
             };
             let client = Client::new(&[cli.addr], config)?;
