@@ -99,3 +99,27 @@ async fn cli_consume_prints_and_acknowledges_up_to_its_count_and_hands_back_the_
     let stats = client.get_queue("tail").await.expect("get queue").stats;
     assert_eq!(stats.expect("stats").depth, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_send_with_the_same_key_twice_stores_one_message() {
+    let cluster = Cluster::start(1).await;
+    create_queue(&cluster.client(), "keyed", pb::QueueOptions::default()).await;
+    let send = || {
+        let output = raftq_tests::cli()
+            .args(["--addr", &cluster.nodes[0].grpc, "--output", "json"])
+            .args(["send", "keyed", "--body", "order #1", "--key", "order-1"])
+            .output()
+            .expect("run raftq send");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let first = send();
+    let second = send();
+    let id = |line: &str| -> u64 {
+        let value: serde_json::Value = serde_json::from_str(line.trim()).expect("json");
+        value["message_id"].as_u64().expect("message_id")
+    };
+    assert_eq!(id(&first), id(&second), "{first} {second}");
+    let queue = cluster.client().get_queue("keyed").await.expect("get");
+    assert_eq!(queue.stats.expect("stats").depth, 1);
+}

@@ -61,7 +61,7 @@ impl TestCa {
         &self.admin_token
     }
 
-    /// The client certificate and key (`--cert`, `--key`).
+    /// The client certificate and key (`--client-cert`, `--client-key`).
     pub fn client_identity(&self) -> (PathBuf, PathBuf) {
         (
             self.dir.path().join("client.pem"),

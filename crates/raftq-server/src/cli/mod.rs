@@ -55,12 +55,22 @@ pub struct Cli {
         conflicts_with = "token"
     )]
     token_file: Option<std::path::PathBuf>,
-    /// A client certificate (PEM) to present (mutual TLS); needs --key.
-    #[arg(long, global = true, env = "RAFTQ_CERT", requires = "key")]
-    cert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present (mutual TLS); needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "RAFTQ_KEY", requires = "cert")]
-    key: Option<std::path::PathBuf>,
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTQ_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Commands,
 }
@@ -107,7 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         command => {
             let transport = match &cli.ca_cert {
                 Some(ca) => {
-                    let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+                    let identity = cli.client_cert.as_deref().zip(cli.client_key.as_deref());
                     Transport::Tls(ClientTls::from_files(ca, identity)?.connector())
                 }
                 None => Transport::Plaintext,
@@ -195,5 +205,26 @@ fn read_body(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
         Ok(body)
     } else {
         std::fs::read(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Global options are added to every subcommand: one named like a subcommand's own
+    /// (`send --key` and a global `--key`, say) would panic when parsed.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        for args in [
+            &["raftq", "send", "q", "--body", "b", "--key", "k"][..],
+            &["raftq", "--token", "t", "grant", "app", "--queue", "q*", "--allow", "send"],
+            &["raftq", "--client-cert", "c.pem", "--client-key", "k.pem", "queue", "list"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|error| panic!("{args:?}: {error}"));
+        }
     }
 }
