@@ -306,3 +306,54 @@ async fn the_cli_exits_9_when_unauthenticated_and_10_when_denied() {
         .expect("run raftq");
     assert!(output.status.success(), "{output:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_its_principal_when_the_nodes_take_client_certificates() {
+    let options = raftq_tests::ClusterOptions {
+        env: vec![(
+            "RAFTQ_TLS__CLIENT_CA".to_string(),
+            raftq_tests::test_ca().ca_path().display().to_string(),
+        )],
+        ..raftq_tests::ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(1, options).await;
+    let admin = cluster.client();
+    create_queue(&admin, "orders", pb::QueueOptions::default()).await;
+    admin.create_principal("billing").await.expect("create");
+    admin
+        .grant("billing", "orders", &["send"])
+        .await
+        .expect("grant");
+    let with_certificate = |name: &str| {
+        let (cert, key) = raftq_tests::test_ca().issue_client(cluster.dir.path(), name);
+        let tls = raftq_client::ClientTls::from_files(
+            &raftq_tests::test_ca().ca_path(),
+            Some((&cert, &key)),
+        )
+        .expect("TLS");
+        Client::new(
+            &addresses(&cluster),
+            ClientConfig {
+                transport: raftq_client::Transport::Tls(tls.connector()),
+                token: None,
+                retry_deadline: Duration::from_secs(5),
+                ..test_client_config()
+            },
+        )
+        .expect("client")
+    };
+    let billing = with_certificate("billing");
+    billing
+        .send("orders", Message::new("by certificate"))
+        .await
+        .expect("the certificate's principal may send");
+    let denied = billing.purge_queue("orders").await.expect_err("refused");
+    assert_eq!(denied.code(), Some(Code::PermissionDenied), "{denied}");
+    assert!(denied.to_string().contains("billing"), "{denied}");
+    // A certificate from the right CA whose name is no principal authenticates nobody.
+    let stranger = with_certificate("stranger");
+    assert_eq!(
+        code(stranger.send("orders", Message::new("x")).await),
+        Some(Code::Unauthenticated)
+    );
+}

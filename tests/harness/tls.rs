@@ -93,6 +93,16 @@ impl TestCa {
             .expect("write the node certificate")
     }
 
+    /// A client certificate whose subject's common name is `name` (the principal it
+    /// names), written to `<dir>/<name>.pem` and `.key`.
+    pub fn issue_client(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        self.authority
+            .issue(name, &[])
+            .expect("a client certificate")
+            .write(dir, name)
+            .expect("write the client certificate")
+    }
+
     /// How a test client connects: TLS, trusting this CA, presenting its certificate.
     pub fn transport(&self) -> Transport {
         Transport::Tls(self.client.connector())

@@ -40,6 +40,8 @@ const APPEND_NANOS_PER_BYTE: u64 = 100;
 /// How often a replication stream with nothing outstanding looks again for answers that
 /// are overdue (a request sent since it last looked has a deadline of its own).
 const STREAM_DEADLINE_CHECK: Duration = Duration::from_millis(20);
+/// Least time given to opening a replication stream (see `stream_append`).
+const STREAM_OPEN_AT_LEAST: Duration = Duration::from_secs(1);
 /// How long a replication stream holds back an append that carries no entries, only a
 /// new commit point. openraft sends one whenever the commit advances while no new entry
 /// is waiting; under a steady load the next entry follows within a millisecond or two and
@@ -359,15 +361,20 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                     cluster_id: cluster.clone(),
                 }
             });
+            // Opening the stream may include connecting (TCP, the TLS handshake, HTTP/2),
+            // which under load takes longer than a heartbeat: given only openraft's limit,
+            // every attempt could be cut before its connection is up, and the follower
+            // would never be reached.
             let opened = tokio::time::timeout(
-                limit,
+                limit.max(STREAM_OPEN_AT_LEAST),
                 client.append_entries_stream(tonic::Request::new(requests)),
             )
             .await;
             let answers = match opened {
                 Err(_) => {
                     return Err(RPCError::Unreachable(unreachable(format!(
-                        "node {target} did not open a replication stream in {limit:?}"
+                        "node {target} did not open a replication stream in {:?}",
+                        limit.max(STREAM_OPEN_AT_LEAST)
                     ))));
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {

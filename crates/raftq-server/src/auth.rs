@@ -96,10 +96,14 @@ impl Auth {
         self.admin.is_some()
     }
 
-    /// The public port's interceptor: the caller from its bearer token.
+    /// The public port's interceptor: the caller from its bearer token, or from the client
+    /// certificate it presented (checked against `[tls] client_ca` in the handshake).
     pub fn public(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request.metadata_mut().remove(PRINCIPAL_KEY);
-        let caller = self.authenticate(request.metadata())?;
+        let certificate = request
+            .peer_certs()
+            .and_then(|chain| chain.first().map(|leaf| leaf.to_vec()));
+        let caller = self.authenticate(request.metadata(), certificate.as_deref())?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
@@ -127,15 +131,22 @@ impl Auth {
         Ok(request)
     }
 
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+    fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        certificate: Option<&[u8]>,
+    ) -> Result<Caller, Status> {
         let Some(admin) = &self.admin else {
             return Ok(Caller::Anyone);
         };
         let Some(value) = metadata.get("authorization") else {
-            return Err(refused(
-                "missing",
-                "no credentials: send `authorization: Bearer <token>`",
-            ));
+            return match certificate {
+                Some(certificate) => self.by_certificate(certificate),
+                None => Err(refused(
+                    "missing",
+                    "no credentials: send `authorization: Bearer <token>`",
+                )),
+            };
         };
         let token = value
             .to_str()
@@ -160,6 +171,27 @@ impl Auth {
             Some(name) => Ok(Caller::Principal(name.to_string())),
             None => Err(refused("unknown", "the token is not valid")),
         }
+    }
+}
+
+impl Auth {
+    /// The principal a client certificate names: its subject's common name, which must be
+    /// a principal of the replicated state. (The certificate itself was checked against
+    /// the client CA in the handshake.)
+    fn by_certificate(&self, certificate: &[u8]) -> Result<Caller, Status> {
+        let Some(name) = raftq_tls::common_name(certificate) else {
+            return Err(refused(
+                "certificate",
+                "the client certificate's subject has no common name to name a principal",
+            ));
+        };
+        if self.node.state().read().access().exists(&name) {
+            return Ok(Caller::Principal(name));
+        }
+        Err(refused(
+            "certificate",
+            "the client certificate names no principal of this cluster",
+        ))
     }
 }
 

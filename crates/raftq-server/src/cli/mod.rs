@@ -221,8 +221,18 @@ mod tests {
         Cli::command().debug_assert();
         for args in [
             &["raftq", "send", "q", "--body", "b", "--key", "k"][..],
-            &["raftq", "--token", "t", "grant", "app", "--queue", "q*", "--allow", "send"],
-            &["raftq", "--client-cert", "c.pem", "--client-key", "k.pem", "queue", "list"],
+            &[
+                "raftq", "--token", "t", "grant", "app", "--queue", "q*", "--allow", "send",
+            ],
+            &[
+                "raftq",
+                "--client-cert",
+                "c.pem",
+                "--client-key",
+                "k.pem",
+                "queue",
+                "list",
+            ],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|error| panic!("{args:?}: {error}"));
         }
