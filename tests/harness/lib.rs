@@ -1,5 +1,5 @@
-//! Test harness: starts real `raftq serve` processes on loopback ports with data in a
-//! temporary directory, and offers the faults the cluster tests inject (kill -9, SIGTERM,
+//! Test harness: starts real `raftq serve` processes on loopback ports (TLS and an admin
+//! token, as in production: see `tls`) with data in a temporary directory, and offers the faults the cluster tests inject (kill -9, SIGTERM,
 //! restart, adding a node). Tests wait for conditions with deadlines, never sleep-and-hope.
 
 pub mod netns;
