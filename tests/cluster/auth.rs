@@ -23,17 +23,6 @@ fn addresses(cluster: &Cluster) -> Vec<String> {
     cluster.nodes.iter().map(|node| node.grpc.clone()).collect()
 }
 
-/// The leader's last log index, as it reports it.
-async fn last_log_index(cluster: &Cluster) -> u64 {
-    let status = cluster.client().cluster_status().await.expect("status");
-    status
-        .nodes
-        .iter()
-        .find(|node| node.node_id == status.leader_id)
-        .expect("the leader reports")
-        .last_log_index
-}
-
 fn code<T: std::fmt::Debug>(result: Result<T, raftq_client::ClientError>) -> Option<Code> {
     result.expect_err("refused").code()
 }
@@ -42,7 +31,7 @@ fn code<T: std::fmt::Debug>(result: Result<T, raftq_client::ClientError>) -> Opt
 async fn missing_malformed_and_unknown_credentials_are_unauthenticated() {
     let cluster = Cluster::start(1).await;
     let all = addresses(&cluster);
-    let before = last_log_index(&cluster).await;
+    let before = cluster.last_log_index().await;
     for token in [None, Some("not-a-token-of-this-cluster"), Some("")] {
         let client = client_as(&all, token);
         let refused = client
@@ -59,7 +48,7 @@ async fn missing_malformed_and_unknown_credentials_are_unauthenticated() {
             Some(Code::Unauthenticated)
         );
     }
-    assert_eq!(last_log_index(&cluster).await, before, "nothing written");
+    assert_eq!(cluster.last_log_index().await, before, "nothing written");
     assert!(
         cluster
             .client()
@@ -87,7 +76,7 @@ async fn a_send_only_principal_may_send_to_its_queues_and_nothing_else() {
         .await
         .expect("send to orders");
 
-    let before = last_log_index(&cluster).await;
+    let before = cluster.last_log_index().await;
     let refusals = [
         (
             "receive",
@@ -120,7 +109,7 @@ async fn a_send_only_principal_may_send_to_its_queues_and_nothing_else() {
         "{denied}"
     );
     assert_eq!(
-        last_log_index(&cluster).await,
+        cluster.last_log_index().await,
         before,
         "no refused call was written"
     );

@@ -1,10 +1,15 @@
 //! Every data directory records the cluster it belongs to; nodes of another cluster are
-//! neither added nor served.
+//! neither added nor served. Node certificates that name a cluster bind it: peers of another
+//! cluster fail the handshake, and data of another cluster does not start.
 
 use std::time::Duration;
 
-use raftq_client::{Code, pb};
-use raftq_tests::{Cluster, free_port, raftq_binary, wait_until};
+use raftq_client::{ClientTls, Code, Transport, pb};
+use raftq_tests::{
+    Cluster, ClusterOptions, free_port, raftq_binary, refused_start, test_ca, tls_args, wait_until,
+};
+
+use crate::tls::internal_answer;
 
 /// The cluster id as `cluster`'s leader reports it.
 async fn cluster_id(cluster: &Cluster) -> String {
@@ -76,7 +81,8 @@ async fn a_node_started_with_the_peers_of_another_cluster_refuses_to_serve() {
     let listen = format!("127.0.0.1:{}", free_port());
     let internal = format!("127.0.0.1:{}", free_port());
     let peers = format!("1={},2={internal}", theirs.nodes[0].internal);
-    let output = tokio::process::Command::new(raftq_binary())
+    let mut serve = tokio::process::Command::new(raftq_binary());
+    serve
         .args([
             "serve",
             "--node-id",
@@ -90,14 +96,8 @@ async fn a_node_started_with_the_peers_of_another_cluster_refuses_to_serve() {
         ])
         .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
-        .args(raftq_tests::node_tls_args(ours.dir.path(), "restarted-2"))
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("the node exits")
-        .expect("run raftq serve");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+        .args(raftq_tests::node_tls_args(ours.dir.path(), "restarted-2"));
+    let stderr = refused_start(serve, Duration::from_secs(60)).await;
     // Refused by its own check of the peers' cluster, or by their leader when it asks to
     // join (which one depends on how far the node's Raft has loaded its membership).
     assert!(
@@ -105,4 +105,68 @@ async fn a_node_started_with_the_peers_of_another_cluster_refuses_to_serve() {
             || stderr.contains(&format!("cluster {id} is not this cluster ({other})")),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_bind_the_cluster_and_refuse_peers_and_data_of_another() {
+    let mut alpha = Cluster::start_with(
+        2,
+        ClusterOptions {
+            cluster_name: Some("alpha".into()),
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        cluster_id(&alpha).await,
+        "alpha",
+        "the cluster takes the name its certificates give"
+    );
+
+    // One CA, three certificates: only the one naming alpha reaches alpha's Raft.
+    let internal = alpha.nodes[0].internal.clone();
+    let dir = alpha.dir.path().to_path_buf();
+    let peer_of = |stem: &str, cluster: Option<&str>| {
+        let (cert, key) = match cluster {
+            Some(cluster) => test_ca().issue_node_in_cluster(&dir, stem, "127.0.0.1", cluster),
+            None => test_ca().issue_node(&dir, stem, "127.0.0.1"),
+        };
+        Transport::Tls(
+            ClientTls::from_files(&test_ca().ca_path(), Some((&cert, &key)))
+                .expect("a peer's TLS")
+                .connector(),
+        )
+    };
+    internal_answer(&internal, &peer_of("alpha-peer", Some("alpha")))
+        .await
+        .expect("a peer of the same cluster reaches Raft");
+    for (stem, cluster) in [("beta-peer", Some("beta")), ("unnamed-peer", None)] {
+        let refused = internal_answer(&internal, &peer_of(stem, cluster)).await;
+        assert!(refused.is_err(), "{stem}: {refused:?}");
+    }
+
+    // Node 2's data belongs to alpha: with a certificate naming beta it does not start.
+    alpha.node(2).stop();
+    let data_dir = alpha.node(2).data_dir.clone();
+    let (cert, key) = test_ca().issue_node_in_cluster(&dir, "node-2-beta", "127.0.0.1", "beta");
+    let mut serve = tokio::process::Command::new(raftq_binary());
+    serve
+        .args(["serve", "--node-id", "2", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--internal-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--http-listen", "127.0.0.1:0", "--peers"])
+        .arg(format!("1={internal}"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(tls_args(&cert, &key));
+    let stderr = refused_start(serve, Duration::from_secs(60)).await;
+    assert!(
+        stderr.contains("belongs to cluster alpha") && stderr.contains("names cluster beta"),
+        "{stderr}"
+    );
+
+    // With its own certificate it comes back.
+    alpha.node(2).restart();
+    alpha.wait_for_voters(2).await;
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use raftq_client::{Client, Message, pb};
-use raftq_tests::{Cluster, NodeProcess, create_queue, raftq_binary, wait_until_or};
+use raftq_tests::{Cluster, NodeProcess, create_queue, raftq_binary, refused_start, wait_until_or};
 
 const MESSAGES: usize = 100;
 
@@ -161,18 +161,13 @@ async fn a_node_refuses_a_data_directory_that_belongs_to_another_node() {
     let mut cluster = Cluster::start(1).await;
     cluster.node(1).stop();
     let data_dir = cluster.node(1).data_dir.clone();
-    let output = tokio::process::Command::new(raftq_binary())
+    let mut serve = tokio::process::Command::new(raftq_binary());
+    serve
         .args(["serve", "--node-id", "2", "--listen", "127.0.0.1:0"])
         .args(["--internal-listen", "127.0.0.1:0", "--insecure"])
         .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("the node exits at once")
-        .expect("run raftq serve");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+        .arg(&data_dir);
+    let stderr = refused_start(serve, Duration::from_secs(30)).await;
     assert!(
         stderr.contains("belongs to node 1, not to node 2"),
         "{stderr}"

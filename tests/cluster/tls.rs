@@ -25,7 +25,10 @@ fn client_over(address: &str, transport: Transport) -> Client {
 
 /// What a node's internal port answers a Raft vote meant for another node, over a
 /// connection through `transport`: a Raft-level refusal once the connection is accepted.
-async fn internal_answer(address: &str, transport: &Transport) -> Result<tonic::Status, String> {
+pub(crate) async fn internal_answer(
+    address: &str,
+    transport: &Transport,
+) -> Result<tonic::Status, String> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(5))

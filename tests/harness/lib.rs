@@ -16,7 +16,7 @@ use std::time::Duration;
 use raftq_client::{Client, ClientConfig};
 
 pub use raftq_client::pb;
-pub use tls::{connect, node_tls_args, test_ca};
+pub use tls::{connect, node_tls_args, test_ca, tls_args};
 
 /// Raft timing used by the tests: short, so elections after a kill finish quickly.
 const TEST_RAFT_ENV: [(&str, &str); 3] = [
@@ -307,6 +307,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProcess>,
     /// The private network, when the nodes run in their own namespaces.
     pub network: Option<Arc<netns::Network>>,
+    /// The cluster the nodes' certificates name, if any (nodes added later get the same).
+    cluster_name: Option<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -321,6 +323,9 @@ pub struct ClusterOptions {
     /// `/dev/fuse`; see [`powerloss`]), so that [`NodeProcess::lose_power`] can drop what
     /// was not synced.
     pub power_loss_disks: bool,
+    /// The cluster the nodes' certificates name (they then speak only to peers naming the
+    /// same one, and the cluster takes the name as its id); none by default.
+    pub cluster_name: Option<String>,
 }
 
 /// The gRPC (public and internal) and HTTP ports of nodes that have an address of their
@@ -353,6 +358,7 @@ impl Cluster {
             dir,
             nodes: Vec::new(),
             network,
+            cluster_name: options.cluster_name.clone(),
         };
         let endpoints: Vec<Endpoints> = ids.iter().map(|&id| cluster.endpoints(id)).collect();
         let peers = endpoints
@@ -428,16 +434,13 @@ impl Cluster {
             .grpc
             .rsplit_once(':')
             .map_or("127.0.0.1", |(ip, _)| ip);
-        let (cert, key) = test_ca().issue_node(self.dir.path(), &format!("node-{id}"), ip);
-        let mut args = vec![
-            "--tls-cert".to_string(),
-            cert.display().to_string(),
-            "--tls-key".to_string(),
-            key.display().to_string(),
-            "--tls-ca".to_string(),
-            test_ca().ca_path().display().to_string(),
-            "--admin-token-file".to_string(),
-            test_ca().admin_token_path().display().to_string(),
+        let stem = format!("node-{id}");
+        let (cert, key) = match &options.cluster_name {
+            Some(cluster) => test_ca().issue_node_in_cluster(self.dir.path(), &stem, ip, cluster),
+            None => test_ca().issue_node(self.dir.path(), &stem, ip),
+        };
+        let mut args = tls_args(&cert, &key);
+        args.extend([
             "--node-id".to_string(),
             id.to_string(),
             "--listen".to_string(),
@@ -448,7 +451,7 @@ impl Cluster {
             endpoints.http.clone(),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
-        ];
+        ]);
         args.append(&mut extra);
         let disk = options.power_loss_disks.then(|| {
             powerloss::PowerLossFs::mount(
@@ -492,7 +495,10 @@ impl Cluster {
             id,
             endpoints,
             vec!["--join".into(), join],
-            &ClusterOptions::default(),
+            &ClusterOptions {
+                cluster_name: self.cluster_name.clone(),
+                ..ClusterOptions::default()
+            },
         );
         self.nodes.push(node);
         self.nodes.last().expect("just pushed")
@@ -534,6 +540,17 @@ impl Cluster {
     }
 
     /// The id of some running node other than `leader`.
+    /// The leader's last log index, as it reports it.
+    pub async fn last_log_index(&self) -> u64 {
+        let status = self.client().cluster_status().await.expect("status");
+        status
+            .nodes
+            .iter()
+            .find(|node| node.node_id == status.leader_id)
+            .expect("the leader reports")
+            .last_log_index
+    }
+
     pub fn follower_of(&self, leader: u64) -> u64 {
         self.nodes
             .iter()
@@ -552,6 +569,18 @@ impl Cluster {
 }
 
 /// Polls `check` until it yields a value, or panics after `deadline` naming `what`.
+/// Runs `serve` (a `raftq serve` command expected to refuse to start) and returns what it
+/// wrote to stderr, once it exited unsuccessfully within `deadline`.
+pub async fn refused_start(mut serve: tokio::process::Command, deadline: Duration) -> String {
+    let output = tokio::time::timeout(deadline, serve.output())
+        .await
+        .expect("the node exits")
+        .expect("run raftq serve");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
 pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,

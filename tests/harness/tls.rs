@@ -82,12 +82,23 @@ impl TestCa {
         ip: &str,
         validity: Validity,
     ) -> (PathBuf, PathBuf) {
-        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        if !names.iter().any(|name| name == ip) {
-            names.push(ip.to_string());
-        }
         self.authority
-            .issue_with(stem, &names, validity)
+            .issue_with(stem, &node_names(ip), validity)
+            .expect("a node certificate")
+            .write(dir, stem)
+            .expect("write the node certificate")
+    }
+
+    /// As [`TestCa::issue_node`], naming cluster `cluster` in the certificate.
+    pub fn issue_node_in_cluster(
+        &self,
+        dir: &Path,
+        stem: &str,
+        ip: &str,
+        cluster: &str,
+    ) -> (PathBuf, PathBuf) {
+        self.authority
+            .issue_in_cluster(stem, &node_names(ip), cluster)
             .expect("a node certificate")
             .write(dir, stem)
             .expect("write the node certificate")
@@ -109,11 +120,26 @@ impl TestCa {
     }
 }
 
+/// The names a node certificate is valid for: loopback and `ip`.
+fn node_names(ip: &str) -> Vec<String> {
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    if !names.iter().any(|name| name == ip) {
+        names.push(ip.to_string());
+    }
+    names
+}
+
 /// The `raftq serve` flags of a node whose certificate (for 127.0.0.1) is written to
 /// `<dir>/<stem>.pem`.
 pub fn node_tls_args(dir: &Path, stem: &str) -> Vec<String> {
+    let (cert, key) = test_ca().issue_node(dir, stem, "127.0.0.1");
+    tls_args(&cert, &key)
+}
+
+/// The `raftq serve` flags of a node presenting `cert` and `key`, trusting the tests' CA,
+/// with the tests' admin token.
+pub fn tls_args(cert: &Path, key: &Path) -> Vec<String> {
     let ca = test_ca();
-    let (cert, key) = ca.issue_node(dir, stem, "127.0.0.1");
     vec![
         "--tls-cert".to_string(),
         cert.display().to_string(),

@@ -44,7 +44,8 @@ impl RaftNode {
         config.storage.check().map_err(stopped)?;
         let db = Db::open(&config.data_dir, &config.storage.open_options()).map_err(stopped)?;
         let log_store = LogStore::new(db.clone(), config.group).map_err(stopped)?;
-        let standing = standing::settle(&db, &log_store, config.node_id)?;
+        let standing =
+            standing::settle(&db, &log_store, config.node_id, config.cluster_name.clone())?;
         let state_machine = StateMachineStore::open(db.clone(), config.group).map_err(stopped)?;
         let shared = state_machine.shared();
         let tuning = &config.tuning;

@@ -13,6 +13,11 @@
 //! joins it (from the leader's answer to its join, or from the first append or snapshot a
 //! leader sends it). Raft messages carry it; a node refuses messages and joins from another
 //! cluster.
+//!
+//! A node whose certificate names its cluster is bound to that name: the cluster it forms
+//! takes it as its id, it joins no cluster of another id, and it refuses to start on data of
+//! another cluster. (Its TLS, in turn, takes only peers whose certificates name the same
+//! cluster.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +36,8 @@ pub(crate) struct Standing {
     voting: Arc<AtomicBool>,
     /// The identity as recorded in the data directory; changed only together with the record.
     identity: Arc<Mutex<NodeIdentity>>,
+    /// The cluster this node's certificate names, if any.
+    bound: Option<String>,
     db: Db,
 }
 
@@ -57,8 +64,11 @@ impl Standing {
     /// For the node that forms a new cluster: names the cluster (unless this directory
     /// already belongs to one) and lets the node vote from its first entry on.
     pub(crate) fn found(&self, raft: &Raft) -> Result<(), StoreError> {
+        let name = self.bound.clone();
         self.record(|identity| {
-            identity.cluster_id.get_or_insert_with(new_cluster_id);
+            identity
+                .cluster_id
+                .get_or_insert_with(|| name.unwrap_or_else(new_cluster_id));
         })?;
         self.allow(raft)
     }
@@ -67,7 +77,8 @@ impl Standing {
     /// sender that belongs to no cluster yet) and a node that belongs to none yet take
     /// everything.
     pub(crate) fn check_cluster(&self, theirs: &str) -> Result<(), ClusterError> {
-        match lock(&self.identity).cluster_id.as_deref() {
+        let identity = lock(&self.identity);
+        match identity.cluster_id.as_deref().or(self.bound.as_deref()) {
             Some(ours) if !theirs.is_empty() && ours != theirs => Err(ClusterError::OtherCluster {
                 ours: ours.to_string(),
                 theirs: theirs.to_string(),
@@ -115,9 +126,15 @@ fn new_cluster_id() -> String {
 }
 
 /// Reads (or, on a data directory that has none, records) the identity of the data
-/// directory: a node refuses another node's directory; a directory without Raft state does
-/// not vote.
-pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standing, ClusterError> {
+/// directory: a node refuses another node's directory, and a directory of another cluster
+/// than the one its certificate names (`bound`); a directory without Raft state does not
+/// vote.
+pub(crate) fn settle(
+    db: &Db,
+    log: &LogStore,
+    node_id: NodeId,
+    bound: Option<String>,
+) -> Result<Standing, ClusterError> {
     let stopped = |error: raftq_store::StoreError| ClusterError::Stopped {
         reason: error.to_string(),
     };
@@ -137,6 +154,21 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
              no leader to rebuild from: to go on with what the log holds, accepting the loss, \
              stop the node and run `raftq adopt-data-dir`.)"
         );
+    }
+    if let (Some(bound), Some(recorded)) = (
+        &bound,
+        recorded
+            .as_ref()
+            .and_then(|identity| identity.cluster_id.as_ref()),
+    ) && bound != recorded
+    {
+        return Err(ClusterError::Stopped {
+            reason: format!(
+                "the data directory belongs to cluster {recorded}, but this node's certificate \
+                 names cluster {bound}; give the node a certificate of cluster {recorded}, or \
+                 start it on an empty data directory to join cluster {bound}"
+            ),
+        });
     }
     let voting = match &recorded {
         Some(identity) if identity.node_id != node_id => {
@@ -177,6 +209,7 @@ pub(crate) fn settle(db: &Db, log: &LogStore, node_id: NodeId) -> Result<Standin
     Ok(Standing {
         voting: Arc::new(AtomicBool::new(voting)),
         identity: Arc::new(Mutex::new(identity)),
+        bound,
         db: db.clone(),
     })
 }
@@ -291,7 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
         let log = LogStore::new(db.clone(), 1).unwrap();
-        let standing = settle(&db, &log, 2).unwrap();
+        let standing = settle(&db, &log, 2, None).unwrap();
         assert_eq!(standing.cluster_id(), None);
         assert!(!standing.may_vote());
         // Belonging to no cluster yet, it takes messages from any.
@@ -316,5 +349,34 @@ mod tests {
         assert_eq!(standing.cluster_id().as_deref(), Some("first"));
         // A sender that belongs to no cluster yet (a node about to join) is not refused.
         standing.check_cluster("").unwrap();
+    }
+
+    #[test]
+    fn a_node_bound_to_a_cluster_by_its_certificate_keeps_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let log = LogStore::new(db.clone(), 1).unwrap();
+        let standing = settle(&db, &log, 1, Some("alpha".into())).unwrap();
+        // Before it formed or joined a cluster, it already refuses another one.
+        assert_eq!(
+            standing.check_cluster("beta"),
+            Err(ClusterError::OtherCluster {
+                ours: "alpha".into(),
+                theirs: "beta".into()
+            })
+        );
+        standing.join("alpha").unwrap();
+        drop(standing);
+        // Its data now belongs to alpha: a certificate of beta cannot start on it.
+        let Err(ClusterError::Stopped { reason }) = settle(&db, &log, 1, Some("beta".into()))
+        else {
+            panic!("a certificate of another cluster is refused");
+        };
+        assert!(
+            reason.contains("belongs to cluster alpha") && reason.contains("names cluster beta"),
+            "{reason}"
+        );
+        settle(&db, &log, 1, Some("alpha".into())).unwrap();
+        settle(&db, &log, 1, None).unwrap();
     }
 }

@@ -97,6 +97,9 @@ pub struct NodeConfig {
     /// How this node reaches its peers' internal ports.
     pub transport: raftq_tls::Transport,
     pub data_dir: PathBuf,
+    /// The cluster this node's certificate names, if any: a cluster it forms takes that
+    /// name as its id, and it refuses data and peers of any other.
+    pub cluster_name: Option<String>,
     pub group: GroupId,
     pub tuning: RaftTuning,
     pub storage: StorageTuning,

@@ -194,8 +194,8 @@ struct DevTls {
 }
 
 /// Makes a throwaway CA, one certificate for every node (valid for 127.0.0.1 and
-/// localhost) and an admin token under `<data_dir>/tls`, unless they are there from an
-/// earlier start.
+/// localhost, naming a cluster of its own: `dev-` and random hex) and an admin token under
+/// `<data_dir>/tls`, unless they are there from an earlier start.
 fn dev_certificates(data_dir: &Path) -> anyhow::Result<DevTls> {
     let dir = data_dir.join("tls");
     let tls = DevTls {
@@ -210,8 +210,13 @@ fn dev_certificates(data_dir: &Path) -> anyhow::Result<DevTls> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     raftq_tls::generate::write_file(&tls.admin_token, &crate::auth::new_token(), 0o600)?;
     let ca = raftq_tls::generate::Authority::new("raftq dev CA")?;
-    ca.issue("raftq dev node", &["127.0.0.1".into(), "localhost".into()])?
-        .write(&dir, "node")?;
+    let cluster = format!("dev-{}", &crate::auth::new_token()[..12]);
+    ca.issue_in_cluster(
+        "raftq dev node",
+        &["127.0.0.1".into(), "localhost".into()],
+        &cluster,
+    )?
+    .write(&dir, "node")?;
     // The CA last: its presence says the set is whole.
     raftq_tls::generate::write_file(&tls.ca, &ca.cert_pem(), 0o644)?;
     Ok(tls)

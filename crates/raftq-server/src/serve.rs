@@ -48,6 +48,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         addresses: addresses.clone(),
         transport: transport.clone(),
         data_dir: config.data_dir.clone(),
+        cluster_name: tls.as_ref().and_then(NodeTls::cluster),
         group: 1,
         tuning: config.raft.clone(),
         storage: config.storage.clone(),

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::cluster::PeerServers;
 use crate::node::NodeTls;
 use crate::{H2, TlsError, pem, provider};
 
@@ -52,7 +53,7 @@ impl ClientTls {
             None => None,
         };
         Ok(ClientTls {
-            config: client_config(roots, identity)?,
+            config: client_config(roots, identity, None)?,
         })
     }
 
@@ -67,7 +68,7 @@ impl ClientTls {
             None => None,
         };
         Ok(ClientTls {
-            config: client_config(roots, identity)?,
+            config: client_config(roots, identity, None)?,
         })
     }
 
@@ -78,13 +79,15 @@ impl ClientTls {
     }
 }
 
-/// A client configuration speaking HTTP/2, trusting `roots`.
+/// A client configuration speaking HTTP/2, trusting `roots`; with `cluster`, only servers
+/// whose certificates name that cluster (a node towards its peers).
 pub(crate) fn client_config(
     roots: rustls::RootCertStore,
     identity: Option<(
         Vec<rustls_pki_types::CertificateDer<'static>>,
         rustls_pki_types::PrivateKeyDer<'static>,
     )>,
+    cluster: Option<String>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let invalid = |what: &str| {
         let what = what.to_string();
@@ -95,8 +98,27 @@ pub(crate) fn client_config(
     };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(invalid("TLS protocol versions"))?
-        .with_root_certificates(roots);
+        .map_err(invalid("TLS protocol versions"))?;
+    let builder = match cluster {
+        None => builder.with_root_certificates(roots),
+        Some(cluster) => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            )
+            .build()
+            .map_err(|error| TlsError::Invalid {
+                what: "the cluster CA".into(),
+                reason: error.to_string(),
+            })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PeerServers {
+                    inner,
+                    cluster: Some(cluster),
+                }))
+        }
+    };
     let mut config = match identity {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::TlsError;
@@ -70,7 +70,35 @@ impl Authority {
         names: &[String],
         validity: Validity,
     ) -> Result<Issued, TlsError> {
+        self.issue_full(common_name, names, validity, None)
+    }
+
+    /// A node certificate, as [`Authority::issue`], that also names the cluster `cluster`
+    /// (`urn:raftq:cluster:NAME`): its node speaks only to peers naming the same cluster.
+    pub fn issue_in_cluster(
+        &self,
+        common_name: &str,
+        names: &[String],
+        cluster: &str,
+    ) -> Result<Issued, TlsError> {
+        self.issue_full(common_name, names, Validity::Current, Some(cluster))
+    }
+
+    fn issue_full(
+        &self,
+        common_name: &str,
+        names: &[String],
+        validity: Validity,
+        cluster: Option<&str>,
+    ) -> Result<Issued, TlsError> {
         let mut params = CertificateParams::new(names.to_vec()).map_err(failed)?;
+        if let Some(cluster) = cluster {
+            crate::check_cluster_name(cluster).map_err(TlsError::Generate)?;
+            let uri = format!("{}{cluster}", crate::CLUSTER_URI_PREFIX);
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into().map_err(failed)?));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);

@@ -6,12 +6,15 @@
 //! - [`NodeTls`]: a node's certificate, key and cluster CA, read from files and read again
 //!   when the files change (cert-manager rotates them), with the server side of both
 //!   ports ([`incoming`]) and the client side towards peers.
+//! - [`cluster_name`]: the cluster a node certificate names; a node whose certificate
+//!   names one speaks only to peers of that cluster.
 //! - [`generate`]: a throwaway CA and certificates, for `raftq dev` and the tests.
 //!
 //! It must not know about queues, Raft or gRPC services: only certificates, sockets and
 //! channels ([`Transport`]).
 
 mod accept;
+mod cluster;
 mod connect;
 pub mod generate;
 mod node;
@@ -19,6 +22,7 @@ mod pem;
 mod transport;
 
 pub use accept::incoming;
+pub use cluster::{CLUSTER_URI_PREFIX, check_name as check_cluster_name, cluster_name};
 pub use connect::{ClientTls, Connector};
 pub use node::{NodeTls, TlsFiles};
 pub use transport::Transport;

@@ -9,6 +9,7 @@ use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
+use crate::cluster::PeerClients;
 use crate::connect::{Connector, client_config};
 use crate::{H2, TlsError, pem, provider};
 
@@ -55,6 +56,8 @@ struct Inner {
 /// Everything built from one reading of the files.
 #[derive(Clone)]
 struct Material {
+    /// The cluster this node's certificate names, if any.
+    cluster: Option<String>,
     public: Arc<ServerConfig>,
     internal: Arc<ServerConfig>,
     client: Arc<rustls::ClientConfig>,
@@ -76,6 +79,12 @@ impl NodeTls {
 
     pub fn files(&self) -> &TlsFiles {
         &self.inner.files
+    }
+
+    /// The cluster this node's certificate names (`urn:raftq:cluster:NAME`), if any: then
+    /// its peers' certificates must name the same one, and so must its data.
+    pub fn cluster(&self) -> Option<String> {
+        self.material().cluster
     }
 
     /// The public port's acceptor: this node's certificate; a client certificate is
@@ -120,6 +129,19 @@ impl NodeTls {
             return Ok(false);
         }
         let material = Material::read(&self.inner.files)?;
+        let before = self.material().cluster;
+        if material.cluster != before {
+            let name = |cluster: &Option<String>| cluster.clone().unwrap_or_else(|| "none".into());
+            return Err(TlsError::Invalid {
+                what: self.inner.files.cert.display().to_string(),
+                reason: format!(
+                    "the new certificate names cluster {}, the one in use names {}; a node \
+                     cannot change clusters while it runs",
+                    name(&material.cluster),
+                    name(&before)
+                ),
+            });
+        }
         *self
             .inner
             .current
@@ -184,6 +206,10 @@ impl Material {
                 reason: error.to_string(),
             },
         )?;
+        let cluster = crate::cluster_name(&chain[0]).map_err(|reason| TlsError::Invalid {
+            what: name(&files.cert),
+            reason,
+        })?;
         let cluster_roots = Arc::new(pem::roots(&pem::read(&files.ca)?, &name(&files.ca))?);
         let invalid = |what: &str| {
             let what = what.to_string();
@@ -210,9 +236,12 @@ impl Material {
             config.alpn_protocols = vec![H2.to_vec()];
             Ok::<_, TlsError>(Arc::new(config))
         };
-        let peers = WebPkiClientVerifier::builder_with_provider(cluster_roots.clone(), provider())
-            .build()
-            .map_err(|error| invalid(&name(&files.ca))(error.to_string()))?;
+        let peers = Arc::new(PeerClients {
+            inner: WebPkiClientVerifier::builder_with_provider(cluster_roots.clone(), provider())
+                .build()
+                .map_err(|error| invalid(&name(&files.ca))(error.to_string()))?,
+            cluster: cluster.clone(),
+        });
         let clients = match &files.client_ca {
             Some(path) => Some(
                 WebPkiClientVerifier::builder_with_provider(
@@ -231,7 +260,9 @@ impl Material {
             client: client_config(
                 (*cluster_roots).clone(),
                 Some((chain.clone(), key.clone_key())),
+                cluster.clone(),
             )?,
+            cluster,
         })
     }
 }

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use raftq_tls::generate::{Authority, write_file};
-use raftq_tls::{ClientTls, NodeTls, TlsFiles, incoming};
+use raftq_tls::{ClientTls, Connector, NodeTls, TlsFiles, incoming};
+use rustls_pki_types::pem::PemObject as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use tower::Service;
@@ -55,8 +56,13 @@ async fn serve(tls: NodeTls, internal: bool) -> String {
 
 /// Whether a client with `tls` gets a byte echoed by the server at `address`.
 async fn echoes(address: &str, tls: &ClientTls) -> bool {
+    echoes_through(address, tls.connector()).await
+}
+
+/// Whether a connection `connector` opens gets a byte echoed by the server at `address`.
+async fn echoes_through(address: &str, mut connector: Connector) -> bool {
     let uri: http::Uri = format!("http://{address}").parse().unwrap();
-    let Ok(io) = tls.connector().call(uri).await else {
+    let Ok(io) = connector.call(uri).await else {
         return false;
     };
     let mut stream = io.into_inner();
@@ -145,4 +151,96 @@ async fn rotated_files_are_taken_into_use_and_a_half_written_rotation_is_not() {
     );
     assert!(echoes(&address, &trusting_next).await);
     assert!(!tls.reload_if_changed().unwrap(), "nothing changed since");
+}
+
+/// A node's files under `dir`, issued by `ca` for cluster `cluster`.
+fn named_node_files(dir: &Path, ca: &Authority, cluster: &str) -> TlsFiles {
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_path = dir.join("ca.pem");
+    write_file(&ca_path, &ca.cert_pem(), 0o644).unwrap();
+    let (cert, key) = ca
+        .issue_in_cluster("node", &["127.0.0.1".into()], cluster)
+        .unwrap()
+        .write(dir, "node")
+        .unwrap();
+    TlsFiles {
+        cert,
+        key,
+        ca: ca_path,
+        client_ca: None,
+    }
+}
+
+/// Whether a node with `tls` gets a byte echoed by the peer at `address`.
+async fn node_echoes(address: &str, tls: &NodeTls) -> bool {
+    echoes_through(address, tls.connector()).await
+}
+
+#[tokio::test]
+async fn a_node_of_a_named_cluster_speaks_only_to_peers_naming_the_same_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new("one CA for two clusters").unwrap();
+    let alpha = NodeTls::load(named_node_files(&dir.path().join("a1"), &ca, "alpha")).unwrap();
+    assert_eq!(alpha.cluster().as_deref(), Some("alpha"));
+    let alpha_peer = NodeTls::load(named_node_files(&dir.path().join("a2"), &ca, "alpha")).unwrap();
+    let beta = NodeTls::load(named_node_files(&dir.path().join("b1"), &ca, "beta")).unwrap();
+    std::fs::create_dir_all(dir.path().join("u")).unwrap();
+    let unnamed = NodeTls::load(node_files(&dir.path().join("u"), &ca)).unwrap();
+    assert_eq!(unnamed.cluster(), None);
+
+    let internal = serve(alpha.clone(), true).await;
+    assert!(node_echoes(&internal, &alpha_peer).await, "same cluster");
+    assert!(!node_echoes(&internal, &beta).await, "another cluster");
+    assert!(
+        !node_echoes(&internal, &unnamed).await,
+        "a certificate naming no cluster"
+    );
+
+    // The check on the connecting side: beta's public port asks for no client certificate,
+    // so only alpha's own check of the server it reached can refuse.
+    let beta_public = serve(beta.clone(), false).await;
+    assert!(!node_echoes(&beta_public, &alpha).await);
+    let alpha_public = serve(alpha_peer.clone(), false).await;
+    assert!(node_echoes(&alpha_public, &alpha).await);
+}
+
+#[test]
+fn a_certificate_names_its_cluster_and_bad_names_are_refused() {
+    let ca = Authority::new("CA").unwrap();
+    let issued = ca.issue_in_cluster("n", &[], "prod-eu.1").unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+    assert_eq!(
+        raftq_tls::cluster_name(&der).unwrap().as_deref(),
+        Some("prod-eu.1")
+    );
+    let plain = ca.issue("n", &[]).unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(plain.cert_pem.as_bytes()).unwrap();
+    assert_eq!(raftq_tls::cluster_name(&der).unwrap(), None);
+    for bad in ["", "has space", "slash/name", &"x".repeat(129)] {
+        let error = ca
+            .issue_in_cluster("n", &[], bad)
+            .map(|_| ())
+            .expect_err("a bad cluster name is refused")
+            .to_string();
+        assert!(error.contains("is not a cluster name"), "{error}");
+    }
+}
+
+#[test]
+fn a_rotation_to_a_certificate_of_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new("CA").unwrap();
+    let files = named_node_files(dir.path(), &ca, "alpha");
+    let tls = NodeTls::load(files.clone()).unwrap();
+    let issued = ca
+        .issue_in_cluster("node", &["127.0.0.1".into()], "beta")
+        .unwrap();
+    write_file(&files.key, &issued.key_pem, 0o600).unwrap();
+    write_file(&files.cert, &issued.cert_pem, 0o644).unwrap();
+    let error = tls.reload_if_changed().unwrap_err().to_string();
+    assert!(
+        error.contains("names cluster beta") && error.contains("alpha"),
+        "{error}"
+    );
+    assert_eq!(tls.cluster().as_deref(), Some("alpha"));
 }

@@ -19,16 +19,29 @@ pub(super) enum TlsCommand {
         /// A DNS name or IP address the nodes are reached at (repeat, or comma-separate).
         #[arg(long = "name", value_delimiter = ',', required = true)]
         names: Vec<String>,
+        /// The cluster the node certificate names (`urn:raftq:cluster:NAME`): its nodes
+        /// then speak only to peers naming the same cluster, and the cluster they form
+        /// takes this name as its id.
+        #[arg(long)]
+        cluster: Option<String>,
     },
 }
 
 pub(super) fn run(command: TlsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TlsCommand::Generate { out, names } => {
+        TlsCommand::Generate {
+            out,
+            names,
+            cluster,
+        } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let ca = Authority::new("raftq throwaway CA")?;
             write_file(&out.join("ca.pem"), &ca.cert_pem(), 0o644)?;
-            ca.issue("raftq node", &names)?.write(&out, "node")?;
+            match &cluster {
+                Some(cluster) => ca.issue_in_cluster("raftq node", &names, cluster)?,
+                None => ca.issue("raftq node", &names)?,
+            }
+            .write(&out, "node")?;
             ca.issue("raftq client", &[])?.write(&out, "client")?;
             println!(
                 "wrote ca.pem, node.pem, node.key, client.pem and client.key to {}",
