@@ -39,6 +39,7 @@ async fn each_bad_input_gets_its_status_code_and_changes_nothing() {
         .await
         .expect("send");
     let before = observable(&client).await;
+    let log_before = cluster.last_log_index().await;
 
     let mut failures = Vec::new();
     let mut expect =
@@ -203,14 +204,103 @@ async fn each_bad_input_gets_its_status_code_and_changes_nothing() {
         Code::InvalidArgument,
     );
     expect(
-        "unknown receipt",
-        unit(client.ack("small", "999999:1").await),
-        Code::FailedPrecondition,
-    );
-    expect(
         "zero lease extension",
         unit(client.extend_lease("small", "1:1", Duration::ZERO).await),
         Code::InvalidArgument,
+    );
+    expect(
+        "receive on an unknown queue",
+        unit(client.receive("missing", 1, Duration::ZERO, None).await),
+        Code::NotFound,
+    );
+    expect(
+        "long poll on an unknown queue",
+        unit(
+            client
+                .receive("missing", 1, Duration::from_secs(1), None)
+                .await,
+        ),
+        Code::NotFound,
+    );
+    expect(
+        "ack on an unknown queue",
+        unit(client.ack("missing", "1:1").await),
+        Code::NotFound,
+    );
+    expect(
+        "nack on an unknown queue",
+        unit(client.nack("missing", "1:1", Duration::ZERO).await),
+        Code::NotFound,
+    );
+    expect(
+        "purge of an unknown queue",
+        unit(client.purge_queue("missing").await),
+        Code::NotFound,
+    );
+    expect(
+        "a queue that is its own dead-letter queue",
+        unit(
+            client
+                .create_queue(
+                    "selfish",
+                    pb::QueueOptions {
+                        dead_letter_queue: "selfish".into(),
+                        ..Default::default()
+                    },
+                )
+                .await,
+        ),
+        Code::InvalidArgument,
+    );
+    expect(
+        "a redrive of more messages than a batch holds",
+        unit(client.redrive("small", &[], 1_000_000, "").await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "a redrive to an unknown queue",
+        unit(client.redrive("small", &[], 1, "missing").await),
+        Code::NotFound,
+    );
+    expect(
+        "a commit sending to an unknown queue",
+        unit(
+            client
+                .commit(pb::CommitRequest {
+                    transaction_id: "t-unknown".into(),
+                    acks: Vec::new(),
+                    sends: vec![pb::TransactionSend {
+                        queue: "missing".into(),
+                        message: Some(pb::OutgoingMessage {
+                            body: b"x".to_vec(),
+                            ..Default::default()
+                        }),
+                    }],
+                })
+                .await,
+        ),
+        Code::NotFound,
+    );
+    expect(
+        "a grant of a malformed queue pattern",
+        unit(client.grant("nobody", "or*ders", &["send"]).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "a grant to an unknown principal",
+        unit(client.grant("nobody", "orders", &["send"]).await),
+        Code::NotFound,
+    );
+    assert_eq!(
+        cluster.last_log_index().await,
+        log_before,
+        "no refused call above was written to the log"
+    );
+    // Refused only when applied: whether a receipt is current is the log's to say.
+    expect(
+        "unknown receipt",
+        unit(client.ack("small", "999999:1").await),
+        Code::FailedPrecondition,
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(

@@ -199,7 +199,8 @@ impl Access {
         }
     }
 
-    pub(crate) fn create(&mut self, name: &str, token_hash: TokenHash) -> Result<(), QueueError> {
+    /// Why principal `name` cannot be created now, if it cannot.
+    pub(crate) fn check_create(&self, name: &str) -> Result<(), QueueError> {
         check_principal_name(name)?;
         if self.principals.contains_key(name) {
             return Err(QueueError::PrincipalAlreadyExists { name: name.into() });
@@ -210,6 +211,20 @@ impl Access {
                 reason: format!("the cluster holds {MAX_PRINCIPALS} principals, the most it may"),
             });
         }
+        Ok(())
+    }
+
+    /// Principal `name`, or PrincipalNotFound.
+    pub(crate) fn check_exists(&self, name: &str) -> Result<(), QueueError> {
+        if self.principals.contains_key(name) {
+            Ok(())
+        } else {
+            Err(QueueError::PrincipalNotFound { name: name.into() })
+        }
+    }
+
+    pub(crate) fn create(&mut self, name: &str, token_hash: TokenHash) -> Result<(), QueueError> {
+        self.check_create(name)?;
         self.principals.insert(
             name.to_string(),
             Principal {
@@ -239,6 +254,20 @@ impl Access {
         pattern: &str,
         actions: Actions,
     ) -> Result<(), QueueError> {
+        self.check_grant(name, pattern, actions)?;
+        if let Some(principal) = self.principals.get_mut(name) {
+            principal.grants.insert(pattern.to_string(), actions);
+        }
+        Ok(())
+    }
+
+    /// Why `name` cannot be granted `actions` on `pattern` now, if it cannot.
+    pub(crate) fn check_grant(
+        &self,
+        name: &str,
+        pattern: &str,
+        actions: Actions,
+    ) -> Result<(), QueueError> {
         check_pattern(pattern)?;
         if actions.is_empty() {
             return Err(QueueError::InvalidArgument {
@@ -248,7 +277,7 @@ impl Access {
         }
         let principal = self
             .principals
-            .get_mut(name)
+            .get(name)
             .ok_or_else(|| QueueError::PrincipalNotFound { name: name.into() })?;
         if principal.grants.len() >= MAX_GRANTS && !principal.grants.contains_key(pattern) {
             return Err(QueueError::InvalidArgument {
@@ -259,7 +288,6 @@ impl Access {
                 ),
             });
         }
-        principal.grants.insert(pattern.to_string(), actions);
         Ok(())
     }
 

@@ -24,7 +24,9 @@ use proptest::prelude::*;
 
 use crate::harness::run;
 use crate::ops::{config, op};
-use crate::replay::{replay_batched, replay_through_a_snapshot, replay_with_bodies_outside};
+use crate::replay::{
+    replay_batched, replay_through_a_snapshot, replay_with_bodies_outside, replay_with_prechecks,
+};
 
 /// Runs per property: `PROPTEST_CASES` when set, else `default`.
 fn cases(default: u32) -> u32 {
@@ -74,5 +76,13 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..100),
     ) {
         replay_with_bodies_outside(run(&config, &ops)?)?;
+    }
+
+    #[test]
+    fn what_a_leader_refuses_before_proposing_the_log_would_refuse_alike(
+        config in config(),
+        ops in proptest::collection::vec(op(), 1..100),
+    ) {
+        replay_with_prechecks(run(&config, &ops)?)?;
     }
 }

@@ -362,3 +362,80 @@ fn bad_input_is_refused_with_a_precise_error_and_changes_nothing() {
         assert_eq!(sm, before, "{kind} changed the state");
     }
 }
+
+#[test]
+fn what_a_leader_refuses_before_proposing_is_what_applying_would_refuse() {
+    let receipt = Receipt {
+        message_id: 1,
+        attempt: 1,
+    };
+    let refused = [
+        Command::Send {
+            queue: "missing".into(),
+            messages: vec![message("x", "")],
+        },
+        Command::Receive {
+            queue: "missing".into(),
+            max_messages: 1,
+            lease_ms: 0,
+        },
+        Command::Ack {
+            queue: "missing".into(),
+            receipt,
+        },
+        Command::Nack {
+            queue: "missing".into(),
+            receipt,
+            delay_ms: 0,
+        },
+        Command::PurgeQueue {
+            name: "missing".into(),
+        },
+        Command::Redrive {
+            queue: "q".into(),
+            message_ids: Vec::new(),
+            max: 0,
+            to: String::new(),
+        },
+        Command::CreateQueue {
+            name: "q".into(),
+            options: QueueOptions::default(),
+        },
+        Command::DeletePrincipal {
+            name: "nobody".into(),
+        },
+    ];
+    // A queue of one message, full: a send to it is refused before the log too.
+    let mut sm = with_queue(QueueOptions {
+        max_depth: 1,
+        ..QueueOptions::default()
+    });
+    send(&mut sm, 1_000, "one", "");
+    let full = Command::Send {
+        queue: "q".into(),
+        messages: vec![message("two", "")],
+    };
+    for command in refused.into_iter().chain([full]) {
+        let before = sm.clone();
+        let checked = sm
+            .precheck(&command, 2_000)
+            .expect_err(&format!("{command:?} is refused before the log"));
+        let applied = sm
+            .apply(at(2_000, command.clone()))
+            .expect_err("and when applied");
+        assert_eq!(checked, applied, "{command:?}");
+        assert_eq!(sm.queue_info("q"), before.queue_info("q"));
+    }
+    // What only applying can tell is not refused before.
+    sm.precheck(
+        &Command::Ack {
+            queue: "q".into(),
+            receipt: Receipt {
+                message_id: 999,
+                attempt: 1,
+            },
+        },
+        2_000,
+    )
+    .expect("a stale receipt is the log's to refuse");
+}

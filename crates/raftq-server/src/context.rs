@@ -123,10 +123,34 @@ impl Context {
         Ok(channel)
     }
 
-    /// Writes a command through Raft and turns both failure layers into a status.
+    /// Writes a command through Raft and turns both failure layers into a status. A
+    /// command the state already refuses is answered without being written (see
+    /// [`Context::precheck`]).
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        self.precheck(&command).await?;
         let outcome = self.node.write(command).await.map_err(status)?;
         outcome.map_err(status)
+    }
+
+    /// Refuses, before anything is written, a command that the request and this leader's
+    /// state already refuse (an unknown queue, a full one, a size or count over a limit),
+    /// with the error applying it would give. A leader may not have applied every
+    /// committed entry yet (it was just elected): what its state refuses is looked at
+    /// again after a read barrier, so a queue created a moment ago is never taken for a
+    /// missing one.
+    async fn precheck(&self, command: &Command) -> Result<(), Status> {
+        let check = || {
+            let now_ms = self.node.log_time_ms();
+            self.node.state().read().precheck(command, now_ms)
+        };
+        if check().is_ok() {
+            return Ok(());
+        }
+        self.read_barrier().await?;
+        check().map_err(|error| {
+            metrics::counter!("raftq_commands_refused_before_log_total").increment(1);
+            status(error)
+        })
     }
 
     /// Confirms leadership with a quorum before a read is served from local state.

@@ -175,7 +175,7 @@ async fn apply_all(sm: &mut StateMachineStore, entries: Vec<Entry>) {
 
 fn peeked_bodies(sm: &StateMachineStore) -> Vec<String> {
     sm.shared()
-        .peek("q", 0, 10, 0, "")
+        .peek("q", 0, 10, u64::MAX, 0, "")
         .expect("peek")
         .into_iter()
         .map(|(_, body)| String::from_utf8(body).unwrap())
@@ -298,7 +298,7 @@ async fn delivered_bodies_are_read_after_apply_from_table_files_and_a_missing_on
         .unwrap();
     let shared = sm.shared();
     let stored: Vec<_> = shared
-        .peek("q", 0, 10, 0, "")
+        .peek("q", 0, 10, u64::MAX, 0, "")
         .unwrap()
         .into_iter()
         .map(|(message, _)| message)

@@ -51,6 +51,20 @@ impl Queue {
         }
     }
 
+    /// [`Queue::check_send`] as of `now_ms`, without changing the queue: when timed work
+    /// is due by then (expiries, ended leases), which would change how full the queue is
+    /// once done, only the messages' sizes are checked.
+    pub(crate) fn check_send_at<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a NewMessage>,
+        now_ms: TimeMs,
+    ) -> Result<(), QueueError> {
+        if self.next_due_ms().is_some_and(|at| at <= now_ms) {
+            return self.new_footprint(messages).map(|_| ());
+        }
+        self.check_send(messages)
+    }
+
     fn byte_limit(&self) -> u64 {
         if self.options.max_bytes == 0 {
             u64::MAX

@@ -20,7 +20,7 @@ impl StateMachine {
     }
 
     /// Validates a receive's size and lease; returns the byte limit and the lease to use.
-    fn check_receive(
+    pub(super) fn check_receive(
         &self,
         queue: &str,
         max_messages: u32,

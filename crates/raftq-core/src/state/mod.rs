@@ -2,6 +2,7 @@
 
 mod messages;
 mod moves;
+mod precheck;
 mod queues;
 mod transaction;
 

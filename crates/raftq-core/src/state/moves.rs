@@ -103,22 +103,7 @@ impl StateMachine {
         max: u32,
         to: &str,
     ) -> Result<Outcome, QueueError> {
-        let limit = self.limits.max_batch_messages;
-        if message_ids.len() > limit || max as usize > limit {
-            return Err(QueueError::invalid(
-                "message_ids",
-                format!("at most {limit} messages per redrive"),
-            ));
-        }
-        if message_ids.is_empty() && max == 0 {
-            return Err(QueueError::invalid(
-                "max",
-                "name message ids or a maximum count",
-            ));
-        }
-        if !to.is_empty() && !self.queues.contains_key(to) {
-            return Err(QueueError::not_found(to));
-        }
+        self.check_redrive(name, message_ids, max, to)?;
         // Every destination must exist before anything moves, so a redrive is all or none.
         let candidates = self
             .queue_mut(name)?
@@ -156,5 +141,33 @@ impl StateMachine {
             self.queue_mut(&destination)?.accept_redriven(message);
         }
         Ok(Outcome::Redriven { moved })
+    }
+
+    /// A redrive's request and the queues it names (its source and `to`); the messages'
+    /// own destinations are checked when it is applied.
+    pub(super) fn check_redrive(
+        &self,
+        name: &str,
+        message_ids: &[MessageId],
+        max: u32,
+        to: &str,
+    ) -> Result<(), QueueError> {
+        let limit = self.limits.max_batch_messages;
+        if message_ids.len() > limit || max as usize > limit {
+            return Err(QueueError::invalid(
+                "message_ids",
+                format!("at most {limit} messages per redrive"),
+            ));
+        }
+        if message_ids.is_empty() && max == 0 {
+            return Err(QueueError::invalid(
+                "max",
+                "name message ids or a maximum count",
+            ));
+        }
+        if !to.is_empty() && !self.queues.contains_key(to) {
+            return Err(QueueError::not_found(to));
+        }
+        self.queue(name).map(|_| ())
     }
 }

@@ -13,10 +13,23 @@ impl StateMachine {
         options: QueueOptions,
     ) -> Result<Outcome, QueueError> {
         let now = self.now_ms;
-        validate_queue_name(&name, &self.limits)?;
+        self.check_create_queue(&name, &options)?;
+        let queue = Queue::new(name.clone(), options, now);
+        let info = queue.info();
+        self.queues.insert(name, queue);
+        Ok(Outcome::Created(info))
+    }
+
+    /// Why a queue `name` with `options` cannot be created now, if it cannot.
+    pub(super) fn check_create_queue(
+        &self,
+        name: &str,
+        options: &QueueOptions,
+    ) -> Result<(), QueueError> {
+        validate_queue_name(name, &self.limits)?;
         options.validate(&self.limits)?;
         if options.journal {
-            validate_queue_name(&crate::journal_queue_name(&name), &self.limits).map_err(|_| {
+            validate_queue_name(&crate::journal_queue_name(name), &self.limits).map_err(|_| {
                 QueueError::invalid(
                     "journal",
                     "the name is too long for a `.journal` queue beside it",
@@ -29,8 +42,8 @@ impl StateMachine {
                 "a queue cannot be its own dead-letter queue",
             ));
         }
-        if self.queues.contains_key(&name) {
-            return Err(QueueError::QueueAlreadyExists { name });
+        if self.queues.contains_key(name) {
+            return Err(QueueError::QueueAlreadyExists { name: name.into() });
         }
         if self.queues.len() as u64 >= self.limits.max_queues {
             return Err(QueueError::TooManyQueues {
@@ -38,10 +51,7 @@ impl StateMachine {
                 limit: self.limits.max_queues,
             });
         }
-        let queue = Queue::new(name.clone(), options, now);
-        let info = queue.info();
-        self.queues.insert(name, queue);
-        Ok(Outcome::Created(info))
+        Ok(())
     }
 
     /// Deletes a queue and lets go of its messages' bodies.

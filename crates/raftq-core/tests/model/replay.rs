@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use raftq_core::{BodyEffect, BodyRef, Command, Outcome, Request, StateMachine};
+use raftq_core::{BodyEffect, BodyRef, Command, Outcome, QueueError, Request, StateMachine};
 
 use crate::harness::{History, limits};
 
@@ -109,5 +109,32 @@ pub fn replay_through_a_snapshot(history: History, cut: usize) -> Result<(), Tes
         bincode::serialize(&sm).expect("encodes"),
         bincode::serialize(&expected_state).expect("encodes")
     );
+    Ok(())
+}
+
+/// Applies the same requests, each first put to `precheck` (what a leader asks before it
+/// proposes): whatever it refuses, `apply` must refuse, and with the same error unless
+/// `apply` found first what only it checks (a receipt no longer current). A precheck that
+/// refused a command `apply` takes would lose a client's write.
+pub fn replay_with_prechecks(history: History) -> Result<(), TestCaseError> {
+    let (history, expected_state) = history;
+    let mut sm = StateMachine::new(limits());
+    for (request, expected) in history {
+        if let Err(refused) = sm.precheck(&request.command, request.now_ms) {
+            match &expected {
+                Err(QueueError::StaleReceipt { .. } | QueueError::MessageNotFound { .. }) => {}
+                Err(error) => prop_assert_eq!(error, &refused, "{:?}", request),
+                Ok(outcome) => prop_assert!(
+                    false,
+                    "precheck refused {:?} ({}), apply took it: {:?}",
+                    request,
+                    refused,
+                    outcome
+                ),
+            }
+        }
+        prop_assert_eq!(sm.apply(request), expected);
+    }
+    prop_assert!(sm == expected_state);
     Ok(())
 }

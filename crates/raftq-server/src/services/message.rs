@@ -513,21 +513,25 @@ impl MessageService for MessageApi {
             n => n,
         };
         self.context.read_barrier().await?;
-        let messages = self
-            .context
-            .node
-            .state()
-            .peek(
+        let state = self.context.node.state().clone();
+        let max_bytes = self.context.limits.max_receive_bytes;
+        // Bodies come from disk: read on a blocking thread, not on the async runtime.
+        let messages = tokio::task::spawn_blocking(move || {
+            state.peek(
                 &request.queue,
                 request.after_sequence,
                 max,
+                max_bytes,
                 request.message_id,
                 &request.correlation_id,
             )
-            .map_err(|error| match error {
-                ReadError::Queue(error) => status(error),
-                ReadError::Store(error) => status(error),
-            })?;
+        })
+        .await
+        .map_err(|error| status(ServiceError::internal(format!("peek task: {error}"))))?
+        .map_err(|error| match error {
+            ReadError::Queue(error) => status(error),
+            ReadError::Store(error) => status(error),
+        })?;
         Ok(Response::new(pb::PeekResponse {
             messages: messages.into_iter().map(Into::into).collect(),
         }))

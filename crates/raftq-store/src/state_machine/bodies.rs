@@ -79,6 +79,19 @@ impl Bodies {
     /// Bodies are read to be handed out, mostly once each: the reads bypass the block
     /// cache, which a draining backlog would otherwise fill with blocks read only once.
     pub(super) fn read(&self, bodies: &[BodyRef]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read_present(bodies)?
+            .into_iter()
+            .zip(bodies)
+            .map(|(bytes, body)| bytes.ok_or(StoreError::MissingBody { key: body.key }))
+            .collect()
+    }
+
+    /// The bytes of each body, in order; `None` for a body no longer stored (its message
+    /// left the queue, and a snapshot since let its body go).
+    pub(super) fn read_present(
+        &self,
+        bodies: &[BodyRef],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let cf = self.db.cf(CF_BODIES);
         let stored: Vec<&BodyRef> = bodies.iter().filter(|body| body.len > 0).collect();
         let mut options = ReadOptions::default();
@@ -99,12 +112,12 @@ impl Bodies {
             .iter()
             .map(|body| {
                 if body.len == 0 {
-                    return Ok(Vec::new());
+                    return Ok(Some(Vec::new()));
                 }
                 found
                     .next()
                     .and_then(Result::transpose)
-                    .ok_or(StoreError::MissingBody { key: body.key })?
+                    .transpose()
                     .map_err(StoreError::from)
             })
             .collect()

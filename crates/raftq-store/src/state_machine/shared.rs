@@ -71,22 +71,42 @@ impl SharedState {
     }
 
     /// Stored messages of `queue` in send order after `after_sequence` (only those a
-    /// selector names, when it names any), each with its body.
+    /// selector names, when it names any), each with its body: at most `max` of them, and
+    /// no more than `max_bytes` of bodies (but always the first).
+    ///
+    /// The messages are taken under the state's lock, their bodies read after it is let
+    /// go (they are on disk: a read under the lock would hold up every write meanwhile).
+    /// A body is stored under its entry's index, and never changes; it is deleted only by
+    /// a snapshot taken after its message left the queue. A message whose body is gone by
+    /// the time it is read had left the queue meanwhile, and is not in the answer.
     pub fn peek(
         &self,
         queue: &str,
         after_sequence: u64,
         max: usize,
+        max_bytes: u64,
         message_id: MessageId,
         correlation_id: &str,
     ) -> Result<Vec<(StoredMessage, Vec<u8>)>, ReadError> {
-        // The bodies are read under the same lock as the messages: a body is written and
-        // deleted only under the write lock, with the command that changes its message.
-        let state = self.read();
-        let messages =
-            state.peek_selected(queue, after_sequence, max, message_id, correlation_id)?;
+        let mut messages =
+            self.read()
+                .peek_selected(queue, after_sequence, max, message_id, correlation_id)?;
+        let mut bytes = 0u64;
+        let within = messages
+            .iter()
+            .position(|message| {
+                bytes = bytes.saturating_add(message.body.len);
+                bytes > max_bytes
+            })
+            .unwrap_or(messages.len())
+            .max(1);
+        messages.truncate(within);
         let refs: Vec<BodyRef> = messages.iter().map(|m| m.body).collect();
-        let bodies = self.bodies.read(&refs)?;
-        Ok(messages.into_iter().zip(bodies).collect())
+        let bodies = self.bodies.read_present(&refs)?;
+        Ok(messages
+            .into_iter()
+            .zip(bodies)
+            .filter_map(|(message, body)| Some((message, body?)))
+            .collect())
     }
 }

@@ -52,7 +52,7 @@ async fn apply_all(sm: &mut StateMachineStore, entries: Vec<Entry>) {
 
 fn peeked(sm: &StateMachineStore) -> Vec<(u64, String)> {
     sm.shared()
-        .peek("q", 0, 10, 0, "")
+        .peek("q", 0, 10, u64::MAX, 0, "")
         .unwrap()
         .into_iter()
         .map(|(message, body)| (message.body.key, String::from_utf8(body).unwrap()))
