@@ -1,5 +1,6 @@
 //! Cluster tests against real `raftq` processes. Each test names the promise it checks.
 
+mod admission;
 mod auth;
 mod bad_input;
 mod cli;

@@ -71,6 +71,8 @@ impl From<&MemberStatus> for pb::NodeStatus {
             rebuilding: status.rebuilding,
             cluster_id: status.cluster_id.clone().unwrap_or_default(),
             internal_address: status.addresses.internal.clone(),
+            // Admission is the server's: it fills this in.
+            resources: None,
         }
     }
 }

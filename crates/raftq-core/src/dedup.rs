@@ -106,6 +106,11 @@ impl DedupTable {
         id + (position - first)
     }
 
+    /// Records held.
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
     pub(crate) fn contains(&self, key: &DedupKey) -> bool {
         self.find(key).is_some()
     }

@@ -31,7 +31,7 @@ pub use error::{QueueError, quote};
 pub use limits::{Limits, Overflow, QueueOptions, journal_queue_name, validate_queue_name};
 pub use queue::StoredMessage;
 pub use sparse::Sparse;
-pub use state::StateMachine;
+pub use state::{StateMachine, Usage};
 
 /// Identifier of a Raft group. One group holds every queue today; the id is carried in
 /// storage keys and Raft RPCs so queues can later be spread over many groups.

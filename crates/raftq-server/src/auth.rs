@@ -98,10 +98,13 @@ impl Auth {
 
     /// The public port's interceptor: the caller from its bearer token, or from the client
     /// certificate it presented (checked against `[tls] client_ca` in the handshake).
+    /// A call on a connection over the node's limit is refused first.
     pub fn public(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(refused) = crate::admission::refusal(request.extensions()) {
+            return Err(refused);
+        }
         request.metadata_mut().remove(PRINCIPAL_KEY);
-        let certificate = request
-            .peer_certs()
+        let certificate = crate::admission::peer_certificates(request.extensions())
             .and_then(|chain| chain.first().map(|leaf| leaf.to_vec()));
         let caller = self.authenticate(request.metadata(), certificate.as_deref())?;
         request.extensions_mut().insert(caller);

@@ -43,6 +43,7 @@ pub struct ServeConfig {
     pub auth: AuthConfig,
     pub raft: RaftTuning,
     pub storage: StorageTuning,
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 /// `[auth]`: the bootstrap admin credential. With TLS on, clients must authenticate; the
@@ -95,13 +96,14 @@ impl Default for ServeConfig {
             auth: AuthConfig::default(),
             raft: RaftTuning::default(),
             storage: StorageTuning::default(),
+            admission: crate::admission::AdmissionConfig::default(),
         }
     }
 }
 
 /// `RAFTQ_*` variables read by `serve`; others (such as the client's `RAFTQ_ADDR`) are
 /// left alone.
-const ENV_KEYS: [&str; 15] = [
+const ENV_KEYS: [&str; 16] = [
     "node_id",
     "listen",
     "advertise",
@@ -117,6 +119,7 @@ const ENV_KEYS: [&str; 15] = [
     "auth",
     "raft",
     "storage",
+    "admission",
 ];
 
 /// Values given as flags; only those present override the other sources.
@@ -194,6 +197,8 @@ pub enum ConfigError {
     BadLogFormat(String),
     #[error("[storage] {0}")]
     BadStorage(String),
+    #[error("[admission] {0}")]
+    BadAdmission(String),
     #[error(
         "listen and internal_listen are both {0}: the public and the internal port must differ"
     )]
@@ -236,6 +241,7 @@ impl ServeConfig {
                             || key.starts_with("storage__")
                             || key.starts_with("tls__")
                             || key.starts_with("auth__")
+                            || key.starts_with("admission__")
                     })
                     .split("__"),
             )
@@ -249,6 +255,10 @@ impl ServeConfig {
             return Err(ConfigError::BadLogFormat(config.log_format));
         }
         config.storage.check().map_err(ConfigError::BadStorage)?;
+        config
+            .admission
+            .check()
+            .map_err(ConfigError::BadAdmission)?;
         config.peer_map()?;
         if config.listen == config.internal_listen && config.listen.port() != 0 {
             return Err(ConfigError::SamePort(config.listen));

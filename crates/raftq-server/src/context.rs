@@ -13,6 +13,7 @@ use raftq_tls::Transport;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use crate::admission::Admission;
 use crate::auth::Caller;
 use crate::error::{ServiceError, status};
 
@@ -25,6 +26,8 @@ pub struct Context {
     pub limits: Arc<Limits>,
     /// How this node reaches other nodes' internal ports.
     pub transport: Transport,
+    /// What this node serves at once.
+    pub admission: Admission,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -37,13 +40,14 @@ pub enum Route {
 }
 
 impl Context {
-    pub fn new(node: RaftNode, transport: Transport) -> Context {
+    pub fn new(node: RaftNode, transport: Transport, admission: Admission) -> Context {
         // The replicated limits: no command changes them, so the state's are read once.
         let limits = Arc::new(node.state().read().limits().clone());
         Context {
             node,
             limits,
             transport,
+            admission,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -138,14 +142,26 @@ impl Context {
     /// committed entry yet (it was just elected): what its state refuses is looked at
     /// again after a read barrier, so a queue created a moment ago is never taken for a
     /// missing one.
+    ///
+    /// While a command is being applied the state is not waited for (that would hold an
+    /// async thread behind every entry under load): the command goes to the log, which
+    /// decides as it always does. Refused commands are cheap to apply, so a flood of them
+    /// finds the state free and is refused here.
     async fn precheck(&self, command: &Command) -> Result<(), Status> {
+        let first = {
+            let now_ms = self.node.log_time_ms();
+            match self.node.state().try_read() {
+                Some(state) => state.precheck(command, now_ms),
+                None => return Ok(()),
+            }
+        };
+        if first.is_ok() {
+            return Ok(());
+        }
         let check = || {
             let now_ms = self.node.log_time_ms();
             self.node.state().read().precheck(command, now_ms)
         };
-        if check().is_ok() {
-            return Ok(());
-        }
         self.read_barrier().await?;
         check().map_err(|error| {
             metrics::counter!("raftq_commands_refused_before_log_total").increment(1);

@@ -28,8 +28,9 @@ pub enum ServiceError {
     AlreadyMember { node_id: u64, address: String },
     #[error("cannot remove the last voter")]
     LastVoter,
-    #[error("this node serves {limit} consume streams already")]
-    TooManyStreams { limit: usize },
+    /// A limit of `[admission]` is reached.
+    #[error("{what} ([admission] {limit}); try again later, or another node")]
+    Overloaded { what: String, limit: &'static str },
     /// The node is stopping; the caller goes to another node.
     #[error("this node is stopping")]
     Stopping,
@@ -81,7 +82,7 @@ impl ServiceError {
             ServiceError::NotMember { .. } => (Code::NotFound, None, None),
             ServiceError::AlreadyMember { .. } => (Code::AlreadyExists, None, None),
             ServiceError::LastVoter => (Code::FailedPrecondition, None, None),
-            ServiceError::TooManyStreams { .. } => (Code::ResourceExhausted, None, None),
+            ServiceError::Overloaded { .. } => (Code::ResourceExhausted, None, None),
             ServiceError::Read(_) | ServiceError::Internal { .. } => (Code::Internal, None, None),
             ServiceError::Unauthenticated { .. } => (Code::Unauthenticated, None, None),
             ServiceError::PermissionDenied { .. } => (Code::PermissionDenied, None, None),
@@ -245,7 +246,10 @@ mod tests {
             ),
             (ServiceError::LastVoter, Code::FailedPrecondition),
             (
-                ServiceError::TooManyStreams { limit: 1 },
+                ServiceError::Overloaded {
+                    what: "this node serves 1 send stream already".into(),
+                    limit: "max_send_streams",
+                },
                 Code::ResourceExhausted,
             ),
             (ServiceError::internal("x"), Code::Internal),

@@ -25,6 +25,7 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
+use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::context::Context;
 use crate::services::{AdminApi, MessageApi, QueueApi};
@@ -137,21 +138,26 @@ impl Port {
 
 /// Serves `routes` on `listener` until `stop` resolves, then finishes the calls in flight.
 /// With `tls`, every connection is TLS: on the internal port the peer must present a
-/// certificate from the cluster CA.
+/// certificate from the cluster CA. With `admission` (the public port), connections are
+/// counted and each takes at most its limit of concurrent calls.
 pub(crate) async fn serve(
     routes: Routes,
     listener: TcpListener,
     tls: Option<NodeTls>,
     port: Port,
+    admission: Option<Admission>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         // Pings find peers that went away without closing their connection (a client
         // host lost, say): their streams end, and a consume stream hands its deliveries
         // back instead of holding them until their leases end.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_routes(routes);
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(admission) = &admission {
+        builder = builder.max_concurrent_streams(admission.config().max_streams_per_connection);
+    }
+    let router = builder.add_routes(routes);
     // Answers (to clients, and to the leader's append-entries) go out at once: without
     // TCP_NODELAY, Nagle's algorithm meets the peer's delayed ACK and small responses wait
     // up to 40 ms. (The TLS acceptor sets it too.)
@@ -161,7 +167,7 @@ pub(crate) async fn serve(
                 Port::Public => tls.public_acceptor(),
                 Port::Internal => tls.internal_acceptor(),
             });
-            router.serve_with_incoming_shutdown(incoming, stop).await
+            serve_connections(router, incoming, admission, stop).await
         }
         None => {
             let incoming = TcpListenerStream::new(listener).map(|accepted| {
@@ -172,7 +178,34 @@ pub(crate) async fn serve(
                 }
                 accepted
             });
-            router.serve_with_incoming_shutdown(incoming, stop).await
+            serve_connections(router, incoming, admission, stop).await
         }
+    }
+}
+
+/// Serves the connections of `incoming`, counted by `admission` when given.
+async fn serve_connections<IO>(
+    router: tonic::transport::server::Router,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    admission: Option<Admission>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    match admission {
+        Some(admission) => {
+            let admitted = incoming.filter_map(move |accepted| match accepted {
+                Ok(io) => crate::admission::admit(&admission, io).map(Ok),
+                Err(error) => Some(Err(error)),
+            });
+            router.serve_with_incoming_shutdown(admitted, stop).await
+        }
+        None => router.serve_with_incoming_shutdown(incoming, stop).await,
     }
 }

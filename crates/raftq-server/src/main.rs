@@ -4,6 +4,7 @@
 //! raftq-cluster, storage in raftq-store, queue rules in raftq-core. This crate must not
 //! touch RocksDB or openraft types directly.
 
+mod admission;
 mod auth;
 mod cli;
 mod config;

@@ -8,6 +8,7 @@ use raftq_cluster::{Node, NodeConfig, RaftNode};
 use raftq_tls::{NodeTls, Transport};
 use tokio::sync::watch;
 
+use crate::admission::Admission;
 use crate::config::ServeConfig;
 use crate::context::Context;
 use crate::{grpc, http, probes};
@@ -59,8 +60,9 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     let (stop, stopped) = watch::channel(false);
     let (begin_stop, stopping) = watch::channel(false);
     let admin_token = config.admin_token()?;
+    let admission = Admission::new(config.admission.clone());
     let handlers = grpc::Handlers {
-        context: Context::new(node.clone(), transport.clone()),
+        context: Context::new(node.clone(), transport.clone(), admission.clone()),
         auth: crate::auth::Auth::new(node.clone(), admin_token.as_deref()),
         stopped: stopped.clone(),
         stopping,
@@ -72,6 +74,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         public_listener,
         tls.clone(),
         grpc::Port::Public,
+        Some(admission.clone()),
         until(stopped.clone()),
     ));
     let internal_task = tokio::spawn(grpc::serve(
@@ -79,6 +82,12 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         internal_listener,
         tls.clone(),
         grpc::Port::Internal,
+        None,
+        until(stopped.clone()),
+    ));
+    tokio::spawn(admission.clone().watch_usage(
+        node.clone(),
+        config.data_dir.clone(),
         until(stopped.clone()),
     ));
     if let Some(tls) = &tls {
@@ -130,9 +139,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     // written and their deliveries handed back, rather than left to their leases.
     let _ = begin_stop.send(true);
     let streams_ended = tokio::time::Instant::now() + CONSUME_STREAMS_END_WITHIN;
-    while crate::services::active_consume_streams() > 0
-        && tokio::time::Instant::now() < streams_ended
-    {
+    while admission.consume_streams_open() > 0 && tokio::time::Instant::now() < streams_ended {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A leader hands over first, while it still serves Raft traffic, so the cluster has a

@@ -196,6 +196,15 @@ impl Queue {
         }
     }
 
+    /// Messages stored, their bytes, and the idempotency records kept.
+    pub(crate) fn usage(&self) -> (u64, u64, u64) {
+        (
+            self.messages.len() as u64,
+            self.bytes,
+            self.dedup.len() as u64,
+        )
+    }
+
     /// Messages that left for other queues since the last call.
     pub(crate) fn take_outgoing(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.outbox)

@@ -17,6 +17,17 @@ use crate::queue::{Queue, StoredMessage};
 use crate::{Limits, MessageId, QueueError, TimeMs};
 use transaction::CommittedTransaction;
 
+/// What a state holds in all queues: every stored message (dead letters, journal copies,
+/// acknowledgement messages and redriven messages are messages of their queues), their
+/// bytes, and the records kept to answer repeats (idempotency keys, committed
+/// transactions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub messages: u64,
+    pub bytes: u64,
+    pub dedup_records: u64,
+}
+
 fn changed(changed: bool) -> Outcome {
     Outcome::AccessChanged { changed }
 }
@@ -300,6 +311,21 @@ impl StateMachine {
         self.queues
             .values()
             .any(|queue| queue.next_due_ms().is_some_and(|at| at <= now))
+    }
+
+    /// What the state holds in all: the measure of a node's budget.
+    pub fn usage(&self) -> Usage {
+        let mut usage = Usage {
+            dedup_records: self.transactions.len() as u64,
+            ..Usage::default()
+        };
+        for queue in self.queues.values() {
+            let (messages, bytes, dedup_records) = queue.usage();
+            usage.messages += messages;
+            usage.bytes += bytes;
+            usage.dedup_records += dedup_records;
+        }
+        usage
     }
 
     pub fn queue_info(&self, name: &str) -> Result<QueueInfo, QueueError> {

@@ -111,6 +111,17 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
                 "leader_id": node.leader_id,
                 "rebuilding": node.rebuilding,
                 "cluster_id": node.cluster_id,
+                "resources": node.resources.as_ref().map(|r| json!({
+                    "stored_messages": r.stored_messages,
+                    "max_stored_messages": r.max_stored_messages,
+                    "stored_bytes": r.stored_bytes,
+                    "max_stored_bytes": r.max_stored_bytes,
+                    "dedup_records": r.dedup_records,
+                    "max_dedup_records": r.max_dedup_records,
+                    "disk_free_bytes": r.disk_free_bytes,
+                    "min_free_disk_bytes": r.min_free_disk_bytes,
+                    "sends_refused": r.sends_refused,
+                })),
             })
         })
         .collect();
@@ -143,6 +154,24 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
             node.applied_index,
             node.snapshot_index
         ));
+        if let Some(r) = &node.resources {
+            text.push_str(&format!(
+                "    stored {}/{} messages, {}/{} bytes, {}/{} dedup records; disk free {} (min {}){}\n",
+                r.stored_messages,
+                r.max_stored_messages,
+                r.stored_bytes,
+                r.max_stored_bytes,
+                r.dedup_records,
+                r.max_dedup_records,
+                r.disk_free_bytes,
+                r.min_free_disk_bytes,
+                if r.sends_refused.is_empty() {
+                    String::new()
+                } else {
+                    format!("; REFUSING SENDS ({})", r.sends_refused)
+                }
+            ));
+        }
     }
     print(
         output,

@@ -151,6 +151,11 @@ impl MessageApi {
         let messages: Vec<_> = messages.into_iter().map(raftq_proto::new_message).collect();
         limits.check_send_batch(&messages).map_err(status)?;
         let count = messages.len() as u64;
+        self.context.admission.check_store()?;
+        let _bytes = self
+            .context
+            .admission
+            .request_bytes(messages.iter().map(|message| message.size()).sum())?;
         match self
             .context
             .write(Command::Send { queue, messages })
@@ -288,11 +293,14 @@ impl MessageService for MessageApi {
     ) -> Result<Response<Self::SendStreamStream>, Status> {
         self.context.require_leader()?;
         let caller = crate::auth::caller(&request)?;
+        let slot = self.context.admission.send_stream()?;
         let (answers, answered) = mpsc::channel(MAX_STREAMED_SENDS);
-        tokio::spawn(
-            self.clone_api()
-                .serve_send_stream(request.into_inner(), caller, answers),
-        );
+        let api = self.clone_api();
+        tokio::spawn(async move {
+            api.serve_send_stream(request.into_inner(), caller, answers)
+                .await;
+            drop(slot);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(answered))))
     }
 
@@ -339,6 +347,12 @@ impl MessageService for MessageApi {
             .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
         let receiving = self.check_receive(&request)?;
+        // A receive that may wait holds one of the node's places for waiting receives.
+        let _waiting = if request.wait_ms > 0 {
+            Some(self.context.admission.waiting_receive()?)
+        } else {
+            None
+        };
         // Acks to apply with the first write; the answer carries their results.
         let acks = raftq_proto::receipts(&request.ack_receipts).map_err(status)?;
         let mut acks = Some(acks).filter(|acks| !acks.is_empty());
@@ -544,6 +558,15 @@ impl MessageService for MessageApi {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, commit);
         let caller = crate::auth::caller(&request)?;
         let command = raftq_proto::commit(request.into_inner()).map_err(status)?;
+        let _bytes = self
+            .context
+            .admission
+            .request_bytes(command.approx_bytes() as u64)?;
+        if let Command::Commit { sends, .. } = &command
+            && !sends.is_empty()
+        {
+            self.context.admission.check_store()?;
+        }
         if let Command::Commit {
             transaction_id,
             acks,

@@ -10,7 +10,6 @@ mod principals;
 mod queue;
 
 pub use admin::{AdminApi, PEER_STATUS_TIMEOUT, peer_status};
-pub use consume::active_streams as active_consume_streams;
 pub use message::MessageApi;
 pub use queue::QueueApi;
 

@@ -35,6 +35,15 @@ impl SharedState {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The state, if no command is being applied right now.
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, StateMachine>> {
+        match self.state.try_read() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     pub(super) fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachine> {
         self.state
             .write()

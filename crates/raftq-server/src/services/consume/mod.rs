@@ -10,7 +10,6 @@ use crate::auth::Caller;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use raftq_core::{Command, Outcome, QueueError};
@@ -37,8 +36,6 @@ const DEFAULT_MAX_MESSAGES: u32 = 100;
 /// Most body bytes a stream holds handed out and unacknowledged; a receive still takes
 /// one message when the stream holds none.
 const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
-/// Most consume streams one node serves at once.
-pub const MAX_STREAMS: usize = 1_024;
 /// Answers queued for a client that reads them slower than they come.
 const ANSWER_QUEUE: usize = 16;
 /// With nothing written or answered for this long, the leader confirms with a quorum
@@ -50,29 +47,6 @@ const START_WITHIN: Duration = Duration::from_secs(10);
 /// How long the writes that end a stream (its last acks, handing back its deliveries)
 /// may take.
 const CLOSING_WRITE_WITHIN: Duration = Duration::from_secs(5);
-
-static STREAMS: AtomicUsize = AtomicUsize::new(0);
-
-/// A place among the node's [`MAX_STREAMS`] consume streams, given back on drop.
-struct StreamSlot(());
-
-impl StreamSlot {
-    fn take() -> Result<StreamSlot, Status> {
-        if STREAMS.fetch_add(1, Ordering::AcqRel) >= MAX_STREAMS {
-            STREAMS.fetch_sub(1, Ordering::AcqRel);
-            return Err(status(ServiceError::TooManyStreams { limit: MAX_STREAMS }));
-        }
-        metrics::gauge!("raftq_consume_streams").increment(1.0);
-        Ok(StreamSlot(()))
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        STREAMS.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("raftq_consume_streams").decrement(1.0);
-    }
-}
 
 /// What the stream's first message asked for, checked.
 struct Start {
@@ -118,14 +92,20 @@ impl Consumer {
         }
     }
 
-    /// Opens a stream on the leader, if this node leads, is not stopping and serves fewer
-    /// than [`MAX_STREAMS`]; its task answers on what this returns.
+    /// Opens a stream on the leader, if this node leads, is not stopping and has room for
+    /// it (`[admission]` consume stream limits); its task answers on what this returns.
     pub fn open(self, incoming: Streaming<pb::ConsumeRequest>) -> Result<ConsumeAnswers, Status> {
         self.context.require_leader()?;
         if *self.stopping.borrow() {
             return Err(status(ServiceError::Stopping));
         }
-        let slot = StreamSlot::take()?;
+        // Without authentication (`--insecure`) every caller is the same one: only the
+        // node's limit applies.
+        let principal = match &self.caller {
+            Caller::Anyone => None,
+            caller => Some(caller.name()),
+        };
+        let slot = self.context.admission.consume_stream(principal)?;
         let (answers, answered) = mpsc::channel(ANSWER_QUEUE);
         tokio::spawn(self.serve(incoming, answers, slot));
         Ok(Box::pin(ReceiverStream::new(answered)))
@@ -182,7 +162,7 @@ impl Consumer {
         self,
         mut incoming: Streaming<pb::ConsumeRequest>,
         answers: Answers,
-        _slot: StreamSlot,
+        _slot: crate::admission::ConsumeSlot,
     ) {
         let mut stopping = self.stopping.clone();
         let first = tokio::select! {
@@ -469,9 +449,4 @@ impl Consumer {
 /// Resolves once the node begins to stop.
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
-}
-
-/// Consume streams this node serves now.
-pub fn active_streams() -> usize {
-    STREAMS.load(Ordering::Acquire)
 }
