@@ -4,6 +4,7 @@ mod admission;
 mod auth;
 mod bad_input;
 mod cli;
+mod clock;
 mod cluster_id;
 mod consume;
 mod delivery;

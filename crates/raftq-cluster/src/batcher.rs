@@ -45,11 +45,16 @@ pub(crate) struct Proposer {
 }
 
 impl Proposer {
-    pub(crate) fn new(raft: Raft, shared: SharedState, write_timeout: Duration) -> Proposer {
+    pub(crate) fn new(
+        raft: Raft,
+        shared: SharedState,
+        write_timeout: Duration,
+        max_clock_skew_ms: u64,
+    ) -> Proposer {
         Proposer {
             raft,
             shared,
-            clock: Arc::new(LogClock::default()),
+            clock: Arc::new(LogClock::new(max_clock_skew_ms)),
             write_timeout,
         }
     }

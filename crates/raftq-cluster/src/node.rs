@@ -87,6 +87,7 @@ impl RaftNode {
             raft.clone(),
             shared.clone(),
             Duration::from_millis(config.tuning.write_timeout_ms),
+            config.tuning.max_clock_skew_ms,
         );
         let (proposals, queued) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_batcher(proposer.clone(), queued));

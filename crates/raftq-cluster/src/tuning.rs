@@ -19,6 +19,10 @@ pub struct RaftTuning {
     pub keep_entries_after_snapshot: u64,
     /// A write not committed within this time fails with UNAVAILABLE (outcome unknown).
     pub write_timeout_ms: u64,
+    /// How far ahead of the log's time (plus the real time since) a leader may stamp
+    /// commands: a leader whose clock runs ahead ends leases, delays, times to live and
+    /// dedup windows at most this much early.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -30,6 +34,7 @@ impl Default for RaftTuning {
             snapshot_every_entries: 20_000,
             keep_entries_after_snapshot: 1_000,
             write_timeout_ms: 5_000,
+            max_clock_skew_ms: 1_000,
         }
     }
 }
