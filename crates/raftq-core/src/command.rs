@@ -211,8 +211,9 @@ pub enum Command {
     /// Several independent commands in one log entry, applied in order as if each were
     /// its own entry (with this entry's time): each gets its own result. A leader puts
     /// concurrent client writes together this way so they share one entry. A batch holds
-    /// no batch.
-    Batch(Vec<Command>),
+    /// no batch: decoding refuses one (bytes nesting batches thousands deep would
+    /// otherwise exhaust the stack of the node decoding them).
+    Batch(#[serde(deserialize_with = "batch_items")] Vec<Command>),
     /// A new principal, which authenticates with the token that hashes to `token_hash`
     /// (the token itself is never written) and may do nothing until granted.
     CreatePrincipal {
@@ -235,6 +236,24 @@ pub enum Command {
         principal: String,
         pattern: String,
     },
+}
+
+thread_local! {
+    /// Whether the command being decoded on this thread is inside a batch.
+    static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A batch's commands, refusing a batch among them before decoding it.
+fn batch_items<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<Vec<Command>, D::Error> {
+    if IN_BATCH.with(|inside| inside.replace(true)) {
+        // The outer batch's decoding resets the mark when it ends.
+        return Err(serde::de::Error::custom(
+            "a batch cannot hold another batch",
+        ));
+    }
+    let items = Vec::<Command>::deserialize(decoder);
+    IN_BATCH.with(|inside| inside.set(false));
+    items
 }
 
 impl Command {

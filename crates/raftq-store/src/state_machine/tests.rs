@@ -161,6 +161,30 @@ async fn after_an_install_every_entry_writes_its_bodies_whatever_was_on_disk_bef
     assert_eq!(sm.bodies_on_disk_through, 3);
 }
 
+#[tokio::test]
+async fn a_peek_answers_no_more_bytes_of_bodies_than_asked_but_always_the_first_message() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+    let mut sm = StateMachineStore::open(db.clone(), 1).unwrap();
+    apply_all(&mut sm, create_and_send(&[&["aaaa", "bbbb", "cccc"]])).await;
+    let bodies = |max_bytes| {
+        sm.shared()
+            .peek("q", 0, 10, max_bytes, 0, "")
+            .unwrap()
+            .into_iter()
+            .map(|(_, body)| String::from_utf8(body).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(u64::MAX), ["aaaa", "bbbb", "cccc"]);
+    assert_eq!(bodies(8), ["aaaa", "bbbb"]);
+    assert_eq!(bodies(7), ["aaaa"]);
+    assert_eq!(
+        bodies(1),
+        ["aaaa"],
+        "the first message comes whatever its size"
+    );
+}
+
 #[test]
 fn a_data_directory_with_a_snapshot_of_the_old_layout_is_refused_not_misread() {
     let dir = tempfile::TempDir::new().unwrap();
