@@ -10,6 +10,7 @@ mod consume;
 mod delivery;
 mod failures;
 mod features;
+mod log_size;
 mod lost_disk;
 mod membership;
 mod observability;

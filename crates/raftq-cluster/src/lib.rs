@@ -7,6 +7,7 @@
 mod batcher;
 mod clock;
 mod error;
+mod log_growth;
 mod network;
 mod node;
 mod raft;

@@ -16,6 +16,7 @@ use raftq_proto::raft_pb::raft_service_server::RaftServiceServer;
 use raftq_store::{Db, LogStore, Node, NodeId, SharedState, StateMachineStore, TypeConfig};
 
 use crate::batcher::{PROPOSAL_QUEUE, Proposal, Proposer, WriteResult, run_batcher};
+use crate::log_growth::LogGrowth;
 use crate::network::Network;
 use crate::raft::{Raft, client_write_result, stopped};
 use crate::service::RaftGrpc;
@@ -34,6 +35,7 @@ pub struct RaftNode {
     config: Arc<NodeConfig>,
     proposer: Proposer,
     proposals: mpsc::Sender<Proposal>,
+    log_growth: Arc<LogGrowth>,
 }
 
 impl RaftNode {
@@ -92,6 +94,10 @@ impl RaftNode {
         let (proposals, queued) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_batcher(proposer.clone(), queued));
         // Ends once the node may vote, or when Raft stops.
+        let log_growth = Arc::new(LogGrowth::new(
+            log_store.clone(),
+            config.tuning.snapshot_every_bytes,
+        ));
         tokio::spawn(standing::earn_vote(
             raft.clone(),
             log_store,
@@ -108,6 +114,7 @@ impl RaftNode {
             config: Arc::new(config),
             proposer,
             proposals,
+            log_growth,
         })
     }
 
@@ -217,6 +224,29 @@ impl RaftNode {
         self.write(Command::Tick)
             .await?
             .map_err(|error| ClusterError::internal(format!("a tick was refused: {error}")))?;
+        Ok(true)
+    }
+
+    /// Asks Raft for a snapshot when the log grew by `[raft] snapshot_every_bytes` since the
+    /// last one (see `log_growth`). Returns whether it asked.
+    pub async fn snapshot_if_log_grew(&self) -> Result<bool, ClusterError> {
+        let snapshot = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .map(|log_id| log_id.index);
+        if !self.log_growth.snapshot_due(snapshot) {
+            return Ok(false);
+        }
+        tracing::info!(
+            "the log grew past snapshot_every_bytes since the last snapshot: taking one"
+        );
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|error| ClusterError::internal(format!("asking for a snapshot: {error}")))?;
         Ok(true)
     }
 

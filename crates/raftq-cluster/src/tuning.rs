@@ -15,6 +15,9 @@ pub struct RaftTuning {
     pub election_timeout_max_ms: u64,
     /// Take a snapshot after this many log entries since the last one.
     pub snapshot_every_entries: u64,
+    /// Take a snapshot once the entries appended since the last one hold this many bytes
+    /// (0: by entries only).
+    pub snapshot_every_bytes: u64,
     /// Entries kept in the log behind a snapshot (so slightly lagging followers need no snapshot).
     pub keep_entries_after_snapshot: u64,
     /// A write not committed within this time fails with UNAVAILABLE (outcome unknown).
@@ -32,6 +35,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1_000,
             snapshot_every_entries: 20_000,
+            snapshot_every_bytes: 256 * 1024 * 1024,
             keep_entries_after_snapshot: 1_000,
             write_timeout_ms: 5_000,
             max_clock_skew_ms: 1_000,

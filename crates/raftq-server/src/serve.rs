@@ -196,6 +196,9 @@ async fn timers(node: RaftNode, stop: impl std::future::Future<Output = ()>) {
                 if let Err(error) = node.tick_if_due().await {
                     tracing::debug!(%error, "tick not written");
                 }
+                if let Err(error) = node.snapshot_if_log_grew().await {
+                    tracing::warn!(%error, "no snapshot taken for the log's size");
+                }
             }
         }
     }

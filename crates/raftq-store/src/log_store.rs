@@ -47,6 +47,8 @@ pub struct LogStore {
     watermark: Arc<Watermark>,
     /// Set at open when the log ends below the last index it had synced: (synced, held).
     lost: Option<(u64, u64)>,
+    /// Encoded bytes of every entry appended since the store was opened.
+    appended_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The file in `dir` that records the last index of `group`'s log known to be synced.
@@ -71,6 +73,12 @@ pub fn forget_synced_watermarks(dir: &Path) -> io::Result<()> {
 }
 
 impl LogStore {
+    /// Encoded bytes of the entries appended (by any clone) since the store was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens the log of `group`. The syncer thread lives as long as any clone of the store.
     pub fn new(db: Db, group: GroupId) -> io::Result<LogStore> {
         let (watermark, recorded) = Watermark::open(&watermark_path(db.dir(), group))?;
@@ -88,6 +96,7 @@ impl LogStore {
             syncer,
             watermark,
             lost: None,
+            appended_bytes: Arc::default(),
         };
         let held = store.last_index()?.unwrap_or(0);
         store.lost = recorded
@@ -380,12 +389,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut count = 0u64;
         let mut last = 0u64;
+        let mut bytes = 0u64;
         for entry in entries {
             last = last.max(entry.log_id().index);
             let key = log_key(self.group, entry.log_id().index);
-            batch.put_cf(self.db.cf(CF_LOG), key, encode("log entry", &entry)?);
+            let encoded = encode("log entry", &entry)?;
+            bytes += encoded.len() as u64;
+            batch.put_cf(self.db.cf(CF_LOG), key, encoded);
             count += 1;
         }
+        self.appended_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         let epoch = self.watermark.epoch();
         self.write(batch, false)?;
         metrics::counter!("raftq_log_entries_appended_total").increment(count);
