@@ -287,3 +287,79 @@ async fn below_the_free_space_threshold_sends_are_refused() {
         .await
         .expect("receives are served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bytes_past_the_budget_are_refused_and_a_larger_call_goes_alone() {
+    let mut cluster = Cluster::start_with(
+        3,
+        ClusterOptions {
+            env: vec![(
+                "RAFTQ_ADMISSION__MAX_REQUEST_BYTES".into(),
+                "1048576".into(),
+            )],
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let client = cluster.client();
+    create_queue(&client, "q", pb::QueueOptions::default()).await;
+    // A call larger than the whole budget is served, alone.
+    let large: Vec<_> = (0..4)
+        .map(|n| raftq_client::Message::new(vec![n; 512 * 1024]))
+        .collect();
+    client
+        .send_batch("q", large)
+        .await
+        .expect("a call larger than the budget goes alone");
+
+    // With no quorum, a send waits for its write with its bytes held...
+    let leader = cluster.wait_for_leader().await;
+    let leader_address = cluster.node(leader).grpc.clone();
+    let leader_http = cluster.node(leader).http.clone();
+    for id in 1..=3 {
+        if id != leader {
+            cluster.node(id).stop();
+        }
+    }
+    let mut messages = MessageServiceClient::new(connect(&leader_address).await);
+    let waiting = {
+        let mut messages = messages.clone();
+        tokio::spawn(async move {
+            messages
+                .send(pb::SendRequest {
+                    queue: "q".into(),
+                    message: Some(pb::OutgoingMessage {
+                        body: vec![1; 900 * 1024],
+                        ..Default::default()
+                    }),
+                })
+                .await
+        })
+    };
+    wait_until(
+        "the first send holds its bytes",
+        Duration::from_secs(10),
+        || {
+            let http = leader_http.clone();
+            async move {
+                (node_metric(&http, "raftq_request_bytes_in_flight").await >= 900.0 * 1024.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // ... so one more that does not fit is refused as it arrives.
+    let refused = messages
+        .send(pb::SendRequest {
+            queue: "q".into(),
+            message: Some(pb::OutgoingMessage {
+                body: vec![2; 300 * 1024],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("a send past the budget is refused");
+    assert_exhausted(&refused, "max_request_bytes");
+    let first = waiting.await.expect("task");
+    assert!(first.is_err(), "no quorum: the first send cannot commit");
+}

@@ -50,7 +50,7 @@ impl Handlers {
             Port::Public => auth.public(request),
             Port::Internal => auth.internal(request),
         };
-        Routes::default()
+        let routes = Routes::default()
             .add_service(InterceptedService::new(
                 QueueServiceServer::new(QueueApi {
                     context: self.context.clone(),
@@ -74,7 +74,8 @@ impl Handlers {
                     context: self.context.clone(),
                 }),
                 caller,
-            ))
+            ));
+        crate::admission::count_bodies(routes, self.context.admission.clone())
     }
 
     /// The public port's services.

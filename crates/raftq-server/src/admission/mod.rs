@@ -7,10 +7,12 @@
 //!   (HTTP/2's concurrent streams: a client opening more waits for one to end);
 //! - receives that may wait (long polls), send streams, consume streams (per node and per
 //!   principal);
-//! - bytes of messages in calls being served (sends, send batches, commits);
+//! - bytes of request bodies being received ([`bodies`]) and of messages in calls being
+//!   served (sends, send batches, commits);
 //! - what the node stores and its free disk space ([`budget`]): sends are refused at the
 //!   budget while receives, acks and deletes go on.
 
+mod bodies;
 mod budget;
 mod connections;
 
@@ -22,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use crate::error::{ServiceError, status};
+pub use bodies::count_bodies;
 pub use connections::{admit, peer_certificates, refusal};
 
 /// `[admission]` (`RAFTQ_ADMISSION__*`): what one node serves at once.
