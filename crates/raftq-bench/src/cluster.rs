@@ -26,6 +26,8 @@ pub struct SpawnedCluster {
     transport: Transport,
     /// The admin token clients authenticate with (with TLS).
     token: Option<String>,
+    /// Extra `RAFTQ_*` settings of every node.
+    env: Vec<(String, String)>,
 }
 
 impl SpawnedCluster {
@@ -35,6 +37,18 @@ impl SpawnedCluster {
         nodes: u16,
         base_port: u16,
         tls: bool,
+    ) -> anyhow::Result<SpawnedCluster> {
+        SpawnedCluster::start_with(exe, parent, nodes, base_port, tls, Vec::new()).await
+    }
+
+    /// As [`SpawnedCluster::start`], every node with the settings `env` (`RAFTQ_*`).
+    pub async fn start_with(
+        exe: &Path,
+        parent: &Path,
+        nodes: u16,
+        base_port: u16,
+        tls: bool,
+        env: Vec<(String, String)>,
     ) -> anyhow::Result<SpawnedCluster> {
         std::fs::create_dir_all(parent)?;
         let dir = tempfile::Builder::new()
@@ -64,6 +78,7 @@ impl SpawnedCluster {
             tls_args,
             transport,
             token,
+            env,
         };
         for index in 0..nodes as usize {
             cluster.spawn(index)?;
@@ -73,7 +88,7 @@ impl SpawnedCluster {
     }
 
     /// A client of every node.
-    fn client(&self) -> anyhow::Result<Client> {
+    pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(
             &self.addresses(),
             ClientConfig {
@@ -133,6 +148,7 @@ impl SpawnedCluster {
             .arg("--peers")
             .arg(&self.peers)
             .args(&self.tls_args)
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -8,6 +8,7 @@
 
 mod cluster;
 mod driver;
+mod flood;
 mod nats;
 mod rabbitmq;
 mod raftq;
@@ -44,6 +45,9 @@ enum Mode {
     Run(RunArgs),
     /// Every scenario against every target named, one table at the end.
     Suite(SuiteArgs),
+    /// A raftq cluster pushed past its limits: long polls, streams, large requests and a
+    /// flood of tiny messages; refusals counted, peak RSS, nothing acknowledged lost.
+    Flood(flood::FloodArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -747,6 +751,7 @@ async fn main() -> anyhow::Result<()> {
             clean_work_dir(&args.targets.work_dir);
             suite(args).await
         }
+        Mode::Flood(args) => flood::run(args).await,
     }
 }
 
