@@ -363,3 +363,120 @@ async fn request_bytes_past_the_budget_are_refused_and_a_larger_call_goes_alone(
     let first = waiting.await.expect("task");
     assert!(first.is_err(), "no quorum: the first send cannot commit");
 }
+
+/// A tmpfs of `mib` MiB mounted at `dir` (root only), unmounted when dropped.
+struct SmallVolume {
+    dir: std::path::PathBuf,
+}
+
+impl SmallVolume {
+    fn mount(dir: &std::path::Path, mib: u64) -> SmallVolume {
+        std::fs::create_dir_all(dir).expect("the mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount (the test needs root)");
+        assert!(status.success(), "mounting a tmpfs at {}", dir.display());
+        SmallVolume {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Copies the files under `from` into `to`, keeping the tree.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read the data directory") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("its type").is_dir() {
+            std::fs::create_dir_all(&target).expect("a directory");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_volume_filled_to_the_threshold_refuses_sends_and_recovers_when_space_returns() {
+    // Sends stop below 64 MiB free, on a data volume of 128 MiB.
+    let mut cluster = limited(&[("min_free_disk_bytes", "67108864")]).await;
+    let client = cluster.client();
+    create_queue(&client, "q", pb::QueueOptions::default()).await;
+    client
+        .send("q", raftq_client::Message::new("before"))
+        .await
+        .expect("send");
+    // The node's data moves onto the small volume.
+    cluster.node(1).stop();
+    let data_dir = cluster.node(1).data_dir.clone();
+    let moved = data_dir.with_extension("moved");
+    std::fs::rename(&data_dir, &moved).expect("move the data directory aside");
+    let volume = SmallVolume::mount(&data_dir, 128);
+    copy_tree(&moved, &data_dir);
+    cluster.node(1).restart();
+    cluster.wait_for_leader().await;
+    wait_until(
+        "sends are taken on the small volume",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .send("q", raftq_client::Message::new("on the volume"))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+
+    // Something else fills the volume to below the threshold.
+    let ballast = data_dir.join("ballast");
+    let free = nix::sys::statvfs::statvfs(&data_dir).expect("statvfs");
+    let free_bytes = free.blocks_available() * free.fragment_size();
+    let fill = free_bytes.saturating_sub(32 * 1024 * 1024);
+    std::fs::write(&ballast, vec![0u8; fill as usize]).expect("write the ballast");
+    let refused = first_refused_send(&client, "sends are refused below the threshold").await;
+    assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
+    assert!(
+        refused.to_string().contains("min_free_disk_bytes"),
+        "{refused}"
+    );
+    // Receives and acks go on.
+    let delivered = client
+        .receive("q", 10, Duration::ZERO, None)
+        .await
+        .expect("a receive on a full disk");
+    assert!(!delivered.is_empty());
+    let receipts: Vec<String> = delivered.iter().map(|d| d.receipt.clone()).collect();
+    client
+        .ack_batch("q", &receipts)
+        .await
+        .expect("acks on a full disk");
+
+    // Space comes back: the node takes sends again by itself.
+    std::fs::remove_file(&ballast).expect("remove the ballast");
+    wait_until("sends are taken again", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            client
+                .send("q", raftq_client::Message::new("after"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    cluster.node(1).stop();
+    drop(volume);
+}
