@@ -3,6 +3,8 @@
 //! elect a leader that lacks acknowledged messages.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use raftq_client::{Client, Message, pb};
@@ -225,4 +227,53 @@ async fn reset_data_dir_refuses_a_running_node_and_the_reset_node_rebuilds_from_
         cluster.node(down).restart();
         cluster.wait_for_voters(3).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_earns_its_vote_back_while_writes_go_on() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    create_queue(&client, "steady", pb::QueueOptions::default()).await;
+    // Writes that do not stop while the node rebuilds: the commit point keeps moving.
+    let writing = Arc::new(AtomicBool::new(true));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, writing) = (client.clone(), writing.clone());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while writing.load(Ordering::Relaxed) {
+                    let batch = (0..50).map(|n| Message::new(format!("m{n}"))).collect();
+                    if client.send_batch("steady", batch).await.is_ok() {
+                        sent += 50;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    let leader = cluster.wait_for_leader().await;
+    let wiped = cluster.follower_of(leader);
+    cluster.node(wiped).kill();
+    cluster.node(wiped).wipe();
+    cluster.node(wiped).restart();
+    let rebuilt = cluster.node(wiped).client();
+    wait_until_or(
+        "the wiped node votes again while writes go on",
+        Duration::from_secs(30),
+        || {
+            let rebuilt = rebuilt.clone();
+            async move {
+                let info = rebuilt.node_info().await.ok()?;
+                (info.voter && !info.rebuilding).then_some(())
+            }
+        },
+        || cluster.logs(),
+    )
+    .await;
+    writing.store(false, Ordering::Relaxed);
+    let mut sent = 0;
+    for writer in writers {
+        sent += writer.await.expect("a writer");
+    }
+    assert!(sent > 0, "writes went on");
 }

@@ -222,7 +222,8 @@ const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100)
 ///
 /// Caught up means: a leader has told this node, since it started, of an entry committed
 /// in the leader's own term (a commit point beyond the one on this node's disk, or a newer
-/// term), and the node holds that entry synced.
+/// term), and the node holds that entry synced. The first such entry is the one waited
+/// for: a committed entry stays committed, so it is as good as any later one.
 pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standing: Standing) {
     let mut metrics = raft.metrics();
     // What the node's own disk held at start (a log that lost entries still holds a vote and
@@ -240,6 +241,10 @@ pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standi
             }
         }
     };
+    // The first entry seen committed by a leader in its own term. It stays the target:
+    // under steady writes the commit point keeps moving just ahead of what this node has
+    // synced, and chasing it could take as long as the writes last.
+    let mut target: Option<u64> = None;
     loop {
         // The founder of a new cluster may vote from its first entry on.
         if standing.may_vote() {
@@ -262,7 +267,10 @@ pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standi
                 _ => None,
             }
         };
-        if let Some(committed) = committed_in_term {
+        if target.is_none() {
+            target = committed_in_term;
+        }
+        if let Some(committed) = target {
             match log.synced_last_index() {
                 Ok(Some(last)) if last >= committed => break,
                 Ok(_) => {}
