@@ -236,15 +236,15 @@ async fn a_wiped_voter_earns_its_vote_back_while_writes_go_on() {
     create_queue(&client, "steady", pb::QueueOptions::default()).await;
     // Writes that do not stop while the node rebuilds: the commit point keeps moving.
     let writing = Arc::new(AtomicBool::new(true));
-    let writers: Vec<_> = (0..8)
+    let writers: Vec<_> = (0..2)
         .map(|_| {
             let (client, writing) = (client.clone(), writing.clone());
             tokio::spawn(async move {
                 let mut sent = 0u64;
                 while writing.load(Ordering::Relaxed) {
-                    let batch = (0..50).map(|n| Message::new(format!("m{n}"))).collect();
+                    let batch = (0..10).map(|n| Message::new(format!("m{n}"))).collect();
                     if client.send_batch("steady", batch).await.is_ok() {
-                        sent += 50;
+                        sent += 10;
                     }
                 }
                 sent
