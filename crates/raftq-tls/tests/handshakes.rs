@@ -12,13 +12,24 @@ use tower::Service;
 
 /// A node's files under `dir`, issued by `ca`, with `ca` as the cluster CA.
 fn node_files(dir: &Path, ca: &Authority) -> TlsFiles {
+    files_of(dir, ca, None)
+}
+
+/// A node's files under `dir`, issued by `ca` for cluster `cluster`.
+fn named_node_files(dir: &Path, ca: &Authority, cluster: &str) -> TlsFiles {
+    files_of(dir, ca, Some(cluster))
+}
+
+fn files_of(dir: &Path, ca: &Authority, cluster: Option<&str>) -> TlsFiles {
+    std::fs::create_dir_all(dir).unwrap();
     let ca_path = dir.join("ca.pem");
     write_file(&ca_path, &ca.cert_pem(), 0o644).unwrap();
-    let (cert, key) = ca
-        .issue("node", &["127.0.0.1".into()])
-        .unwrap()
-        .write(dir, "node")
-        .unwrap();
+    let names = ["127.0.0.1".to_string()];
+    let issued = match cluster {
+        Some(cluster) => ca.issue_in_cluster("node", &names, cluster),
+        None => ca.issue("node", &names),
+    };
+    let (cert, key) = issued.unwrap().write(dir, "node").unwrap();
     TlsFiles {
         cert,
         key,
@@ -153,24 +164,6 @@ async fn rotated_files_are_taken_into_use_and_a_half_written_rotation_is_not() {
     assert!(!tls.reload_if_changed().unwrap(), "nothing changed since");
 }
 
-/// A node's files under `dir`, issued by `ca` for cluster `cluster`.
-fn named_node_files(dir: &Path, ca: &Authority, cluster: &str) -> TlsFiles {
-    std::fs::create_dir_all(dir).unwrap();
-    let ca_path = dir.join("ca.pem");
-    write_file(&ca_path, &ca.cert_pem(), 0o644).unwrap();
-    let (cert, key) = ca
-        .issue_in_cluster("node", &["127.0.0.1".into()], cluster)
-        .unwrap()
-        .write(dir, "node")
-        .unwrap();
-    TlsFiles {
-        cert,
-        key,
-        ca: ca_path,
-        client_ca: None,
-    }
-}
-
 /// Whether a node with `tls` gets a byte echoed by the peer at `address`.
 async fn node_echoes(address: &str, tls: &NodeTls) -> bool {
     echoes_through(address, tls.connector()).await
@@ -184,7 +177,6 @@ async fn a_node_of_a_named_cluster_speaks_only_to_peers_naming_the_same_cluster(
     assert_eq!(alpha.cluster().as_deref(), Some("alpha"));
     let alpha_peer = NodeTls::load(named_node_files(&dir.path().join("a2"), &ca, "alpha")).unwrap();
     let beta = NodeTls::load(named_node_files(&dir.path().join("b1"), &ca, "beta")).unwrap();
-    std::fs::create_dir_all(dir.path().join("u")).unwrap();
     let unnamed = NodeTls::load(node_files(&dir.path().join("u"), &ca)).unwrap();
     assert_eq!(unnamed.cluster(), None);
 
