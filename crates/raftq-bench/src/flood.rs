@@ -3,6 +3,10 @@
 //! reports how many calls were served, how many were refused with RESOURCE_EXHAUSTED and
 //! how many failed otherwise, and the nodes' peak RSS; the last one checks that every
 //! acknowledged send is received once the flood stops, and that sends are taken again.
+//!
+//! It starts a cluster of its own, or floods one someone else runs (`--addr`, with TLS and
+//! a token as any client), such as nodes in memory-limited containers
+//! (`tests/container/flood`); their peak memory is then for the caller to read.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,10 +16,12 @@ use std::time::Duration;
 
 use clap::Args;
 use raftq_client::pb::message_service_client::MessageServiceClient;
-use raftq_client::{Client, Code, Message, Transport, pb};
+use raftq_client::{Client, ClientConfig, ClientTls, Code, Message, Transport, pb};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::SpawnedCluster;
@@ -39,6 +45,17 @@ pub struct FloodArgs {
     /// How long the flood of tiny messages lasts.
     #[arg(long, default_value_t = 20)]
     flood_seconds: u64,
+    /// Nodes of a running cluster to flood (comma-separated) instead of starting one; its
+    /// budget of stored messages is its own.
+    #[arg(long, value_delimiter = ',')]
+    addr: Vec<String>,
+    /// The CA certificate of the `--addr` cluster, to connect with TLS.
+    #[arg(long, env = "RAFTQ_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// The token to authenticate with at the `--addr` cluster (it needs the manage
+    /// permission on the queues `flood` and `tiny`).
+    #[arg(long, env = "RAFTQ_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The raftq binary (default: the one beside this benchmark).
     #[arg(long)]
     raftq_bin: Option<PathBuf>,
@@ -113,33 +130,123 @@ impl Tally {
     }
 }
 
-/// `count` connections to the leader's public port.
-async fn connections(address: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{address}"))?.connect_timeout(Duration::from_secs(5));
-    let mut channels = Vec::with_capacity(count);
-    for _ in 0..count {
-        channels.push(Transport::Plaintext.connect(&endpoint).await?);
+/// How the flood reaches the nodes: the transport, and the token every call carries.
+#[derive(Clone)]
+struct Access {
+    transport: Transport,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+/// A message service on `channel` whose calls carry the access token.
+type Service = MessageServiceClient<InterceptedService<Channel, Access>>;
+
+impl tonic::service::Interceptor for Access {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
     }
-    Ok(channels)
+}
+
+impl Access {
+    fn new(transport: Transport, token: Option<&str>) -> anyhow::Result<Access> {
+        let authorization = match token {
+            Some(token) => Some(format!("Bearer {token}").parse()?),
+            None => None,
+        };
+        Ok(Access {
+            transport,
+            authorization,
+        })
+    }
+
+    /// `count` connections to the leader's public port.
+    async fn connections(&self, address: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(Duration::from_secs(5));
+        let mut channels = Vec::with_capacity(count);
+        for _ in 0..count {
+            channels.push(self.transport.connect(&endpoint).await?);
+        }
+        Ok(channels)
+    }
+
+    fn service(&self, channel: Channel) -> Service {
+        MessageServiceClient::with_interceptor(channel, self.clone())
+    }
 }
 
 async fn leader_address(client: &Client) -> anyhow::Result<String> {
     Ok(client.cluster_status().await?.leader_address)
 }
 
+/// The cluster under the flood: started here, or someone else's.
+struct Flooded {
+    client: Client,
+    access: Access,
+    spawned: Option<SpawnedCluster>,
+}
+
+impl Flooded {
+    async fn start(args: &FloodArgs) -> anyhow::Result<Flooded> {
+        if !args.addr.is_empty() {
+            let transport = match &args.ca_cert {
+                Some(ca) => Transport::Tls(ClientTls::from_files(ca, None)?.connector()),
+                None => Transport::Plaintext,
+            };
+            let client = Client::new(
+                &args.addr,
+                ClientConfig {
+                    transport: transport.clone(),
+                    token: args.token.clone(),
+                    ..ClientConfig::default()
+                },
+            )?;
+            let access = Access::new(transport, args.token.as_deref())?;
+            return Ok(Flooded {
+                client,
+                access,
+                spawned: None,
+            });
+        }
+        let exe = match &args.raftq_bin {
+            Some(bin) => bin.clone(),
+            None => std::env::current_exe()?.with_file_name("raftq"),
+        };
+        let env = vec![(
+            "RAFTQ_ADMISSION__MAX_STORED_MESSAGES".to_string(),
+            args.budget_messages.to_string(),
+        )];
+        let cluster =
+            SpawnedCluster::start_with(&exe, &args.work_dir, 3, args.base_port, false, env).await?;
+        let (transport, token) = cluster.access();
+        Ok(Flooded {
+            client: cluster.client()?,
+            access: Access::new(transport, token.as_deref())?,
+            spawned: Some(cluster),
+        })
+    }
+
+    /// Watches the peak RSS of the nodes started here (none of someone else's).
+    fn rss(&self) -> RssMonitor {
+        RssMonitor::start(
+            self.spawned
+                .as_ref()
+                .map(SpawnedCluster::processes)
+                .unwrap_or_default(),
+        )
+    }
+}
+
 pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
-    let exe = match &args.raftq_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe()?.with_file_name("raftq"),
-    };
-    let env = vec![(
-        "RAFTQ_ADMISSION__MAX_STORED_MESSAGES".to_string(),
-        args.budget_messages.to_string(),
-    )];
-    let cluster =
-        SpawnedCluster::start_with(&exe, &args.work_dir, 3, args.base_port, false, env).await?;
-    let client = cluster.client()?;
+    let flooded = Flooded::start(&args).await?;
+    let (client, access) = (flooded.client.clone(), flooded.access.clone());
     client
         .create_queue(
             "flood",
@@ -154,14 +261,19 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     let mut report = BTreeMap::new();
 
     // 1. Long polls, over as many connections as they need at 256 calls each.
-    let rss = RssMonitor::start(cluster.processes());
+    let rss = flooded.rss();
     let tally = Arc::new(Tally::default());
-    let channels = connections(&leader, args.long_polls.div_ceil(200).max(1)).await?;
+    let channels = access
+        .connections(&leader, args.long_polls.div_ceil(200).max(1))
+        .await?;
     let mut calls = Vec::with_capacity(args.long_polls);
     for n in 0..args.long_polls {
-        let (channel, tally) = (channels[n % channels.len()].clone(), tally.clone());
+        let (mut service, tally) = (
+            access.service(channels[n % channels.len()].clone()),
+            tally.clone(),
+        );
         calls.push(tokio::spawn(async move {
-            let answer = MessageServiceClient::new(channel)
+            let answer = service
                 .receive(pb::ReceiveRequest {
                     queue: "flood".into(),
                     max_messages: 1,
@@ -180,13 +292,16 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     );
 
     // 2. Consume streams, held open together, then closed.
-    let rss = RssMonitor::start(cluster.processes());
+    let rss = flooded.rss();
     let tally = Arc::new(Tally::default());
-    let channels = connections(&leader, args.streams.div_ceil(200).max(1)).await?;
+    let channels = access
+        .connections(&leader, args.streams.div_ceil(200).max(1))
+        .await?;
     let mut held = Vec::new();
     for n in 0..args.streams {
         let (requests, stream) = mpsc::channel::<pb::ConsumeRequest>(1);
-        let answer = MessageServiceClient::new(channels[n % channels.len()].clone())
+        let answer = access
+            .service(channels[n % channels.len()].clone())
             .consume(ReceiverStream::new(stream))
             .await;
         tally.count(answer.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -197,12 +312,12 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     report.insert("streams", tally.phase(args.streams, rss.finish().await));
 
     // 3. Large requests at once, each its own connection.
-    let rss = RssMonitor::start(cluster.processes());
+    let rss = flooded.rss();
     let tally = Arc::new(Tally::default());
-    let channels = connections(&leader, args.large_requests).await?;
+    let channels = access.connections(&leader, args.large_requests).await?;
     let mut calls = Vec::new();
     for channel in channels {
-        let tally = tally.clone();
+        let (service, tally) = (access.service(channel), tally.clone());
         calls.push(tokio::spawn(async move {
             let messages = (0..16u8)
                 .map(|n| pb::OutgoingMessage {
@@ -211,7 +326,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
                     ..Default::default()
                 })
                 .collect();
-            let answer = MessageServiceClient::new(channel)
+            let answer = service
                 .max_encoding_message_size(80 * 1024 * 1024)
                 .send_batch(pb::SendBatchRequest {
                     queue: "flood".into(),
@@ -239,7 +354,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         .await?;
 
     // 4. Tiny messages until the budget refuses them; then drained, and taken again.
-    let rss = RssMonitor::start(cluster.processes());
+    let rss = flooded.rss();
     let tally = Arc::new(Tally::default());
     let acked = Arc::new(AtomicU64::new(0));
     let until = tokio::time::Instant::now() + Duration::from_secs(args.flood_seconds);
@@ -308,7 +423,9 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         "sends_taken_again": taken_again,
     });
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    cluster.stop().await;
+    if let Some(cluster) = flooded.spawned {
+        cluster.stop().await;
+    }
     anyhow::ensure!(
         received == acked,
         "{acked} sends acknowledged, {received} received"
