@@ -332,6 +332,7 @@ async fn request_bytes_past_the_budget_are_refused_and_a_larger_call_goes_alone(
                         body: vec![1; 900 * 1024],
                         ..Default::default()
                     }),
+                    producer: None,
                 })
                 .await
         })
@@ -356,6 +357,7 @@ async fn request_bytes_past_the_budget_are_refused_and_a_larger_call_goes_alone(
                 body: vec![2; 300 * 1024],
                 ..Default::default()
             }),
+            producer: None,
         })
         .await
         .expect_err("a send past the budget is refused");

@@ -276,6 +276,7 @@ async fn each_bad_input_gets_its_status_code_and_changes_nothing() {
                             ..Default::default()
                         }),
                     }],
+                    producer: None,
                 })
                 .await,
         ),

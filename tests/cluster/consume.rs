@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use raftq_client::{ConsumeOptions, Consumer, Delivery, Message, pb};
-use raftq_tests::{Cluster, create_queue, wait_until};
+use raftq_tests::{Cluster, create_queue, queue_stats, wait_until};
 use tonic::Code;
 
 const NEXT_WITHIN: Duration = Duration::from_secs(10);
@@ -41,11 +41,6 @@ async fn refusal_of(address: String, requests: Vec<pb::ConsumeRequest>) -> tonic
             Err(status) => return status,
         }
     }
-}
-
-async fn stats_of(client: &raftq_client::Client, queue: &str) -> pb::QueueStats {
-    let queue = client.get_queue(queue).await.expect("get queue");
-    queue.stats.expect("stats")
 }
 
 /// A queue with leases of `lease_ms` holding messages `m0000` .. of `range`.
@@ -319,7 +314,7 @@ async fn a_refused_consume_stream_still_applies_the_acks_it_read_before() {
         .collect();
     let refusal = refusal_of(format!("http://{}", cluster.nodes[0].grpc), requests).await;
     assert_eq!(refusal.code(), Code::InvalidArgument, "{refusal:?}");
-    let stats = stats_of(&client, "flushed").await;
+    let stats = queue_stats(&client, "flushed").await;
     assert_eq!(
         (stats.depth, stats.total_acked),
         (0, 2),
@@ -345,7 +340,7 @@ async fn a_refused_consume_stream_still_applies_the_acks_it_read_before() {
     }
     all_acknowledged(&results);
     assert!(consumer.close().await.expect("close").acks.is_empty());
-    let stats = stats_of(&client, "flushed").await;
+    let stats = queue_stats(&client, "flushed").await;
     assert_eq!(stats.depth, 0);
 }
 
@@ -367,7 +362,7 @@ async fn a_consumer_whose_leases_end_gets_its_room_back() {
         consumer.ack(&receipts).await.expect("ack");
     }
     all_acknowledged(&consumer.close().await.expect("close").acks);
-    let stats = stats_of(&client, "lapsed").await;
+    let stats = queue_stats(&client, "lapsed").await;
     assert_eq!(stats.depth, 0);
 }
 
@@ -410,7 +405,7 @@ async fn a_nack_on_the_stream_hands_the_message_back_and_frees_its_room_at_once(
     all_acknowledged(&last.acks);
     let nacked: Vec<i32> = last.nacks.iter().map(|(_, result)| result.code).collect();
     assert!(nacked.iter().all(|code| *code == 0), "{:?}", last.nacks);
-    let stats = stats_of(&client, "rejected").await;
+    let stats = queue_stats(&client, "rejected").await;
     assert_eq!((stats.depth, stats.delayed, stats.in_flight), (1, 1, 0));
     // A stale receipt's nack is answered on its own, and the stream goes on.
     let mut consumer = open_consumer(&client, "rejected", 1, 1).await;

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use raftq_client::{Message, pb};
-use raftq_tests::{Cluster, create_queue, wait_until};
+use raftq_tests::{Cluster, create_queue, queue_stats, wait_until};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,15 +295,6 @@ async fn ack_batch_acks_each_receipt_through_a_follower_and_refuses_bad_requests
     assert_eq!(unknown.code(), Some(Code::NotFound));
 }
 
-async fn stats_of(client: &raftq_client::Client, queue: &str) -> pb::QueueStats {
-    client
-        .get_queue(queue)
-        .await
-        .expect("get queue")
-        .stats
-        .expect("stats")
-}
-
 fn receipts_of(messages: &[pb::ReceivedMessage]) -> Vec<String> {
     messages.iter().map(|m| m.receipt.clone()).collect()
 }
@@ -339,7 +330,7 @@ async fn ack_and_receive_acks_one_batch_and_takes_the_next_in_one_call() {
         [&b"m3"[..], b"m4", b"m5"],
         "the next batch, in order"
     );
-    let stats = stats_of(&client, "paired").await;
+    let stats = queue_stats(&client, "paired").await;
     assert_eq!((stats.depth, stats.in_flight, stats.total_acked), (3, 3, 3));
 
     // Nothing left to receive: the acks are applied at once, while the receive waits for
@@ -357,7 +348,7 @@ async fn ack_and_receive_acks_one_batch_and_takes_the_next_in_one_call() {
         wait * 20,
         || {
             let client = client.clone();
-            async move { (stats_of(&client, "paired").await.total_acked == 6).then_some(()) }
+            async move { (queue_stats(&client, "paired").await.total_acked == 6).then_some(()) }
         },
     )
     .await;
@@ -401,7 +392,7 @@ async fn ack_and_receive_acks_one_batch_and_takes_the_next_in_one_call() {
         .send("paired", Message::new("ready"))
         .await
         .expect("send");
-    let before = stats_of(&client, "paired").await;
+    let before = queue_stats(&client, "paired").await;
     let late = third.messages[0].receipt.clone();
     let malformed = client
         .ack_and_receive(
@@ -431,7 +422,11 @@ async fn ack_and_receive_acks_one_batch_and_takes_the_next_in_one_call() {
         .await
         .expect_err("unknown queue");
     assert_eq!(unknown.code(), Some(Code::NotFound));
-    assert_eq!(stats_of(&client, "paired").await, before, "nothing changed");
+    assert_eq!(
+        queue_stats(&client, "paired").await,
+        before,
+        "nothing changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,7 +482,7 @@ async fn consumers_acking_with_their_receives_get_every_message_once() {
     let received = received.lock().unwrap().clone();
     let unique: HashSet<_> = received.iter().collect();
     assert_eq!((received.len(), unique.len()), (SENT, SENT), "each once");
-    let stats = stats_of(&client, "pairs").await;
+    let stats = queue_stats(&client, "pairs").await;
     assert_eq!((stats.depth, stats.total_acked), (0, SENT as u64));
 }
 
@@ -539,6 +534,7 @@ async fn a_send_stream_answers_each_send_by_id_and_a_follower_refuses_it() {
                 idempotency_key: key.to_string(),
                 ..pb::OutgoingMessage::default()
             }),
+            producer: None,
         }),
     };
     let sends = [
@@ -599,7 +595,7 @@ async fn a_send_stream_answers_each_send_by_id_and_a_follower_refuses_it() {
     assert_eq!(by_id[&11].code, Code::InvalidArgument as i32);
     assert!(by_id[&11].sent.is_none() && by_id[&10].sent.is_none());
 
-    let stats = stats_of(&client, "streamed").await;
+    let stats = queue_stats(&client, "streamed").await;
     assert_eq!(stats.depth, 3, "a, b and c are stored once each");
     let received = client
         .receive("streamed", 10, Duration::from_secs(2), None)
@@ -644,7 +640,7 @@ async fn concurrent_single_sends_share_a_send_stream_and_are_each_stored_once() 
     assert_eq!(ids.len(), SENDS, "every send has its own message");
     let streamed = streamed_sends(&leader_http).await - before;
     assert_eq!(streamed, SENDS as u64, "every send went on the stream");
-    assert_eq!(stats_of(&client, "shared").await.depth, SENDS as u64);
+    assert_eq!(queue_stats(&client, "shared").await.depth, SENDS as u64);
 
     // With streams off, the same sends are calls of their own.
     let config = raftq_client::ClientConfig {
@@ -660,5 +656,8 @@ async fn concurrent_single_sends_share_a_send_stream_and_are_each_stored_once() 
             .expect("send");
     }
     assert_eq!(streamed_sends(&leader_http).await - before, SENDS as u64);
-    assert_eq!(stats_of(&client, "shared").await.depth, SENDS as u64 + 10);
+    assert_eq!(
+        queue_stats(&client, "shared").await.depth,
+        SENDS as u64 + 10
+    );
 }

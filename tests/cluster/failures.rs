@@ -656,6 +656,7 @@ async fn a_send_forwarded_to_a_leader_that_died_is_unavailable_with_a_retry_hint
                         idempotency_key: "forwarded-1".into(),
                         ..pb::OutgoingMessage::default()
                     }),
+                    producer: None,
                 };
                 match stub.send(request).await {
                     Ok(sent) => Some(sent.into_inner()),

@@ -16,5 +16,6 @@ mod membership;
 mod observability;
 mod ports;
 mod power_loss;
+mod producers;
 mod tls;
 mod transactions;

@@ -615,6 +615,16 @@ where
     }
 }
 
+/// A queue's statistics, as `GetQueue` answers them.
+pub async fn queue_stats(client: &Client, queue: &str) -> pb::QueueStats {
+    client
+        .get_queue(queue)
+        .await
+        .expect("get queue")
+        .stats
+        .expect("stats")
+}
+
 /// Creates a queue with the given options (zero fields take defaults).
 pub async fn create_queue(client: &Client, name: &str, options: pb::QueueOptions) {
     client

@@ -331,6 +331,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
                 .send_batch(pb::SendBatchRequest {
                     queue: "flood".into(),
                     messages,
+                    producer: None,
                 })
                 .await;
             tally.count(answer.map(|_| ()));

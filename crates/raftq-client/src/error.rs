@@ -34,6 +34,21 @@ impl ClientError {
         }
     }
 
+    /// The reason the server gave with its refusal (status metadata `raftq-reason`), for
+    /// the refusals whose code alone does not say what to do: see `raftq_proto::wire`'s
+    /// `REASON_*`.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Status(status) | ClientError::RetriesExhausted { last: status, .. } => {
+                status
+                    .metadata()
+                    .get(raftq_proto::wire::REASON_KEY)
+                    .and_then(|value| value.to_str().ok())
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the outcome of the call is unknown (it may or may not have taken effect).
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, ClientError::RetriesExhausted { .. })

@@ -9,11 +9,13 @@ mod client;
 mod consumer;
 mod error;
 mod pipe;
+mod producer;
 mod transaction;
 
 pub use client::{Client, ClientConfig, Message, SendOptions};
 pub use consumer::{ConsumeOptions, Consumer, Delivery};
 pub use error::ClientError;
+pub use producer::Producer;
 pub use raftq_proto::pb;
 pub use raftq_tls::{ClientTls, TlsError, Transport};
 pub use tonic::Code;

@@ -69,12 +69,18 @@ impl Transaction {
     /// same transaction id, so it is applied at most once; FAILED_PRECONDITION means a
     /// lease ran out (the transaction timed out) and nothing was applied.
     pub async fn commit(self) -> Result<pb::CommitResponse, ClientError> {
-        let request = pb::CommitRequest {
+        let client = self.client.clone();
+        client.commit(self.into_request()).await
+    }
+
+    /// The commit request of the transaction as it stands.
+    pub(crate) fn into_request(self) -> pb::CommitRequest {
+        pb::CommitRequest {
             transaction_id: self.id,
             acks: self.acks,
             sends: self.sends,
-        };
-        self.client.commit(request).await
+            producer: None,
+        }
     }
 
     /// Releases every message received through the transaction at once; nothing it sent

@@ -199,6 +199,16 @@ impl Access {
         }
     }
 
+    /// Whether `principal` may do `action` on some queue (any grant allows it).
+    pub fn allows_somewhere(&self, principal: &str, action: Action) -> bool {
+        self.principals.get(principal).is_some_and(|found| {
+            found
+                .grants
+                .values()
+                .any(|actions| actions.contains(action))
+        })
+    }
+
     /// Why principal `name` cannot be created now, if it cannot.
     pub(crate) fn check_create(&self, name: &str) -> Result<(), QueueError> {
         check_principal_name(name)?;

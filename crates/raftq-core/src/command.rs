@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Actions, TokenHash};
+use crate::producers::ProducerId;
 use crate::{MessageId, QueueError, QueueOptions, TimeMs};
 
 /// One entry of the replicated log: a command plus the time the leader stamped on it.
@@ -236,6 +237,31 @@ pub enum Command {
         principal: String,
         pattern: String,
     },
+    /// A new producer (see [`crate::producers`]), forgotten once idle for
+    /// `idle_expiry_ms`. `max_producers` is the leader's bound on registered producers.
+    RegisterProducer {
+        name: String,
+        idle_expiry_ms: u64,
+        max_producers: u64,
+    },
+    /// A `Send` numbered in its producer's sequence on the queue: the first message has
+    /// `first_sequence`, each next one more. `max_sessions` is the leader's bound on
+    /// producer sessions per queue.
+    ProducerSend {
+        producer: ProducerId,
+        first_sequence: u64,
+        max_sessions: u64,
+        queue: String,
+        messages: Vec<NewMessage>,
+    },
+    /// A `Commit` numbered `sequence` in its producer's sequence of transactions.
+    ProducerCommit {
+        producer: ProducerId,
+        sequence: u64,
+        transaction_id: String,
+        acks: Vec<TransactionAck>,
+        sends: Vec<TransactionSend>,
+    },
 }
 
 thread_local! {
@@ -262,11 +288,11 @@ impl Command {
     pub fn approx_bytes(&self) -> usize {
         const SMALL: usize = 64;
         match self {
-            Command::Send { messages, .. } => messages
+            Command::Send { messages, .. } | Command::ProducerSend { messages, .. } => messages
                 .iter()
                 .map(|message| message.size() as usize + SMALL)
                 .sum(),
-            Command::Commit { sends, .. } => sends
+            Command::Commit { sends, .. } | Command::ProducerCommit { sends, .. } => sends
                 .iter()
                 .map(|send| send.message.size() as usize + SMALL)
                 .sum::<usize>()
@@ -297,6 +323,9 @@ impl Command {
             Command::DeletePrincipal { .. } => "delete_principal",
             Command::Grant { .. } => "grant",
             Command::Revoke { .. } => "revoke",
+            Command::RegisterProducer { .. } => "register_producer",
+            Command::ProducerSend { .. } => "producer_send",
+            Command::ProducerCommit { .. } => "producer_commit",
         }
     }
 }
@@ -416,6 +445,33 @@ pub enum Outcome {
     AccessChanged {
         changed: bool,
     },
+    /// A producer was registered.
+    ProducerRegistered {
+        producer_id: ProducerId,
+        idle_expiry_ms: u64,
+    },
+}
+
+impl Outcome {
+    /// This outcome given again to a repeat of the command: nothing new was stored.
+    pub(crate) fn repeated(self) -> Outcome {
+        match self {
+            Outcome::Sent(results) => Outcome::Sent(
+                results
+                    .into_iter()
+                    .map(|result| SendResult {
+                        duplicate: true,
+                        ..result
+                    })
+                    .collect(),
+            ),
+            Outcome::Committed { sent, .. } => Outcome::Committed {
+                sent,
+                already_committed: true,
+            },
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]

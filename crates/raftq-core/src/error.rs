@@ -32,6 +32,34 @@ pub enum QueueError {
     PrincipalNotFound { name: String },
     #[error("principal {} already exists", quote(.name))]
     PrincipalAlreadyExists { name: String },
+    #[error(
+        "producer {producer} has expired: it was idle longer than its idle expiry, and its \
+         sessions are forgotten; register a new producer (what it sent after its last \
+         answered send may have been stored)"
+    )]
+    ProducerExpired { producer: u64 },
+    #[error(
+        "producer {producer} on {stream}: expected sequence number {expected}, got {got}; \
+         the numbers in between never reached the cluster"
+    )]
+    SequenceGap {
+        producer: u64,
+        stream: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error(
+        "producer {producer} on {stream}: sequence number {sequence} was applied before \
+         (the last applied is {last}), and its answer is no longer kept"
+    )]
+    SequenceApplied {
+        producer: u64,
+        stream: String,
+        sequence: u64,
+        last: u64,
+    },
+    #[error("too many producers on {stream}: the limit is {limit}")]
+    TooManyProducers { stream: String, limit: u64 },
 }
 
 /// Characters of a caller's input an error message quotes at most.

@@ -18,6 +18,16 @@ pub const CLUSTER_ID_KEY: &str = "raftq-cluster-id";
 /// caller as. Trusted on the internal port only; removed from calls on the public port.
 pub const PRINCIPAL_KEY: &str = "raftq-principal";
 
+/// Response metadata on the refusals of a producer's numbered send or commit whose code
+/// alone does not say what to do: one of the `REASON_*` values.
+pub const REASON_KEY: &str = "raftq-reason";
+/// The producer was idle past its idle expiry and is forgotten: register a new one.
+pub const REASON_PRODUCER_EXPIRED: &str = "producer-expired";
+/// A sequence number was skipped: something the producer sent never reached the cluster.
+pub const REASON_SEQUENCE_GAP: &str = "sequence-gap";
+/// The sequence number was applied before; its answer is no longer kept.
+pub const REASON_SEQUENCE_APPLIED: &str = "sequence-applied";
+
 /// Largest request or response of the public API (a send batch, a receive), both ways.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -162,6 +162,7 @@ proptest! {
                 .into_iter()
                 .map(|(queue, message)| pb::TransactionSend { queue, message })
                 .collect(),
+            producer: None,
         };
         if let Ok(command) = commit(request) {
             check_and_apply(&mut state(), command, now_ms);

@@ -44,6 +44,48 @@ pub struct ServeConfig {
     pub raft: RaftTuning,
     pub storage: StorageTuning,
     pub admission: crate::admission::AdmissionConfig,
+    pub producers: ProducersConfig,
+}
+
+/// `[producers]` (`RAFTQ_PRODUCERS__*`): the bounds of producer sessions. The leader
+/// writes them into the commands that register producers and open sessions, so the
+/// leader's settings apply; give every node the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducersConfig {
+    /// How long a producer may be idle before it is forgotten, when it registers without
+    /// saying (at most 365 days).
+    pub default_idle_expiry_ms: u64,
+    /// Producers registered at once in the cluster.
+    pub max_producers: u64,
+    /// Producers with a session on one queue.
+    pub max_sessions_per_queue: u64,
+}
+
+impl Default for ProducersConfig {
+    fn default() -> Self {
+        ProducersConfig {
+            default_idle_expiry_ms: 7 * 24 * 60 * 60 * 1000,
+            max_producers: 100_000,
+            max_sessions_per_queue: 10_000,
+        }
+    }
+}
+
+impl ProducersConfig {
+    fn check(&self) -> Result<(), String> {
+        let max_expiry = raftq_core::producers::MAX_IDLE_EXPIRY_MS;
+        if self.default_idle_expiry_ms == 0 || self.default_idle_expiry_ms > max_expiry {
+            return Err(format!(
+                "default_idle_expiry_ms is {}; it must be from 1 to {max_expiry}",
+                self.default_idle_expiry_ms
+            ));
+        }
+        if self.max_producers == 0 || self.max_sessions_per_queue == 0 {
+            return Err("max_producers and max_sessions_per_queue must be above 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[auth]`: the bootstrap admin credential. With TLS on, clients must authenticate; the
@@ -97,13 +139,14 @@ impl Default for ServeConfig {
             raft: RaftTuning::default(),
             storage: StorageTuning::default(),
             admission: crate::admission::AdmissionConfig::default(),
+            producers: ProducersConfig::default(),
         }
     }
 }
 
 /// `RAFTQ_*` variables read by `serve`; others (such as the client's `RAFTQ_ADDR`) are
 /// left alone.
-const ENV_KEYS: [&str; 16] = [
+const ENV_KEYS: [&str; 17] = [
     "node_id",
     "listen",
     "advertise",
@@ -120,6 +163,7 @@ const ENV_KEYS: [&str; 16] = [
     "raft",
     "storage",
     "admission",
+    "producers",
 ];
 
 /// Values given as flags; only those present override the other sources.
@@ -197,6 +241,8 @@ pub enum ConfigError {
     BadLogFormat(String),
     #[error("[storage] {0}")]
     BadStorage(String),
+    #[error("[producers] {0}")]
+    BadProducers(String),
     #[error("[admission] {0}")]
     BadAdmission(String),
     #[error(
@@ -242,6 +288,7 @@ impl ServeConfig {
                             || key.starts_with("tls__")
                             || key.starts_with("auth__")
                             || key.starts_with("admission__")
+                            || key.starts_with("producers__")
                     })
                     .split("__"),
             )
@@ -259,6 +306,10 @@ impl ServeConfig {
             .admission
             .check()
             .map_err(ConfigError::BadAdmission)?;
+        config
+            .producers
+            .check()
+            .map_err(ConfigError::BadProducers)?;
         config.peer_map()?;
         if config.listen == config.internal_listen && config.listen.port() != 0 {
             return Err(ConfigError::SamePort(config.listen));

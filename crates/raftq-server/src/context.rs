@@ -28,6 +28,8 @@ pub struct Context {
     pub transport: Transport,
     /// What this node serves at once.
     pub admission: Admission,
+    /// The bounds this node writes into producers' commands when it leads.
+    pub producers: crate::config::ProducersConfig,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -40,7 +42,12 @@ pub enum Route {
 }
 
 impl Context {
-    pub fn new(node: RaftNode, transport: Transport, admission: Admission) -> Context {
+    pub fn new(
+        node: RaftNode,
+        transport: Transport,
+        admission: Admission,
+        producers: crate::config::ProducersConfig,
+    ) -> Context {
         // The replicated limits: no command changes them, so the state's are read once.
         let limits = Arc::new(node.state().read().limits().clone());
         Context {
@@ -48,6 +55,7 @@ impl Context {
             limits,
             transport,
             admission,
+            producers,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }

@@ -3,7 +3,7 @@
 
 use raftq_cluster::ClusterError;
 use raftq_core::QueueError;
-use raftq_proto::wire::{LEADER_ADDRESS_KEY, RETRY_AFTER_MS_KEY};
+use raftq_proto::wire::{LEADER_ADDRESS_KEY, REASON_KEY, RETRY_AFTER_MS_KEY};
 use tonic::{Code, Status};
 
 /// How long a caller waits before sending again a call whose forward to the leader
@@ -99,6 +99,14 @@ impl From<ServiceError> for Status {
         }
         if let Some(value) = retry_after_ms.and_then(|ms| ms.to_string().parse().ok()) {
             status.metadata_mut().insert(RETRY_AFTER_MS_KEY, value);
+        }
+        if let ServiceError::Queue(error) = &error
+            && let Some(reason) = raftq_proto::reason_of(error)
+        {
+            status.metadata_mut().insert(
+                REASON_KEY,
+                tonic::metadata::MetadataValue::from_static(reason),
+            );
         }
         status
     }

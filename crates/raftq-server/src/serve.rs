@@ -62,7 +62,12 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     let admin_token = config.admin_token()?;
     let admission = Admission::new(config.admission.clone());
     let handlers = grpc::Handlers {
-        context: Context::new(node.clone(), transport.clone(), admission.clone()),
+        context: Context::new(
+            node.clone(),
+            transport.clone(),
+            admission.clone(),
+            config.producers.clone(),
+        ),
         auth: crate::auth::Auth::new(node.clone(), admin_token.as_deref()),
         stopped: stopped.clone(),
         stopping,

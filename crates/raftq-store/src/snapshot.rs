@@ -195,10 +195,18 @@ impl SnapshotWriter {
                 source,
             })?;
             // Principals and grants follow the rest of the state, inside its length: a
-            // state written before they existed ends without them.
+            // state written before they existed ends without them (and without what
+            // follows them).
             bincode::serialize_into(&mut hashing, state.access()).map_err(|source| {
                 StoreError::Encode {
                     what: "snapshot principals",
+                    source,
+                }
+            })?;
+            // Producers and their sessions follow the principals, in the same way.
+            bincode::serialize_into(&mut hashing, state.producers()).map_err(|source| {
+                StoreError::Encode {
+                    what: "snapshot producers",
                     source,
                 }
             })?;
@@ -410,6 +418,17 @@ impl SnapshotReader {
                 })?;
             state.restore_access(access);
         }
+        let rest = limited.inner.limit();
+        if rest != 0 {
+            let producers =
+                crate::codec::decode_from_within(&mut limited, rest).map_err(|source| {
+                    StoreError::Decode {
+                        what: "snapshot producers",
+                        source,
+                    }
+                })?;
+            state.restore_producers(producers);
+        }
         if limited.inner.limit() != 0 {
             return Err(damaged("the snapshot state is shorter than its length says").into());
         }
@@ -518,6 +537,50 @@ mod tests {
             !read
                 .access()
                 .allows("orders-app", Action::Manage, Some("orders"))
+        );
+    }
+
+    #[test]
+    fn producers_and_their_sequences_survive_a_snapshot() {
+        use raftq_core::{Command, NewMessage, Outcome, QueueOptions, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = StateMachine::default();
+        let send = || Command::ProducerSend {
+            producer: 1,
+            first_sequence: 1,
+            max_sessions: 10,
+            queue: "orders".into(),
+            messages: vec![NewMessage::default()],
+        };
+        for command in [
+            Command::CreateQueue {
+                name: "orders".into(),
+                options: QueueOptions::default(),
+            },
+            Command::RegisterProducer {
+                name: "till".into(),
+                idle_expiry_ms: 60_000,
+                max_producers: 10,
+            },
+            send(),
+        ] {
+            state.apply(Request { now_ms: 1, command }).unwrap();
+        }
+        let writer = SnapshotWriter::create(dir.path(), 1, 7, &state).unwrap();
+        let name = writer.finish().unwrap();
+        let mut read = SnapshotReader::open(&dir.path().join(name))
+            .unwrap()
+            .state()
+            .unwrap();
+        assert_eq!(read, state);
+        assert_eq!(read.producers().len(), 1);
+        let repeat = read.apply(Request {
+            now_ms: 2,
+            command: send(),
+        });
+        assert!(
+            matches!(&repeat, Ok(Outcome::Sent(results)) if results[0].duplicate),
+            "{repeat:?}"
         );
     }
 

@@ -27,6 +27,7 @@ impl Client {
         let request = pb::SendRequest {
             queue: queue.to_string(),
             message: Some(message.into_proto()),
+            producer: None,
         };
         if let Some(pipe) = self.pipe() {
             let streamed =
@@ -54,14 +55,9 @@ impl Client {
         let request = pb::SendBatchRequest {
             queue: queue.to_string(),
             messages: messages.into_iter().map(Message::into_proto).collect(),
+            producer: None,
         };
-        let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
-                let request = with_timeout(request.clone(), timeout);
-                async move { Self::messages(channel).send_batch(request).await }
-            })
-            .await?;
-        Ok(response.into_inner().results)
+        self.send_batch_request(request).await
     }
 
     /// Receives up to `max` messages under a lease, waiting up to `wait` for one to arrive.

@@ -42,6 +42,7 @@ use crate::pipe::{Ended, Pipe};
 use raftq_proto::wire::MAX_MESSAGE_BYTES;
 
 pub use message::{Message, SendOptions};
+pub(crate) use retry::with_timeout;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -4,6 +4,7 @@ mod messages;
 mod moves;
 mod precheck;
 mod queues;
+mod sequenced;
 mod transaction;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::Access;
 use crate::body::{Bodies, BodyChange, BodyEffect, BodyRef};
 use crate::command::{Command, Outcome, QueueInfo, Request};
+use crate::producers::Producers;
 use crate::queue::{Queue, StoredMessage};
 use crate::{Limits, MessageId, QueueError, TimeMs};
 use transaction::CommittedTransaction;
@@ -20,7 +22,7 @@ use transaction::CommittedTransaction;
 /// What a state holds in all queues: every stored message (dead letters, journal copies,
 /// acknowledgement messages and redriven messages are messages of their queues), their
 /// bytes, and the records kept to answer repeats (idempotency keys, committed
-/// transactions).
+/// transactions, producers and their sessions).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub messages: u64,
@@ -51,6 +53,9 @@ pub struct StateMachine {
     /// [`StateMachine::access`]), so that states written before it existed still decode.
     #[serde(skip)]
     access: Access,
+    /// Producers and their sessions. Encoded after the principals, for the same reason.
+    #[serde(skip)]
+    producers: Producers,
     /// Queues touched by the command being applied, whose dead letters must be moved
     /// before it ends. Always empty between commands.
     #[serde(skip)]
@@ -81,6 +86,7 @@ impl StateMachine {
             transaction_expiry: BTreeSet::new(),
             bodies: Bodies::default(),
             access: Access::default(),
+            producers: Producers::default(),
             touched: Vec::new(),
             changed: Vec::new(),
             body_changes: Vec::new(),
@@ -105,6 +111,17 @@ impl StateMachine {
     pub fn restore_access(&mut self, mut access: Access) {
         access.reindex();
         self.access = access;
+    }
+
+    /// Producers and their sessions. A snapshot writes them after the principals, and
+    /// [`StateMachine::restore_producers`] puts them back; a snapshot from before they
+    /// existed has none.
+    pub fn producers(&self) -> &Producers {
+        &self.producers
+    }
+
+    pub fn restore_producers(&mut self, producers: Producers) {
+        self.producers = producers;
     }
 
     /// Every body key in use is below this (keys are ids of messages that were sent).
@@ -156,6 +173,7 @@ impl StateMachine {
     pub fn apply(&mut self, request: Request) -> Result<Outcome, QueueError> {
         self.now_ms = self.now_ms.max(request.now_ms);
         self.forget_transactions();
+        self.producers.forget_idle(self.now_ms);
         match request.command {
             Command::Batch(commands) => Ok(Outcome::Batch(
                 commands
@@ -244,6 +262,25 @@ impl StateMachine {
             Command::Revoke { principal, pattern } => {
                 self.access.revoke(&principal, &pattern).map(changed)
             }
+            Command::RegisterProducer {
+                name,
+                idle_expiry_ms,
+                max_producers,
+            } => self.register_producer(&name, idle_expiry_ms, max_producers),
+            Command::ProducerSend {
+                producer,
+                first_sequence,
+                max_sessions,
+                queue,
+                messages,
+            } => self.producer_send(producer, first_sequence, max_sessions, queue, messages),
+            Command::ProducerCommit {
+                producer,
+                sequence,
+                transaction_id,
+                acks,
+                sends,
+            } => self.producer_commit(producer, sequence, transaction_id, acks, sends),
         }
     }
 
@@ -316,7 +353,9 @@ impl StateMachine {
     /// What the state holds in all: the measure of a node's budget.
     pub fn usage(&self) -> Usage {
         let mut usage = Usage {
-            dedup_records: self.transactions.len() as u64,
+            dedup_records: (self.transactions.len()
+                + self.producers.len()
+                + self.producers.sessions()) as u64,
             ..Usage::default()
         };
         for queue in self.queues.values() {

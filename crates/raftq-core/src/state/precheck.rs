@@ -9,7 +9,8 @@
 //! `apply`, so a command is never refused here that `apply` would have taken.
 
 use super::StateMachine;
-use crate::command::{Command, TransactionSend};
+use crate::command::{Command, NewMessage, TransactionAck, TransactionSend};
+use crate::producers::{ProducerId, Standing, Stream};
 use crate::{QueueError, TimeMs};
 
 impl StateMachine {
@@ -22,11 +23,7 @@ impl StateMachine {
             Command::DeleteQueue { name } | Command::PurgeQueue { name } => {
                 self.queue(name).map(|_| ())
             }
-            Command::Send { queue, messages } => {
-                self.limits.check_send_batch(messages)?;
-                self.check_acknowledgement_queues(messages)?;
-                self.queue(queue)?.check_send_at(messages, now_ms)
-            }
+            Command::Send { queue, messages } => self.precheck_send(queue, messages, now_ms),
             Command::Receive {
                 queue,
                 max_messages,
@@ -77,20 +74,7 @@ impl StateMachine {
                 transaction_id,
                 acks,
                 sends,
-            } => {
-                self.limits.check_transaction_id(transaction_id)?;
-                if self.transactions.contains_key(transaction_id) {
-                    // A repeat: `apply` answers it with the first commit's outcome.
-                    return Ok(());
-                }
-                self.limits
-                    .check_transaction_parts(acks.len(), sends.iter().map(|send| &send.message))?;
-                self.check_acknowledgement_queues(sends.iter().map(|send| &send.message))?;
-                for ack in acks {
-                    self.queue(&ack.queue)?;
-                }
-                self.check_transaction_sends(sends, now_ms)
-            }
+            } => self.precheck_commit(transaction_id, acks, sends, now_ms),
             Command::Tick => Ok(()),
             Command::Batch(commands) => commands
                 .iter()
@@ -105,6 +89,90 @@ impl StateMachine {
                 pattern,
                 actions,
             } => self.access.check_grant(principal, pattern, *actions),
+            Command::RegisterProducer {
+                name,
+                idle_expiry_ms,
+                max_producers,
+            } => self
+                .producers
+                .check_register(name, *idle_expiry_ms, *max_producers),
+            Command::ProducerSend {
+                producer,
+                first_sequence,
+                max_sessions,
+                queue,
+                messages,
+            } => self.precheck_numbered(
+                *producer,
+                Stream::Queue(queue.clone()),
+                (*first_sequence, messages.len() as u64),
+                *max_sessions,
+                || self.precheck_send(queue, messages, now_ms),
+            ),
+            Command::ProducerCommit {
+                producer,
+                sequence,
+                transaction_id,
+                acks,
+                sends,
+            } => self.precheck_numbered(
+                *producer,
+                Stream::Transactions,
+                (*sequence, 1),
+                u64::MAX,
+                || self.precheck_commit(transaction_id, acks, sends, now_ms),
+            ),
+        }
+    }
+
+    fn precheck_send(
+        &self,
+        queue: &str,
+        messages: &[NewMessage],
+        now_ms: TimeMs,
+    ) -> Result<(), QueueError> {
+        self.limits.check_send_batch(messages)?;
+        self.check_acknowledgement_queues(messages)?;
+        self.queue(queue)?.check_send_at(messages, now_ms)
+    }
+
+    fn precheck_commit(
+        &self,
+        transaction_id: &str,
+        acks: &[TransactionAck],
+        sends: &[TransactionSend],
+        now_ms: TimeMs,
+    ) -> Result<(), QueueError> {
+        self.limits.check_transaction_id(transaction_id)?;
+        if self.transactions.contains_key(transaction_id) {
+            // A repeat: `apply` answers it with the first commit's outcome.
+            return Ok(());
+        }
+        self.limits
+            .check_transaction_parts(acks.len(), sends.iter().map(|send| &send.message))?;
+        self.check_acknowledgement_queues(sends.iter().map(|send| &send.message))?;
+        for ack in acks {
+            self.queue(&ack.queue)?;
+        }
+        self.check_transaction_sends(sends, now_ms)
+    }
+
+    /// A numbered send or commit: its sequence, then (only when it is next: a repeat is
+    /// answered, not applied) the command itself.
+    fn precheck_numbered(
+        &self,
+        producer: ProducerId,
+        stream: Stream,
+        (first, count): (u64, u64),
+        max_sessions: u64,
+        command: impl FnOnce() -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        match self
+            .producers
+            .check(producer, &stream, first, count, max_sessions)?
+        {
+            Standing::Repeat(_) => Ok(()),
+            Standing::Next => command(),
         }
     }
 

@@ -15,7 +15,24 @@ pub fn code_of(error: &QueueError) -> Code {
         QueueError::QueueAlreadyExists { .. } | QueueError::PrincipalAlreadyExists { .. } => {
             Code::AlreadyExists
         }
-        QueueError::QueueFull { .. } | QueueError::TooManyQueues { .. } => Code::ResourceExhausted,
-        QueueError::StaleReceipt { .. } => Code::FailedPrecondition,
+        QueueError::QueueFull { .. }
+        | QueueError::TooManyQueues { .. }
+        | QueueError::TooManyProducers { .. } => Code::ResourceExhausted,
+        QueueError::StaleReceipt { .. }
+        | QueueError::ProducerExpired { .. }
+        | QueueError::SequenceGap { .. } => Code::FailedPrecondition,
+        QueueError::SequenceApplied { .. } => Code::AlreadyExists,
+    }
+}
+
+/// The stable reason a refusal carries in the status metadata [`crate::wire::REASON_KEY`]
+/// where its code alone does not tell a client what to do: the answers to a producer's
+/// numbered sends.
+pub fn reason_of(error: &QueueError) -> Option<&'static str> {
+    match error {
+        QueueError::ProducerExpired { .. } => Some(crate::wire::REASON_PRODUCER_EXPIRED),
+        QueueError::SequenceGap { .. } => Some(crate::wire::REASON_SEQUENCE_GAP),
+        QueueError::SequenceApplied { .. } => Some(crate::wire::REASON_SEQUENCE_APPLIED),
+        _ => None,
     }
 }

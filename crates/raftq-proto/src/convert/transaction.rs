@@ -56,6 +56,7 @@ mod tests {
                     ..pb::OutgoingMessage::default()
                 }),
             }],
+            producer: None,
         };
         let Command::Commit {
             transaction_id,

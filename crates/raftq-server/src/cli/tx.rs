@@ -134,5 +134,6 @@ fn read_tx_file(path: &std::path::Path) -> Result<pb::CommitRequest, ClientError
                 }),
             })
             .collect(),
+        producer: None,
     })
 }

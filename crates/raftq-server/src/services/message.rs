@@ -145,6 +145,7 @@ impl MessageApi {
         &self,
         queue: String,
         messages: Vec<pb::OutgoingMessage>,
+        producer: Option<pb::ProducerSequence>,
     ) -> Result<Vec<pb::SendResponse>, Status> {
         self.context.check_queue_name(&queue)?;
         let limits = &self.context.limits;
@@ -156,11 +157,8 @@ impl MessageApi {
             .context
             .admission
             .request_bytes(messages.iter().map(|message| message.size()).sum())?;
-        match self
-            .context
-            .write(Command::Send { queue, messages })
-            .await?
-        {
+        let command = self.numbered(Command::Send { queue, messages }, producer)?;
+        match self.context.write(command).await? {
             Outcome::Sent(results) => {
                 metrics::counter!("raftq_messages_sent_total").increment(count);
                 Ok(results.into_iter().map(Into::into).collect())
@@ -192,7 +190,9 @@ impl MessageApi {
     /// One message sent here, by a `Send` call or on a send stream.
     async fn send_one(&self, request: pb::SendRequest) -> Result<pb::SendResponse, Status> {
         let message = required(request.message, "message")?;
-        let mut results = self.send_messages(request.queue, vec![message]).await?;
+        let mut results = self
+            .send_messages(request.queue, vec![message], request.producer)
+            .await?;
         results
             .pop()
             .ok_or_else(|| status(ServiceError::internal("a send returned no result")))
@@ -334,7 +334,9 @@ impl MessageService for MessageApi {
         self.context
             .allow(&request, Action::Send, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        let results = self.send_messages(request.queue, request.messages).await?;
+        let results = self
+            .send_messages(request.queue, request.messages, request.producer)
+            .await?;
         Ok(Response::new(pb::SendBatchResponse { results }))
     }
 
@@ -557,7 +559,9 @@ impl MessageService for MessageApi {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         forward_to_leader!(self.context, request, MessageServiceClient<_>, commit);
         let caller = crate::auth::caller(&request)?;
-        let command = raftq_proto::commit(request.into_inner()).map_err(status)?;
+        let request = request.into_inner();
+        let producer = request.producer;
+        let command = raftq_proto::commit(request).map_err(status)?;
         let _bytes = self
             .context
             .admission
@@ -594,7 +598,11 @@ impl MessageService for MessageApi {
                 crate::auth::authorize(node, &caller, Action::Send, Some(&send.queue))?;
             }
         }
-        match self.context.write(command).await? {
+        match self
+            .context
+            .write(self.numbered(command, producer)?)
+            .await?
+        {
             Outcome::Committed {
                 sent,
                 already_committed,
@@ -609,6 +617,22 @@ impl MessageService for MessageApi {
             }
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn register_producer(
+        &self,
+        request: Request<pb::RegisterProducerRequest>,
+    ) -> Result<Response<pb::RegisterProducerResponse>, Status> {
+        forward_to_leader!(
+            self.context,
+            request,
+            MessageServiceClient<_>,
+            register_producer
+        );
+        let caller = crate::auth::caller(&request)?;
+        self.register(&caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn redrive(

@@ -7,6 +7,7 @@ mod admin;
 mod consume;
 mod message;
 mod principals;
+mod producers;
 mod queue;
 
 pub use admin::{AdminApi, PEER_STATUS_TIMEOUT, peer_status};
