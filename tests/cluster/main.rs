@@ -14,6 +14,7 @@ mod log_size;
 mod lost_disk;
 mod membership;
 mod observability;
+mod outbox;
 mod ports;
 mod power_loss;
 mod producers;

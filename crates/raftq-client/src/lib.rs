@@ -8,6 +8,7 @@
 mod client;
 mod consumer;
 mod error;
+mod outbox;
 mod pipe;
 mod producer;
 mod transaction;
@@ -15,6 +16,7 @@ mod transaction;
 pub use client::{Client, ClientConfig, Message, SendOptions};
 pub use consumer::{ConsumeOptions, Consumer, Delivery};
 pub use error::ClientError;
+pub use outbox::{DeadLetter, Outbox, OutboxConfig, OutboxError, OutboxStatus, Queued};
 pub use producer::Producer;
 pub use raftq_proto::pb;
 pub use raftq_tls::{ClientTls, TlsError, Transport};
