@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use protox::prost::Message;
 
 /// The public API: what clients call, and what the public port describes by reflection.
-const PUBLIC_PROTOS: [&str; 3] = [
+const PUBLIC_PROTOS: [&str; 4] = [
     "raftq/v1/queue.proto",
     "raftq/v1/message.proto",
     "raftq/v1/admin.proto",
+    "raftq/v1/agent.proto",
 ];
 /// Served on the internal port only.
 const INTERNAL_PROTOS: [&str; 1] = ["raftq/v1/raft.proto"];

@@ -1,6 +1,7 @@
 //! Cluster tests against real `raftq` processes. Each test names the promise it checks.
 
 mod admission;
+mod agent;
 mod auth;
 mod bad_input;
 mod cli;

@@ -6,41 +6,7 @@
 use std::time::Duration;
 
 use raftq_client::{Client, Message, Outbox, OutboxConfig, OutboxError, pb};
-use raftq_tests::{Cluster, create_queue, queue_stats, wait_until};
-
-/// Every body in `queue`, in delivery order, received and acknowledged.
-async fn drain(client: &Client, queue: &str) -> Vec<String> {
-    let mut bodies = Vec::new();
-    loop {
-        let delivered = client
-            .receive(queue, 1_000, Duration::ZERO, None)
-            .await
-            .expect("receive");
-        if delivered.is_empty() {
-            return bodies;
-        }
-        for message in &delivered {
-            bodies.push(String::from_utf8(message.body.clone()).expect("utf-8"));
-        }
-        let receipts: Vec<String> = delivered.into_iter().map(|d| d.receipt).collect();
-        client.ack_batch(queue, &receipts).await.expect("ack");
-    }
-}
-
-fn stop_all(cluster: &mut Cluster) {
-    let ids: Vec<u64> = cluster.nodes.iter().map(|node| node.id).collect();
-    for id in ids {
-        cluster.node(id).stop();
-    }
-}
-
-async fn restart_all(cluster: &mut Cluster) {
-    let ids: Vec<u64> = cluster.nodes.iter().map(|node| node.id).collect();
-    for id in ids {
-        cluster.node(id).restart();
-    }
-    cluster.wait_for_leader().await;
-}
+use raftq_tests::{Cluster, create_queue, drain_bodies, queue_stats, wait_until};
 
 /// Opens the outbox at `config`, waiting until an earlier handle on the file is gone.
 async fn reopen(client: &Client, config: &OutboxConfig) -> Outbox {
@@ -70,7 +36,7 @@ async fn sends_taken_while_every_node_is_down_arrive_once_and_in_order_when_it_r
     )
     .expect("outbox");
 
-    stop_all(&mut cluster);
+    cluster.stop_all();
     let mut queued = Vec::new();
     for n in 0..600 {
         queued.push(
@@ -106,7 +72,7 @@ async fn sends_taken_while_every_node_is_down_arrive_once_and_in_order_when_it_r
     assert_eq!(status.pending, 600 + 12 + 1);
     assert!(status.oldest_age.is_some());
 
-    restart_all(&mut cluster).await;
+    cluster.restart_all().await;
     assert!(
         outbox.flush(Duration::from_secs(90)).await.expect("flush"),
         "not forwarded: {:?}",
@@ -123,12 +89,16 @@ async fn sends_taken_while_every_node_is_down_arrive_once_and_in_order_when_it_r
             expected.push(format!("t{n}"));
         }
     }
-    assert_eq!(drain(&client, "orders").await, expected, "once, in order");
+    assert_eq!(
+        drain_bodies(&client, "orders").await,
+        expected,
+        "once, in order"
+    );
     let audit: Vec<String> = (0..6).map(|k| format!("a{}", k * 100 + 99)).collect();
-    assert_eq!(drain(&client, "audit").await, audit);
+    assert_eq!(drain_bodies(&client, "audit").await, audit);
     assert_eq!(queue_stats(&client, "timely").await.depth, 0);
     assert_eq!(
-        drain(&client, "timely.dlq").await,
+        drain_bodies(&client, "timely.dlq").await,
         vec!["late".to_string()],
         "arrived past its time to reach: not-reached"
     );
@@ -166,7 +136,7 @@ async fn what_waits_survives_closing_the_outbox_and_goes_once_after_reopening() 
     cluster.wait_for_leader().await;
     assert!(outbox.flush(Duration::from_secs(60)).await.expect("flush"));
     let expected: Vec<String> = (0..400).map(|n| format!("m{n}")).collect();
-    assert_eq!(drain(&client, "orders").await, expected);
+    assert_eq!(drain_bodies(&client, "orders").await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +163,10 @@ async fn a_refusal_for_good_becomes_a_dead_letter_the_rest_go_on_and_it_can_go_a
         .await
         .expect("stored");
     assert!(outbox.flush(Duration::from_secs(30)).await.expect("flush"));
-    assert_eq!(drain(&client, "orders").await, vec!["first", "second"]);
+    assert_eq!(
+        drain_bodies(&client, "orders").await,
+        vec!["first", "second"]
+    );
     let letters = outbox.dead_letters(10).await.expect("dead letters");
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].queue, "nowhere");
@@ -207,7 +180,7 @@ async fn a_refusal_for_good_becomes_a_dead_letter_the_rest_go_on_and_it_can_go_a
     create_queue(&client, "nowhere", pb::QueueOptions::default()).await;
     assert_eq!(outbox.retry_dead_letters().await.expect("retry"), 1);
     assert!(outbox.flush(Duration::from_secs(30)).await.expect("flush"));
-    assert_eq!(drain(&client, "nowhere").await, vec!["lost"]);
+    assert_eq!(drain_bodies(&client, "nowhere").await, vec!["lost"]);
     assert_eq!(outbox.status().await.expect("status").dead_letters, 0);
 }
 
@@ -253,5 +226,5 @@ async fn a_full_outbox_refuses_the_next_send_and_takes_sends_again_once_forwarde
         .expect("room again");
     assert!(outbox.flush(Duration::from_secs(30)).await.expect("flush"));
     let expected: Vec<String> = (0..11).map(|n| format!("m{n}")).collect();
-    assert_eq!(drain(&client, "orders").await, expected);
+    assert_eq!(drain_bodies(&client, "orders").await, expected);
 }

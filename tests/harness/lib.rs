@@ -504,6 +504,21 @@ impl Cluster {
         self.nodes.last().expect("just pushed")
     }
 
+    /// Stops every node (SIGTERM, each waited for).
+    pub fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+
+    /// Starts every node again on its data; waits until there is a leader.
+    pub async fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+        self.wait_for_leader().await;
+    }
+
     pub fn node(&mut self, id: u64) -> &mut NodeProcess {
         self.nodes
             .iter_mut()
@@ -612,6 +627,25 @@ where
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every body in `queue`, in delivery order, received and acknowledged until it is empty.
+pub async fn drain_bodies(client: &Client, queue: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    loop {
+        let delivered = client
+            .receive(queue, 1_000, Duration::ZERO, None)
+            .await
+            .expect("receive");
+        if delivered.is_empty() {
+            return bodies;
+        }
+        for message in &delivered {
+            bodies.push(String::from_utf8(message.body.clone()).expect("utf-8"));
+        }
+        let receipts: Vec<String> = delivered.into_iter().map(|d| d.receipt).collect();
+        client.ack_batch(queue, &receipts).await.expect("ack");
     }
 }
 

@@ -13,7 +13,7 @@ mod pipe;
 mod producer;
 mod transaction;
 
-pub use client::{Client, ClientConfig, Message, SendOptions};
+pub use client::{Channel, Client, ClientConfig, Credentials, Message, SendOptions};
 pub use consumer::{ConsumeOptions, Consumer, Delivery};
 pub use error::ClientError;
 pub use outbox::{DeadLetter, Outbox, OutboxConfig, OutboxError, OutboxStatus, Queued};

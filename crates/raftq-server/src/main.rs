@@ -5,6 +5,7 @@
 //! touch RocksDB or openraft types directly.
 
 mod admission;
+mod agent;
 mod auth;
 mod cli;
 mod config;

@@ -17,11 +17,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
 /// A connection to one node that carries the client's credentials on every call.
-pub(crate) type Channel = InterceptedService<tonic::transport::Channel, Credentials>;
+pub type Channel = InterceptedService<tonic::transport::Channel, Credentials>;
 
 /// The `authorization: Bearer <token>` every call carries, when the client has a token.
 #[derive(Clone)]
-pub(crate) struct Credentials(Option<MetadataValue<Ascii>>);
+pub struct Credentials(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Credentials {
     fn call(

@@ -40,6 +40,23 @@ impl Client {
         }
     }
 
+    /// Any call, made as the client makes its own: to the leader (following hints), again
+    /// on retryable answers until the retry deadline. `call` gets a connection and the time
+    /// the attempt has (for the request's timeout); a call that may wait (a long poll)
+    /// asks for `extra_timeout` more. For calls the client has no method of its own for,
+    /// such as a proxy passing requests through.
+    pub async fn call<T, F, Fut>(
+        &self,
+        extra_timeout: Duration,
+        call: F,
+    ) -> Result<tonic::Response<T>, ClientError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.retry(extra_timeout, call).await
+    }
+
     /// Runs `call` until it succeeds, fails for good, or the retry deadline passes.
     pub(crate) async fn retry<T, F, Fut>(
         &self,

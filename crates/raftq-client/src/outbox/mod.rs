@@ -79,6 +79,8 @@ pub struct OutboxStatus {
     /// Messages waiting to be forwarded, and their bytes.
     pub pending: u64,
     pub pending_bytes: u64,
+    /// Of those, the messages of the batch being forwarded now.
+    pub in_flight: u64,
     /// How long the oldest waiting message has waited.
     pub oldest_age: Option<Duration>,
     pub dead_letters: u64,
@@ -208,7 +210,7 @@ impl Outbox {
     ) -> Result<Vec<Queued>, OutboxError> {
         let sends = messages
             .into_iter()
-            .map(|message| (queue.to_string(), message))
+            .map(|message| (queue.to_string(), message.into_proto()))
             .collect();
         self.store_sends(sends, false).await
     }
@@ -217,12 +219,18 @@ impl Outbox {
     /// committed as one when forwarded (all stored, or, if the cluster refuses it for
     /// good, none and a dead letter each).
     pub async fn commit(&self, sends: Vec<(String, Message)>) -> Result<Vec<Queued>, OutboxError> {
+        let sends = sends
+            .into_iter()
+            .map(|(queue, message)| (queue, message.into_proto()))
+            .collect();
         self.store_sends(sends, true).await
     }
 
-    async fn store_sends(
+    /// Stores sends as the wire carries them (a proxy's), as `send_batch` (one queue) or
+    /// `commit` (`transaction`) would; an empty `sent_at_ms` is set to now.
+    pub async fn store_sends(
         &self,
-        sends: Vec<(String, Message)>,
+        sends: Vec<(String, crate::pb::OutgoingMessage)>,
         transaction: bool,
     ) -> Result<Vec<Queued>, OutboxError> {
         if sends.is_empty() || sends.len() > 1_000 {
@@ -242,7 +250,7 @@ impl Outbox {
             stamped.push(message.sent_at_ms);
             records.push(Record {
                 queue,
-                message: Some(message.into_proto()),
+                message: Some(message),
                 unit: 0,
                 unit_size: if transaction { size } else { 0 },
                 reason: String::new(),
@@ -272,6 +280,7 @@ impl Outbox {
         Ok(OutboxStatus {
             pending: waiting.messages,
             pending_bytes: waiting.bytes,
+            in_flight: waiting.in_flight,
             oldest_age,
             dead_letters: waiting.dead_letters,
             forwarded: self

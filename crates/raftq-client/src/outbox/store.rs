@@ -81,6 +81,8 @@ pub(crate) struct Store {
 /// What waits, for the status.
 pub(crate) struct Waiting {
     pub messages: u64,
+    /// Messages of the batch being forwarded.
+    pub in_flight: u64,
     pub bytes: u64,
     pub oldest_sent_at_ms: Option<u64>,
     pub dead_letters: u64,
@@ -295,8 +297,14 @@ impl Store {
                 .and_then(|record| record.message.map(|m| m.sent_at_ms)),
             None => None,
         };
+        let in_flight = txn.open_table(INFLIGHT).map_err(failed)?;
+        let in_flight = match in_flight.get(INFLIGHT_KEY).map_err(failed)? {
+            Some(value) => Batch::decode(value.value()).map_or(0, |batch| batch.count),
+            None => 0,
+        };
         Ok(Waiting {
             messages: pending.len().map_err(failed)?,
+            in_flight,
             bytes: meta
                 .get(BYTES_KEY)
                 .map_err(failed)?

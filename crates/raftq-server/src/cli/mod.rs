@@ -1,5 +1,6 @@
 //! Command-line interface: the top-level commands, their dispatch and client exit statuses.
 
+mod agent;
 mod cluster;
 mod dlq;
 mod journal;
@@ -16,7 +17,7 @@ mod tx;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use raftq_client::{Client, ClientConfig, ClientError, ClientTls, Transport};
 use serde_json::json;
 
@@ -40,6 +41,15 @@ pub struct Cli {
     /// `text` for people, `json` for one JSON object per line.
     #[arg(long, global = true, value_enum, default_value = "text")]
     output: Output,
+    #[command(flatten)]
+    access: AccessArgs,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+/// How a client command (or the agent) reaches the cluster.
+#[derive(Args, Debug)]
+struct AccessArgs {
     /// The CA certificate (PEM) the cluster's certificates chain to: connect with TLS.
     /// Without it, plaintext (servers started with --insecure).
     #[arg(long, global = true, env = "RAFTQ_CA_CERT")]
@@ -71,8 +81,29 @@ pub struct Cli {
         requires = "client_cert"
     )]
     client_key: Option<std::path::PathBuf>,
-    #[command(subcommand)]
-    command: Commands,
+}
+
+/// The transport and token `args` ask for.
+fn access(args: &AccessArgs) -> anyhow::Result<(Transport, Option<String>)> {
+    let transport = match &args.ca_cert {
+        Some(ca) => {
+            let identity = args.client_cert.as_deref().zip(args.client_key.as_deref());
+            Transport::Tls(ClientTls::from_files(ca, identity)?.connector())
+        }
+        None => Transport::Plaintext,
+    };
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|error| {
+                    anyhow::anyhow!("reading the token file {}: {error}", path.display())
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => args.token.clone(),
+    };
+    Ok((transport, token))
 }
 
 // The top-level commands, in the order `raftq --help` lists them: server and message
@@ -107,6 +138,7 @@ enum Commands {
     /// Certificates for trying raftq out (a throwaway CA).
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    Agent(agent::AgentCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -114,35 +146,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Commands::Server(command) => server::run(command).await,
         Commands::Tls(command) => tls::run(command),
+        Commands::Agent(command) => agent::run(command, access(&cli.access)?, output).await,
         command => {
-            let transport = match &cli.ca_cert {
-                Some(ca) => {
-                    let identity = cli.client_cert.as_deref().zip(cli.client_key.as_deref());
-                    Transport::Tls(ClientTls::from_files(ca, identity)?.connector())
-                }
-                None => Transport::Plaintext,
-            };
+            let (transport, token) = access(&cli.access)?;
             // A person is waiting: give up sooner than a service would.
             let config = ClientConfig {
                 retry_deadline: Duration::from_secs(10),
                 transport,
-                token: match &cli.token_file {
-                    Some(path) => Some(
-                        std::fs::read_to_string(path)
-                            .map_err(|error| {
-                                anyhow::anyhow!(
-                                    "reading the token file {}: {error}",
-                                    path.display()
-                                )
-                            })?
-                            .trim()
-                            .to_string(),
-                    ),
-                    None => cli.token.clone(),
-                },
+                token,
                 ..ClientConfig::default()
             };
-            let client = Client::new(&[cli.addr], config)?;
+            let client = Client::new(std::slice::from_ref(&cli.addr), config)?;
             match client_command(&client, command, output).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(error) => {
@@ -175,7 +189,9 @@ async fn client_command(
         Commands::Journal(command) => journal::run(client, command, output).await,
         Commands::Principal(command) => principal::run_principal(client, command, output).await,
         Commands::Access(command) => principal::run_access(client, command, output).await,
-        Commands::Server(_) | Commands::Tls(_) => unreachable!("handled by run"),
+        Commands::Server(_) | Commands::Tls(_) | Commands::Agent(_) => {
+            unreachable!("handled by run")
+        }
     }
 }
 

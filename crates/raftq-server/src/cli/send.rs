@@ -125,9 +125,10 @@ pub(super) async fn run(
         message = message.with_time_to_reach(Duration::from_millis(delivery.time_to_reach_ms));
     }
     let sent = client.send(&args.queue, message).await?;
-    print(
-        output,
-        json!({"message_id": sent.message_id, "sequence": sent.sequence, "duplicate": sent.duplicate, "expired": sent.expired}),
+    // An agent stores the message and answers before the cluster has given it an id.
+    let text = if sent.message_id == 0 {
+        "stored by the agent: it goes to the cluster when the cluster is reachable".to_string()
+    } else {
         format!(
             "sent message {} (sequence {}){}{}",
             sent.message_id,
@@ -142,7 +143,12 @@ pub(super) async fn run(
             } else {
                 ""
             }
-        ),
+        )
+    };
+    print(
+        output,
+        json!({"message_id": sent.message_id, "sequence": sent.sequence, "duplicate": sent.duplicate, "expired": sent.expired}),
+        text,
     );
     Ok(())
 }

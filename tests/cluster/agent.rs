@@ -1,0 +1,207 @@
+//! `raftq agent`, a real process: sends taken while every node is stopped arrive once and
+//! in order, though the agent is killed with -9 in the middle of forwarding and the outage
+//! outlasts the queue's dedup window; other calls pass through, and are answered
+//! UNAVAILABLE while the cluster is away, while sends are still taken.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use raftq_client::{Client, ClientConfig, Code, Transport, pb};
+use raftq_proto::pb::agent_service_client::AgentServiceClient;
+use raftq_proto::pb::message_service_client::MessageServiceClient;
+use raftq_tests::{Cluster, cli, create_queue, drain_bodies, free_port, wait_until};
+use tonic::transport::Channel;
+
+struct Agent {
+    child: Child,
+    address: String,
+}
+
+impl Agent {
+    fn start(cluster: &Cluster, dir: &std::path::Path, batch: usize) -> Agent {
+        let address = format!("127.0.0.1:{}", free_port());
+        let nodes: Vec<String> = cluster.nodes.iter().map(|node| node.grpc.clone()).collect();
+        let child = cli()
+            .args(["agent", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &address, "--cluster", &nodes.join(",")])
+            .args([
+                "--batch-messages",
+                &batch.to_string(),
+                "--name",
+                "test-agent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        Agent { child, address }
+    }
+
+    async fn messages(&self) -> MessageServiceClient<Channel> {
+        let address = format!("http://{}", self.address);
+        wait_until("the agent answers", Duration::from_secs(20), || {
+            let address = address.clone();
+            async move { MessageServiceClient::connect(address).await.ok() }
+        })
+        .await
+    }
+
+    async fn status(&self) -> pb::AgentStatusResponse {
+        let address = format!("http://{}", self.address);
+        wait_until("the agent answers", Duration::from_secs(20), || {
+            let address = address.clone();
+            async move {
+                let mut agent = AgentServiceClient::connect(address).await.ok()?;
+                agent
+                    .agent_status(pb::AgentStatusRequest {})
+                    .await
+                    .ok()
+                    .map(|answer| answer.into_inner())
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn batch(queue: &str, from: usize, count: usize) -> pb::SendBatchRequest {
+    pb::SendBatchRequest {
+        queue: queue.into(),
+        messages: (from..from + count)
+            .map(|n| pb::OutgoingMessage {
+                body: format!("m{n:05}").into_bytes(),
+                ..Default::default()
+            })
+            .collect(),
+        producer: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_through_an_agent_while_the_cluster_is_down_arrive_once_though_it_is_killed() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    // A dedup window shorter than the outage: only the agent's numbers keep sends once.
+    let short_window = pb::QueueOptions {
+        dedup_window_ms: 1_000,
+        ..Default::default()
+    };
+    create_queue(&client, "orders", short_window).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut agent = Agent::start(&cluster, dir.path(), 50);
+    let mut sender = agent.messages().await;
+
+    cluster.stop_all();
+    const COUNT: usize = 10_000;
+    for from in (0..COUNT).step_by(100) {
+        let answer = sender
+            .send_batch(batch("orders", from, 100))
+            .await
+            .expect("the agent takes sends while the cluster is down");
+        assert!(answer.metadata().get("raftq-local-id").is_some());
+    }
+    let status = agent.status().await;
+    assert_eq!(status.pending, COUNT as u64);
+    // Longer than the dedup window.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    cluster.restart_all().await;
+    // Killed with -9 in the middle of forwarding.
+    let at_kill = wait_until("forwarding is under way", Duration::from_secs(60), || {
+        let agent = &agent;
+        async move {
+            let status = agent.status().await;
+            (status.forwarded >= 1_000 && status.pending > 0).then_some(status)
+        }
+    })
+    .await;
+    agent.child.kill().expect("kill -9");
+    agent.child.wait().expect("reaped");
+    assert!(at_kill.pending > 0);
+
+    let agent = Agent::start(&cluster, dir.path(), 50);
+    let restarted = agent.status().await;
+    assert!(
+        restarted.pending > 0,
+        "the kill came after forwarding ended"
+    );
+    wait_until(
+        "the agent has forwarded everything",
+        Duration::from_secs(120),
+        || {
+            let agent = &agent;
+            async move { (agent.status().await.pending == 0).then_some(()) }
+        },
+    )
+    .await;
+    let expected: Vec<String> = (0..COUNT).map(|n| format!("m{n:05}")).collect();
+    let received = drain_bodies(&client, "orders").await;
+    assert_eq!(received.len(), COUNT, "each once");
+    assert_eq!(received, expected, "in send order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_calls_pass_through_and_are_unavailable_while_the_cluster_is_away() {
+    let mut cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let agent = Agent::start(&cluster, dir.path(), 500);
+    // A client of the agent as of any node: plaintext on loopback, no token.
+    let through = Client::new(
+        std::slice::from_ref(&agent.address),
+        ClientConfig {
+            transport: Transport::Plaintext,
+            retry_deadline: Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+    )
+    .expect("client");
+    agent.messages().await;
+    through
+        .send_batch_request(batch("orders", 0, 3))
+        .await
+        .expect("send");
+    let received = wait_until("the sends are forwarded", Duration::from_secs(30), || {
+        let through = through.clone();
+        async move {
+            let got = through
+                .receive("orders", 10, Duration::from_millis(500), None)
+                .await
+                .ok()?;
+            (!got.is_empty()).then_some(got)
+        }
+    })
+    .await;
+    through
+        .ack("orders", &received[0].receipt)
+        .await
+        .expect("an ack passes through");
+    assert_eq!(
+        through.get_queue("orders").await.expect("get").name,
+        "orders"
+    );
+
+    cluster.node(1).stop();
+    let away = through
+        .receive("orders", 1, Duration::ZERO, None)
+        .await
+        .expect_err("no cluster");
+    assert_eq!(away.code(), Some(Code::Unavailable), "{away}");
+    let unknown = through
+        .send_batch_request(batch("", 0, 1))
+        .await
+        .expect_err("refused by the agent itself");
+    assert_eq!(unknown.code(), Some(Code::InvalidArgument), "{unknown}");
+    through
+        .send_batch_request(batch("orders", 3, 1))
+        .await
+        .expect("sends are still taken");
+}
