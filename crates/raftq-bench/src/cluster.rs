@@ -236,6 +236,23 @@ impl SpawnedCluster {
         }
     }
 
+    /// Kills every node (an outage); [`SpawnedCluster::start_nodes`] brings them back.
+    pub async fn stop_nodes(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.take() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+
+    /// Starts every node again on its data; returns once there is a leader.
+    pub async fn start_nodes(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.nodes.len() {
+            self.spawn(index)?;
+        }
+        self.wait_for_leader().await
+    }
+
     pub async fn stop(mut self) {
         for child in self.nodes.iter_mut().flatten() {
             let _ = child.kill().await;

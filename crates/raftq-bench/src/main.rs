@@ -6,6 +6,7 @@
 //! `raftq-bench run` runs one scenario against one target; `raftq-bench suite` runs every
 //! scenario against every target named and prints one table.
 
+mod agent;
 mod cluster;
 mod driver;
 mod flood;
@@ -48,6 +49,9 @@ enum Mode {
     /// A raftq cluster pushed past its limits: long polls, streams, large requests and a
     /// flood of tiny messages; refusals counted, peak RSS, nothing acknowledged lost.
     Flood(flood::FloodArgs),
+    /// What `raftq agent` adds to a send's latency, and how fast it forwards a backlog
+    /// after an outage, beside direct sends.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -752,6 +756,7 @@ async fn main() -> anyhow::Result<()> {
             suite(args).await
         }
         Mode::Flood(args) => flood::run(args).await,
+        Mode::Agent(args) => agent::run(args).await,
     }
 }
 

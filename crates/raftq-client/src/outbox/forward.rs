@@ -90,43 +90,30 @@ async fn register(inner: &Inner) -> Result<Option<u64>, OutboxError> {
     }
 }
 
-/// The batch to forward now: the one chosen before, numbered for `producer`, or the
-/// next from the head.
+/// The batch to forward now: the one chosen before (numbered again if it was chosen for a
+/// producer that has since expired), or the next from the head.
 async fn batch(inner: &Inner, producer: u64) -> Result<Option<Batch>, OutboxError> {
     let max = inner.config.batch_messages;
-    let chosen = inner.blocking(|store| store.inflight()).await?;
-    let mut batch = match chosen {
-        Some(batch) if batch.producer == producer => return Ok(Some(batch)),
-        // Chosen for a producer that has since expired: numbered again below.
-        Some(batch) => batch,
-        None => {
-            let head = inner.blocking(move |store| store.head(max)).await?;
-            let Some((first, record)) = head.first() else {
-                return Ok(None);
-            };
-            Batch {
-                first: *first,
-                count: head.len() as u64,
-                queue: if record.unit != 0 {
-                    String::new()
-                } else {
-                    record.queue.clone()
-                },
-                sequence: 0,
-                producer,
-            }
+    match inner.blocking(|store| store.inflight()).await? {
+        Some(batch) if batch.producer == producer => Ok(Some(batch)),
+        Some(mut batch) => {
+            let queue = batch.queue.clone();
+            batch.sequence = inner
+                .blocking(move |store| store.next_sequence(&queue))
+                .await?;
+            batch.producer = producer;
+            let chosen = batch.clone();
+            inner
+                .blocking(move |store| store.set_inflight(Some(&chosen)))
+                .await?;
+            Ok(Some(batch))
         }
-    };
-    let queue = batch.queue.clone();
-    batch.sequence = inner
-        .blocking(move |store| store.next_sequence(&queue))
-        .await?;
-    batch.producer = producer;
-    let chosen = batch.clone();
-    inner
-        .blocking(move |store| store.set_inflight(Some(&chosen)))
-        .await?;
-    Ok(Some(batch))
+        None => {
+            inner
+                .blocking(move |store| store.choose(producer, max))
+                .await
+        }
+    }
 }
 
 fn stamp(batch: &Batch) -> Option<pb::ProducerSequence> {
@@ -202,8 +189,10 @@ async fn step(inner: &Inner) -> Result<Step, OutboxError> {
     let reason = result.as_ref().err().and_then(ClientError::reason);
     match (&result, reason) {
         (Ok(()), _) | (Err(_), Some(REASON_SEQUENCE_APPLIED)) => {
-            let done = batch.clone();
-            inner.blocking(move |store| store.forwarded(&done)).await?;
+            let (done, max) = (batch.clone(), inner.config.batch_messages);
+            inner
+                .blocking(move |store| store.forwarded(&done, max))
+                .await?;
             inner.forwarded.fetch_add(batch.count, Ordering::Relaxed);
             metrics::counter!("raftq_outbox_forwarded_total").increment(batch.count);
             inner.note_stuck(None);

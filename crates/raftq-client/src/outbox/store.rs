@@ -192,24 +192,17 @@ impl Store {
 
     /// Up to `max` records from the head that go in one request: a run of plain sends to
     /// one queue, or one transaction.
+    #[cfg(test)]
     pub fn head(&self, max: usize) -> Result<Vec<(u64, Record)>, OutboxError> {
         let txn = self.db.begin_read().map_err(failed)?;
         let table = txn.open_table(PENDING).map_err(failed)?;
-        let mut head: Vec<(u64, Record)> = Vec::new();
-        for entry in table.iter().map_err(failed)? {
-            let (id, value) = entry.map_err(failed)?;
-            let record = Record::decode(value.value())
-                .map_err(|error| OutboxError::Store(format!("damaged record: {error}")))?;
-            if let Some((_, first)) = head.first() {
-                let same_unit = first.unit != 0 && record.unit == first.unit;
-                let same_run = first.unit == 0 && record.unit == 0 && record.queue == first.queue;
-                if !(same_unit || same_run) || (first.unit == 0 && head.len() >= max) {
-                    break;
-                }
-            }
-            head.push((id.value(), record));
-        }
-        Ok(head)
+        head_of(&table, max).map_err(failed)
+    }
+
+    /// Chooses the next batch from the head, numbered for `producer`, as the one being
+    /// forwarded; `None` when nothing waits.
+    pub fn choose(&self, producer: u64, max: usize) -> Result<Option<Batch>, OutboxError> {
+        self.write(|txn| choose_in(txn, producer, max))
     }
 
     /// The records of `batch`, in order.
@@ -253,8 +246,9 @@ impl Store {
         })
     }
 
-    /// The cluster has `batch`: its records go, its numbers are used.
-    pub fn forwarded(&self, batch: &Batch) -> Result<(), OutboxError> {
+    /// The cluster has `batch`: its records go, its numbers are used, and the next batch
+    /// is chosen (up to `max` messages) in the same transaction: one sync per batch.
+    pub fn forwarded(&self, batch: &Batch, max: usize) -> Result<Option<Batch>, OutboxError> {
         self.write(|txn| {
             let bytes = remove_records(txn, batch, None)?;
             let mut meta = txn.open_table(META)?;
@@ -269,7 +263,7 @@ impl Store {
             txn.open_table(NEXT)?
                 .insert(batch.queue.as_str(), batch.sequence + used)?;
             txn.open_table(INFLIGHT)?.remove(INFLIGHT_KEY)?;
-            Ok(())
+            choose_in(txn, batch.producer, max)
         })
     }
 
@@ -358,6 +352,59 @@ impl Store {
     }
 }
 
+/// The records at the head that go in one request.
+fn head_of(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    max: usize,
+) -> Result<Vec<(u64, Record)>, redb::Error> {
+    let mut head: Vec<(u64, Record)> = Vec::new();
+    for entry in table.iter()? {
+        let (id, value) = entry?;
+        let record = Record::decode(value.value())
+            .map_err(|error| redb::Error::Corrupted(format!("damaged record: {error}")))?;
+        if let Some((_, first)) = head.first() {
+            let same_unit = first.unit != 0 && record.unit == first.unit;
+            let same_run = first.unit == 0 && record.unit == 0 && record.queue == first.queue;
+            if !(same_unit || same_run) || (first.unit == 0 && head.len() >= max) {
+                break;
+            }
+        }
+        head.push((id.value(), record));
+    }
+    Ok(head)
+}
+
+/// Chooses the batch at the head, numbered for `producer`, as the one in flight.
+fn choose_in(
+    txn: &redb::WriteTransaction,
+    producer: u64,
+    max: usize,
+) -> Result<Option<Batch>, redb::Error> {
+    let head = head_of(&txn.open_table(PENDING)?, max)?;
+    let Some((first, record)) = head.first() else {
+        return Ok(None);
+    };
+    let queue = if record.unit != 0 {
+        String::new()
+    } else {
+        record.queue.clone()
+    };
+    let sequence = txn
+        .open_table(NEXT)?
+        .get(queue.as_str())?
+        .map_or(1, |v| v.value());
+    let batch = Batch {
+        first: *first,
+        count: head.len() as u64,
+        queue,
+        sequence,
+        producer,
+    };
+    txn.open_table(INFLIGHT)?
+        .insert(INFLIGHT_KEY, batch.encode_to_vec().as_slice())?;
+    Ok(Some(batch))
+}
+
 /// Removes `batch`'s records from the waiting ones (to the dead letters when `dead`
 /// says why); their bytes.
 fn remove_records(
@@ -438,7 +485,11 @@ mod tests {
             sequence: 1,
             producer: 7,
         };
-        store.forwarded(&run).unwrap();
+        let next = store
+            .forwarded(&run, 10)
+            .unwrap()
+            .expect("the transaction is next");
+        assert_eq!((next.first, next.count, next.queue.as_str()), (3, 2, ""));
         assert_eq!(store.next_sequence("a").unwrap(), 3);
         // The transaction, whole, though it names two queues.
         assert_eq!(ids(store.head(10).unwrap()), [3, 4]);
