@@ -1,7 +1,8 @@
 //! `raftq agent`, a real process: sends taken while every node is stopped arrive once and
 //! in order, though the agent is killed with -9 in the middle of forwarding and the outage
-//! outlasts the queue's dedup window; other calls pass through, and are answered
-//! UNAVAILABLE while the cluster is away, while sends are still taken.
+//! outlasts the queue's dedup window, and though its disk loses what it had not synced;
+//! other calls pass through, and are answered UNAVAILABLE while the cluster is away, while
+//! sends are still taken.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -9,17 +10,23 @@ use std::time::Duration;
 use raftq_client::{Client, ClientConfig, Code, Transport, pb};
 use raftq_proto::pb::agent_service_client::AgentServiceClient;
 use raftq_proto::pb::message_service_client::MessageServiceClient;
-use raftq_tests::{Cluster, cli, create_queue, drain_bodies, free_port, wait_until};
+use raftq_tests::powerloss::PowerLossFs;
+use raftq_tests::{
+    Cluster, cli, create_queue, drain_bodies, free_port, http_get, metric_value, wait_until,
+};
 use tonic::transport::Channel;
 
 struct Agent {
     child: Child,
     address: String,
+    /// Its `/metrics` and `/healthz`.
+    http: String,
 }
 
 impl Agent {
     fn start(cluster: &Cluster, dir: &std::path::Path, batch: usize) -> Agent {
         let address = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
         let nodes: Vec<String> = cluster.nodes.iter().map(|node| node.grpc.clone()).collect();
         let child = cli()
             .args(["agent", "--data-dir"])
@@ -30,12 +37,18 @@ impl Agent {
                 &batch.to_string(),
                 "--name",
                 "test-agent",
+                "--http-listen",
+                &http,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the agent");
-        Agent { child, address }
+        Agent {
+            child,
+            address,
+            http,
+        }
     }
 
     async fn messages(&self) -> MessageServiceClient<Channel> {
@@ -148,6 +161,70 @@ async fn sends_through_an_agent_while_the_cluster_is_down_arrive_once_though_it_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_loses_power_keeps_every_send_it_answered_and_forwards_each_once() {
+    let mut cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut disk = PowerLossFs::mount(&dir.path().join("backing"), &dir.path().join("mnt"))
+        .expect("power-loss file system (needs root and /dev/fuse)");
+    let data = disk.mountpoint().join("agent");
+    let mut agent = Agent::start(&cluster, &data, 20);
+    let mut sender = agent.messages().await;
+
+    // Every send answered while the node is down is on the disk, synced.
+    cluster.node(1).stop();
+    const COUNT: usize = 2_000;
+    for from in (0..COUNT).step_by(50) {
+        sender
+            .send_batch(batch("orders", from, 50))
+            .await
+            .expect("the agent takes sends while the cluster is down");
+    }
+    agent.child.kill().expect("kill -9");
+    agent.child.wait().expect("reaped");
+    disk.lose_power().expect("power loss");
+    let mut agent = Agent::start(&cluster, &data, 20);
+    assert_eq!(
+        agent.status().await.pending,
+        COUNT as u64,
+        "an answered send was lost"
+    );
+
+    // Power lost again in the middle of forwarding.
+    cluster.node(1).restart();
+    cluster.wait_for_leader().await;
+    wait_until("forwarding is under way", Duration::from_secs(60), || {
+        let agent = &agent;
+        async move {
+            let status = agent.status().await;
+            (status.forwarded >= 200 && status.pending > 0).then_some(())
+        }
+    })
+    .await;
+    agent.child.kill().expect("kill -9");
+    agent.child.wait().expect("reaped");
+    disk.lose_power().expect("power loss");
+    let agent = Agent::start(&cluster, &data, 20);
+    wait_until(
+        "the agent has forwarded everything",
+        Duration::from_secs(120),
+        || {
+            let agent = &agent;
+            async move { (agent.status().await.pending == 0).then_some(()) }
+        },
+    )
+    .await;
+    let expected: Vec<String> = (0..COUNT).map(|n| format!("m{n:05}")).collect();
+    assert_eq!(
+        drain_bodies(&client, "orders").await,
+        expected,
+        "once, in order"
+    );
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_calls_pass_through_and_are_unavailable_while_the_cluster_is_away() {
     let mut cluster = Cluster::start(1).await;
     let client = cluster.client();
@@ -188,6 +265,10 @@ async fn other_calls_pass_through_and_are_unavailable_while_the_cluster_is_away(
         through.get_queue("orders").await.expect("get").name,
         "orders"
     );
+    let (code, metrics) = http_get(&agent.http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(metric_value(&metrics, "raftq_outbox_forwarded_total"), 3.0);
+    assert_eq!(metric_value(&metrics, "raftq_outbox_pending_messages"), 0.0);
 
     cluster.node(1).stop();
     let away = through

@@ -90,7 +90,15 @@ pub(crate) struct Waiting {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, OutboxError> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        create_durable_dir(dir)?;
         let db = Database::create(path).map_err(failed)?;
+        // The file's name, as well as its content, must survive a power loss: a synced
+        // commit in a file whose directory entry was never synced is lost with it.
+        sync_dir(dir)?;
         // The tables exist from the start, so readers never find one missing.
         let mut txn = db.begin_write().map_err(failed)?;
         txn.set_durability(Durability::Immediate).map_err(failed)?;
@@ -349,6 +357,36 @@ impl Store {
             meta.insert(BYTES_KEY, bytes)?;
             Ok(moved)
         })
+    }
+}
+
+fn io_failed(what: &Path, error: std::io::Error) -> OutboxError {
+    OutboxError::Store(format!("{}: {error}", what.display()))
+}
+
+/// Syncs directory `dir`: the names created in it become durable.
+fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| io_failed(dir, error))
+}
+
+/// Creates `dir` and any missing parents, each made durable in its own parent.
+fn create_durable_dir(dir: &Path) -> Result<(), OutboxError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        create_durable_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(io_failed(dir, error)),
+    }
+    match dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct AgentOptions {
     pub max_messages: u64,
     pub max_bytes: u64,
     pub batch_messages: usize,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served, if anywhere.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// How long a passed-through call tries the cluster before it is answered UNAVAILABLE.
@@ -61,7 +63,6 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
          loopback address, not {}",
         options.listen
     );
-    std::fs::create_dir_all(&options.data_dir)?;
     let config = |retry_deadline| ClientConfig {
         retry_deadline,
         transport: options.transport.clone(),
@@ -92,9 +93,44 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let agent = AgentState {
         outbox: outbox.clone(),
     };
-    let stop = async {
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    if let Some(address) = options.http_listen {
+        let prometheus =
+            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let mut stopped = stopped.clone();
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(
+                    move |axum::extract::State(outbox): axum::extract::State<Outbox>| {
+                        let prometheus = prometheus.clone();
+                        async move {
+                            // Refreshes the outbox's gauges (pending, oldest age).
+                            let _ = outbox.status().await;
+                            prometheus.render()
+                        }
+                    },
+                ),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .with_state(outbox.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            };
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::warn!(%error, "agent metrics port failed");
+            }
+        });
+    }
+    let stop = async move {
         crate::serve::shutdown_signal().await;
         tracing::info!("agent stopping; what waits stays in the outbox");
+        let _ = stopping.send(true);
     };
     tonic::transport::Server::builder()
         .add_service(

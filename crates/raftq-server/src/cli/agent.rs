@@ -48,6 +48,10 @@ struct AgentRunArgs {
     /// Most messages one forwarded batch carries (1 to 1,000).
     #[arg(long, default_value_t = 500)]
     batch_messages: usize,
+    /// Where to serve `/metrics` (Prometheus: the outbox's depth, oldest age, forwarded
+    /// and dead-lettered counts) and `/healthz`; none by default.
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +103,7 @@ pub(super) async fn run(
                 max_messages: args.max_messages,
                 max_bytes: args.max_bytes,
                 batch_messages: args.batch_messages,
+                http_listen: args.http_listen,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
