@@ -1,18 +1,19 @@
 //! `raftq agent`, a real process: sends taken while every node is stopped arrive once and
 //! in order, though the agent is killed with -9 in the middle of forwarding and the outage
 //! outlasts the queue's dedup window, and though its disk loses what it had not synced;
-//! other calls pass through, and are answered UNAVAILABLE while the cluster is away, while
-//! sends are still taken.
+//! other calls pass through (a consume stream too), and are answered UNAVAILABLE while
+//! the cluster is away, while sends are still taken.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use raftq_client::{Client, ClientConfig, Code, Transport, pb};
+use raftq_client::{Client, ClientConfig, Code, ConsumeOptions, Transport, pb};
 use raftq_proto::pb::agent_service_client::AgentServiceClient;
 use raftq_proto::pb::message_service_client::MessageServiceClient;
 use raftq_tests::powerloss::PowerLossFs;
 use raftq_tests::{
-    Cluster, cli, create_queue, drain_bodies, free_port, http_get, metric_value, wait_until,
+    Cluster, cli, create_queue, drain_bodies, free_port, http_get, metric_value, queue_stats,
+    wait_until,
 };
 use tonic::transport::Channel;
 
@@ -229,6 +230,7 @@ async fn other_calls_pass_through_and_are_unavailable_while_the_cluster_is_away(
     let mut cluster = Cluster::start(1).await;
     let client = cluster.client();
     create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    create_queue(&client, "consumed", pb::QueueOptions::default()).await;
     let dir = tempfile::tempdir().expect("dir");
     let agent = Agent::start(&cluster, dir.path(), 500);
     // A client of the agent as of any node: plaintext on loopback, no token.
@@ -265,9 +267,52 @@ async fn other_calls_pass_through_and_are_unavailable_while_the_cluster_is_away(
         through.get_queue("orders").await.expect("get").name,
         "orders"
     );
+    // A consume stream through the agent, with acks on it.
+    through
+        .send_batch_request(batch("consumed", 0, 2))
+        .await
+        .expect("send");
+    let mut consumer = through
+        .consume("consumed", ConsumeOptions::default())
+        .await
+        .expect("consume through the agent");
+    let mut bodies = Vec::new();
+    while bodies.len() < 2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("delivery");
+        let receipts: Vec<String> = delivery
+            .messages
+            .iter()
+            .map(|m| m.receipt.clone())
+            .collect();
+        bodies.extend(
+            delivery
+                .messages
+                .into_iter()
+                .map(|m| String::from_utf8(m.body).expect("utf-8")),
+        );
+        consumer.ack(&receipts).await.expect("ack on the stream");
+    }
+    assert_eq!(bodies, ["m00000", "m00001"]);
+    wait_until(
+        "the stream's acks are applied",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let stats = queue_stats(&client, "consumed").await;
+                (stats.total_acked == 2 && stats.depth == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(consumer);
+
     let (code, metrics) = http_get(&agent.http, "/metrics").await;
     assert_eq!(code, 200);
-    assert_eq!(metric_value(&metrics, "raftq_outbox_forwarded_total"), 3.0);
+    assert_eq!(metric_value(&metrics, "raftq_outbox_forwarded_total"), 5.0);
     assert_eq!(metric_value(&metrics, "raftq_outbox_pending_messages"), 0.0);
 
     cluster.node(1).stop();

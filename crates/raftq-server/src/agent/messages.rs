@@ -1,8 +1,11 @@
-//! The agent's message service: sends into the outbox, the rest passed through.
+//! The agent's message service: sends into the outbox, the rest passed through (consume
+//! streams too).
 //!
 //! A send stored in the outbox is answered with message id and sequence 0 (the cluster
 //! gives them when it takes the message) and the metadata `raftq-local-id`, the order the
 //! agent took it in.
+
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use raftq_client::{Client, Outbox};
@@ -108,6 +111,8 @@ type SendResults = std::pin::Pin<
 
 /// Sends of one stream stored, and answered, at most this many ahead of the reader.
 const STREAM_ANSWERS: usize = 1_024;
+/// Requests of a consume stream on their way to the cluster at most.
+const CONSUME_REQUESTS: usize = 64;
 
 #[tonic::async_trait]
 impl MessageService for AgentMessages {
@@ -219,14 +224,61 @@ impl MessageService for AgentMessages {
 
     type ConsumeStream = SendResultsOf<pb::ConsumeResponse>;
 
+    /// Passed through: the stream is opened at the cluster's leader (again on the way
+    /// there if the first node does not lead: the application's opening request is kept
+    /// for that), then the application's requests go to it and its answers come back.
+    /// When either side ends, so does the other; the application opens it again, as it
+    /// would with a node.
     async fn consume(
         &self,
-        _request: Request<Streaming<pb::ConsumeRequest>>,
+        request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        Err(Status::unimplemented(
-            "the agent does not pass consume streams through: receive through it, or \
-             consume from the cluster",
-        ))
+        let mut incoming = request.into_inner();
+        let opening = match incoming.next().await {
+            Some(Ok(opening)) => opening,
+            Some(Err(status)) => return Err(status),
+            None => {
+                return Err(Status::invalid_argument(
+                    "the stream ended before it started",
+                ));
+            }
+        };
+        // The sender of the attempt that reached the leader, for the pump below.
+        let opened: Arc<Mutex<Option<mpsc::Sender<pb::ConsumeRequest>>>> = Arc::default();
+        let answers = self
+            .cluster
+            .call(std::time::Duration::ZERO, |channel, _| {
+                let (to_cluster, requests) = mpsc::channel(CONSUME_REQUESTS);
+                let opening = opening.clone();
+                let opened = opened.clone();
+                async move {
+                    to_cluster
+                        .send(opening)
+                        .await
+                        .map_err(|_| Status::internal("the consume stream closed at once"))?;
+                    *opened.lock().unwrap_or_else(|p| p.into_inner()) = Some(to_cluster);
+                    MessageServiceClient::new(channel)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .consume(ReceiverStream::new(requests))
+                        .await
+                }
+            })
+            .await
+            .map_err(passed)?
+            .into_inner();
+        let to_cluster = opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| Status::internal("no consume stream was opened"))?;
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = incoming.next().await {
+                if to_cluster.send(request).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn ack(
