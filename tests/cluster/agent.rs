@@ -1,6 +1,7 @@
 //! `raftq agent`, a real process: sends taken while every node is stopped arrive once and
 //! in order, though the agent is killed with -9 in the middle of forwarding and the outage
-//! outlasts the queue's dedup window, and though its disk loses what it had not synced;
+//! outlasts the queue's dedup window, though it is cut off from the cluster by a network
+//! partition (twice, once mid-forwarding), and though its disk loses what it had not synced;
 //! other calls pass through (a consume stream too), and are answered UNAVAILABLE while
 //! the cluster is away, while sends are still taken.
 
@@ -12,8 +13,8 @@ use raftq_proto::pb::agent_service_client::AgentServiceClient;
 use raftq_proto::pb::message_service_client::MessageServiceClient;
 use raftq_tests::powerloss::PowerLossFs;
 use raftq_tests::{
-    Cluster, cli, create_queue, drain_bodies, free_port, http_get, metric_value, queue_stats,
-    wait_until,
+    Cluster, ClusterOptions, cli, create_queue, drain_bodies, free_port, http_get, metric_value,
+    queue_stats, wait_until,
 };
 use tonic::transport::Channel;
 
@@ -159,6 +160,67 @@ async fn sends_through_an_agent_while_the_cluster_is_down_arrive_once_though_it_
     let received = drain_bodies(&client, "orders").await;
     assert_eq!(received.len(), COUNT, "each once");
     assert_eq!(received, expected, "in send order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_from_the_cluster_takes_sends_and_forwards_each_once_when_healed() {
+    let cluster = Cluster::start_with(
+        3,
+        ClusterOptions {
+            network_namespaces: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let client = cluster.client();
+    create_queue(&client, "orders", pb::QueueOptions::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let agent = Agent::start(&cluster, dir.path(), 50);
+    let mut sender = agent.messages().await;
+    let network = cluster.network.clone().expect("a private network");
+
+    // Cut off: the agent's connections to every node time out.
+    network.cut_off_host().expect("cut off");
+    for from in (0..5_000).step_by(100) {
+        sender
+            .send_batch(batch("orders", from, 100))
+            .await
+            .expect("the agent takes sends while cut off");
+    }
+    network.heal().expect("heal");
+    wait_until("forwarding is under way", Duration::from_secs(60), || {
+        let agent = &agent;
+        async move {
+            let status = agent.status().await;
+            (status.forwarded >= 500 && status.pending > 0).then_some(())
+        }
+    })
+    .await;
+    // Cut off again in the middle of forwarding: a batch in flight has an unknown outcome.
+    network.cut_off_host().expect("cut off");
+    for from in (5_000..10_000).step_by(100) {
+        sender
+            .send_batch(batch("orders", from, 100))
+            .await
+            .expect("the agent takes sends while cut off");
+    }
+    network.heal().expect("heal");
+    wait_until(
+        "the agent has forwarded everything",
+        Duration::from_secs(180),
+        || {
+            let agent = &agent;
+            async move { (agent.status().await.pending == 0).then_some(()) }
+        },
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    let expected: Vec<String> = (0..10_000).map(|n| format!("m{n:05}")).collect();
+    assert_eq!(
+        drain_bodies(&client, "orders").await,
+        expected,
+        "once, in order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

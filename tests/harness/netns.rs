@@ -273,6 +273,20 @@ impl Network {
         Ok(())
     }
 
+    /// Every node drops the packets the host sends it: clients and agents in the host
+    /// namespace are cut off from the cluster (their connections time out), while the
+    /// nodes still reach each other. [`Network::heal`] ends it.
+    pub fn cut_off_host(&self) -> Result<(), String> {
+        let nodes = self.nodes.lock().expect("nodes").clone();
+        let host = self.host_address().to_string();
+        for id in nodes {
+            self.in_namespace(id, "iptables", &["-A", "INPUT", "-s", &host, "-j", "DROP"])?;
+            // Sender 0 stands for the host: heal flushes this node's filters.
+            self.drops.lock().expect("drops").insert((id, 0, 100));
+        }
+        Ok(())
+    }
+
     /// Every other node loses `percent`% of the packets `sender` sends it; the way back is
     /// clean (a one-way lossy link).
     pub fn lossy_from(&self, sender: u64, percent: u32) -> Result<(), String> {
