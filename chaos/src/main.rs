@@ -8,6 +8,7 @@ mod checker;
 mod damage;
 mod history;
 mod nemesis;
+mod outbox_producer;
 mod timeline;
 mod unavailability;
 mod workload;

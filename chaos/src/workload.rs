@@ -13,6 +13,7 @@ use raftq_tests::{Cluster, ClusterOptions};
 use crate::checker::{self, Verdict};
 use crate::history::{Delivered, Event, Op, Outcome};
 use crate::nemesis::{self, FaultKind};
+use crate::outbox_producer::Outboxes;
 use crate::timeline;
 use crate::{LoadArgs, NetworkMode, RunArgs};
 
@@ -29,22 +30,31 @@ const QUEUES: [&str; 4] = [QUEUE, GROUP_QUEUE, TX_IN, TX_OUT];
 /// any case.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(900);
 const DRAIN_STALL: Duration = Duration::from_secs(60);
+/// How long the outboxes get to forward what they hold once the producers stop.
+const OUTBOX_FLUSH_DEADLINE: Duration = Duration::from_secs(300);
 /// A grouped producer spreads its values over this many message groups of its own, so
 /// grouped consumers keep up (one message of a group in flight at a time).
 const GROUPS_PER_PRODUCER: u64 = 8;
 
 #[derive(Clone)]
-struct Recorder {
+pub(crate) struct Recorder {
     started: Instant,
     events: Arc<Mutex<Vec<Event>>>,
 }
 
 impl Recorder {
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn record(&self, process: &str, op: Op, start_ms: u64, outcome: Outcome, error: String) {
+    pub(crate) fn record(
+        &self,
+        process: &str,
+        op: Op,
+        start_ms: u64,
+        outcome: Outcome,
+        error: String,
+    ) {
         let event = Event {
             process: process.to_string(),
             op,
@@ -406,19 +416,24 @@ pub struct Mix {
     /// `tc0` consumes the result. 0 leaves transactions out.
     #[arg(long, default_value_t = 2)]
     pub tx_movers: usize,
+    /// Producers that send to the first queue through the client's durable outbox ("o*"):
+    /// acknowledged once on its disk, forwarded exactly once under the faults.
+    #[arg(long, default_value_t = 1)]
+    pub outbox_producers: usize,
 }
 
 impl Mix {
     /// The flags that give this mix, for a command line that reproduces a run.
     pub fn flags(&self) -> String {
         format!(
-            "--producers {} --consumers {} --stream-consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {}",
+            "--producers {} --consumers {} --stream-consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {} --outbox-producers {}",
             self.producers,
             self.consumers,
             self.stream_consumers,
             self.grouped_producers,
             self.grouped_consumers,
-            self.tx_movers
+            self.tx_movers,
+            self.outbox_producers
         )
     }
 }
@@ -436,6 +451,7 @@ pub struct Workload {
     stop_consumers: Arc<AtomicBool>,
     producers: Vec<tokio::task::JoinHandle<()>>,
     consumers: Vec<tokio::task::JoinHandle<()>>,
+    outboxes: Outboxes,
 }
 
 impl Workload {
@@ -488,7 +504,21 @@ impl Workload {
                 );
                 Ok(tokio::spawn(task))
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut producers = producers;
+        let mut outboxes = Outboxes::new()?;
+        for i in 0..mix.outbox_producers {
+            let name = format!("o{i}");
+            let outbox = outboxes.open(workload_client(&addresses, &access)?, &name)?;
+            let task = crate::outbox_producer::produce(
+                outbox,
+                recorder.clone(),
+                name,
+                QUEUE,
+                stop_producers.clone(),
+            );
+            producers.push(tokio::spawn(task));
+        }
         let plain = (0..mix.consumers).map(|i| (format!("c{i}"), QUEUE));
         let grouped = (0..mix.grouped_consumers).map(|i| (format!("gc{i}"), GROUP_QUEUE));
         let moved = (0..mix.tx_movers.min(1)).map(|i| (format!("tc{i}"), TX_OUT));
@@ -533,6 +563,7 @@ impl Workload {
             stop_consumers,
             producers,
             consumers,
+            outboxes,
         })
     }
 
@@ -552,14 +583,17 @@ impl Workload {
             stop_consumers,
             producers,
             consumers,
+            outboxes,
         } = self;
         stop_producers.store(true, Ordering::Relaxed);
         for producer in producers {
             producer.await.context("producer task")?;
         }
-        // Availability is judged while producers run; the drain comes after.
+        // Availability is judged while producers run; the drain comes after, once the
+        // outboxes have forwarded what they took.
         let producing_end_ms = recorder.now_ms();
-        let drained = drain(&client).await;
+        let forwarded = outboxes.flush(OUTBOX_FLUSH_DEADLINE).await;
+        let drained = drain(&client).await && forwarded;
         stop_consumers.store(true, Ordering::Relaxed);
         for consumer in consumers {
             consumer.await.context("consumer task")?;
