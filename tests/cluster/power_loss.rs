@@ -121,6 +121,10 @@ async fn power_loss_cluster(size: u64, env: Vec<(String, String)>) -> Cluster {
         },
     )
     .await;
+    // Every node a voter before any power is cut: a leader that loses power while the
+    // others are still joining leaves a cluster with no quorum until it is back, and the
+    // tests' loads would then wait out every send's retries.
+    cluster.wait_for_voters(size).await;
     create_queue(&cluster.client(), "orders", pb::QueueOptions::default()).await;
     cluster
 }
