@@ -9,6 +9,7 @@ mod damage;
 mod history;
 mod nemesis;
 mod outbox_producer;
+mod recorder;
 mod timeline;
 mod unavailability;
 mod workload;

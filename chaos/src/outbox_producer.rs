@@ -11,7 +11,7 @@ use std::time::Duration;
 use raftq_client::{Client, Message, Outbox, OutboxConfig};
 
 use crate::history::{Op, Outcome};
-use crate::workload::Recorder;
+use crate::recorder::Recorder;
 
 /// Outboxes of the run, their files in a directory removed with it.
 pub struct Outboxes {

@@ -1,9 +1,9 @@
 //! The run: cluster, producers and consumers recording a history, the nemesis, healing,
 //! a final drain, and the checker's verdict with the files a person can look at.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ValueEnum as _;
@@ -11,9 +11,10 @@ use raftq_client::{Client, ClientConfig, ClientError, ClientTls, Code, Message, 
 use raftq_tests::{Cluster, ClusterOptions};
 
 use crate::checker::{self, Verdict};
-use crate::history::{Delivered, Event, Op, Outcome};
+use crate::history::{Delivered, Op, Outcome};
 use crate::nemesis::{self, FaultKind};
 use crate::outbox_producer::Outboxes;
+pub(crate) use crate::recorder::Recorder;
 use crate::timeline;
 use crate::{LoadArgs, NetworkMode, RunArgs};
 
@@ -35,40 +36,6 @@ const OUTBOX_FLUSH_DEADLINE: Duration = Duration::from_secs(300);
 /// A grouped producer spreads its values over this many message groups of its own, so
 /// grouped consumers keep up (one message of a group in flight at a time).
 const GROUPS_PER_PRODUCER: u64 = 8;
-
-#[derive(Clone)]
-pub(crate) struct Recorder {
-    started: Instant,
-    events: Arc<Mutex<Vec<Event>>>,
-}
-
-impl Recorder {
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    pub(crate) fn record(
-        &self,
-        process: &str,
-        op: Op,
-        start_ms: u64,
-        outcome: Outcome,
-        error: String,
-    ) {
-        let event = Event {
-            process: process.to_string(),
-            op,
-            start_ms,
-            end_ms: self.now_ms(),
-            outcome,
-            error,
-        };
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event);
-    }
-}
 
 fn outcome_of(error: &ClientError) -> Outcome {
     match error {
@@ -318,7 +285,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     let recorder = workload.recorder.clone();
     let plan = nemesis::schedule(args.seed, &kinds, args.duration, args.pace);
     for planned in plan {
-        if recorder.started.elapsed() >= args.duration {
+        if recorder.elapsed() >= args.duration {
             break;
         }
         // Quiet time first, so the workload is running before the first fault.
@@ -479,10 +446,7 @@ impl Workload {
                 Err(error) => return Err(error.into()),
             }
         }
-        let recorder = Recorder {
-            started: Instant::now(),
-            events: Arc::new(Mutex::new(Vec::new())),
-        };
+        let recorder = Recorder::new();
         let stop_producers = Arc::new(AtomicBool::new(false));
         let stop_consumers = Arc::new(AtomicBool::new(false));
         // Plain producers ("p*") and grouped ones ("g*", one message group each); consumers
@@ -599,11 +563,7 @@ impl Workload {
             consumer.await.context("consumer task")?;
         }
         let run_end_ms = recorder.now_ms();
-        let events = recorder
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let events = recorder.events();
         let mut verdict = checker::check(&events, producing_end_ms);
         if !drained {
             verdict.valid = false;

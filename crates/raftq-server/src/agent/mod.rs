@@ -39,6 +39,9 @@ pub struct AgentOptions {
     pub http_listen: Option<SocketAddr>,
 }
 
+/// Calls and streams open at once on one connection to the agent (HTTP/2).
+const AGENT_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// How long a passed-through call tries the cluster before it is answered UNAVAILABLE.
 const PASS_THROUGH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -133,6 +136,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         let _ = stopping.send(true);
     };
     tonic::transport::Server::builder()
+        // Bounded as a node's public port is: calls at once per connection.
+        .max_concurrent_streams(Some(AGENT_STREAMS_PER_CONNECTION))
         .add_service(
             MessageServiceServer::new(message)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
