@@ -4,7 +4,9 @@
 //!
 //! It must not depend on server internals: it drives `raftq` processes and the client only.
 
+mod agent;
 mod checker;
+mod consumers;
 mod damage;
 mod history;
 mod nemesis;
@@ -105,8 +107,9 @@ pub struct RunArgs {
     /// kill-random, pause-leader, pause-follower, restart-all, clock-ahead, clock-behind (the
     /// clock faults preload libfaketime into the node), wipe-disk, corrupt-minority,
     /// power-loss-one and power-loss-all (as root, with the data directories on the power-loss file system),
-    /// and with `--network netns`
-    /// partition-leader, partition-halves, partition-bridge, loss-oneway, latency.
+    /// kill-agent (with agent producers), and with `--network netns`
+    /// partition-leader, partition-halves, partition-bridge, loss-oneway, latency,
+    /// cut-off-clients.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Where the nodes run: own network namespaces (needed for network faults) or loopback.

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use raftq_client::{Client, ClientConfig};
 use raftq_tests::Cluster;
 
+use crate::agent::AgentProcess;
+
 /// splitmix64: a tiny deterministic generator, so a seed always gives the same schedule.
 pub struct Rng(u64);
 
@@ -62,6 +64,12 @@ pub enum FaultKind {
     PowerLossOne,
     /// The same for every node at once.
     PowerLossAll,
+    /// Kill -9 the agent of the agent producers, then start it again on its data directory.
+    KillAgent,
+    /// Every node drops what the host sends it: the host's clients (the workload, the
+    /// outboxes, the agent) are cut off from the cluster while the nodes still see each
+    /// other.
+    CutOffClients,
 }
 
 impl FaultKind {
@@ -84,6 +92,8 @@ impl FaultKind {
             "corrupt-minority" => FaultKind::CorruptMinority,
             "power-loss-one" => FaultKind::PowerLossOne,
             "power-loss-all" => FaultKind::PowerLossAll,
+            "kill-agent" => FaultKind::KillAgent,
+            "cut-off-clients" => FaultKind::CutOffClients,
             _ => return None,
         })
     }
@@ -107,6 +117,8 @@ impl FaultKind {
             FaultKind::CorruptMinority => "corrupt-minority",
             FaultKind::PowerLossOne => "power-loss-one",
             FaultKind::PowerLossAll => "power-loss-all",
+            FaultKind::KillAgent => "kill-agent",
+            FaultKind::CutOffClients => "cut-off-clients",
         }
     }
 
@@ -119,7 +131,13 @@ impl FaultKind {
                 | FaultKind::PartitionBridge
                 | FaultKind::LossOneWay
                 | FaultKind::Latency
+                | FaultKind::CutOffClients
         )
+    }
+
+    /// Faults that act on the agent rather than on nodes (skipped when the run has none).
+    pub fn on_agent(self) -> bool {
+        self == FaultKind::KillAgent
     }
 
     /// Faults that drop unsynced writes, and so need the nodes' data directories on the
@@ -137,7 +155,7 @@ impl FaultKind {
 }
 
 /// Every fault kind, in the order the help lists them.
-pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency,wipe-disk,corrupt-minority,power-loss-one,power-loss-all";
+pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency,cut-off-clients,wipe-disk,corrupt-minority,power-loss-one,power-loss-all,kill-agent";
 
 /// A deterministic shuffle of `ids` driven by `pick`.
 fn shuffled(ids: &[u64], pick: u64) -> Vec<u64> {
@@ -264,7 +282,8 @@ pub async fn targets(cluster: &Cluster, planned: &Planned) -> Vec<u64> {
         | FaultKind::ClockBehind
         | FaultKind::LossOneWay
         | FaultKind::Latency => pick(&ids),
-        FaultKind::RestartAll | FaultKind::PowerLossAll => ids,
+        FaultKind::RestartAll | FaultKind::PowerLossAll | FaultKind::CutOffClients => ids,
+        FaultKind::KillAgent => Vec::new(),
         FaultKind::PartitionLeader => leader.map(|id| vec![id]).unwrap_or_default(),
         // The minority side.
         FaultKind::PartitionHalves => {
@@ -315,10 +334,19 @@ const DELAY_MS: u32 = 200;
 /// what was done (the sides of a partition, how a link was slowed).
 pub async fn inject(
     cluster: &mut Cluster,
+    agent: Option<&mut AgentProcess>,
     planned: &Planned,
     nodes: &[u64],
 ) -> anyhow::Result<String> {
     let (kind, hold) = (planned.kind, planned.hold);
+    if kind == FaultKind::KillAgent {
+        let agent = agent.context("kill-agent needs agent producers")?;
+        let held = agent.status().await.map_or(0, |status| status.pending);
+        agent.kill();
+        tokio::time::sleep(hold).await;
+        agent.restart().await?;
+        return Ok(format!("killed holding {held} messages; started again"));
+    }
     if kind.needs_network() {
         let network = cluster
             .network
@@ -331,6 +359,10 @@ pub async fn inject(
                     .lossy_from(nodes[0], LOSS_PERCENT)
                     .map_err(anyhow::Error::msg)?;
                 format!("{LOSS_PERCENT}% of packets from node {} lost", nodes[0])
+            }
+            FaultKind::CutOffClients => {
+                network.cut_off_host().map_err(anyhow::Error::msg)?;
+                "every node drops what the host sends".to_string()
             }
             FaultKind::Latency => {
                 let how = network

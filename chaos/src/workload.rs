@@ -10,8 +10,10 @@ use clap::ValueEnum as _;
 use raftq_client::{Client, ClientConfig, ClientError, ClientTls, Code, Message, Transport, pb};
 use raftq_tests::{Cluster, ClusterOptions};
 
+use crate::agent::AgentProcess;
 use crate::checker::{self, Verdict};
-use crate::history::{Delivered, Op, Outcome};
+use crate::consumers::{consume, consume_stream, mover};
+use crate::history::{Op, Outcome};
 use crate::nemesis::{self, FaultKind};
 use crate::outbox_producer::Outboxes;
 pub(crate) use crate::recorder::Recorder;
@@ -23,21 +25,22 @@ const QUEUE: &str = "chaos";
 const GROUP_QUEUE: &str = "chaos-groups";
 /// Transactional movers take values from here and, in one commit each, ack them and send
 /// `out:<value>` to `TX_OUT`.
-const TX_IN: &str = "chaos-tx-in";
-const TX_OUT: &str = "chaos-tx-out";
+pub(crate) const TX_IN: &str = "chaos-tx-in";
+pub(crate) const TX_OUT: &str = "chaos-tx-out";
 const QUEUES: [&str; 4] = [QUEUE, GROUP_QUEUE, TX_IN, TX_OUT];
 /// The final drain, once every fault is healed, goes on while the queues keep shrinking:
 /// it gives up when they have not shrunk for `DRAIN_STALL`, and after `DRAIN_DEADLINE` in
 /// any case.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(900);
 const DRAIN_STALL: Duration = Duration::from_secs(60);
-/// How long the outboxes get to forward what they hold once the producers stop.
+/// How long the outboxes (and the agent) get to forward what they hold once the producers
+/// stop.
 const OUTBOX_FLUSH_DEADLINE: Duration = Duration::from_secs(300);
 /// A grouped producer spreads its values over this many message groups of its own, so
 /// grouped consumers keep up (one message of a group in flight at a time).
 const GROUPS_PER_PRODUCER: u64 = 8;
 
-fn outcome_of(error: &ClientError) -> Outcome {
+pub(crate) fn outcome_of(error: &ClientError) -> Outcome {
     match error {
         ClientError::RetriesExhausted { .. } => Outcome::Unknown,
         _ => Outcome::Failed,
@@ -81,132 +84,6 @@ async fn produce(
             Err(error) => (outcome_of(error), error.to_string()),
         };
         recorder.record(&name, Op::Send { value }, start, outcome, error);
-    }
-}
-
-async fn consume(
-    client: Client,
-    recorder: Recorder,
-    name: String,
-    queue: &'static str,
-    stop: Arc<AtomicBool>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let start = recorder.now_ms();
-        let received = client
-            .receive(
-                queue,
-                50,
-                Duration::from_millis(300),
-                Some(Duration::from_secs(5)),
-            )
-            .await;
-        let Some(messages) = record_receive(&recorder, &name, start, received) else {
-            continue;
-        };
-        for message in messages {
-            let value = String::from_utf8_lossy(&message.body).into_owned();
-            let start = recorder.now_ms();
-            let (outcome, error) = match client.ack(queue, &message.receipt).await {
-                Ok(_) => (Outcome::Ok, String::new()),
-                Err(error) if error.code() == Some(Code::FailedPrecondition) => {
-                    (Outcome::Failed, error.to_string())
-                }
-                Err(error) => (outcome_of(&error), error.to_string()),
-            };
-            recorder.record(&name, Op::Ack { value }, start, outcome, error);
-        }
-    }
-}
-
-/// Records the result of a streamed ack given at `start`.
-fn record_streamed_ack(
-    recorder: &Recorder,
-    name: &str,
-    (value, start): (String, u64),
-    result: Option<&pb::AckResult>,
-) {
-    let (outcome, error) = match result {
-        Some(result) if result.code == 0 => (Outcome::Ok, String::new()),
-        Some(result) => (Outcome::Failed, result.error.clone()),
-        None => (Outcome::Unknown, "not answered".to_string()),
-    };
-    recorder.record(name, Op::Ack { value }, start, outcome, error);
-}
-
-/// A consumer on a consume stream. A delivery is recorded as a receive that started when
-/// its stream opened (the leader may have handed it out any time since), an ack from when
-/// it was given until its result came back on the stream.
-async fn consume_stream(
-    client: Client,
-    recorder: Recorder,
-    name: String,
-    queue: &'static str,
-    stop: Arc<AtomicBool>,
-) {
-    use std::collections::HashMap;
-    let options = raftq_client::ConsumeOptions {
-        prefetch: 50,
-        max_messages: 25,
-        lease: Some(Duration::from_secs(5)),
-    };
-    // Receipt -> (value, when its ack was given).
-    let mut acking: HashMap<String, (String, u64)> = HashMap::new();
-    let mut stream: Option<(raftq_client::Consumer, u64)> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let (consumer, opened) = match stream.as_mut() {
-            Some(open) => open,
-            None => {
-                let opened = recorder.now_ms();
-                match client.consume(queue, options.clone()).await {
-                    Ok(consumer) => stream.insert((consumer, opened)),
-                    Err(error) => {
-                        record_receive(&recorder, &name, opened, Err(error));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                }
-            }
-        };
-        let opened = *opened;
-        let delivery = match tokio::time::timeout(Duration::from_millis(300), consumer.next()).await
-        {
-            Err(_) => continue,
-            Ok(Ok(delivery)) => delivery,
-            Ok(Err(error)) => {
-                record_receive(&recorder, &name, opened, Err(error));
-                stream = None;
-                continue;
-            }
-        };
-        for (receipt, result) in &delivery.acks {
-            if let Some(given) = acking.remove(receipt) {
-                record_streamed_ack(&recorder, &name, given, Some(result));
-            }
-        }
-        let Some(messages) = record_receive(&recorder, &name, opened, Ok(delivery.messages)) else {
-            continue;
-        };
-        let now = recorder.now_ms();
-        let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
-        for message in messages {
-            let value = String::from_utf8_lossy(&message.body).into_owned();
-            acking.insert(message.receipt, (value, now));
-        }
-        // Receipts from the server are well formed: the client refuses no others.
-        let _ = consumer.ack(&receipts).await;
-    }
-    if let Some((consumer, _)) = stream
-        && let Ok(results) = consumer.close().await
-    {
-        for (receipt, result) in &results.acks {
-            if let Some(given) = acking.remove(receipt) {
-                record_streamed_ack(&recorder, &name, given, Some(result));
-            }
-        }
-    }
-    for given in acking.into_values() {
-        record_streamed_ack(&recorder, &name, given, None);
     }
 }
 
@@ -276,10 +153,11 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         },
     )
     .await;
-    let workload = Workload::start(
+    let mut workload = Workload::start(
         cluster_addresses(&cluster),
         &args.mix,
         raftq_tests::test_client_config(),
+        true,
     )
     .await?;
     let recorder = workload.recorder.clone();
@@ -291,7 +169,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         // Quiet time first, so the workload is running before the first fault.
         tokio::time::sleep(planned.rest).await;
         let nodes = nemesis::targets(&cluster, &planned).await;
-        if nodes.is_empty() {
+        let on_agent = planned.kind.on_agent() && workload.agent.is_some();
+        if nodes.is_empty() && !on_agent {
             continue;
         }
         let start = recorder.now_ms();
@@ -302,7 +181,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
             nodes,
             planned.hold
         );
-        let detail = nemesis::inject(&mut cluster, &planned, &nodes).await?;
+        let detail =
+            nemesis::inject(&mut cluster, workload.agent.as_mut(), &planned, &nodes).await?;
         if !detail.is_empty() {
             println!("            {detail}");
         }
@@ -350,7 +230,9 @@ pub async fn load(args: &LoadArgs) -> anyhow::Result<Verdict> {
         token: args.token.clone(),
         ..ClientConfig::default()
     };
-    let workload = Workload::start(args.addr.clone(), &args.mix, access).await?;
+    // No agent here: it would need the raftq binary and the cluster's credentials beside
+    // this process.
+    let workload = Workload::start(args.addr.clone(), &args.mix, access, false).await?;
     let deadline = tokio::time::Instant::now() + args.duration;
     println!("raftq-chaos: load running");
     while tokio::time::Instant::now() < deadline
@@ -387,20 +269,26 @@ pub struct Mix {
     /// acknowledged once on its disk, forwarded exactly once under the faults.
     #[arg(long, default_value_t = 1)]
     pub outbox_producers: usize,
+    /// Producers that send to the first queue with plain gRPC calls through a `raftq
+    /// agent` process ("a*"), which keeps each send on its disk and forwards it (`run`
+    /// only: `load` starts no agent).
+    #[arg(long, default_value_t = 1)]
+    pub agent_producers: usize,
 }
 
 impl Mix {
     /// The flags that give this mix, for a command line that reproduces a run.
     pub fn flags(&self) -> String {
         format!(
-            "--producers {} --consumers {} --stream-consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {} --outbox-producers {}",
+            "--producers {} --consumers {} --stream-consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {} --outbox-producers {} --agent-producers {}",
             self.producers,
             self.consumers,
             self.stream_consumers,
             self.grouped_producers,
             self.grouped_consumers,
             self.tx_movers,
-            self.outbox_producers
+            self.outbox_producers,
+            self.agent_producers
         )
     }
 }
@@ -419,14 +307,18 @@ pub struct Workload {
     producers: Vec<tokio::task::JoinHandle<()>>,
     consumers: Vec<tokio::task::JoinHandle<()>>,
     outboxes: Outboxes,
+    /// The agent of the agent producers, when they run.
+    pub agent: Option<AgentProcess>,
 }
 
 impl Workload {
-    /// Creates the queues (if missing) and starts every process of `mix`.
+    /// Creates the queues (if missing) and starts every process of `mix` (the agent
+    /// producers, and their agent, only `with_agent`).
     pub async fn start(
         addresses: Vec<String>,
         mix: &Mix,
         access: ClientConfig,
+        with_agent: bool,
     ) -> anyhow::Result<Workload> {
         let client = workload_client(&addresses, &access)?;
         for queue in QUEUES {
@@ -483,6 +375,24 @@ impl Workload {
             );
             producers.push(tokio::spawn(task));
         }
+        let agent = if with_agent && mix.agent_producers > 0 {
+            Some(AgentProcess::start(addresses.clone()).await?)
+        } else {
+            None
+        };
+        if let Some(agent) = &agent {
+            for i in 0..mix.agent_producers {
+                let task = produce(
+                    agent.client()?,
+                    recorder.clone(),
+                    format!("a{i}"),
+                    QUEUE,
+                    false,
+                    stop_producers.clone(),
+                );
+                producers.push(tokio::spawn(task));
+            }
+        }
         let plain = (0..mix.consumers).map(|i| (format!("c{i}"), QUEUE));
         let grouped = (0..mix.grouped_consumers).map(|i| (format!("gc{i}"), GROUP_QUEUE));
         let moved = (0..mix.tx_movers.min(1)).map(|i| (format!("tc{i}"), TX_OUT));
@@ -528,6 +438,7 @@ impl Workload {
             producers,
             consumers,
             outboxes,
+            agent,
         })
     }
 
@@ -548,6 +459,7 @@ impl Workload {
             producers,
             consumers,
             outboxes,
+            agent,
         } = self;
         stop_producers.store(true, Ordering::Relaxed);
         for producer in producers {
@@ -556,7 +468,10 @@ impl Workload {
         // Availability is judged while producers run; the drain comes after, once the
         // outboxes have forwarded what they took.
         let producing_end_ms = recorder.now_ms();
-        let forwarded = outboxes.flush(OUTBOX_FLUSH_DEADLINE).await;
+        let mut forwarded = outboxes.flush(OUTBOX_FLUSH_DEADLINE).await;
+        if let Some(agent) = &agent {
+            forwarded &= agent.flush(OUTBOX_FLUSH_DEADLINE).await;
+        }
         let drained = drain(&client).await && forwarded;
         stop_consumers.store(true, Ordering::Relaxed);
         for consumer in consumers {
@@ -603,111 +518,6 @@ impl Workload {
             }
         }
         Ok(verdict)
-    }
-}
-
-/// Records a receive started at `start`: the values it handed out, or its error. Returns
-/// the messages, or `None` after an error.
-fn record_receive(
-    recorder: &Recorder,
-    name: &str,
-    start: u64,
-    received: Result<Vec<pb::ReceivedMessage>, ClientError>,
-) -> Option<Vec<pb::ReceivedMessage>> {
-    match received {
-        Ok(messages) => {
-            let delivered = messages
-                .iter()
-                .map(|m| Delivered {
-                    value: String::from_utf8_lossy(&m.body).into_owned(),
-                    sequence: m.sequence,
-                    attempt: m.attempt,
-                    group: m.group.clone(),
-                })
-                .collect();
-            recorder.record(
-                name,
-                Op::Receive { delivered },
-                start,
-                Outcome::Ok,
-                String::new(),
-            );
-            Some(messages)
-        }
-        Err(error) => {
-            let delivered = Vec::new();
-            let outcome = outcome_of(&error);
-            recorder.record(
-                name,
-                Op::Receive { delivered },
-                start,
-                outcome,
-                error.to_string(),
-            );
-            None
-        }
-    }
-}
-
-/// Moves values from `TX_IN` to `TX_OUT` in transactions: receive a few, then commit their
-/// acks together with a send of `out:<value>` for each. The history records the receive,
-/// and for the commit an ack of each value and a send of each `out:` value, all with the
-/// commit's outcome, so the checker sees each value consumed once and each `out:` value
-/// produced and consumed once.
-async fn mover(client: Client, recorder: Recorder, name: String, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        let start = recorder.now_ms();
-        let mut tx = client.begin();
-        let received = tx
-            .receive(
-                TX_IN,
-                20,
-                Duration::from_millis(300),
-                Some(Duration::from_secs(5)),
-            )
-            .await;
-        let Some(messages) = record_receive(&recorder, &name, start, received) else {
-            continue;
-        };
-        let values: Vec<String> = messages
-            .iter()
-            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
-            .collect();
-        if values.is_empty() {
-            continue;
-        }
-        for value in &values {
-            tx.send(TX_OUT, Message::new(format!("out:{value}")));
-        }
-        let start = recorder.now_ms();
-        let (outcome, error) = match tx.commit().await {
-            Ok(_) => (Outcome::Ok, String::new()),
-            // A lease ran out: nothing of the transaction was applied.
-            Err(error) if error.code() == Some(Code::FailedPrecondition) => {
-                (Outcome::Failed, error.to_string())
-            }
-            Err(error) => (outcome_of(&error), error.to_string()),
-        };
-        for value in values {
-            recorder.record(
-                &name,
-                Op::Ack {
-                    value: value.clone(),
-                },
-                start,
-                outcome,
-                error.clone(),
-            );
-            recorder.record(
-                &name,
-                Op::Send {
-                    value: format!("out:{value}"),
-                },
-                start,
-                outcome,
-                error.clone(),
-            );
-        }
     }
 }
 
