@@ -4,6 +4,7 @@
 
 mod calls;
 pub mod netns;
+pub mod postgres;
 pub mod powerloss;
 pub mod tls;
 

@@ -11,6 +11,7 @@ mod cluster;
 mod driver;
 mod flood;
 mod nats;
+mod pg;
 mod rabbitmq;
 mod raftq;
 mod raw;
@@ -52,6 +53,9 @@ enum Mode {
     /// What `raftq agent` adds to a send's latency, and how fast it forwards a backlog
     /// after an outage, beside direct sends.
     Agent(agent::AgentArgs),
+    /// How fast raftq-pg's relay forwards a PostgreSQL outbox, and how fast an inbox
+    /// consumer handles messages with one database transaction per batch.
+    Pg(pg::PgArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -757,6 +761,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Flood(args) => flood::run(args).await,
         Mode::Agent(args) => agent::run(args).await,
+        Mode::Pg(args) => pg::run(args).await,
     }
 }
 

@@ -53,6 +53,25 @@ impl ClientError {
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, ClientError::RetriesExhausted { .. })
     }
+
+    /// Whether the cluster refused the call for good: nothing was stored, and sending the
+    /// same again would be refused again (an unknown queue, an invalid message, a missing
+    /// permission, a precondition that does not hold). A forwarder sets such a message
+    /// aside rather than retrying it.
+    pub fn is_refused_for_good(&self) -> bool {
+        !self.is_outcome_unknown()
+            && matches!(
+                self.code(),
+                Some(
+                    Code::NotFound
+                        | Code::InvalidArgument
+                        | Code::PermissionDenied
+                        | Code::OutOfRange
+                        | Code::FailedPrecondition
+                        | Code::AlreadyExists
+                )
+            )
+    }
 }
 
 /// Codes worth retrying: the cluster is electing, a node is down, or a deadline passed.

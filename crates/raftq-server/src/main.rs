@@ -15,6 +15,7 @@ mod dev;
 mod error;
 mod grpc;
 mod http;
+mod metrics_port;
 mod probes;
 mod serve;
 mod services;

@@ -100,7 +100,8 @@ impl Message {
         self
     }
 
-    pub(crate) fn into_proto(self) -> pb::OutgoingMessage {
+    /// The message as the API carries it (an idempotency key is generated when it has none).
+    pub fn into_proto(self) -> pb::OutgoingMessage {
         let properties =
             (self.properties != pb::MessageProperties::default()).then_some(self.properties);
         pb::OutgoingMessage {

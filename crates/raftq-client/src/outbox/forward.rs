@@ -149,24 +149,6 @@ async fn send(inner: &Inner, batch: &Batch, records: Vec<Record>) -> Result<(), 
     }
 }
 
-/// Whether the cluster refused for good (nothing was stored, and sending the same again
-/// would be refused again).
-fn refused_for_good(error: &ClientError) -> bool {
-    use tonic::Code;
-    !error.is_outcome_unknown()
-        && matches!(
-            error.code(),
-            Some(
-                Code::NotFound
-                    | Code::InvalidArgument
-                    | Code::PermissionDenied
-                    | Code::OutOfRange
-                    | Code::FailedPrecondition
-                    | Code::AlreadyExists
-            )
-        )
-}
-
 async fn step(inner: &Inner) -> Result<Step, OutboxError> {
     let Some(producer) = producer(inner).await? else {
         return Ok(Step::Later);
@@ -211,7 +193,7 @@ async fn step(inner: &Inner) -> Result<Step, OutboxError> {
             Ok(Step::Later)
         }
         (Err(_), _)
-            if refused_for_good(result.as_ref().unwrap_err())
+            if result.as_ref().is_err_and(ClientError::is_refused_for_good)
                 && batch.count > 1
                 && !batch.queue.is_empty() =>
         {
@@ -222,7 +204,7 @@ async fn step(inner: &Inner) -> Result<Step, OutboxError> {
                 .await?;
             Ok(Step::Progress)
         }
-        (Err(error), _) if refused_for_good(error) => {
+        (Err(error), _) if error.is_refused_for_good() => {
             let reason = error.to_string();
             let done = batch.clone();
             let at = now_ms();

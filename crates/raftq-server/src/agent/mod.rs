@@ -98,37 +98,15 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     };
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     if let Some(address) = options.http_listen {
-        let prometheus =
-            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-        let listener = tokio::net::TcpListener::bind(address).await?;
-        let mut stopped = stopped.clone();
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(
-                    move |axum::extract::State(outbox): axum::extract::State<Outbox>| {
-                        let prometheus = prometheus.clone();
-                        async move {
-                            // Refreshes the outbox's gauges (pending, oldest age).
-                            let _ = outbox.status().await;
-                            prometheus.render()
-                        }
-                    },
-                ),
-            )
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .with_state(outbox.clone());
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = stopped.wait_for(|stopped| *stopped).await;
-            };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::warn!(%error, "agent metrics port failed");
+        let outbox = outbox.clone();
+        crate::metrics_port::serve(address, stopped.clone(), move || {
+            let outbox = outbox.clone();
+            async move {
+                // Refreshes the outbox's gauges (pending, oldest age).
+                let _ = outbox.status().await;
             }
-        });
+        })
+        .await?;
     }
     let stop = async move {
         crate::serve::shutdown_signal().await;

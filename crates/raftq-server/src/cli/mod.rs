@@ -6,6 +6,7 @@ mod dlq;
 mod journal;
 mod message;
 mod output;
+mod pg_relay;
 mod principal;
 mod queue;
 mod receive;
@@ -139,6 +140,8 @@ enum Commands {
     #[command(subcommand)]
     Tls(tls::TlsCommand),
     Agent(agent::AgentCommand),
+    /// Forward an application's PostgreSQL outbox to the cluster, exactly once and in order.
+    PgRelay(pg_relay::PgRelayCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -147,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Server(command) => server::run(command).await,
         Commands::Tls(command) => tls::run(command),
         Commands::Agent(command) => agent::run(command, access(&cli.access)?, output).await,
+        Commands::PgRelay(command) => pg_relay::run(command, access(&cli.access)?, output).await,
         command => {
             let (transport, token) = access(&cli.access)?;
             // A person is waiting: give up sooner than a service would.
@@ -189,7 +193,7 @@ async fn client_command(
         Commands::Journal(command) => journal::run(client, command, output).await,
         Commands::Principal(command) => principal::run_principal(client, command, output).await,
         Commands::Access(command) => principal::run_access(client, command, output).await,
-        Commands::Server(_) | Commands::Tls(_) | Commands::Agent(_) => {
+        Commands::Server(_) | Commands::Tls(_) | Commands::Agent(_) | Commands::PgRelay(_) => {
             unreachable!("handled by run")
         }
     }

@@ -1,0 +1,233 @@
+//! `raftq pg-relay`: forward a PostgreSQL outbox table to the cluster, create its tables,
+//! or show what it holds.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use raftq_client::{Client, ClientConfig, Transport};
+use raftq_pg::{Relay, RelayConfig, Schema};
+use serde_json::json;
+
+use super::output::{Output, print};
+
+/// Forward an application's PostgreSQL outbox to the cluster (exactly once, in order).
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(super) struct PgRelayCommand {
+    #[command(subcommand)]
+    query: Option<PgRelayQuery>,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    run: PgRelayRunArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DatabaseArgs {
+    /// The application's database (a libpq connection string or postgresql:// URL).
+    #[arg(long, env = "RAFTQ_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Prefix of the tables (`raftq` gives raftq_outbox, raftq_relay, ...; `app.raftq`
+    /// puts them in schema `app`).
+    #[arg(long, default_value = "raftq")]
+    table_prefix: String,
+}
+
+impl DatabaseArgs {
+    fn url(&self) -> anyhow::Result<&str> {
+        self.database_url.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("name the database: --database-url URL (or RAFTQ_DATABASE_URL)")
+        })
+    }
+
+    fn schema(&self) -> anyhow::Result<Schema> {
+        Ok(Schema::new(&self.table_prefix)?)
+    }
+}
+
+/// Runs the relay (the global --ca-cert and --token are how it reaches the cluster).
+#[derive(Args, Debug)]
+struct PgRelayRunArgs {
+    /// Nodes of the cluster (comma-separated; any of them).
+    #[arg(long, env = "RAFTQ_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// Reach the cluster in plaintext without a token (a cluster started with
+    /// --insecure). Without it, --ca-cert is required.
+    #[arg(long)]
+    insecure: bool,
+    /// Most rows one forwarded batch carries (1 to 1,000).
+    #[arg(long, default_value_t = 500)]
+    batch_messages: usize,
+    /// Create or update the tables first (as `migrate` does).
+    #[arg(long)]
+    migrate: bool,
+    /// Where to serve `/metrics` (Prometheus: forwarded and refused rows, whether this
+    /// relay is the active one, the rows waiting) and `/healthz`; none by default.
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum PgRelayQuery {
+    /// Create or update the outbox, relay and inbox tables.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Print the SQL (names filled in) instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// What the outbox holds: rows waiting, their oldest age, rows set aside, the batch in
+    /// flight.
+    Status {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Put the rows the cluster refused back in line (after fixing the cause).
+    RetryFailed {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+pub(super) async fn run(
+    command: PgRelayCommand,
+    access: (Transport, Option<String>),
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command.query {
+        None => relay(command.database, command.run, access).await,
+        Some(PgRelayQuery::Migrate { database, print }) => {
+            let schema = database.schema()?;
+            if print {
+                for sql in schema.migration_sql() {
+                    println!("{sql}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut pg = connect(database.url()?).await?;
+            let version = schema.migrate(&mut pg).await?;
+            super::output::print(
+                output,
+                json!({"outbox": schema.outbox(), "inbox": schema.inbox(), "version": version}),
+                format!(
+                    "tables {} and {} at version {version}",
+                    schema.outbox(),
+                    schema.inbox()
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(PgRelayQuery::Status { database }) => {
+            let pg = connect(database.url()?).await?;
+            let status = raftq_pg::outbox_status(&pg, &database.schema()?).await?;
+            let in_flight = status
+                .in_flight
+                .as_ref()
+                .map(|(queue, count)| format!("{count} rows to {queue}"))
+                .unwrap_or_else(|| "none".to_string());
+            print(
+                output,
+                json!({
+                    "waiting": status.waiting,
+                    "oldest_age_ms": status.oldest_age_ms,
+                    "failed": status.failed,
+                    "producer_id": status.producer_id,
+                    "in_flight": status.in_flight.as_ref().map(|(queue, count)| json!({"queue": queue, "rows": count})),
+                }),
+                format!(
+                    "waiting: {} (oldest {} ms)\nfailed: {}\nin flight: {in_flight}\nproducer: {}",
+                    status.waiting, status.oldest_age_ms, status.failed, status.producer_id
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(PgRelayQuery::RetryFailed { database }) => {
+            let pg = connect(database.url()?).await?;
+            let count = raftq_pg::retry_failed(&pg, &database.schema()?).await?;
+            print(
+                output,
+                json!({"retried": count}),
+                format!("{count} rows put back in line"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<raftq_pg::tokio_postgres::Client> {
+    let (client, connection) =
+        raftq_pg::tokio_postgres::connect(url, raftq_pg::tokio_postgres::NoTls)
+            .await
+            .map_err(|error| anyhow::anyhow!("connecting to the database: {error}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn relay(
+    database: DatabaseArgs,
+    args: PgRelayRunArgs,
+    (transport, token): (Transport, Option<String>),
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !args.cluster.is_empty(),
+        "name the cluster's nodes: --cluster HOST:PORT,... (or RAFTQ_CLUSTER)"
+    );
+    anyhow::ensure!(
+        args.insecure || transport.is_tls(),
+        "the relay speaks TLS to the cluster: give --ca-cert (and a token), or --insecure \
+         for a cluster started with --insecure"
+    );
+    let url = database.url()?.to_string();
+    let schema = database.schema()?;
+    if args.migrate {
+        let mut pg = connect(&url).await?;
+        schema.migrate(&mut pg).await?;
+    }
+    let raftq = Client::new(
+        &args.cluster,
+        ClientConfig {
+            retry_deadline: Duration::from_secs(30),
+            transport,
+            token,
+            ..ClientConfig::default()
+        },
+    )?;
+    let relay = Relay::new(
+        &url,
+        raftq,
+        RelayConfig {
+            schema: schema.clone(),
+            batch_messages: args.batch_messages,
+            ..RelayConfig::default()
+        },
+    )?;
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    if let Some(address) = args.http_listen {
+        let url = url.clone();
+        crate::metrics_port::serve(address, stopped.clone(), move || {
+            let (url, schema) = (url.clone(), schema.clone());
+            async move {
+                // The rows waiting, read when scraped.
+                if let Ok(pg) = connect(&url).await
+                    && let Ok(status) = raftq_pg::outbox_status(&pg, &schema).await
+                {
+                    metrics::gauge!("raftq_pg_outbox_waiting").set(status.waiting as f64);
+                    metrics::gauge!("raftq_pg_outbox_oldest_age_seconds")
+                        .set(status.oldest_age_ms as f64 / 1000.0);
+                    metrics::gauge!("raftq_pg_outbox_failed").set(status.failed as f64);
+                }
+            }
+        })
+        .await?;
+    }
+    println!("raftq pg-relay: forwarding {}", database.schema()?.outbox());
+    tokio::spawn(async move {
+        crate::serve::shutdown_signal().await;
+        tracing::info!("pg-relay stopping");
+        let _ = stopping.send(true);
+    });
+    relay.run(stopped).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,165 @@
+//! A real PostgreSQL server for the tests: Debian's `postgres`, initialised with `initdb`
+//! in a temporary directory and listening on a loopback port, run as the `postgres` user
+//! when the tests run as root (PostgreSQL refuses to run as root). `scripts/setup`
+//! installs the server when it is missing.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{free_port, wait_until};
+
+/// A running PostgreSQL server, stopped (immediate shutdown) and removed on drop.
+pub struct Postgres {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+/// The directory with `initdb` and `postgres`: the newest under /usr/lib/postgresql.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (/usr/lib/postgresql): run scripts/setup")
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("no PostgreSQL server under /usr/lib/postgresql: run scripts/setup")
+        .1
+}
+
+/// The user and group the server runs as: `postgres` when this process is root, else
+/// this process's own.
+fn server_user() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .expect("reading the user database")
+        .expect("no user postgres: install Debian's postgresql package (scripts/setup)");
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn as_server_user(command: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = user {
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+impl Postgres {
+    /// Initialises a database cluster and starts the server; returns once it accepts
+    /// connections.
+    pub async fn start() -> Postgres {
+        let bin = bin_dir();
+        let user = server_user();
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The server's user must reach and own its directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+        }
+        let data = dir.path().join("data");
+        let initdb = as_server_user(&mut Command::new(bin.join("initdb")), user)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .output()
+            .expect("run initdb");
+        assert!(
+            initdb.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))
+                .expect("chown");
+        }
+        let child = as_server_user(&mut Command::new(bin.join("postgres")), user)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir.path())
+            // Durable as in production: the tests kill processes, not the machine, but the
+            // figures should be a real server's.
+            .args(["-c", "fsync=on", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        let server = Postgres { child, dir, port };
+        let url = server.url();
+        wait_until(
+            "PostgreSQL accepts connections",
+            Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move {
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .ok()
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+        server
+    }
+
+    /// The connection string of the `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// A connection (its connection task spawned on the current runtime).
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("postgres.log"))
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGQUIT: immediate shutdown; the backends end with the postmaster.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+        let _ = self.child.wait();
+    }
+}
