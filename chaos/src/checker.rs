@@ -247,10 +247,11 @@ pub fn check(events: &[Event], producing_end_ms: u64) -> Verdict {
 }
 
 /// Whether a producer's sends are answered by the cluster itself: the outbox producers
-/// ("o*") and the agent producers ("a*") are answered from a local disk, so their sends go
-/// on while the cluster is unavailable and do not count towards its availability.
+/// ("o*") and the agent producers ("a*") are answered from a local disk, the PostgreSQL
+/// producers ("d*") by the database, so their sends go on while the cluster is unavailable
+/// and do not count towards its availability.
 fn reaches_cluster(process: &str) -> bool {
-    !(process.starts_with('o') || process.starts_with('a'))
+    !(process.starts_with('o') || process.starts_with('a') || process.starts_with('d'))
 }
 
 /// A producer sends one value after another. The cluster must give a later value a later

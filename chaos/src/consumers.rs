@@ -147,15 +147,7 @@ fn record_receive(
 ) -> Option<Vec<pb::ReceivedMessage>> {
     match received {
         Ok(messages) => {
-            let delivered = messages
-                .iter()
-                .map(|m| Delivered {
-                    value: String::from_utf8_lossy(&m.body).into_owned(),
-                    sequence: m.sequence,
-                    attempt: m.attempt,
-                    group: m.group.clone(),
-                })
-                .collect();
+            let delivered = messages.iter().map(Delivered::from).collect();
             recorder.record(
                 name,
                 Op::Receive { delivered },

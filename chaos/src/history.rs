@@ -26,6 +26,17 @@ pub struct Delivered {
     pub group: String,
 }
 
+impl From<&raftq_client::pb::ReceivedMessage> for Delivered {
+    fn from(message: &raftq_client::pb::ReceivedMessage) -> Delivered {
+        Delivered {
+            value: String::from_utf8_lossy(&message.body).into_owned(),
+            sequence: message.sequence,
+            attempt: message.attempt,
+            group: message.group.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {

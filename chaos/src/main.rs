@@ -11,6 +11,7 @@ mod damage;
 mod history;
 mod nemesis;
 mod outbox_producer;
+mod pg;
 mod recorder;
 mod timeline;
 mod unavailability;
@@ -107,7 +108,8 @@ pub struct RunArgs {
     /// kill-random, pause-leader, pause-follower, restart-all, clock-ahead, clock-behind (the
     /// clock faults preload libfaketime into the node), wipe-disk, corrupt-minority,
     /// power-loss-one and power-loss-all (as root, with the data directories on the power-loss file system),
-    /// kill-agent (with agent producers), and with `--network netns`
+    /// kill-agent (with agent producers), kill-relay and crash-inbox (with PostgreSQL
+    /// producers), and with `--network netns`
     /// partition-leader, partition-halves, partition-bridge, loss-oneway, latency,
     /// cut-off-clients.
     #[arg(long, default_value = "all")]

@@ -8,6 +8,26 @@ use raftq_client::{Client, ClientConfig};
 use raftq_tests::Cluster;
 
 use crate::agent::AgentProcess;
+use crate::pg::PgWorkload;
+
+/// What faults hit besides nodes: the agent of the agent producers and the PostgreSQL
+/// part of the workload, when the run has them.
+#[derive(Default)]
+pub struct Helpers {
+    pub agent: Option<AgentProcess>,
+    pub pg: Option<PgWorkload>,
+}
+
+impl Helpers {
+    /// Whether a fault of `kind` has something to act on.
+    pub fn can_take(&self, kind: FaultKind) -> bool {
+        match kind {
+            FaultKind::KillAgent => self.agent.is_some(),
+            FaultKind::KillRelay | FaultKind::CrashInbox => self.pg.is_some(),
+            _ => false,
+        }
+    }
+}
 
 /// splitmix64: a tiny deterministic generator, so a seed always gives the same schedule.
 pub struct Rng(u64);
@@ -70,6 +90,10 @@ pub enum FaultKind {
     /// outboxes, the agent) are cut off from the cluster while the nodes still see each
     /// other.
     CutOffClients,
+    /// Kill -9 the active `raftq pg-relay` (the standby takes over), start it again after.
+    KillRelay,
+    /// Drop an inbox consumer wherever it is, start a new one after.
+    CrashInbox,
 }
 
 impl FaultKind {
@@ -94,6 +118,8 @@ impl FaultKind {
             "power-loss-all" => FaultKind::PowerLossAll,
             "kill-agent" => FaultKind::KillAgent,
             "cut-off-clients" => FaultKind::CutOffClients,
+            "kill-relay" => FaultKind::KillRelay,
+            "crash-inbox" => FaultKind::CrashInbox,
             _ => return None,
         })
     }
@@ -119,6 +145,8 @@ impl FaultKind {
             FaultKind::PowerLossAll => "power-loss-all",
             FaultKind::KillAgent => "kill-agent",
             FaultKind::CutOffClients => "cut-off-clients",
+            FaultKind::KillRelay => "kill-relay",
+            FaultKind::CrashInbox => "crash-inbox",
         }
     }
 
@@ -135,9 +163,13 @@ impl FaultKind {
         )
     }
 
-    /// Faults that act on the agent rather than on nodes (skipped when the run has none).
-    pub fn on_agent(self) -> bool {
-        self == FaultKind::KillAgent
+    /// Faults that act on a helper process rather than on nodes (skipped when the run has
+    /// no such helper).
+    pub fn on_helper(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillAgent | FaultKind::KillRelay | FaultKind::CrashInbox
+        )
     }
 
     /// Faults that drop unsynced writes, and so need the nodes' data directories on the
@@ -155,7 +187,7 @@ impl FaultKind {
 }
 
 /// Every fault kind, in the order the help lists them.
-pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency,cut-off-clients,wipe-disk,corrupt-minority,power-loss-one,power-loss-all,kill-agent";
+pub const ALL_FAULTS: &str = "kill-leader,kill-follower,kill-random,pause-leader,pause-follower,restart-all,clock-ahead,clock-behind,partition-leader,partition-halves,partition-bridge,loss-oneway,latency,cut-off-clients,wipe-disk,corrupt-minority,power-loss-one,power-loss-all,kill-agent,kill-relay,crash-inbox";
 
 /// A deterministic shuffle of `ids` driven by `pick`.
 fn shuffled(ids: &[u64], pick: u64) -> Vec<u64> {
@@ -283,7 +315,7 @@ pub async fn targets(cluster: &Cluster, planned: &Planned) -> Vec<u64> {
         | FaultKind::LossOneWay
         | FaultKind::Latency => pick(&ids),
         FaultKind::RestartAll | FaultKind::PowerLossAll | FaultKind::CutOffClients => ids,
-        FaultKind::KillAgent => Vec::new(),
+        FaultKind::KillAgent | FaultKind::KillRelay | FaultKind::CrashInbox => Vec::new(),
         FaultKind::PartitionLeader => leader.map(|id| vec![id]).unwrap_or_default(),
         // The minority side.
         FaultKind::PartitionHalves => {
@@ -334,18 +366,38 @@ const DELAY_MS: u32 = 200;
 /// what was done (the sides of a partition, how a link was slowed).
 pub async fn inject(
     cluster: &mut Cluster,
-    agent: Option<&mut AgentProcess>,
+    helpers: &mut Helpers,
     planned: &Planned,
     nodes: &[u64],
 ) -> anyhow::Result<String> {
     let (kind, hold) = (planned.kind, planned.hold);
-    if kind == FaultKind::KillAgent {
-        let agent = agent.context("kill-agent needs agent producers")?;
-        let held = agent.status().await.map_or(0, |status| status.pending);
-        agent.kill();
-        tokio::time::sleep(hold).await;
-        agent.restart().await?;
-        return Ok(format!("killed holding {held} messages; started again"));
+    match kind {
+        FaultKind::KillAgent => {
+            let agent = helpers
+                .agent
+                .as_mut()
+                .context("kill-agent needs agent producers")?;
+            let held = agent.status().await.map_or(0, |status| status.pending);
+            agent.kill();
+            tokio::time::sleep(hold).await;
+            agent.restart().await?;
+            return Ok(format!("killed holding {held} messages; started again"));
+        }
+        FaultKind::KillRelay => {
+            let pg = helpers
+                .pg
+                .as_mut()
+                .context("kill-relay needs --pg-producers")?;
+            return pg.kill_relay(hold).await;
+        }
+        FaultKind::CrashInbox => {
+            let pg = helpers
+                .pg
+                .as_mut()
+                .context("crash-inbox needs --pg-producers")?;
+            return Ok(pg.crash_consumer(planned.pick, hold).await);
+        }
+        _ => {}
     }
     if kind.needs_network() {
         let network = cluster

@@ -31,11 +31,24 @@ impl Recorder {
 
     /// One operation of `process`, started at `start_ms` and ending now.
     pub fn record(&self, process: &str, op: Op, start_ms: u64, outcome: Outcome, error: String) {
+        self.record_at(process, op, start_ms, self.now_ms(), outcome, error);
+    }
+
+    /// One operation of `process` that started at `start_ms` and ended at `end_ms`.
+    pub fn record_at(
+        &self,
+        process: &str,
+        op: Op,
+        start_ms: u64,
+        end_ms: u64,
+        outcome: Outcome,
+        error: String,
+    ) {
         let event = Event {
             process: process.to_string(),
             op,
             start_ms,
-            end_ms: self.now_ms(),
+            end_ms,
             outcome,
             error,
         };

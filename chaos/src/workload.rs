@@ -14,8 +14,10 @@ use crate::agent::AgentProcess;
 use crate::checker::{self, Verdict};
 use crate::consumers::{consume, consume_stream, mover};
 use crate::history::{Op, Outcome};
+use crate::nemesis::Helpers;
 use crate::nemesis::{self, FaultKind};
 use crate::outbox_producer::Outboxes;
+use crate::pg::{PG_QUEUE, PgWorkload};
 pub(crate) use crate::recorder::Recorder;
 use crate::timeline;
 use crate::{LoadArgs, NetworkMode, RunArgs};
@@ -169,8 +171,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         // Quiet time first, so the workload is running before the first fault.
         tokio::time::sleep(planned.rest).await;
         let nodes = nemesis::targets(&cluster, &planned).await;
-        let on_agent = planned.kind.on_agent() && workload.agent.is_some();
-        if nodes.is_empty() && !on_agent {
+        let on_helper = planned.kind.on_helper() && workload.helpers.can_take(planned.kind);
+        if nodes.is_empty() && !on_helper {
             continue;
         }
         let start = recorder.now_ms();
@@ -181,8 +183,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
             nodes,
             planned.hold
         );
-        let detail =
-            nemesis::inject(&mut cluster, workload.agent.as_mut(), &planned, &nodes).await?;
+        let detail = nemesis::inject(&mut cluster, &mut workload.helpers, &planned, &nodes).await?;
         if !detail.is_empty() {
             println!("            {detail}");
         }
@@ -230,8 +231,8 @@ pub async fn load(args: &LoadArgs) -> anyhow::Result<Verdict> {
         token: args.token.clone(),
         ..ClientConfig::default()
     };
-    // No agent here: it would need the raftq binary and the cluster's credentials beside
-    // this process.
+    // No agent or PostgreSQL here: they would need the raftq binary and the cluster's
+    // credentials beside this process.
     let workload = Workload::start(args.addr.clone(), &args.mix, access, false).await?;
     let deadline = tokio::time::Instant::now() + args.duration;
     println!("raftq-chaos: load running");
@@ -274,13 +275,21 @@ pub struct Mix {
     /// only: `load` starts no agent).
     #[arg(long, default_value_t = 1)]
     pub agent_producers: usize,
+    /// Producers that write values into a PostgreSQL outbox ("d*"), forwarded by `raftq
+    /// pg-relay` processes to a fifth queue and consumed by inbox consumers that record
+    /// each in a table (`run` only; 0 leaves PostgreSQL out).
+    #[arg(long, default_value_t = 0)]
+    pub pg_producers: usize,
+    /// Inbox consumers ("i*") of the PostgreSQL part.
+    #[arg(long, default_value_t = 2)]
+    pub pg_consumers: usize,
 }
 
 impl Mix {
     /// The flags that give this mix, for a command line that reproduces a run.
     pub fn flags(&self) -> String {
         format!(
-            "--producers {} --consumers {} --stream-consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {} --outbox-producers {} --agent-producers {}",
+            "--producers {} --consumers {} --stream-consumers {} --grouped-producers {} --grouped-consumers {} --tx-movers {} --outbox-producers {} --agent-producers {} --pg-producers {} --pg-consumers {}",
             self.producers,
             self.consumers,
             self.stream_consumers,
@@ -288,7 +297,9 @@ impl Mix {
             self.grouped_consumers,
             self.tx_movers,
             self.outbox_producers,
-            self.agent_producers
+            self.agent_producers,
+            self.pg_producers,
+            self.pg_consumers
         )
     }
 }
@@ -307,18 +318,18 @@ pub struct Workload {
     producers: Vec<tokio::task::JoinHandle<()>>,
     consumers: Vec<tokio::task::JoinHandle<()>>,
     outboxes: Outboxes,
-    /// The agent of the agent producers, when they run.
-    pub agent: Option<AgentProcess>,
+    /// The agent and the PostgreSQL part, when they run.
+    pub helpers: Helpers,
 }
 
 impl Workload {
-    /// Creates the queues (if missing) and starts every process of `mix` (the agent
-    /// producers, and their agent, only `with_agent`).
+    /// Creates the queues (if missing) and starts every process of `mix` (the agent and
+    /// PostgreSQL parts only `with_helpers`).
     pub async fn start(
         addresses: Vec<String>,
         mix: &Mix,
         access: ClientConfig,
-        with_agent: bool,
+        with_helpers: bool,
     ) -> anyhow::Result<Workload> {
         let client = workload_client(&addresses, &access)?;
         for queue in QUEUES {
@@ -375,7 +386,7 @@ impl Workload {
             );
             producers.push(tokio::spawn(task));
         }
-        let agent = if with_agent && mix.agent_producers > 0 {
+        let agent = if with_helpers && mix.agent_producers > 0 {
             Some(AgentProcess::start(addresses.clone()).await?)
         } else {
             None
@@ -393,6 +404,22 @@ impl Workload {
                 producers.push(tokio::spawn(task));
             }
         }
+        let pg = if with_helpers && mix.pg_producers > 0 {
+            let (pg, tasks) = PgWorkload::start(
+                addresses.clone(),
+                workload_client(&addresses, &access)?,
+                recorder.clone(),
+                mix.pg_producers,
+                mix.pg_consumers,
+                stop_producers.clone(),
+                stop_consumers.clone(),
+            )
+            .await?;
+            producers.extend(tasks);
+            Some(pg)
+        } else {
+            None
+        };
         let plain = (0..mix.consumers).map(|i| (format!("c{i}"), QUEUE));
         let grouped = (0..mix.grouped_consumers).map(|i| (format!("gc{i}"), GROUP_QUEUE));
         let moved = (0..mix.tx_movers.min(1)).map(|i| (format!("tc{i}"), TX_OUT));
@@ -438,7 +465,7 @@ impl Workload {
             producers,
             consumers,
             outboxes,
-            agent,
+            helpers: Helpers { agent, pg },
         })
     }
 
@@ -459,7 +486,7 @@ impl Workload {
             producers,
             consumers,
             outboxes,
-            agent,
+            helpers: Helpers { agent, pg },
         } = self;
         stop_producers.store(true, Ordering::Relaxed);
         for producer in producers {
@@ -472,10 +499,17 @@ impl Workload {
         if let Some(agent) = &agent {
             forwarded &= agent.flush(OUTBOX_FLUSH_DEADLINE).await;
         }
-        let drained = drain(&client).await && forwarded;
+        if let Some(pg) = &pg {
+            forwarded &= pg.flush(OUTBOX_FLUSH_DEADLINE).await;
+        }
+        let drained = drain(&client, pg.is_some()).await && forwarded;
         stop_consumers.store(true, Ordering::Relaxed);
         for consumer in consumers {
             consumer.await.context("consumer task")?;
+        }
+        if let Some(pg) = pg {
+            // The database's rows become the history's acks.
+            pg.finish().await?;
         }
         let run_end_ms = recorder.now_ms();
         let events = recorder.events();
@@ -523,14 +557,14 @@ impl Workload {
 
 /// Waits until every message of every queue has been consumed (consumers keep running
 /// meanwhile), as long as the queues keep shrinking (see `DRAIN_STALL`).
-async fn drain(client: &Client) -> bool {
+async fn drain(client: &Client, with_pg: bool) -> bool {
     let end = tokio::time::Instant::now() + DRAIN_DEADLINE;
     let mut smallest = u64::MAX;
     let mut last_progress = tokio::time::Instant::now();
     while tokio::time::Instant::now() < end {
         let mut depth = 0;
         let mut known = true;
-        for queue in QUEUES {
+        for queue in QUEUES.iter().chain(with_pg.then_some(&PG_QUEUE)) {
             match client.get_queue(queue).await {
                 Ok(queue) => depth += queue.stats.unwrap_or_default().depth,
                 Err(_) => known = false,

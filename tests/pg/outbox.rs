@@ -169,20 +169,37 @@ async fn a_row_refused_for_good_is_set_aside_with_the_reason_and_the_rest_go_on(
 struct RelayProcess {
     child: Child,
     http: String,
+    /// The file its connection string is read from, when it is.
+    _url_file: Option<tempfile::NamedTempFile>,
 }
 
 impl RelayProcess {
-    fn start(setup: &Setup) -> RelayProcess {
+    /// A relay given the database's connection string on its command line, or in a file.
+    fn start(setup: &Setup, url_in_file: bool) -> RelayProcess {
         let http = format!("127.0.0.1:{}", free_port());
-        let child = cli()
-            .args(["pg-relay", "--database-url", &setup.pg.url()])
+        let mut command = cli();
+        command.arg("pg-relay");
+        let url_file = url_in_file.then(|| {
+            let file = tempfile::NamedTempFile::new().expect("temp file");
+            std::fs::write(file.path(), format!("{}\n", setup.pg.url())).expect("write");
+            command.arg("--database-url-file").arg(file.path());
+            file
+        });
+        if url_file.is_none() {
+            command.args(["--database-url", &setup.pg.url()]);
+        }
+        let child = command
             .args(["--cluster", &setup.nodes().join(",")])
             .args(["--batch-messages", "20", "--http-listen", &http])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start raftq pg-relay");
-        RelayProcess { child, http }
+        RelayProcess {
+            child,
+            http,
+            _url_file: url_file,
+        }
     }
 
     /// Whether it is the active relay (None while its port does not answer).
@@ -204,7 +221,10 @@ impl Drop for RelayProcess {
 async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
     let setup = Setup::start().await;
     create_queue(&setup.client, "orders", pb::QueueOptions::default()).await;
-    let mut relays = [RelayProcess::start(&setup), RelayProcess::start(&setup)];
+    let mut relays = [
+        RelayProcess::start(&setup, false),
+        RelayProcess::start(&setup, true),
+    ];
     let active = wait_until("one relay is active", Duration::from_secs(30), || async {
         let states = [relays[0].active().await?, relays[1].active().await?];
         match states {

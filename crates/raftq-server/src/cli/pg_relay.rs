@@ -28,6 +28,10 @@ struct DatabaseArgs {
     /// The application's database (a libpq connection string or postgresql:// URL).
     #[arg(long, env = "RAFTQ_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A file holding the connection string (a mounted Secret, say), instead of
+    /// --database-url.
+    #[arg(long, env = "RAFTQ_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    database_url_file: Option<std::path::PathBuf>,
     /// Prefix of the tables (`raftq` gives raftq_outbox, raftq_relay, ...; `app.raftq`
     /// puts them in schema `app`).
     #[arg(long, default_value = "raftq")]
@@ -35,9 +39,18 @@ struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    fn url(&self) -> anyhow::Result<&str> {
-        self.database_url.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("name the database: --database-url URL (or RAFTQ_DATABASE_URL)")
+    fn url(&self) -> anyhow::Result<String> {
+        if let Some(path) = &self.database_url_file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                anyhow::anyhow!("reading the database URL file {}: {error}", path.display())
+            })?;
+            return Ok(text.trim().to_string());
+        }
+        self.database_url.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "name the database: --database-url URL (or RAFTQ_DATABASE_URL), or \
+                 --database-url-file FILE"
+            )
         })
     }
 
@@ -106,7 +119,7 @@ pub(super) async fn run(
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut pg = connect(database.url()?).await?;
+            let mut pg = connect(&database.url()?).await?;
             let version = schema.migrate(&mut pg).await?;
             super::output::print(
                 output,
@@ -120,7 +133,7 @@ pub(super) async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Some(PgRelayQuery::Status { database }) => {
-            let pg = connect(database.url()?).await?;
+            let pg = connect(&database.url()?).await?;
             let status = raftq_pg::outbox_status(&pg, &database.schema()?).await?;
             let in_flight = status
                 .in_flight
@@ -144,7 +157,7 @@ pub(super) async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Some(PgRelayQuery::RetryFailed { database }) => {
-            let pg = connect(database.url()?).await?;
+            let pg = connect(&database.url()?).await?;
             let count = raftq_pg::retry_failed(&pg, &database.schema()?).await?;
             print(
                 output,
@@ -179,7 +192,7 @@ async fn relay(
         "the relay speaks TLS to the cluster: give --ca-cert (and a token), or --insecure \
          for a cluster started with --insecure"
     );
-    let url = database.url()?.to_string();
+    let url = database.url()?;
     let schema = database.schema()?;
     if args.migrate {
         let mut pg = connect(&url).await?;
