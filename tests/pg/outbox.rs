@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use raftq_client::{Message, pb};
 use raftq_pg::{RelayConfig, Schema, enqueue};
-use raftq_tests::{cli, create_queue, drain_bodies, free_port, http_get, metric_value, wait_until};
+use raftq_tests::{
+    cli, create_queue, drain_bodies, free_port, http_get, metric_value, queue_stats, wait_until,
+};
 
 use crate::common::{ORDERS_TABLE, Setup, place_order};
 
@@ -47,6 +49,43 @@ async fn a_message_is_sent_if_and_only_if_its_transaction_commits() {
     assert_eq!(drain_bodies(&setup.client, "orders").await, ["kept"]);
     stop.send(true).expect("stop");
     relay.await.expect("joined").expect("relay ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_the_relay_without_waiting_for_its_poll() {
+    let mut setup = Setup::start().await;
+    create_queue(&setup.client, "orders", pb::QueueOptions::default()).await;
+    // It looks for rows on its own only every ten minutes: only the notification that
+    // the outbox's trigger sends on commit can wake it within the test.
+    let (relay, stop) = setup.relay(RelayConfig {
+        poll_interval: Duration::from_secs(600),
+        ..RelayConfig::default()
+    });
+    let mut status = relay.status();
+    let stopped = stop.subscribe();
+    let running = tokio::spawn(async move { relay.run(stopped).await });
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.active))
+        .await
+        .expect("the relay becomes active within 30 s")
+        .expect("status");
+    for n in 0..3 {
+        let transaction = setup.db.transaction().await.expect("begin");
+        enqueue(
+            &transaction,
+            &Schema::default(),
+            "orders",
+            Message::new(format!("m{n}")),
+        )
+        .await
+        .expect("enqueue");
+        transaction.commit().await.expect("commit");
+        wait_until("the row is forwarded", Duration::from_secs(20), || async {
+            (queue_stats(&setup.client, "orders").await.depth == n + 1).then_some(())
+        })
+        .await;
+    }
+    stop.send(true).expect("stop");
+    running.await.expect("joined").expect("relay ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
