@@ -59,6 +59,16 @@ impl Postgres {
     /// Initialises a database cluster and starts the server; returns once it accepts
     /// connections.
     pub async fn start() -> Postgres {
+        Postgres::start_inner(None).await
+    }
+
+    /// As [`Postgres::start`], serving TLS with `certificate` and taking TCP connections
+    /// only over TLS (`hostssl` in pg_hba.conf).
+    pub async fn start_with_tls(certificate: &raftq_tls::generate::Issued) -> Postgres {
+        Postgres::start_inner(Some(certificate)).await
+    }
+
+    async fn start_inner(tls: Option<&raftq_tls::generate::Issued>) -> Postgres {
         let bin = bin_dir();
         let user = server_user();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -88,6 +98,27 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
+        let mut settings: Vec<String> = Vec::new();
+        if let Some(certificate) = tls {
+            let (cert, key) = certificate
+                .write(dir.path(), "server")
+                .expect("server certificate");
+            for file in [&cert, &key] {
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+            settings.extend([
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ]);
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
         if let Some((uid, gid)) = user {
@@ -103,22 +134,29 @@ impl Postgres {
             // Durable as in production: the tests kill processes, not the machine, but the
             // figures should be a real server's.
             .args(["-c", "fsync=on", "-c", "max_connections=200"])
+            .args(settings.iter().flat_map(|setting| ["-c", setting.as_str()]))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start postgres");
         let server = Postgres { child, dir, port };
-        let url = server.url();
+        // Ready once it takes a connection, or refuses plaintext by its pg_hba.conf (not
+        // while it is starting up).
         wait_until(
             "PostgreSQL accepts connections",
             Duration::from_secs(60),
-            || {
-                let url = url.clone();
-                async move {
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                        .await
-                        .ok()
-                        .map(|_| ())
+            || async move {
+                let answered =
+                    tokio_postgres::connect(&server_url(port), tokio_postgres::NoTls).await;
+                match answered {
+                    Ok(_) => Some(()),
+                    Err(error)
+                        if error.code()
+                            == Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
+                    {
+                        Some(())
+                    }
+                    Err(_) => None,
                 }
             },
         )
@@ -128,10 +166,7 @@ impl Postgres {
 
     /// The connection string of the `postgres` database.
     pub fn url(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
+        server_url(self.port)
     }
 
     /// A connection (its connection task spawned on the current runtime).
@@ -147,6 +182,10 @@ impl Postgres {
     pub fn log_tail(&self) -> String {
         log_tail(&self.dir.path().join("postgres.log"))
     }
+}
+
+fn server_url(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres")
 }
 
 fn log_tail(path: &Path) -> String {

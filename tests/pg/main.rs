@@ -5,3 +5,4 @@ mod common;
 mod crashes;
 mod inbox;
 mod outbox;
+mod tls;

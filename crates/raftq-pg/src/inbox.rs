@@ -18,6 +18,7 @@ use raftq_client::{Client, pb};
 use tokio::sync::watch;
 use tokio_postgres::Transaction;
 
+use crate::connect::{DatabaseTls, connect};
 use crate::schema::Schema;
 use crate::{Error, SCHEMA_VERSION};
 
@@ -72,6 +73,8 @@ pub struct InboxConfig {
     /// Inbox rows whose acknowledgement raftq confirmed longer ago than this are removed
     /// (checked every 10 minutes); `None` keeps them.
     pub prune_after: Option<Duration>,
+    /// How the consumer reaches PostgreSQL.
+    pub tls: DatabaseTls,
 }
 
 impl InboxConfig {
@@ -84,6 +87,7 @@ impl InboxConfig {
             lease: None,
             retry_delay: Duration::from_secs(1),
             prune_after: Some(Duration::from_secs(3_600)),
+            tls: DatabaseTls::Plaintext,
         }
     }
 }
@@ -138,7 +142,7 @@ impl Inbox {
                 config.batch_messages
             )));
         }
-        let (pg, _) = crate::relay::connect(database_url).await?;
+        let (pg, _) = connect(database_url, &config.tls).await?;
         let version = config.schema.version(&pg).await?;
         if version < SCHEMA_VERSION {
             return Err(Error::SchemaVersion {

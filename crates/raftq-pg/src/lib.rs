@@ -17,6 +17,7 @@
 //! This is the role MSMQ gave to MTS and DTC (a queue operation committed together with a
 //! database update), without two-phase commit: see `docs/semantics.md`.
 
+mod connect;
 mod error;
 mod inbox;
 mod outbox;
@@ -24,6 +25,7 @@ mod relay;
 mod schema;
 mod status;
 
+pub use connect::{DatabaseTls, connect};
 pub use error::Error;
 pub use inbox::{Handler, HandlerError, Inbox, InboxConfig, InboxEvent, InboxStatus};
 pub use outbox::{MAX_BODY_BYTES, enqueue};

@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use prost::Message as _;
 use raftq_client::{Client, ClientError, pb};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::connect::{DatabaseTls, connect};
 use crate::schema::{LOCK_CLASS, Schema};
 use crate::{Error, SCHEMA_VERSION};
 
@@ -42,6 +41,8 @@ pub struct RelayConfig {
     pub producer_name: String,
     /// Longest pause between attempts while raftq or PostgreSQL cannot be reached.
     pub max_backoff: Duration,
+    /// How the relay reaches PostgreSQL.
+    pub tls: DatabaseTls,
 }
 
 impl Default for RelayConfig {
@@ -52,6 +53,7 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_secs(1),
             producer_name: "raftq-pg-relay".to_string(),
             max_backoff: Duration::from_secs(5),
+            tls: DatabaseTls::Plaintext,
         }
     }
 }
@@ -180,7 +182,7 @@ impl Relay {
     /// One connection's life: standby until the lock is taken, then forwarding.
     async fn connected(&self, stop: &mut watch::Receiver<bool>) -> Result<(), Error> {
         metrics::gauge!("raftq_pg_relay_active").set(0.0);
-        let (mut pg, mut wake) = connect(&self.database_url).await?;
+        let (mut pg, mut wake) = connect(&self.database_url, &self.config.tls).await?;
         let schema = &self.config.schema;
         let version = schema.version(&pg).await?;
         if version < SCHEMA_VERSION {
@@ -567,31 +569,6 @@ fn decode(rows: &[tokio_postgres::Row]) -> Result<Vec<pb::OutgoingMessage>, Erro
             })
         })
         .collect()
-}
-
-/// Connects to PostgreSQL; the receiver wakes on every notification of the connection.
-pub(crate) async fn connect(
-    database_url: &str,
-) -> Result<(tokio_postgres::Client, mpsc::Receiver<()>), Error> {
-    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
-    // One waiting wake-up is enough: notifications only say "look again".
-    let (wake, woken) = mpsc::channel(1);
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = wake.try_send(());
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "raftq-pg: connection closed");
-                    break;
-                }
-            }
-        }
-    });
-    Ok((client, woken))
 }
 
 /// Pauses that double from 100 ms up to a bound, and start again after a success.

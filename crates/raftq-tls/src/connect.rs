@@ -72,6 +72,14 @@ impl ClientTls {
         })
     }
 
+    /// The rustls configuration without HTTP/2's protocol name (ALPN), for a connection
+    /// that is not gRPC (PostgreSQL's, say): the same trust and identity.
+    pub fn rustls_config_without_alpn(&self) -> ClientConfig {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols.clear();
+        config
+    }
+
     pub fn connector(&self) -> Connector {
         Connector {
             source: Source::Fixed(self.config.clone()),

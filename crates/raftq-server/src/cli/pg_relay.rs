@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use raftq_client::{Client, ClientConfig, Transport};
-use raftq_pg::{Relay, RelayConfig, Schema};
+use raftq_pg::{DatabaseTls, Relay, RelayConfig, Schema};
 use serde_json::json;
 
 use super::output::{Output, print};
@@ -32,6 +32,11 @@ struct DatabaseArgs {
     /// --database-url.
     #[arg(long, env = "RAFTQ_DATABASE_URL_FILE", conflicts_with = "database_url")]
     database_url_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) the database server's certificate chains to: TLS to the
+    /// database, as the connection string's `sslmode` asks (`require`: TLS or nothing).
+    /// Without it, plaintext.
+    #[arg(long, env = "RAFTQ_DATABASE_CA_CERT")]
+    database_ca_cert: Option<std::path::PathBuf>,
     /// Prefix of the tables (`raftq` gives raftq_outbox, raftq_relay, ...; `app.raftq`
     /// puts them in schema `app`).
     #[arg(long, default_value = "raftq")]
@@ -52,6 +57,21 @@ impl DatabaseArgs {
                  --database-url-file FILE"
             )
         })
+    }
+
+    fn tls(&self) -> anyhow::Result<DatabaseTls> {
+        Ok(match &self.database_ca_cert {
+            Some(ca) => DatabaseTls::from_ca_file(ca)?,
+            None => DatabaseTls::Plaintext,
+        })
+    }
+
+    /// A connection to the database.
+    async fn connect(&self) -> anyhow::Result<raftq_pg::tokio_postgres::Client> {
+        let (client, _) = raftq_pg::connect(&self.url()?, &self.tls()?)
+            .await
+            .map_err(|error| anyhow::anyhow!("connecting to the database: {error}"))?;
+        Ok(client)
     }
 
     fn schema(&self) -> anyhow::Result<Schema> {
@@ -119,7 +139,7 @@ pub(super) async fn run(
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut pg = connect(&database.url()?).await?;
+            let mut pg = database.connect().await?;
             let version = schema.migrate(&mut pg).await?;
             super::output::print(
                 output,
@@ -133,7 +153,7 @@ pub(super) async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Some(PgRelayQuery::Status { database }) => {
-            let pg = connect(&database.url()?).await?;
+            let pg = database.connect().await?;
             let status = raftq_pg::outbox_status(&pg, &database.schema()?).await?;
             let in_flight = status
                 .in_flight
@@ -157,7 +177,7 @@ pub(super) async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Some(PgRelayQuery::RetryFailed { database }) => {
-            let pg = connect(&database.url()?).await?;
+            let pg = database.connect().await?;
             let count = raftq_pg::retry_failed(&pg, &database.schema()?).await?;
             print(
                 output,
@@ -167,15 +187,6 @@ pub(super) async fn run(
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-async fn connect(url: &str) -> anyhow::Result<raftq_pg::tokio_postgres::Client> {
-    let (client, connection) =
-        raftq_pg::tokio_postgres::connect(url, raftq_pg::tokio_postgres::NoTls)
-            .await
-            .map_err(|error| anyhow::anyhow!("connecting to the database: {error}"))?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 async fn relay(
@@ -194,8 +205,9 @@ async fn relay(
     );
     let url = database.url()?;
     let schema = database.schema()?;
+    let tls = database.tls()?;
     if args.migrate {
-        let mut pg = connect(&url).await?;
+        let mut pg = database.connect().await?;
         schema.migrate(&mut pg).await?;
     }
     let raftq = Client::new(
@@ -213,17 +225,18 @@ async fn relay(
         RelayConfig {
             schema: schema.clone(),
             batch_messages: args.batch_messages,
+            tls: tls.clone(),
             ..RelayConfig::default()
         },
     )?;
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     if let Some(address) = args.http_listen {
-        let url = url.clone();
+        let (url, tls) = (url.clone(), tls.clone());
         crate::metrics_port::serve(address, stopped.clone(), move || {
-            let (url, schema) = (url.clone(), schema.clone());
+            let (url, tls, schema) = (url.clone(), tls.clone(), schema.clone());
             async move {
                 // The rows waiting, read when scraped.
-                if let Ok(pg) = connect(&url).await
+                if let Ok((pg, _)) = raftq_pg::connect(&url, &tls).await
                     && let Ok(status) = raftq_pg::outbox_status(&pg, &schema).await
                 {
                     metrics::gauge!("raftq_pg_outbox_waiting").set(status.waiting as f64);
