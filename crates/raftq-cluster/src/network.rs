@@ -289,7 +289,21 @@ where
     }
 }
 
+/// The pauses between attempts to reach a peer that is unreachable: 200 ms, doubling up
+/// to 1 s (a peer that is down is dialled once a second, not in a loop; one that comes
+/// back is found within a second).
+fn unreachable_backoff() -> openraft::network::Backoff {
+    openraft::network::Backoff::new((0..).map(|attempt: u32| {
+        (Duration::from_millis(200) * 2u32.saturating_pow(attempt.min(3)))
+            .min(Duration::from_secs(1))
+    }))
+}
+
 impl RaftNetworkV2<TypeConfig> for Peer {
+    fn backoff(&self) -> Option<openraft::network::Backoff> {
+        Some(unreachable_backoff())
+    }
+
     type SnapshotData = SnapshotData;
 
     async fn append_entries(
@@ -336,6 +350,14 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             return stream_append_sequential(self, input, option);
         }
         Box::pin(async move {
+            // openraft waits out its backoff (after the peer was unreachable) before it hands
+            // over a request. Take the first one before connecting: a peer that refuses
+            // connections fails the stream before any request is asked for, so without this
+            // no backoff would ever apply and the peer would be dialled in a tight loop (a
+            // core spent, and two warnings logged, per attempt).
+            let mut input = input;
+            let first = input.next().await;
+            let input = futures::stream::iter(first).chain(input);
             let mut client = self.client()?;
             let (group, target) = (self.group, self.target);
             let cluster = self.standing.cluster_id().unwrap_or_default();
@@ -506,6 +528,15 @@ fn snapshot_chunks(
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_unreachable_peer_is_tried_again_after_200_ms_doubling_to_one_second() {
+        let pauses: Vec<u128> = super::unreachable_backoff()
+            .take(6)
+            .map(|pause| pause.as_millis())
+            .collect();
+        assert_eq!(pauses, [200, 400, 800, 1000, 1000, 1000]);
+    }
 
     use futures::StreamExt;
     use openraft::EntryPayload;
