@@ -21,3 +21,4 @@ mod power_loss;
 mod producers;
 mod tls;
 mod transactions;
+mod unreachable;
