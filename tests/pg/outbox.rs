@@ -307,6 +307,17 @@ async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
     setup.outbox_emptied().await;
     let expected: Vec<String> = (0..2_000).map(|n| format!("m{n:05}")).collect();
     assert_eq!(drain_bodies(&setup.client, "orders").await, expected);
+    // The relay's metrics read the outbox when scraped (twice: one connection reused).
+    for _ in 0..2 {
+        let (status, metrics) = http_get(&relays[standby].http, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line == "raftq_pg_outbox_waiting 0"),
+            "{metrics}"
+        );
+    }
 
     let status = cli()
         .args([

@@ -2,10 +2,12 @@
 //! or show what it holds.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use raftq_client::{Client, ClientConfig, Transport};
+use raftq_pg::tokio_postgres::Client as Database;
 use raftq_pg::{DatabaseTls, Relay, RelayConfig, Schema};
 use serde_json::json;
 
@@ -232,17 +234,29 @@ async fn relay(
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     if let Some(address) = args.http_listen {
         let (url, tls) = (url.clone(), tls.clone());
+        // One connection for the scrapes, opened again after it fails.
+        let scraping: Arc<tokio::sync::Mutex<Option<Database>>> = Arc::default();
         crate::metrics_port::serve(address, stopped.clone(), move || {
             let (url, tls, schema) = (url.clone(), tls.clone(), schema.clone());
+            let scraping = scraping.clone();
             async move {
                 // The rows waiting, read when scraped.
-                if let Ok((pg, _)) = raftq_pg::connect(&url, &tls).await
-                    && let Ok(status) = raftq_pg::outbox_status(&pg, &schema).await
+                let mut pg = scraping.lock().await;
+                if pg.as_ref().is_none_or(Database::is_closed)
+                    && let Ok((client, _)) = raftq_pg::connect(&url, &tls).await
                 {
-                    metrics::gauge!("raftq_pg_outbox_waiting").set(status.waiting as f64);
-                    metrics::gauge!("raftq_pg_outbox_oldest_age_seconds")
-                        .set(status.oldest_age_ms as f64 / 1000.0);
-                    metrics::gauge!("raftq_pg_outbox_failed").set(status.failed as f64);
+                    *pg = Some(client);
+                }
+                if let Some(client) = pg.as_ref() {
+                    match raftq_pg::outbox_status(client, &schema).await {
+                        Ok(status) => {
+                            metrics::gauge!("raftq_pg_outbox_waiting").set(status.waiting as f64);
+                            metrics::gauge!("raftq_pg_outbox_oldest_age_seconds")
+                                .set(status.oldest_age_ms as f64 / 1000.0);
+                            metrics::gauge!("raftq_pg_outbox_failed").set(status.failed as f64);
+                        }
+                        Err(_) => *pg = None,
+                    }
                 }
             }
         })
