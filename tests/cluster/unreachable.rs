@@ -36,8 +36,9 @@ async fn a_leader_dials_a_follower_that_is_down_a_few_times_a_second_not_in_a_lo
         },
     )
     .await;
-    // Over five seconds: with the backoff (200 ms doubling to 1 s) about ten attempts,
-    // each reported on two lines; without it, thousands.
+    // A window of five seconds, to show what does NOT happen in it: with the backoff
+    // (200 ms doubling to 1 s) about ten attempts, each reported on two lines; without
+    // it, thousands.
     let before = unreachable_reports(&log);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let reports = unreachable_reports(&log) - before;

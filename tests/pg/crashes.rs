@@ -173,7 +173,8 @@ async fn every_order_is_paid_once_and_in_order_though_relay_consumer_and_leader_
         .await;
         let leader = setup.cluster.wait_for_leader().await;
         setup.cluster.node(leader).kill();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Down until the others have elected a leader of their own.
+        setup.cluster.wait_for_leader().await;
         setup.cluster.node(leader).restart();
     }
     writer.await.expect("writer");
