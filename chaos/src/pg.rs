@@ -15,7 +15,6 @@
 //! connection closes, an open transaction rolls back, acknowledgements owed are never
 //! sent) and starts a new one after the hold.
 
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,62 +22,13 @@ use std::time::Duration;
 use raftq_client::{Client, Message, pb};
 use raftq_pg::tokio_postgres::Transaction;
 use raftq_pg::{Handler, HandlerError, Inbox, InboxConfig, Schema, enqueue};
-use raftq_tests::postgres::Postgres;
+use raftq_tests::postgres::{Postgres, RelayProcess};
 
 use crate::history::{Delivered, Op, Outcome};
 use crate::recorder::Recorder;
 
 /// The queue the outbox forwards to.
 pub const PG_QUEUE: &str = "chaos-pg";
-
-/// A `raftq pg-relay` process and its metrics port.
-struct RelayProcess {
-    child: Option<Child>,
-    http: String,
-}
-
-impl RelayProcess {
-    fn start(database_url: &str, nodes: &[String]) -> anyhow::Result<RelayProcess> {
-        let http = format!("127.0.0.1:{}", raftq_tests::free_port());
-        let mut relay = RelayProcess { child: None, http };
-        relay.spawn(database_url, nodes)?;
-        Ok(relay)
-    }
-
-    fn spawn(&mut self, database_url: &str, nodes: &[String]) -> anyhow::Result<()> {
-        let child = raftq_tests::cli()
-            .args(["pg-relay", "--database-url", database_url])
-            .args(["--cluster", &nodes.join(","), "--http-listen", &self.http])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// Whether it reports itself the active relay.
-    async fn active(&self) -> bool {
-        if tokio::net::TcpStream::connect(&self.http).await.is_err() {
-            return false;
-        }
-        let (status, text) = raftq_tests::http_get(&self.http, "/metrics").await;
-        status == 200 && raftq_tests::metric_value(&text, "raftq_pg_relay_active") == 1.0
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Inserts the batch's values into `chaos_effects` with the time they were handled, and
 /// records a receive of each.
@@ -232,7 +182,6 @@ pub struct PgWorkload {
     consumer_stop: Arc<AtomicBool>,
     client: Client,
     recorder: Recorder,
-    nodes: Vec<String>,
     pg: Postgres,
 }
 
@@ -271,8 +220,8 @@ impl PgWorkload {
         }
         let url = pg.url();
         let relays = vec![
-            RelayProcess::start(&url, &nodes)?,
-            RelayProcess::start(&url, &nodes)?,
+            RelayProcess::start(&url, &nodes, false),
+            RelayProcess::start(&url, &nodes, false),
         ];
         let mut workload = PgWorkload {
             relays,
@@ -280,7 +229,6 @@ impl PgWorkload {
             consumer_stop: stop_consumers,
             client,
             recorder: recorder.clone(),
-            nodes,
             pg,
         };
         for i in 0..consumers {
@@ -313,14 +261,14 @@ impl PgWorkload {
     pub async fn kill_relay(&mut self, hold: Duration) -> anyhow::Result<String> {
         let mut active = None;
         for (index, relay) in self.relays.iter().enumerate() {
-            if relay.active().await {
+            if relay.active().await == Some(true) {
                 active = Some(index);
             }
         }
         let index = active.unwrap_or(0);
         self.relays[index].kill();
         tokio::time::sleep(hold).await;
-        self.relays[index].spawn(&self.pg.url(), &self.nodes)?;
+        self.relays[index].restart();
         Ok(format!(
             "relay {index} ({}) killed",
             if active.is_some() {

@@ -202,3 +202,77 @@ impl Drop for Postgres {
         let _ = self.child.wait();
     }
 }
+
+/// A `raftq pg-relay` process (with the tests' CA and admin token) and its metrics port.
+pub struct RelayProcess {
+    child: Option<Child>,
+    /// Its `/metrics` and `/healthz`.
+    pub http: String,
+    command: Vec<std::ffi::OsString>,
+    /// The file its connection string is read from, when it is.
+    _url_file: Option<tempfile::NamedTempFile>,
+}
+
+impl RelayProcess {
+    /// Starts a relay of the outbox at `database_url` forwarding to `nodes`, given the
+    /// connection string on its command line, or (`url_in_file`) in a file.
+    pub fn start(database_url: &str, nodes: &[String], url_in_file: bool) -> RelayProcess {
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut command: Vec<std::ffi::OsString> = vec!["pg-relay".into()];
+        let url_file = url_in_file.then(|| {
+            let file = tempfile::NamedTempFile::new().expect("temp file");
+            std::fs::write(file.path(), format!("{database_url}\n")).expect("write");
+            command.push("--database-url-file".into());
+            command.push(file.path().into());
+            file
+        });
+        if url_file.is_none() {
+            command.extend(["--database-url".into(), database_url.into()]);
+        }
+        command.extend(["--cluster".into(), nodes.join(",").into()]);
+        command.extend(["--batch-messages".into(), "20".into()]);
+        command.extend(["--http-listen".into(), http.clone().into()]);
+        let mut relay = RelayProcess {
+            child: None,
+            http,
+            command,
+            _url_file: url_file,
+        };
+        relay.restart();
+        relay
+    }
+
+    /// Starts it (again, after [`RelayProcess::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = crate::cli()
+            .args(&self.command)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start raftq pg-relay");
+        self.child = Some(child);
+    }
+
+    /// Kills it with -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether it reports itself the active relay (None while its port does not answer).
+    pub async fn active(&self) -> Option<bool> {
+        tokio::net::TcpStream::connect(&self.http).await.ok()?;
+        let (status, metrics) = crate::http_get(&self.http, "/metrics").await;
+        (status == 200).then(|| crate::metric_value(&metrics, "raftq_pg_relay_active") == 1.0)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

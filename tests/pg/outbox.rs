@@ -4,14 +4,12 @@
 //! takes over from an active one killed with -9, and every row arrives once, in order.
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use raftq_client::{Message, pb};
 use raftq_pg::{RelayConfig, Schema, enqueue};
-use raftq_tests::{
-    cli, create_queue, drain_bodies, free_port, http_get, metric_value, queue_stats, wait_until,
-};
+use raftq_tests::postgres::RelayProcess;
+use raftq_tests::{cli, create_queue, drain_bodies, http_get, queue_stats, wait_until};
 
 use crate::common::{ORDERS_TABLE, Setup, place_order};
 
@@ -204,65 +202,13 @@ async fn a_row_refused_for_good_is_set_aside_with_the_reason_and_the_rest_go_on(
     relay.await.expect("joined").expect("relay ran");
 }
 
-/// A `raftq pg-relay` process with its metrics port.
-struct RelayProcess {
-    child: Child,
-    http: String,
-    /// The file its connection string is read from, when it is.
-    _url_file: Option<tempfile::NamedTempFile>,
-}
-
-impl RelayProcess {
-    /// A relay given the database's connection string on its command line, or in a file.
-    fn start(setup: &Setup, url_in_file: bool) -> RelayProcess {
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut command = cli();
-        command.arg("pg-relay");
-        let url_file = url_in_file.then(|| {
-            let file = tempfile::NamedTempFile::new().expect("temp file");
-            std::fs::write(file.path(), format!("{}\n", setup.pg.url())).expect("write");
-            command.arg("--database-url-file").arg(file.path());
-            file
-        });
-        if url_file.is_none() {
-            command.args(["--database-url", &setup.pg.url()]);
-        }
-        let child = command
-            .args(["--cluster", &setup.nodes().join(",")])
-            .args(["--batch-messages", "20", "--http-listen", &http])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start raftq pg-relay");
-        RelayProcess {
-            child,
-            http,
-            _url_file: url_file,
-        }
-    }
-
-    /// Whether it is the active relay (None while its port does not answer).
-    async fn active(&self) -> Option<bool> {
-        tokio::net::TcpStream::connect(&self.http).await.ok()?;
-        let (status, metrics) = http_get(&self.http, "/metrics").await;
-        (status == 200).then(|| metric_value(&metrics, "raftq_pg_relay_active") == 1.0)
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
     let setup = Setup::start().await;
     create_queue(&setup.client, "orders", pb::QueueOptions::default()).await;
     let mut relays = [
-        RelayProcess::start(&setup, false),
-        RelayProcess::start(&setup, true),
+        RelayProcess::start(&setup.pg.url(), &setup.nodes(), false),
+        RelayProcess::start(&setup.pg.url(), &setup.nodes(), true),
     ];
     let active = wait_until("one relay is active", Duration::from_secs(30), || async {
         let states = [relays[0].active().await?, relays[1].active().await?];
@@ -295,8 +241,7 @@ async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
         },
     )
     .await;
-    relays[active].child.kill().expect("kill -9");
-    relays[active].child.wait().expect("reaped");
+    relays[active].kill();
     let standby = 1 - active;
     wait_until(
         "the standby takes over",
