@@ -3,6 +3,7 @@
 //! restart, adding a node). Tests wait for conditions with deadlines, never sleep-and-hope.
 
 mod calls;
+pub mod mail;
 pub mod netns;
 pub mod postgres;
 pub mod powerloss;

@@ -4,6 +4,9 @@
 
 use crate::{Limits, NewMessage, QueueError, validate_queue_name};
 
+/// The longest detail a consumer may give when it rejects a message.
+pub const MAX_REJECT_DETAIL: usize = 1_024;
+
 impl Limits {
     pub fn check_lease(&self, field: &str, lease_ms: u64) -> Result<(), QueueError> {
         if lease_ms < self.min_lease_ms || lease_ms > self.max_lease_ms {
@@ -179,6 +182,17 @@ impl Limits {
             return Err(QueueError::invalid(
                 field,
                 format!("must be at most {} ms", self.max_nack_delay_ms),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A rejection's detail: at most [`MAX_REJECT_DETAIL`] bytes.
+    pub fn check_reject_detail(&self, detail: &str) -> Result<(), QueueError> {
+        if detail.len() > MAX_REJECT_DETAIL {
+            return Err(QueueError::invalid(
+                "detail",
+                format!("must be at most {MAX_REJECT_DETAIL} bytes"),
             ));
         }
         Ok(())

@@ -262,6 +262,15 @@ pub enum Command {
         acks: Vec<TransactionAck>,
         sends: Vec<TransactionSend>,
     },
+    /// Takes a leased message out of its queue for good, as a consumer that cannot ever
+    /// process it: to the queue's dead-letter queue (reason `rejected`, `detail` as
+    /// `raftq-dead-letter-detail`), or discarded when the queue has none. A negative
+    /// acknowledgement message of kind `rejected` follows when the sender asked for one.
+    Reject {
+        queue: String,
+        receipt: Receipt,
+        detail: String,
+    },
 }
 
 thread_local! {
@@ -326,6 +335,7 @@ impl Command {
             Command::RegisterProducer { .. } => "register_producer",
             Command::ProducerSend { .. } => "producer_send",
             Command::ProducerCommit { .. } => "producer_commit",
+            Command::Reject { .. } => "reject",
         }
     }
 }
@@ -422,6 +432,10 @@ pub enum Outcome {
     AckedBatch(Vec<Result<bool, QueueError>>),
     Nacked {
         visible_at_ms: TimeMs,
+    },
+    /// The message left its queue: to its dead-letter queue when `dead_lettered`.
+    Rejected {
+        dead_lettered: bool,
     },
     LeaseExtended {
         lease_expires_at_ms: TimeMs,

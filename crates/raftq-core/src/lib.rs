@@ -24,6 +24,7 @@ pub mod sparse;
 mod state;
 
 pub use body::{BodyEffect, BodyRef};
+pub use checks::MAX_REJECT_DETAIL;
 pub use command::{
     AcknowledgementRequest, Command, Delivery, MessageProperties, NewMessage, Outcome, QueueInfo,
     QueueStats, Receipt, Request, SendResult, TransactionAck, TransactionSend,

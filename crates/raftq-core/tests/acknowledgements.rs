@@ -330,3 +330,87 @@ fn kept_bodies_follow_messages_through_journals_dead_letters_redrive_purge_and_d
     );
     assert!(kept.is_empty(), "{kept:?}");
 }
+
+#[test]
+fn a_rejected_message_is_dead_lettered_with_its_detail_and_reported_as_rejected() {
+    let mut sm = with_queue(QueueOptions {
+        dead_letter_queue: "q.dlq".into(),
+        ..QueueOptions::default()
+    });
+    create(&mut sm, "acks", QueueOptions::default());
+    create(&mut sm, "plain", QueueOptions::default());
+    let asked = NewMessage {
+        acknowledgement: raftq_core::AcknowledgementRequest {
+            queue: "acks".into(),
+            positive: true,
+            negative: true,
+        },
+        ..body("bounce me")
+    };
+    let ids = send(&mut sm, 2_000, vec![asked, body("next")]);
+    let got = receive(&mut sm, 2_000, 1);
+    let reject = |sm: &mut StateMachine, now, queue: &str, receipt, detail: &str| {
+        sm.apply(at(
+            now,
+            Command::Reject {
+                queue: queue.into(),
+                receipt,
+                detail: detail.into(),
+            },
+        ))
+    };
+    let detail = "550 5.1.1 <nobody@example.org>: Recipient address rejected";
+    let outcome = reject(&mut sm, 2_001, "q", got[0].receipt, detail);
+    assert_eq!(
+        outcome,
+        Ok(Outcome::Rejected {
+            dead_lettered: true
+        })
+    );
+    // The receipt is spent: a second reject changes nothing.
+    let again = reject(&mut sm, 2_002, "q", got[0].receipt, detail);
+    assert!(matches!(again, Err(QueueError::StaleReceipt { .. })));
+    let dead = receive_from(&mut sm, 2_010, "q.dlq", 10);
+    assert_eq!(bodies(&dead), ["bounce me"]);
+    assert_eq!(dead[0].headers["raftq-dead-letter-reason"], "rejected");
+    assert_eq!(dead[0].headers["raftq-dead-letter-detail"], detail);
+    assert_eq!(dead[0].headers["raftq-dead-letter-source"], "q");
+    let notices = receive_from(&mut sm, 2_010, "acks", 10);
+    assert_eq!(notices.len(), 1, "one notice, and no `consumed` one");
+    assert_eq!(notices[0].properties.correlation_id, ids[0].to_string());
+    assert_eq!(notices[0].headers["raftq-ack-kind"], "rejected");
+    assert_eq!(notices[0].headers["raftq-dead-lettered"], "true");
+    assert_eq!(notices[0].headers["raftq-dead-letter-detail"], detail);
+    // The next message is delivered as usual.
+    assert_eq!(bodies(&receive(&mut sm, 2_020, 1)), ["next"]);
+
+    // Without a dead-letter queue the message is discarded and counted.
+    send_to(&mut sm, 3_000, "plain", vec![body("gone")]);
+    let got = receive_from(&mut sm, 3_000, "plain", 1);
+    let outcome = reject(&mut sm, 3_001, "plain", got[0].receipt, "");
+    assert_eq!(
+        outcome,
+        Ok(Outcome::Rejected {
+            dead_lettered: false
+        })
+    );
+    let Ok(Outcome::Received(left)) = sm.apply(at(
+        3_100,
+        Command::Receive {
+            queue: "plain".into(),
+            max_messages: 10,
+            lease_ms: 0,
+        },
+    )) else {
+        panic!("receive");
+    };
+    assert!(left.is_empty());
+    assert_eq!(sm.queue_info("plain").unwrap().stats.total_discarded, 1);
+    // A detail past the limit is refused and the message stays leased.
+    send_to(&mut sm, 4_000, "plain", vec![body("kept")]);
+    let got = receive_from(&mut sm, 4_000, "plain", 1);
+    let long = "x".repeat(raftq_core::MAX_REJECT_DETAIL + 1);
+    let refused = reject(&mut sm, 4_001, "plain", got[0].receipt, &long);
+    assert!(matches!(refused, Err(QueueError::InvalidArgument { .. })));
+    assert_eq!(sm.queue_info("plain").unwrap().stats.in_flight, 1);
+}

@@ -8,6 +8,8 @@
 //!   ports ([`incoming`]) and the client side towards peers.
 //! - [`cluster_name`]: the cluster a node certificate names; a node whose certificate
 //!   names one speaks only to peers of that cluster.
+//! - [`server_acceptor`]: a plain TLS server from a certificate and key (the mail bridge's
+//!   STARTTLS).
 //! - [`generate`]: a throwaway CA and certificates, for `raftq dev` and the tests.
 //!
 //! It must not know about queues, Raft or gRPC services: only certificates, sockets and
@@ -19,12 +21,14 @@ mod connect;
 pub mod generate;
 mod node;
 mod pem;
+mod server;
 mod transport;
 
 pub use accept::incoming;
 pub use cluster::{CLUSTER_URI_PREFIX, check_name as check_cluster_name, cluster_name};
 pub use connect::{ClientTls, Connector};
 pub use node::{NodeTls, TlsFiles};
+pub use server::server_acceptor;
 pub use transport::Transport;
 
 /// Why TLS could not be set up.

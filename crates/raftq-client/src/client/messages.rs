@@ -206,6 +206,28 @@ impl Client {
         Ok(response.into_inner())
     }
 
+    /// Takes a leased message out of its queue for good: to its dead-letter queue with
+    /// `detail`, or discarded when it has none.
+    pub async fn reject(
+        &self,
+        queue: &str,
+        receipt: &str,
+        detail: &str,
+    ) -> Result<pb::RejectResponse, ClientError> {
+        let request = pb::RejectRequest {
+            queue: queue.to_string(),
+            receipt: receipt.to_string(),
+            detail: detail.to_string(),
+        };
+        let response = self
+            .retry(Duration::ZERO, |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { Self::messages(channel).reject(request).await }
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
     pub async fn extend_lease(
         &self,
         queue: &str,

@@ -146,6 +146,18 @@ impl Queue {
         Ok(false)
     }
 
+    /// Takes a leased message out for good (see `Command::Reject`); returns whether it
+    /// went to the dead-letter queue.
+    pub(crate) fn reject(
+        &mut self,
+        receipt: Receipt,
+        detail: &str,
+        now_ms: TimeMs,
+    ) -> Result<bool, QueueError> {
+        let (sequence, _) = self.leased(receipt, now_ms)?;
+        Ok(self.drop_message_with(sequence, DeadLetterReason::Rejected, detail))
+    }
+
     pub(crate) fn nack(
         &mut self,
         receipt: Receipt,

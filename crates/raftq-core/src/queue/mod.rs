@@ -21,8 +21,8 @@ use crate::seqmap::SeqMap;
 use crate::{MessageId, QueueOptions, TimeMs};
 pub(crate) use outgoing::Outgoing;
 pub use outgoing::{
-    ACK_KIND, DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, DEAD_LETTERED, DELIVERY_COUNT,
-    DeadLetterReason, ORIGINAL_MESSAGE_ID, SOURCE_QUEUE,
+    ACK_KIND, DEAD_LETTER_DETAIL, DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, DEAD_LETTERED,
+    DELIVERY_COUNT, DeadLetterReason, ORIGINAL_MESSAGE_ID, SOURCE_QUEUE,
 };
 
 /// Ack records forgotten at the same time, for consecutive message ids.

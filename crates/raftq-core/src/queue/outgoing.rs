@@ -13,6 +13,8 @@ use crate::sparse::Sparse;
 pub const DEAD_LETTER_REASON: &str = "raftq-dead-letter-reason";
 pub const DEAD_LETTER_SOURCE: &str = "raftq-dead-letter-source";
 pub const DELIVERY_COUNT: &str = "raftq-delivery-count";
+/// The consumer's own words on a rejected message (dead letter and acknowledgement).
+pub const DEAD_LETTER_DETAIL: &str = "raftq-dead-letter-detail";
 /// Headers of acknowledgement messages and journal copies.
 pub const ACK_KIND: &str = "raftq-ack-kind";
 pub const DEAD_LETTERED: &str = "raftq-dead-lettered";
@@ -28,6 +30,8 @@ pub enum DeadLetterReason {
     Overflow,
     /// Arrived after its time to reach the queue.
     NotReached,
+    /// Rejected by its consumer.
+    Rejected,
 }
 
 impl DeadLetterReason {
@@ -37,6 +41,7 @@ impl DeadLetterReason {
             DeadLetterReason::Expired => "expired",
             DeadLetterReason::Overflow => "overflow",
             DeadLetterReason::NotReached => "not-reached",
+            DeadLetterReason::Rejected => "rejected",
         }
     }
 }
@@ -64,9 +69,21 @@ pub(crate) enum Outgoing {
 impl Queue {
     /// Removes a message that will not be acknowledged here: to the dead-letter queue when
     /// the queue has one for this reason, else discarded (and counted).
-    pub(super) fn drop_message(&mut self, sequence: u64, reason: DeadLetterReason) {
+    /// Returns whether it went to the dead-letter queue.
+    pub(super) fn drop_message(&mut self, sequence: u64, reason: DeadLetterReason) -> bool {
+        self.drop_message_with(sequence, reason, "")
+    }
+
+    /// `drop_message` with the consumer's `detail` (when not empty) on the dead letter and
+    /// the acknowledgement message.
+    pub(super) fn drop_message_with(
+        &mut self,
+        sequence: u64,
+        reason: DeadLetterReason,
+        detail: &str,
+    ) -> bool {
         let Some(message) = self.remove_message(sequence) else {
-            return;
+            return false;
         };
         if matches!(
             reason,
@@ -75,21 +92,21 @@ impl Queue {
             self.stats.total_expired += 1;
         }
         let dead_letter = match reason {
-            DeadLetterReason::MaxDeliveries | DeadLetterReason::Overflow => {
-                !self.options.dead_letter_queue.is_empty()
-            }
+            DeadLetterReason::MaxDeliveries
+            | DeadLetterReason::Overflow
+            | DeadLetterReason::Rejected => !self.options.dead_letter_queue.is_empty(),
             DeadLetterReason::Expired | DeadLetterReason::NotReached => {
                 self.options.dead_letter_expired
             }
         };
         if message.acknowledgement().negative {
             let kind = reason.as_str();
-            self.post_notice(&message, kind, Some(dead_letter));
+            self.post_notice(&message, kind, Some(dead_letter), detail);
         }
         if !dead_letter {
             self.stats.total_discarded += 1;
             self.body_changes.push(BodyChange::Released(message.body()));
-            return;
+            return false;
         }
         let mut message = message.to_message(sequence);
         // Acknowledgements are the sending queue's business; a dead letter asks for none.
@@ -100,20 +117,33 @@ impl Queue {
         headers.insert(DEAD_LETTER_REASON.into(), reason.as_str().into());
         headers.insert(DEAD_LETTER_SOURCE.into(), self.name.clone());
         headers.insert(DELIVERY_COUNT.into(), deliveries);
+        if !detail.is_empty() {
+            headers.insert(DEAD_LETTER_DETAIL.into(), detail.into());
+        }
         self.outbox.push(Outgoing::DeadLetter {
             message,
             target: self.options.dead_letter_queue.clone(),
         });
+        true
     }
 
     /// Queues an acknowledgement message about `message` for its acknowledgement queue.
-    fn post_notice(&mut self, message: &Record, kind: &str, dead_lettered: Option<bool>) {
+    fn post_notice(
+        &mut self,
+        message: &Record,
+        kind: &str,
+        dead_lettered: Option<bool>,
+        detail: &str,
+    ) {
         let mut headers = BTreeMap::from([
             (ACK_KIND.to_string(), kind.to_string()),
             (SOURCE_QUEUE.to_string(), self.name.clone()),
         ]);
         if let Some(dead_lettered) = dead_lettered {
             headers.insert(DEAD_LETTERED.to_string(), dead_lettered.to_string());
+        }
+        if !detail.is_empty() {
+            headers.insert(DEAD_LETTER_DETAIL.to_string(), detail.to_string());
         }
         self.outbox.push(Outgoing::Notice {
             message: NewMessage {
@@ -150,7 +180,7 @@ impl Queue {
             });
         }
         if message.acknowledgement().positive {
-            self.post_notice(message, "consumed", None);
+            self.post_notice(message, "consumed", None, "");
         }
         self.body_changes.push(BodyChange::Released(message.body()));
     }

@@ -151,6 +151,20 @@ impl StateMachine {
         Ok(Outcome::Nacked { visible_at_ms })
     }
 
+    /// Takes a leased message out for good: to the dead-letter queue, or discarded.
+    pub(super) fn reject(
+        &mut self,
+        queue: String,
+        receipt: Receipt,
+        detail: String,
+    ) -> Result<Outcome, QueueError> {
+        let now = self.now_ms;
+        self.limits.check_reject_detail(&detail)?;
+        let queue = self.queue_mut(&queue)?;
+        let dead_lettered = queue.reject(receipt, &detail, now)?;
+        Ok(Outcome::Rejected { dead_lettered })
+    }
+
     /// Extends a lease to `lease_ms` from now.
     pub(super) fn extend_lease(
         &mut self,

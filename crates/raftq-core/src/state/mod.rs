@@ -229,6 +229,11 @@ impl StateMachine {
                 receipt,
                 delay_ms,
             } => self.nack(queue, receipt, delay_ms),
+            Command::Reject {
+                queue,
+                receipt,
+                detail,
+            } => self.reject(queue, receipt, detail),
             Command::ExtendLease {
                 queue,
                 receipt,

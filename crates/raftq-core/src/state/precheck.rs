@@ -58,6 +58,10 @@ impl StateMachine {
                 self.limits.check_nack_delay("delay_ms", *delay_ms)?;
                 self.queue(queue).map(|_| ())
             }
+            Command::Reject { queue, detail, .. } => {
+                self.limits.check_reject_detail(detail)?;
+                self.queue(queue).map(|_| ())
+            }
             Command::ExtendLease {
                 queue, lease_ms, ..
             } => {

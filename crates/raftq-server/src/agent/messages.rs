@@ -309,6 +309,13 @@ impl MessageService for AgentMessages {
         pass_through!(self, request, extend_lease, std::time::Duration::ZERO)
     }
 
+    async fn reject(
+        &self,
+        request: Request<pb::RejectRequest>,
+    ) -> Result<Response<pb::RejectResponse>, Status> {
+        pass_through!(self, request, reject, std::time::Duration::ZERO)
+    }
+
     async fn peek(
         &self,
         request: Request<pb::PeekRequest>,

@@ -29,16 +29,11 @@ struct AgentRunArgs {
     /// Where applications reach the agent (loopback only: it serves plaintext).
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: std::net::SocketAddr,
-    /// Nodes of the cluster (comma-separated; any of them).
-    #[arg(long, env = "RAFTQ_CLUSTER", value_delimiter = ',')]
-    cluster: Vec<String>,
+    #[command(flatten)]
+    reach: super::ClusterArgs,
     /// The name the agent's producer registers with.
     #[arg(long, default_value = "raftq-agent")]
     name: String,
-    /// Reach the cluster in plaintext without a token (a cluster started with
-    /// --insecure). Without it, --ca-cert is required.
-    #[arg(long)]
-    insecure: bool,
     /// Most messages the outbox holds.
     #[arg(long, default_value_t = 1_000_000)]
     max_messages: u64,
@@ -82,21 +77,14 @@ pub(super) async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command.query {
         None => {
+            super::server::init_logging("text", true);
             let args = command.run;
-            anyhow::ensure!(
-                !args.cluster.is_empty(),
-                "name the cluster's nodes: --cluster HOST:PORT,... (or RAFTQ_CLUSTER)"
-            );
             let (transport, token) = access;
-            anyhow::ensure!(
-                args.insecure || transport.is_tls(),
-                "the agent speaks TLS to the cluster: give --ca-cert (and a token), or \
-                 --insecure for a cluster started with --insecure"
-            );
+            args.reach.check("the agent", &transport)?;
             crate::agent::run(crate::agent::AgentOptions {
                 data_dir: args.data_dir,
                 listen: args.listen,
-                cluster: args.cluster,
+                cluster: args.reach.cluster,
                 name: args.name,
                 transport,
                 token,

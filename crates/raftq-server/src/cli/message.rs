@@ -27,6 +27,14 @@ pub(super) enum MessageCommand {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Take a delivery out of its queue for good: to its dead-letter queue, or discarded.
+    Reject {
+        queue: String,
+        receipt: String,
+        /// Why, kept on the dead letter as raftq-dead-letter-detail.
+        #[arg(long, default_value = "")]
+        detail: String,
+    },
     /// Extend a delivery's lease.
     Extend {
         queue: String,
@@ -76,6 +84,23 @@ pub(super) async fn run(
                     "released {receipt}; visible again at {} ms",
                     nacked.visible_at_ms
                 ),
+            );
+        }
+        MessageCommand::Reject {
+            queue,
+            receipt,
+            detail,
+        } => {
+            let rejected = client.reject(&queue, &receipt, &detail).await?;
+            let fate = if rejected.dead_lettered {
+                "moved to the dead-letter queue"
+            } else {
+                "discarded (the queue has no dead-letter queue)"
+            };
+            print(
+                output,
+                json!({"rejected": receipt, "dead_lettered": rejected.dead_lettered}),
+                format!("rejected {receipt}: {fate}"),
             );
         }
         MessageCommand::Extend {

@@ -1,6 +1,7 @@
 //! Command-line interface: the top-level commands, their dispatch and client exit statuses.
 
 mod agent;
+mod bridge;
 mod cluster;
 mod dlq;
 mod journal;
@@ -84,6 +85,34 @@ struct AccessArgs {
     client_key: Option<std::path::PathBuf>,
 }
 
+/// How a helper process (agent, relay, bridge) names the cluster it is a client of.
+#[derive(Args, Debug, Clone)]
+struct ClusterArgs {
+    /// Nodes of the cluster (comma-separated; any of them).
+    #[arg(long, env = "RAFTQ_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// Reach the cluster in plaintext without a token (a cluster started with
+    /// --insecure). Without it, --ca-cert is required.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl ClusterArgs {
+    /// Refuses to start `who` without nodes, or in plaintext unless asked to.
+    fn check(&self, who: &str, transport: &Transport) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.cluster.is_empty(),
+            "name the cluster's nodes: --cluster HOST:PORT,... (or RAFTQ_CLUSTER)"
+        );
+        anyhow::ensure!(
+            self.insecure || transport.is_tls(),
+            "{who} speaks TLS to the cluster: give --ca-cert (and a token), or --insecure \
+             for a cluster started with --insecure"
+        );
+        Ok(())
+    }
+}
+
 /// The transport and token `args` ask for.
 fn access(args: &AccessArgs) -> anyhow::Result<(Transport, Option<String>)> {
     let transport = match &args.ca_cert {
@@ -142,6 +171,9 @@ enum Commands {
     Agent(agent::AgentCommand),
     /// Forward an application's PostgreSQL outbox to the cluster, exactly once and in order.
     PgRelay(pg_relay::PgRelayCommand),
+    /// Bridges to other messaging: `raftq bridge mail` (SMTP in and out).
+    #[command(subcommand)]
+    Bridge(bridge::BridgeCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -151,6 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Tls(command) => tls::run(command),
         Commands::Agent(command) => agent::run(command, access(&cli.access)?, output).await,
         Commands::PgRelay(command) => pg_relay::run(command, access(&cli.access)?, output).await,
+        Commands::Bridge(command) => bridge::run(command, access(&cli.access)?).await,
         command => {
             let (transport, token) = access(&cli.access)?;
             // A person is waiting: give up sooner than a service would.
@@ -193,7 +226,11 @@ async fn client_command(
         Commands::Journal(command) => journal::run(client, command, output).await,
         Commands::Principal(command) => principal::run_principal(client, command, output).await,
         Commands::Access(command) => principal::run_access(client, command, output).await,
-        Commands::Server(_) | Commands::Tls(_) | Commands::Agent(_) | Commands::PgRelay(_) => {
+        Commands::Server(_)
+        | Commands::Tls(_)
+        | Commands::Agent(_)
+        | Commands::PgRelay(_)
+        | Commands::Bridge(_) => {
             unreachable!("handled by run")
         }
     }

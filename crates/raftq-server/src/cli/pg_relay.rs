@@ -84,13 +84,8 @@ impl DatabaseArgs {
 /// Runs the relay (the global --ca-cert and --token are how it reaches the cluster).
 #[derive(Args, Debug)]
 struct PgRelayRunArgs {
-    /// Nodes of the cluster (comma-separated; any of them).
-    #[arg(long, env = "RAFTQ_CLUSTER", value_delimiter = ',')]
-    cluster: Vec<String>,
-    /// Reach the cluster in plaintext without a token (a cluster started with
-    /// --insecure). Without it, --ca-cert is required.
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    reach: super::ClusterArgs,
     /// Most rows one forwarded batch carries (1 to 1,000).
     #[arg(long, default_value_t = 500)]
     batch_messages: usize,
@@ -196,15 +191,8 @@ async fn relay(
     args: PgRelayRunArgs,
     (transport, token): (Transport, Option<String>),
 ) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        !args.cluster.is_empty(),
-        "name the cluster's nodes: --cluster HOST:PORT,... (or RAFTQ_CLUSTER)"
-    );
-    anyhow::ensure!(
-        args.insecure || transport.is_tls(),
-        "the relay speaks TLS to the cluster: give --ca-cert (and a token), or --insecure \
-         for a cluster started with --insecure"
-    );
+    super::server::init_logging("text", true);
+    args.reach.check("the relay", &transport)?;
     let url = database.url()?;
     let schema = database.schema()?;
     let tls = database.tls()?;
@@ -213,7 +201,7 @@ async fn relay(
         schema.migrate(&mut pg).await?;
     }
     let raftq = Client::new(
-        &args.cluster,
+        &args.reach.cluster,
         ClientConfig {
             retry_deadline: Duration::from_secs(30),
             transport,

@@ -154,20 +154,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let config = ServeConfig::load(args.config.as_deref(), flags)?;
-    init_logging(&config.log_format);
+    init_logging(&config.log_format, false);
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     crate::serve::run(config, prometheus).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(format: &str) {
+/// Logs at `RUST_LOG`'s levels (default info) in `format` (`json` or text): a node to
+/// stdout, a helper process (agent, relay, bridge) to stderr, leaving its stdout to what it
+/// prints for people.
+pub(super) fn init_logging(format: &str, to_stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if format == "json" {
-        builder.json().try_init()
+    use std::io::IsTerminal;
+    let terminal = if to_stderr {
+        std::io::stderr().is_terminal()
     } else {
-        builder.try_init()
+        std::io::stdout().is_terminal()
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(terminal);
+    let _ = match (format == "json", to_stderr) {
+        (true, false) => builder.json().try_init(),
+        (true, true) => builder.json().with_writer(std::io::stderr).try_init(),
+        (false, false) => builder.try_init(),
+        (false, true) => builder.with_writer(std::io::stderr).try_init(),
     };
 }
 

@@ -1,5 +1,5 @@
-//! MessageService: send, send streams, receive (long-polling), ack, nack, extend, peek,
-//! commit and redrive; the Consume stream is served by `consume`.
+//! MessageService: send, send streams, receive (long-polling), ack, peek, commit and
+//! redrive; nack, reject and extend are served by `leases`, the Consume stream by `consume`.
 
 use std::time::Duration;
 
@@ -456,57 +456,21 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, nack);
-        self.context
-            .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
-        let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
-        let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
-        self.context
-            .limits
-            .check_nack_delay("delay_ms", request.delay_ms)
-            .map_err(status)?;
-        let command = Command::Nack {
-            queue: request.queue,
-            receipt,
-            delay_ms: request.delay_ms,
-        };
-        match self.context.write(command).await? {
-            Outcome::Nacked { visible_at_ms } => {
-                metrics::counter!("raftq_messages_nacked_total").increment(1);
-                Ok(Response::new(pb::NackResponse { visible_at_ms }))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.nack_one(request).await
     }
 
     async fn extend_lease(
         &self,
         request: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, extend_lease);
-        self.context
-            .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
-        let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
-        let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
-        self.context
-            .limits
-            .check_lease("lease_ms", request.lease_ms)
-            .map_err(status)?;
-        let command = Command::ExtendLease {
-            queue: request.queue,
-            receipt,
-            lease_ms: request.lease_ms,
-        };
-        match self.context.write(command).await? {
-            Outcome::LeaseExtended {
-                lease_expires_at_ms,
-            } => Ok(Response::new(pb::ExtendLeaseResponse {
-                lease_expires_at_ms,
-            })),
-            other => Err(unexpected(other)),
-        }
+        self.extend_one(request).await
+    }
+
+    async fn reject(
+        &self,
+        request: Request<pb::RejectRequest>,
+    ) -> Result<Response<pb::RejectResponse>, Status> {
+        self.reject_one(request).await
     }
 
     async fn peek(

@@ -5,6 +5,7 @@
 mod acks;
 mod admin;
 mod consume;
+mod leases;
 mod message;
 mod principals;
 mod producers;
