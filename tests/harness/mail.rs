@@ -1,7 +1,8 @@
 //! Real mail peers for the mail bridge's tests: a Postfix instance of its own (Debian's
-//! package, configured in a temporary directory, listening on a loopback port, started
-//! and stopped with `postfix -c`; needs root, as Postfix's master does), a capturing mail
-//! server behind it (Debian's aiosmtpd writing a maildir), and the bridge as a process.
+//! package, configured in a temporary directory, listening on a loopback port: see
+//! `scripts/peers/postfix`; needs root, as Postfix's master does), a capturing mail server
+//! behind it (Debian's aiosmtpd writing a maildir: `scripts/peers/mailsink`), and the
+//! bridge as a process.
 //!
 //! Postfix relays mail for the bridge's domain to the bridge and everything else to the
 //! maildir server; it answers 550 for `bounce@example.org` and 451 for
@@ -24,105 +25,42 @@ pub struct Postfix {
 }
 
 impl Postfix {
-    /// Starts Postfix: mail for `domain` goes to the bridge at 127.0.0.1:`bridge_port`,
-    /// other mail to the capturing server at 127.0.0.1:`sink_port`.
-    pub fn start(domain: &str, bridge_port: u16, sink_port: u16) -> Postfix {
+    /// Starts Postfix (`scripts/peers/postfix`): mail for `domain` goes to the bridge at
+    /// 127.0.0.1:`bridge_port`, other mail to the capturing server at
+    /// 127.0.0.1:`sink_port`. With `tls` (certificate, key, CA), it offers STARTTLS and
+    /// requires TLS towards the bridge.
+    pub fn start(
+        domain: &str,
+        bridge_port: u16,
+        sink_port: u16,
+        tls: Option<[&Path; 3]>,
+    ) -> Postfix {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "the mail tests start Postfix, whose master process must run as root"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path();
-        for sub in ["etc", "spool", "data"] {
-            std::fs::create_dir_all(root.join(sub)).expect("postfix dirs");
-        }
-        // Postfix checks that its directories are not writable by others.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let postfix_user = nix::unistd::User::from_name("postfix")
-            .expect("users")
-            .expect("a postfix user (scripts/setup installs postfix)");
-        nix::unistd::chown(&root.join("data"), Some(postfix_user.uid), None).expect("chown");
         let port = free_port();
-        let d = root.display();
-        let main_cf = format!(
-            "compatibility_level = 3.6
-queue_directory = {d}/spool
-data_directory = {d}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.test
-mydomain = postfix.test
-myorigin = postfix.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relay_domains = {domain}
-transport_maps = inline:{{ {domain}=smtp:[127.0.0.1]:{bridge_port} }}
-relayhost = [127.0.0.1]:{sink_port}
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-alias_maps =
-alias_database =
-local_recipient_maps =
-maillog_file = {d}/maillog
-maillog_file_prefixes = {d}
-smtpd_recipient_restrictions = check_recipient_access inline:{{ {{{BOUNCE} = 550 5.1.1 no such user here}}, {{{DEFER} = 451 4.3.0 mailbox busy, try later}} }}, permit_mynetworks, reject_unauth_destination
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
-queue_run_delay = 1s
-smtp_connect_timeout = 5s
-"
-        );
-        std::fs::write(root.join("etc/main.cf"), main_cf).expect("main.cf");
-        let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"
-        );
-        std::fs::write(root.join("etc/master.cf"), master_cf).expect("master.cf");
-        let postfix = Postfix { port, dir };
-        postfix.control("start");
-        postfix
+        let mut command = peer_script("postfix");
+        command
+            .arg("start")
+            .env("RAFTQ_POSTFIX_DIR", dir.path().join("postfix"))
+            .env("RAFTQ_POSTFIX_PORT", port.to_string())
+            .env("RAFTQ_MAIL_DOMAIN", domain)
+            .env("RAFTQ_MAIL_BRIDGE", format!("127.0.0.1:{bridge_port}"))
+            .env("RAFTQ_MAIL_SINK", format!("127.0.0.1:{sink_port}"));
+        if let Some([cert, key, ca]) = tls {
+            command.env(
+                "RAFTQ_POSTFIX_TLS",
+                format!("{} {} {}", cert.display(), key.display(), ca.display()),
+            );
+        }
+        run(&mut command);
+        Postfix { port, dir }
     }
 
     fn etc(&self) -> PathBuf {
-        self.dir.path().join("etc")
-    }
-
-    fn control(&self, verb: &str) {
-        let output = Command::new("postfix")
-            .arg("-c")
-            .arg(self.etc())
-            .arg(verb)
-            .output()
-            .expect("run postfix");
-        assert!(
-            output.status.success(),
-            "postfix {verb}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.dir.path().join("postfix/etc")
     }
 
     /// Submits `raw` with Postfix's own `sendmail` (envelope from `from`, to `to`).
@@ -170,26 +108,44 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
     /// Postfix's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("postfix/maillog")).unwrap_or_default()
     }
 }
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(self.etc())
-            .arg("abort")
+        let _ = peer_script("postfix")
+            .arg("stop")
+            .env("RAFTQ_POSTFIX_DIR", self.dir.path().join("postfix"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
     }
 }
 
-/// Debian's aiosmtpd taking every mail into a maildir.
+/// One of the project's `scripts/peers/` scripts.
+fn peer_script(name: &str) -> Command {
+    Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/peers")
+            .join(name),
+    )
+}
+
+/// Runs a peer script to success, or fails the test with what it said.
+fn run(command: &mut Command) {
+    let output = command.output().expect("run a peer script");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Debian's aiosmtpd taking every mail into a maildir (`scripts/peers/mailsink`).
 pub struct MailSink {
     pub port: u16,
-    child: Child,
     dir: tempfile::TempDir,
 }
 
@@ -197,17 +153,11 @@ impl MailSink {
     pub fn start() -> MailSink {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        // Debian's python3 (a python3 earlier on PATH may not see Debian's modules).
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir.path().join("maildir"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd (scripts/setup installs python3-aiosmtpd)");
-        MailSink { port, child, dir }
+        run(peer_script("mailsink")
+            .arg("start")
+            .env("RAFTQ_MAILSINK_DIR", dir.path().join("sink"))
+            .env("RAFTQ_MAIL_SINK", format!("127.0.0.1:{port}")));
+        MailSink { port, dir }
     }
 
     /// Whether it takes connections yet.
@@ -217,7 +167,7 @@ impl MailSink {
 
     /// Every mail delivered so far, as raw bytes.
     pub fn mails(&self) -> Vec<Vec<u8>> {
-        let maildir = self.dir.path().join("maildir");
+        let maildir = self.dir.path().join("sink/maildir");
         let mut mails = Vec::new();
         for sub in ["new", "cur"] {
             let Ok(entries) = std::fs::read_dir(maildir.join(sub)) else {
@@ -235,8 +185,10 @@ impl MailSink {
 
 impl Drop for MailSink {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = peer_script("mailsink")
+            .arg("stop")
+            .env("RAFTQ_MAILSINK_DIR", self.dir.path().join("sink"))
+            .status();
     }
 }
 

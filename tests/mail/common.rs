@@ -20,11 +20,21 @@ pub struct Setup {
     pub smtp_port: u16,
     pub http: String,
     pub cluster: Cluster,
+    /// The certificate the bridge and Postfix present, when TLS is on.
+    _certificates: tempfile::TempDir,
 }
 
 impl Setup {
-    /// The cluster, the peers and the bridge, with the queues `orders` and `replies`.
+    /// The cluster, the peers and the bridge, with the queues `orders`, `replies` and
+    /// `acks`; SMTP in plaintext.
     pub async fn start() -> Setup {
+        Setup::start_with(false).await
+    }
+
+    /// As [`Setup::start`]; with `tls`, the bridge requires STARTTLS of its clients,
+    /// Postfix requires it towards the bridge, and the bridge delivers to Postfix with
+    /// STARTTLS, checking its certificate against the test CA.
+    pub async fn start_with(tls: bool) -> Setup {
         let cluster = Cluster::start(3).await;
         let client = cluster.client();
         for queue in ["orders", "replies", "acks"] {
@@ -32,8 +42,32 @@ impl Setup {
         }
         let sink = MailSink::start();
         let smtp_port = free_port();
-        let postfix = Postfix::start(DOMAIN, smtp_port, sink.port);
+        let certificates = tempfile::tempdir().expect("temp dir");
+        let (cert, key) =
+            raftq_tests::test_ca().issue_node(certificates.path(), "mail", "127.0.0.1");
+        let ca = raftq_tests::test_ca().ca_path();
+        let postfix = Postfix::start(
+            DOMAIN,
+            smtp_port,
+            sink.port,
+            tls.then_some([cert.as_path(), key.as_path(), ca.as_path()]),
+        );
         let http = format!("127.0.0.1:{}", free_port());
+        let (inbound_tls, outbound_tls) = if tls {
+            (
+                format!(
+                    "tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls = true\n",
+                    cert.display(),
+                    key.display()
+                ),
+                format!(
+                    "relay_tls = \"starttls\"\nrelay_ca_cert = \"{}\"\n",
+                    ca.display()
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let config = format!(
             r#"
 domain = "{DOMAIN}"
@@ -43,6 +77,7 @@ http_listen = "{http}"
 listen = "127.0.0.1:{smtp_port}"
 max_message_bytes = 262144
 store_timeout_ms = 3000
+{inbound_tls}
 
 [outbound]
 queue = "{OUT}"
@@ -52,6 +87,7 @@ concurrency = 16
 lease_ms = 3000
 retry_min_ms = 200
 retry_max_ms = 1000
+{outbound_tls}
 "#,
             relay = postfix.port
         );
@@ -65,6 +101,7 @@ retry_max_ms = 1000
             smtp_port,
             http,
             cluster,
+            _certificates: certificates,
         };
         setup.wait_ready().await;
         setup

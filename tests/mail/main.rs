@@ -6,3 +6,4 @@ mod common;
 mod inbound;
 mod outbound;
 mod smtp;
+mod tls;
