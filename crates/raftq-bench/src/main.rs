@@ -10,6 +10,7 @@ mod agent;
 mod cluster;
 mod driver;
 mod flood;
+mod mail;
 mod nats;
 mod pg;
 mod rabbitmq;
@@ -58,6 +59,9 @@ enum Mode {
     /// How fast raftq-pg's relay forwards a PostgreSQL outbox, and how fast an inbox
     /// consumer handles messages with one database transaction per batch.
     Pg(pg::PgArgs),
+    /// How fast the mail bridge stores mail relayed by Postfix, and delivers a queue's
+    /// messages through Postfix.
+    Mail(mail::MailArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -626,6 +630,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Flood(args) => flood::run(args).await,
         Mode::Agent(args) => agent::run(args).await,
         Mode::Pg(args) => pg::run(args).await,
+        Mode::Mail(args) => mail::run(args).await,
     }
 }
 

@@ -40,6 +40,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+The server pods only: what the Services, the PDB, the network policy and the scheduling
+rules select. The helper Deployments' pods (relay, mail bridge) carry the selector labels
+too, with another component. (The StatefulSet's own selector stays the selector labels: it
+cannot change on upgrade, and it takes no pods it does not own.)
+*/}}
+{{- define "raftq.serverSelectorLabels" -}}
+{{ include "raftq.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{/*
 Labels on every resource.
 */}}
 {{- define "raftq.labels" -}}

@@ -5,14 +5,11 @@
 //! to run out: the message is delivered again, with the same Message-ID.
 
 mod compose;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use raftq_client::{Client, ClientError};
 use raftq_proto::pb;
 use tokio::sync::watch;
@@ -22,9 +19,10 @@ pub use compose::{
     Composed, Composer, MAIL_BCC, MAIL_CC, MAIL_FROM, MAIL_IN_REPLY_TO, MAIL_TO, RAFTQ_MESSAGE_ID,
     RAFTQ_QUEUE, Unsendable,
 };
+pub use relay::{Relay, SendError};
 
 use crate::Error;
-use crate::config::{OutboundConfig, RelayTls};
+use crate::config::OutboundConfig;
 
 /// The longest a receive waits for a message.
 const POLL: Duration = Duration::from_secs(5);
@@ -37,7 +35,7 @@ pub struct Outbound {
     config: OutboundConfig,
     domain: String,
     client: Client,
-    relay: AsyncSmtpTransport<Tokio1Executor>,
+    relay: Relay,
 }
 
 /// What became of one message.
@@ -50,41 +48,22 @@ enum Fate {
 
 impl Outbound {
     pub fn new(config: OutboundConfig, domain: &str, client: Client) -> Result<Outbound, Error> {
-        let (host, port) = config
-            .relay
-            .rsplit_once(':')
-            .and_then(|(host, port)| {
-                Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?))
-            })
-            .ok_or_else(|| {
-                Error::Config(format!("outbound relay {:?}: not HOST:PORT", config.relay))
-            })?;
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
-            .hello_name(ClientId::Domain(domain.to_string()))
-            .timeout(Some(Duration::from_millis(config.lease_ms / 4)))
-            .pool_config(PoolConfig::new().max_size(config.concurrency as u32));
-        if config.relay_tls != RelayTls::None {
-            let mut parameters = TlsParameters::builder(host.to_string());
-            if let Some(path) = &config.relay_ca_cert {
-                let pem = std::fs::read(path).map_err(|source| Error::Io {
-                    what: format!("reading {}", path.display()),
-                    source,
-                })?;
-                let certificate = Certificate::from_pem(&pem)
-                    .map_err(|error| Error::Relay(format!("{}: {error}", path.display())))?;
-                parameters = parameters.add_root_certificate(certificate);
-            }
-            let parameters = parameters
-                .build_rustls()
-                .map_err(|error| Error::Relay(format!("TLS to the relay: {error}")))?;
-            builder = builder.tls(match config.relay_tls {
-                RelayTls::Tls => Tls::Wrapper(parameters),
-                _ => Tls::Required(parameters),
-            });
-        }
+        let roots = match &config.relay_ca_cert {
+            Some(path) => roots_from(path)?,
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        };
+        let relay = Relay::new(
+            &config.relay,
+            config.relay_tls,
+            roots,
+            domain,
+            Duration::from_millis(config.lease_ms / 4),
+            config.concurrency,
+        )?;
         Ok(Outbound {
-            relay: builder.build(),
+            relay,
             domain: domain.to_ascii_lowercase(),
             config,
             client,
@@ -160,17 +139,11 @@ impl Outbound {
         };
         let fate = match composer.compose(&message) {
             Err(Unsendable(reason)) => Fate::Bounced(reason),
-            Ok(Composed { envelope, bytes }) => {
-                let limit = Duration::from_millis(self.config.lease_ms / 2);
-                match tokio::time::timeout(limit, self.relay.send_raw(&envelope, &bytes)).await {
-                    Ok(Ok(_)) => Fate::Delivered,
-                    Ok(Err(error)) if error.is_permanent() => {
-                        Fate::Bounced(format!("smtp: {error}"))
-                    }
-                    Ok(Err(error)) => Fate::Deferred(format!("smtp: {error}")),
-                    Err(_) => Fate::Deferred(format!("the relay did not answer within {limit:?}")),
-                }
-            }
+            Ok(Composed { envelope, bytes }) => match self.relay.send(&envelope, &bytes).await {
+                Ok(()) => Fate::Delivered,
+                Err(SendError::Permanent(reply)) => Fate::Bounced(reply),
+                Err(SendError::Transient(reason)) => Fate::Deferred(reason),
+            },
         };
         let queue = &self.config.queue;
         let receipt = &message.receipt;
@@ -215,6 +188,26 @@ impl Outbound {
 fn settle_failed(message: &pb::ReceivedMessage, fate: &Fate, error: &ClientError) {
     metrics::counter!("raftq_mail_outbound_settle_failures_total").increment(1);
     tracing::warn!(message_id = message.message_id, ?fate, %error, "could not settle a delivery; it will be tried again when its lease ends");
+}
+
+/// A trust store holding the certificates in the PEM file `path`.
+fn roots_from(path: &std::path::Path) -> Result<rustls::RootCertStore, Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let invalid = |reason: String| Error::Relay(format!("{}: {reason}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in
+        CertificateDer::pem_file_iter(path).map_err(|error| invalid(error.to_string()))?
+    {
+        let certificate = certificate.map_err(|error| invalid(error.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|error| invalid(error.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no certificate".into()));
+    }
+    Ok(roots)
 }
 
 fn bounded(text: &str) -> &str {
