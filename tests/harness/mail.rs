@@ -65,22 +65,12 @@ impl Postfix {
 
     /// Submits `raw` with Postfix's own `sendmail` (envelope from `from`, to `to`).
     pub fn sendmail(&self, from: &str, to: &[&str], raw: &[u8]) {
-        use std::io::Write;
-        let mut child = Command::new("sendmail")
-            .arg("-C")
-            .arg(self.etc())
-            .args(["-i", "-f", from, "--"])
-            .args(to)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("run sendmail");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(raw)
-            .expect("write the mail");
-        assert!(child.wait().expect("sendmail").success(), "sendmail failed");
+        sendmail(&self.etc(), from, to, raw);
+    }
+
+    /// The configuration directory (`sendmail -C`, `postqueue -c`).
+    pub fn config_dir(&self) -> PathBuf {
+        self.etc()
     }
 
     /// The mails Postfix still holds (queued or deferred), one JSON object each.
@@ -121,6 +111,26 @@ impl Drop for Postfix {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Submits `raw` with the `sendmail` of the Postfix configured in `config_dir`.
+pub fn sendmail(config_dir: &Path, from: &str, to: &[&str], raw: &[u8]) {
+    use std::io::Write;
+    let mut child = Command::new("sendmail")
+        .arg("-C")
+        .arg(config_dir)
+        .args(["-i", "-f", from, "--"])
+        .args(to)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run sendmail");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(raw)
+        .expect("write the mail");
+    assert!(child.wait().expect("sendmail").success(), "sendmail failed");
 }
 
 /// One of the project's `scripts/peers/` scripts.

@@ -95,8 +95,11 @@ impl Outbound {
         let lease = Duration::from_millis(self.config.lease_ms);
         while !*stopped.borrow() {
             let room = self.config.concurrency - running.len();
+            // Refill in batches: a receive per finished delivery would cost a log write
+            // per message and hold the loop for its round trip.
+            let refill = running.is_empty() || room >= self.refill_at();
             let mut received = 0;
-            if room > 0 {
+            if refill {
                 let wait = if running.is_empty() {
                     POLL
                 } else {
@@ -123,11 +126,19 @@ impl Outbound {
                     }
                 }
             }
-            if running.len() == self.config.concurrency || (received == 0 && !running.is_empty()) {
+            if !running.is_empty()
+                && (!refill || received == 0 || running.len() == self.config.concurrency)
+            {
                 running.join_next().await;
             }
         }
         while running.join_next().await.is_some() {}
+    }
+
+    /// How much room (deliveries finished) makes the loop receive again: a quarter of
+    /// the concurrency.
+    fn refill_at(&self) -> usize {
+        (self.config.concurrency / 4).max(1)
     }
 
     /// Sends one message and settles it by the relay's answer.
