@@ -207,12 +207,15 @@ pub struct BridgeProcess {
     child: Option<Child>,
     config: PathBuf,
     nodes: Vec<String>,
+    /// The token it authenticates with (default: the tests' admin token).
+    token: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl BridgeProcess {
-    /// Starts the bridge with the configuration `toml` against `nodes`.
-    pub fn start(toml: &str, nodes: &[String]) -> BridgeProcess {
+    /// Starts the bridge with the configuration `toml` against `nodes`, with `token`
+    /// (a principal's) or the admin token.
+    pub fn start(toml: &str, nodes: &[String], token: Option<&str>) -> BridgeProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("mail.toml");
         std::fs::write(&config, toml).expect("write the bridge's configuration");
@@ -220,6 +223,7 @@ impl BridgeProcess {
             child: None,
             config,
             nodes: nodes.to_vec(),
+            token: token.map(str::to_string),
             _dir: dir,
         };
         bridge.restart();
@@ -247,7 +251,11 @@ impl BridgeProcess {
             .append(true)
             .open(self.log_path())
             .expect("the bridge's log file");
-        let child = crate::cli()
+        let mut command = crate::cli();
+        if let Some(token) = &self.token {
+            command.env("RAFTQ_TOKEN", token);
+        }
+        let child = command
             .args(["bridge", "mail", "--config"])
             .arg(&self.config)
             .arg("--cluster")

@@ -31,15 +31,48 @@ impl Setup {
         Setup::start_with(false).await
     }
 
+    /// As [`Setup::start`], the bridge authenticating as a principal of its own allowed
+    /// only what operations.md asks for: `send,browse` on `orders`, `receive,browse` on
+    /// the outbound queue (made here, so no `manage`).
+    pub async fn start_as_principal() -> Setup {
+        Setup::start_full(false, true).await
+    }
+
     /// As [`Setup::start`]; with `tls`, the bridge requires STARTTLS of its clients,
     /// Postfix requires it towards the bridge, and the bridge delivers to Postfix with
     /// STARTTLS, checking its certificate against the test CA.
     pub async fn start_with(tls: bool) -> Setup {
+        Setup::start_full(tls, false).await
+    }
+
+    async fn start_full(tls: bool, principal: bool) -> Setup {
         let cluster = Cluster::start(3).await;
         let client = cluster.client();
         for queue in ["orders", "replies", "acks"] {
             raftq_tests::create_queue(&client, queue, pb::QueueOptions::default()).await;
         }
+        let token = if principal {
+            let dead_letters = pb::QueueOptions {
+                dead_letter_queue: format!("{OUT}.dlq"),
+                ..pb::QueueOptions::default()
+            };
+            raftq_tests::create_queue(&client, OUT, dead_letters).await;
+            let created = client
+                .create_principal("mail-bridge")
+                .await
+                .expect("principal");
+            client
+                .grant("mail-bridge", "orders", &["send", "browse"])
+                .await
+                .expect("grant");
+            client
+                .grant("mail-bridge", OUT, &["receive", "browse"])
+                .await
+                .expect("grant");
+            Some(created.token)
+        } else {
+            None
+        };
         let sink = MailSink::start();
         let smtp_port = free_port();
         let certificates = tempfile::tempdir().expect("temp dir");
@@ -92,7 +125,7 @@ retry_max_ms = 1000
             relay = postfix.port
         );
         let nodes: Vec<String> = cluster.nodes.iter().map(|node| node.grpc.clone()).collect();
-        let bridge = BridgeProcess::start(&config, &nodes);
+        let bridge = BridgeProcess::start(&config, &nodes, token.as_deref());
         let setup = Setup {
             bridge,
             postfix,

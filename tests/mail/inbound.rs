@@ -228,4 +228,71 @@ async fn bad_mail_and_bad_commands_get_precise_codes_and_store_nothing() {
     assert!(labels[1].starts_with("café"), "{labels:?}");
     assert_eq!(&labels[2..], ["mime", "bounce"]);
     assert!(setup.metric("raftq_mail_inbound_accepted_total").await >= 5.0);
+
+    // A local part that cannot be a queue name is no such mailbox.
+    let mut smtp = Smtp::connect(setup.smtp_port).await;
+    assert_eq!(smtp.command("EHLO tester.example.org").await.0, 250);
+    assert_eq!(smtp.command("MAIL FROM:<a@example.org>").await.0, 250);
+    let odd = smtp.command("RCPT TO:<john+x@q.test>").await;
+    assert_eq!((odd.0, &odd.1[..5]), (550, "5.1.1"), "{odd:?}");
+    // A client that keeps being refused is cut off after 20 refusals (RSET does not
+    // clear them), with 421.
+    assert_eq!(smtp.command("RSET").await.0, 250);
+    assert_eq!(smtp.command("MAIL FROM:<a@example.org>").await.0, 250);
+    for _ in 0..19 {
+        assert_eq!(smtp.command("RCPT TO:<nosuchqueue@q.test>").await.0, 550);
+    }
+    let cut = smtp.command("RCPT TO:<nosuchqueue@q.test>").await;
+    assert_eq!(cut.0, 550, "{cut:?}");
+    let (code, text) = smtp.reply().await;
+    assert_eq!(code, 421, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_with_its_own_principal_takes_mail_only_where_it_may_send_and_delivers() {
+    let setup = Setup::start_as_principal().await;
+    let mut smtp = Smtp::connect(setup.smtp_port).await;
+    assert_eq!(smtp.command("EHLO tester.example.org").await.0, 250);
+    let allowed = smtp
+        .send(
+            "a@example.org",
+            "orders@q.test",
+            b"Subject: granted\r\nMessage-ID: <g@x>\r\n\r\nx",
+        )
+        .await;
+    assert_eq!(allowed.0, 250, "{allowed:?}");
+    // No grant on `replies`: deferred at RCPT (the sender keeps the mail until an operator
+    // grants it), naming why.
+    let refused = smtp
+        .send(
+            "a@example.org",
+            "replies@q.test",
+            b"Subject: no\r\nMessage-ID: <n@x>\r\n\r\nx",
+        )
+        .await;
+    assert_eq!((refused.0, &refused.1[..5]), (451, "4.7.0"), "{refused:?}");
+    assert!(refused.1.contains("may not send"), "{refused:?}");
+    assert!(setup.peek("replies").await.is_empty());
+    assert_eq!(setup.peek("orders").await.len(), 1);
+    // Outbound with receive and browse only, including a rejection to the dead-letter queue.
+    let message =
+        raftq_client::Message::new(b"x".to_vec()).with_header("mail-to", "bob@example.org");
+    setup
+        .client
+        .send(crate::common::OUT, message)
+        .await
+        .expect("send");
+    setup.delivered(1).await;
+    setup
+        .client
+        .send(
+            crate::common::OUT,
+            raftq_client::Message::new(b"no recipient".to_vec()),
+        )
+        .await
+        .expect("send");
+    let dead = setup
+        .messages(&format!("{}.dlq", crate::common::OUT), 1)
+        .await;
+    assert_eq!(dead[0].headers["raftq-dead-letter-reason"], "rejected");
 }

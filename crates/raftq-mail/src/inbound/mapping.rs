@@ -34,11 +34,13 @@ pub struct Envelope<'a> {
     pub recipient: &'a str,
 }
 
-/// The message to store, or the reply that refuses the mail.
+/// The message to store, or the reply that refuses the mail. `queue_of` names the queue a
+/// local part of the domain stands for (an alias resolved), or `None` when the bridge
+/// takes no mail for it.
 pub fn to_message(
     raw: &[u8],
     envelope: &Envelope<'_>,
-    is_queue: impl Fn(&str) -> bool,
+    queue_of: impl Fn(&str) -> Option<String>,
 ) -> Result<Message, Reply> {
     let Some(parsed) = MessageParser::default().parse_headers(raw) else {
         return Err(Reply::new(
@@ -109,8 +111,8 @@ pub fn to_message(
         .and_then(|address| address.first())
         .and_then(|addr| addr.address())
         .and_then(parse_address)
-        .filter(|(local, domain)| domain.eq_ignore_ascii_case(envelope.domain) && is_queue(local))
-        .map(|(local, _)| local)
+        .filter(|(_, domain)| domain.eq_ignore_ascii_case(envelope.domain))
+        .and_then(|(local, _)| queue_of(&local))
         .unwrap_or_default();
     let in_reply_to = first_reference(parsed.in_reply_to());
     let correlation_id = match in_reply_to {
@@ -167,9 +169,11 @@ mod tests {
         let raw = b"From: Alice <alice@example.org>\r\nTo: orders@q.example\r\n\
             Subject: =?UTF-8?Q?caf=C3=A9?= order\r\nMessage-ID: <m1@example.org>\r\n\
             In-Reply-To: <raftq.77@q.example>\r\nReply-To: replies@q.example\r\n\r\nhello\r\n";
-        let message = to_message(raw, &envelope(), |queue| queue == "replies")
-            .unwrap()
-            .into_proto();
+        let message = to_message(raw, &envelope(), |local| {
+            (local == "replies").then(|| local.to_string())
+        })
+        .unwrap()
+        .into_proto();
         let properties = message.properties.unwrap();
         assert_eq!(properties.label, "café order");
         assert_eq!(properties.correlation_id, "77");
@@ -185,14 +189,13 @@ mod tests {
         assert!(message.body.ends_with(raw));
 
         // Reply-To outside the domain, or not a queue, is not a reply-to queue.
-        let message = to_message(raw, &envelope(), |_| false)
-            .unwrap()
-            .into_proto();
+        let message = to_message(raw, &envelope(), |_| None).unwrap().into_proto();
         assert_eq!(message.properties.unwrap().reply_to, "");
 
         let mut looped = b"X-Raftq-Loop: Q.example\r\n".to_vec();
         looped.extend_from_slice(raw);
-        let refused = to_message(&looped, &envelope(), |_| true).unwrap_err();
+        let refused =
+            to_message(&looped, &envelope(), |local| Some(local.to_string())).unwrap_err();
         assert_eq!((refused.code, refused.status), (554, [5, 4, 6]));
     }
 
@@ -200,16 +203,25 @@ mod tests {
     fn odd_mail_is_stored_or_refused_precisely() {
         // No Message-ID: the key is a digest of the bytes, the same for the same mail.
         let raw = b"Subject: no id\r\n\r\nbody\r\n";
-        let one = to_message(raw, &envelope(), |_| true).unwrap().into_proto();
-        let two = to_message(raw, &envelope(), |_| true).unwrap().into_proto();
+        let one = to_message(raw, &envelope(), |local| Some(local.to_string()))
+            .unwrap()
+            .into_proto();
+        let two = to_message(raw, &envelope(), |local| Some(local.to_string()))
+            .unwrap()
+            .into_proto();
         assert!(one.idempotency_key.starts_with("mail-sha256:"));
         assert_eq!(one.idempotency_key, two.idempotency_key);
         // Raw 8-bit bytes in a header are kept as text.
         let raw = b"Subject: caf\xe9 \xc3\xa9\r\nMessage-ID: <8@x>\r\n\r\n.\r\n";
-        let message = to_message(raw, &envelope(), |_| true).unwrap().into_proto();
+        let message = to_message(raw, &envelope(), |local| Some(local.to_string()))
+            .unwrap()
+            .into_proto();
         assert!(message.properties.unwrap().label.starts_with("caf"));
         // No header at all.
-        let refused = to_message(b"\r\njust a body\r\n", &envelope(), |_| true).unwrap_err();
+        let refused = to_message(b"\r\njust a body\r\n", &envelope(), |local| {
+            Some(local.to_string())
+        })
+        .unwrap_err();
         assert_eq!((refused.code, refused.status), (554, [5, 6, 0]));
     }
 }

@@ -54,11 +54,17 @@ impl Inbound {
     }
 
     /// Serves SMTP sessions on `listener` until `stopped` turns true; at most
-    /// `max_connections` at once. Sessions under way when it stops are left to finish.
+    /// `max_connections` at once. Sessions under way when the process then ends are cut:
+    /// their senders were not answered 250, so they send again (and a mail stored before
+    /// the cut is stored once, by its key).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit,
+                _ = stopped.wait_for(|stopped| *stopped) => return,
+            };
+            let Ok(permit) = permit else {
                 return;
             };
             let accepted = tokio::select! {
@@ -91,7 +97,9 @@ impl Inbound {
         let _ = stream.set_nodelay(true);
         // No enhanced status code: it is not part of a greeting.
         let greeting = format!("220 {} ESMTP raftq mail bridge\r\n", self.hostname);
-        stream.write_all(greeting.as_bytes()).await?;
+        tokio::time::timeout(HANDSHAKE, stream.write_all(greeting.as_bytes()))
+            .await
+            .map_err(|_| timed_out("greeting"))??;
         let mut state = State::default();
         match self.converse(&mut stream, &mut state, peer).await? {
             session::End::Closed => Ok(()),
@@ -99,13 +107,22 @@ impl Inbound {
                 let Some(acceptor) = self.acceptor.clone() else {
                     return Ok(());
                 };
-                let mut tls = acceptor.accept(stream).await?;
+                let mut tls = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream))
+                    .await
+                    .map_err(|_| timed_out("TLS handshake"))??;
                 // RFC 3207: everything known before TLS is forgotten.
                 let mut state = State::after_tls();
                 self.converse(&mut tls, &mut state, peer).await?;
-                let _ = tls.shutdown().await;
+                let _ = tokio::time::timeout(HANDSHAKE, tls.shutdown()).await;
                 Ok(())
             }
         }
     }
+}
+
+/// The longest a greeting or a TLS handshake may take.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
 }

@@ -21,6 +21,8 @@ const MAX_RECIPIENTS: usize = 100;
 const MAX_ERRORS: u32 = 20;
 /// A session silent this long is closed (RFC 5321 asks for at least 5 minutes).
 const IDLE: Duration = Duration::from_secs(300);
+/// A client that does not read its replies for this long is dropped.
+const WRITE: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 64 * 1024;
 
 /// How a session's part over one stream ended.
@@ -85,7 +87,7 @@ impl Inbound {
                 Ok(read) => read?,
                 Err(_) => {
                     Reply::new(421, [4, 4, 2], "idle too long; closing").write(&mut out);
-                    io.write_all(&out).await?;
+                    send(io, &out).await?;
                     return Ok(End::Closed);
                 }
             };
@@ -105,24 +107,29 @@ impl Inbound {
                                 if state.errors > MAX_ERRORS {
                                     Reply::new(421, [4, 7, 0], "too many errors; closing")
                                         .write(&mut out);
-                                    io.write_all(&out).await?;
+                                    send(io, &out).await?;
                                     return Ok(End::Closed);
                                 }
                                 continue;
                             }
                         };
                         match self.command(request, state, &mut out).await {
+                            Next::Continue if state.errors > MAX_ERRORS => {
+                                Reply::new(421, [4, 7, 0], "too many errors; closing")
+                                    .write(&mut out);
+                                send(io, &out).await?;
+                                return Ok(End::Closed);
+                            }
                             Next::Continue => {}
                             Next::Data => {
                                 mode = Mode::Data(DataReceiver::new(), Vec::new());
                             }
                             Next::Quit => {
-                                io.write_all(&out).await?;
+                                send(io, &out).await?;
                                 return Ok(End::Closed);
                             }
                             Next::StartTls => {
-                                io.write_all(&out).await?;
-                                io.flush().await?;
+                                send(io, &out).await?;
                                 if bytes.len() > 0 {
                                     // Commands sent after STARTTLS in plaintext: a client
                                     // may not pipeline past it, and an attacker could.
@@ -135,9 +142,18 @@ impl Inbound {
                     }
                     Mode::Data(receiver, mail) => {
                         let done = receiver.ingest(&mut bytes, mail);
-                        if done {
+                        if done && mail.len() as u64 > state.limit {
+                            self.too_big(state, peer).write(&mut out);
+                            state.reset();
+                            mode = Mode::Command(RequestReceiver::default());
+                        } else if done {
                             let mail = std::mem::take(mail);
-                            self.deliver(&mail, state, peer).await.write(&mut out);
+                            let reply = self.deliver(&mail, state, peer).await;
+                            if reply.is_positive() {
+                                // A mail taken: the session is doing real work.
+                                state.errors = 0;
+                            }
+                            reply.write(&mut out);
                             state.reset();
                             mode = Mode::Command(RequestReceiver::default());
                         } else if mail.len() as u64 > state.limit {
@@ -146,15 +162,7 @@ impl Inbound {
                     }
                     Mode::Discard(receiver) => {
                         if receiver.ingest(&mut bytes) {
-                            let reply = Reply::new(
-                                552,
-                                [5, 3, 4],
-                                format!("message exceeds the size limit of {} bytes", state.limit),
-                            );
-                            tracing::info!(%peer, %reply, "mail refused");
-                            metrics::counter!("raftq_mail_inbound_refused_total", "reason" => "size")
-                                .increment(1);
-                            reply.write(&mut out);
+                            self.too_big(state, peer).write(&mut out);
                             state.reset();
                             mode = Mode::Command(RequestReceiver::default());
                         }
@@ -162,11 +170,22 @@ impl Inbound {
                 }
             }
             if !out.is_empty() {
-                io.write_all(&out).await?;
-                io.flush().await?;
+                send(io, &out).await?;
                 out.clear();
             }
         }
+    }
+
+    /// The refusal of a mail over the size limit.
+    fn too_big(&self, state: &State, peer: std::net::SocketAddr) -> Reply {
+        let reply = Reply::new(
+            552,
+            [5, 3, 4],
+            format!("message exceeds the size limit of {} bytes", state.limit),
+        );
+        tracing::info!(%peer, %reply, "mail refused");
+        metrics::counter!("raftq_mail_inbound_refused_total", "reason" => "size").increment(1);
+        reply
     }
 
     async fn command(
@@ -189,7 +208,6 @@ impl Inbound {
                 }
                 ehlo.size = self.config.max_message_bytes;
                 let _ = ehlo.write(&mut *out);
-                state.errors = 0;
                 return Next::Continue;
             }
             Request::Helo { .. } => {
@@ -234,9 +252,9 @@ impl Inbound {
                 format!("{} is not implemented", other.name()),
             ),
         };
-        if reply.is_positive() {
-            state.errors = 0;
-        } else {
+        // Refusals count towards the session's limit until a mail is taken (RSET and NOOP
+        // do not clear them).
+        if !reply.is_positive() {
             state.errors += 1;
         }
         reply.write(out);
@@ -321,7 +339,7 @@ impl Inbound {
                 sender: &sender,
                 recipient,
             };
-            let message = match to_message(mail, &envelope, |queue| self.may_take(queue)) {
+            let message = match to_message(mail, &envelope, |local| self.may_take(local)) {
                 Ok(message) => message,
                 Err(reply) => return self.refused_mail(reply, peer, &sender),
             };
@@ -334,9 +352,9 @@ impl Inbound {
         Reply::new(250, [2, 0, 0], format!("stored as {}", stored.join(" ")))
     }
 
-    /// Whether a reply-to local part names a queue the bridge would take mail for.
-    fn may_take(&self, local: &str) -> bool {
-        Queues::name(&self.config, local).is_ok()
+    /// The queue a reply-to local part names, if the bridge would take mail for it.
+    fn may_take(&self, local: &str) -> Option<String> {
+        Queues::name(&self.config, local).ok()
     }
 
     fn refused(&self, reply: Reply, reason: &'static str) -> Reply {
@@ -358,6 +376,17 @@ fn count_refusal(reply: &Reply, reason: &'static str) {
     } else {
         metrics::counter!("raftq_mail_inbound_refused_total", "reason" => reason).increment(1);
     }
+}
+
+/// Writes the replies, within [`WRITE`].
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, out: &[u8]) -> std::io::Result<()> {
+    let write = async {
+        io.write_all(out).await?;
+        io.flush().await
+    };
+    tokio::time::timeout(WRITE, write).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read")
+    })?
 }
 
 enum Next {

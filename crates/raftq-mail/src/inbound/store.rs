@@ -15,11 +15,17 @@ use crate::reply::Reply;
 const CACHE_FOR: Duration = Duration::from_secs(5);
 /// Most queues remembered.
 const CACHE_ENTRIES: usize = 10_000;
+/// The longest queue name taken from an address (the cluster's limit is larger).
+const MAX_QUEUE_NAME: usize = 200;
+
+/// What was learned of each queue, and when.
+type Known = HashMap<String, (Result<u64, Reply>, Instant)>;
 
 pub struct Queues {
     client: Client,
-    /// Queue name -> (its max_message_bytes, when looked up).
-    known: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Queue name -> (its max_message_bytes, or the refusal when it does not exist; when
+    /// looked up).
+    known: Mutex<Known>,
 }
 
 impl Queues {
@@ -46,7 +52,12 @@ impl Queues {
             })
             .cloned()
             .unwrap_or_else(|| local.to_string());
-        if !config.queues.is_empty() && !config.queues.contains(&name) {
+        let is_name = !name.is_empty()
+            && name.len() <= MAX_QUEUE_NAME
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+        if !is_name || (!config.queues.is_empty() && !config.queues.contains(&name)) {
             return Err(Reply::new(
                 550,
                 [5, 1, 1],
@@ -58,23 +69,23 @@ impl Queues {
 
     /// The queue's size limit, after making sure it exists.
     pub async fn check(&self, queue: &str) -> Result<u64, Reply> {
-        if let Some((limit, at)) = self.lock().get(queue)
+        if let Some((answer, at)) = self.lock().get(queue)
             && at.elapsed() < CACHE_FOR
         {
-            return Ok(*limit);
+            return answer.clone();
         }
-        match self.client.get_queue(queue).await {
-            Ok(info) => {
-                let limit = info.options.map_or(0, |options| options.max_message_bytes);
-                let mut known = self.lock();
-                if known.len() >= CACHE_ENTRIES {
-                    known.clear();
-                }
-                known.insert(queue.to_string(), (limit, Instant::now()));
-                Ok(limit)
-            }
-            Err(error) => Err(refusal(&error, queue)),
+        let answer = match self.client.get_queue(queue).await {
+            Ok(info) => Ok(info.options.map_or(0, |options| options.max_message_bytes)),
+            // Remembered too, so that a client naming unknown queues costs no call each.
+            Err(error) if error.code() == Some(Code::NotFound) => Err(refusal(&error, queue)),
+            Err(error) => return Err(refusal(&error, queue)),
+        };
+        let mut known = self.lock();
+        if known.len() >= CACHE_ENTRIES {
+            known.clear();
         }
+        known.insert(queue.to_string(), (answer.clone(), Instant::now()));
+        answer
     }
 
     /// Stores the mail's message in `queue`: 250 naming the message, or why not.
@@ -88,7 +99,7 @@ impl Queues {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -116,9 +127,10 @@ pub fn refusal(error: &ClientError, queue: &str) -> Reply {
             [5, 6, 0],
             format!("queue {queue} refuses this mail: {message}"),
         ),
+        // A grant or a token the operator can fix: the sender keeps the mail meanwhile.
         Some(Code::PermissionDenied | Code::Unauthenticated) => Reply::new(
-            550,
-            [5, 7, 1],
+            451,
+            [4, 7, 0],
             format!("the bridge may not send to queue {queue}: {message}"),
         ),
         Some(Code::ResourceExhausted) => Reply::new(

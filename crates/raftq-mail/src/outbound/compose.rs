@@ -55,7 +55,10 @@ impl Composer<'_> {
             .map_err(|error| Unsendable(format!("sender {}: {error}", self.from)))?;
         let envelope = Envelope::new(Some(sender), recipients)
             .map_err(|error| Unsendable(format!("envelope: {error}")))?;
-        Ok(Composed { envelope, bytes })
+        Ok(Composed {
+            envelope,
+            bytes: crlf(bytes),
+        })
     }
 
     /// A body that is a whole mail: sent as it is, with a Message-ID added when missing.
@@ -195,6 +198,38 @@ impl Composer<'_> {
     }
 }
 
+/// `bytes` with every line ending CRLF: a bare CR or LF (possible in a whole mail taken in
+/// by SMTP) would let a lenient relay see the mail's end, and commands after it, where the
+/// sender put a bare `LF.CRLF` (SMTP smuggling).
+fn crlf(bytes: Vec<u8>) -> Vec<u8> {
+    if !bytes.iter().enumerate().any(|(i, &byte)| match byte {
+        b'\r' => bytes.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || bytes[i - 1] != b'\r',
+        _ => false,
+    }) {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+            }
+            b'\r' | b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The mailboxes in a comma-separated header value (`Name <address>` or `address`).
 fn split(list: &str) -> Vec<String> {
     list.split(',')
@@ -267,6 +302,21 @@ mod tests {
             composed.envelope.from().unwrap().to_string(),
             "raftq@q.example"
         );
+    }
+
+    #[test]
+    fn bare_line_feeds_cannot_end_a_mail_early() {
+        let smuggled = "To: dan@example.org\r\n\r\nhi\n.\r\nMAIL FROM:<x@y>\r\nend\r\r\n";
+        let whole = pb::MessageProperties {
+            content_type: RFC822.into(),
+            ..Default::default()
+        };
+        let composed = composer().compose(&message(smuggled, &[], whole)).unwrap();
+        let text = String::from_utf8(composed.bytes).unwrap();
+        assert!(text.contains("hi\r\n.\r\nMAIL"), "{text:?}");
+        assert!(text.ends_with("end\r\n\r\n"), "{text:?}");
+        assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
+        assert_eq!(crlf(b"a\r\nb".to_vec()), b"a\r\nb");
     }
 
     #[test]

@@ -59,7 +59,8 @@ impl Outbound {
             config.relay_tls,
             roots,
             domain,
-            Duration::from_millis(config.lease_ms / 4),
+            // The whole exchange; the ack after it has the rest of the lease.
+            Duration::from_millis(config.lease_ms / 2),
             config.concurrency,
         )?;
         Ok(Outbound {
@@ -73,7 +74,19 @@ impl Outbound {
     /// Creates the outbound queue with its dead-letter queue when it does not exist.
     pub async fn prepare(&self) -> Result<(), Error> {
         match self.client.get_queue(&self.config.queue).await {
-            Ok(_) => Ok(()),
+            Ok(queue) => {
+                if queue
+                    .options
+                    .is_none_or(|options| options.dead_letter_queue.is_empty())
+                {
+                    tracing::warn!(
+                        queue = %self.config.queue,
+                        "the outbound queue has no dead-letter queue: mail the relay refuses \
+                         for good will be discarded, not kept; give it one"
+                    );
+                }
+                Ok(())
+            }
             Err(error) if error.code() == Some(tonic::Code::NotFound) => {
                 let options = pb::QueueOptions {
                     dead_letter_queue: format!("{}.dlq", self.config.queue),

@@ -82,40 +82,43 @@ impl Relay {
         })
     }
 
-    /// Sends one mail: on a connection kept from before (a stale one is replaced once), or
-    /// a new one.
+    /// Sends one mail within the relay's deadline: on a connection kept from before (one
+    /// the relay closed meanwhile is replaced once), or a new one.
     pub async fn send(&self, envelope: &Envelope, mail: &[u8]) -> Result<(), SendError> {
+        tokio::time::timeout(self.timeout, self.send_now(envelope, mail))
+            .await
+            .unwrap_or_else(|_| {
+                Err(SendError::Transient(format!(
+                    "the relay did not answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+
+    async fn send_now(&self, envelope: &Envelope, mail: &[u8]) -> Result<(), SendError> {
         let kept = self.lock().pop();
         if let Some(mut connection) = kept {
-            match tokio::time::timeout(self.timeout, connection.send(envelope, mail)).await {
-                Ok(Ok(_)) => {
+            match connection.send(envelope, mail).await {
+                Ok(_) => {
                     self.keep(connection);
                     return Ok(());
                 }
-                // The relay answered: that is the answer (lettre closed the connection).
-                Ok(Err(error)) if error.is_response() => return Err(classify(&error)),
-                // A connection the relay closed while idle: try a new one.
-                _ => {}
+                // The relay's own answer about this mail (lettre has closed the
+                // connection): that is the outcome.
+                Err(error) if is_answer(&error) => return Err(classify(&error)),
+                // The connection was gone (closed while idle, a 421 on shutdown): a new
+                // one. (Had the relay taken the mail before it went, it gets it twice,
+                // with the same Message-ID.)
+                Err(_) => {}
             }
         }
-        let mut connection = tokio::time::timeout(self.timeout, self.open())
-            .await
-            .map_err(|_| {
-                SendError::Transient(format!(
-                    "connecting to {}:{} timed out",
-                    self.host, self.port
-                ))
-            })??;
-        match tokio::time::timeout(self.timeout, connection.send(envelope, mail)).await {
-            Ok(Ok(_)) => {
+        let mut connection = self.open().await?;
+        match connection.send(envelope, mail).await {
+            Ok(_) => {
                 self.keep(connection);
                 Ok(())
             }
-            Ok(Err(error)) => Err(classify(&error)),
-            Err(_) => Err(SendError::Transient(format!(
-                "the relay did not answer within {:?}",
-                self.timeout
-            ))),
+            Err(error) => Err(classify(&error)),
         }
     }
 
@@ -234,8 +237,16 @@ async fn read_reply(reader: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
     }
 }
 
+/// Whether the relay answered about the mail itself (a 4xx other than 421 "closing", a
+/// 5xx), or lettre refused it (e.g. 8-bit content to a relay without 8BITMIME).
+fn is_answer(error: &lettre::transport::smtp::Error) -> bool {
+    let closing = error.status().is_some_and(|code| code.to_string() == "421");
+    error.is_permanent() || error.is_client() || (error.is_transient() && !closing)
+}
+
+/// Permanent: the relay's 5xx, or a mail lettre cannot send to it at all.
 fn classify(error: &lettre::transport::smtp::Error) -> SendError {
-    if error.is_permanent() {
+    if error.is_permanent() || error.is_client() {
         SendError::Permanent(format!("smtp: {error}"))
     } else {
         SendError::Transient(format!("smtp: {error}"))
