@@ -150,6 +150,8 @@ pub struct Db {
     pub(crate) inner: Arc<DB>,
     dir: PathBuf,
     snapshot_dir: PathBuf,
+    /// The one syncer of every group's log, started with the first log opened.
+    wal: Arc<std::sync::Mutex<Option<crate::wal_sync::WalSyncer>>>,
 }
 
 impl Db {
@@ -241,7 +243,22 @@ impl Db {
             inner: Arc::new(inner),
             dir: dir.to_path_buf(),
             snapshot_dir,
+            wal: Arc::default(),
         })
+    }
+
+    /// The store's write-ahead-log syncer, shared by the logs of every group.
+    pub(crate) fn wal_syncer(&self) -> std::io::Result<crate::wal_sync::WalSyncer> {
+        let mut wal = self
+            .wal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(syncer) = wal.as_ref() {
+            return Ok(syncer.clone());
+        }
+        let syncer = crate::wal_sync::WalSyncer::start(Arc::downgrade(&self.inner))?;
+        *wal = Some(syncer.clone());
+        Ok(syncer)
     }
 
     /// The data directory.

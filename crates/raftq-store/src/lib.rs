@@ -13,6 +13,7 @@ mod member;
 pub mod raw;
 mod snapshot;
 mod state_machine;
+mod wal_sync;
 mod watermark;
 
 use std::fmt;

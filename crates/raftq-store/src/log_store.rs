@@ -1,20 +1,19 @@
 //! The Raft log, vote and commit pointer in RocksDB, with group commit.
 //!
 //! `append` writes entries to RocksDB (memtable + write-ahead log, not yet synced), so they
-//! are readable at once, and hands the flush callback to one syncer thread. That thread
-//! takes every callback waiting, fsyncs the write-ahead log once, and completes them all:
-//! many client writes share one fsync, and none is acknowledged before it is on disk.
-//! After each sync it records the last index synced outside the write-ahead log (see
-//! `watermark`), so that a log damaged below that index is noticed at start.
+//! are readable at once, and hands the flush callback to the store's one syncer thread
+//! (`wal_sync`, shared by every group's log). That thread takes every callback waiting,
+//! fsyncs the write-ahead log once, and completes them all: many client writes share one
+//! fsync, and none is acknowledged before it is on disk. After each sync it records the
+//! last index synced outside the write-ahead log (see `watermark`), so that a log damaged
+//! below that index is noticed at start.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::time::Instant;
+use std::sync::mpsc::TrySendError;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, entry::RaftEntry};
@@ -26,24 +25,18 @@ use crate::db::{
     CF_LOG, CF_META, Db, StoreError, decode, encode, group_of_key, index_of_log_key, log_key,
     meta_key,
 };
+use crate::wal_sync::{PendingSync, WalSyncer, note_watermark_error};
 use crate::watermark::{self, Watermark};
 use crate::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded entry bytes one read of the log brings into memory (at least one entry).
 const READ_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 
-/// Callbacks waiting for one fsync; beyond this, `append` syncs inline (backpressure).
-const SYNC_QUEUE_CAPACITY: usize = 4_096;
-
-/// A flush callback waiting for the sync that covers its entries: the last index appended,
-/// and the watermark's epoch at the append.
-type PendingSync = (IOFlushed<TypeConfig>, u64, u64);
-
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
     group: GroupId,
-    syncer: SyncSender<PendingSync>,
+    syncer: WalSyncer,
     watermark: Arc<Watermark>,
     /// Set at open when the log ends below the last index it had synced: (synced, held).
     lost: Option<(u64, u64)>,
@@ -79,17 +72,12 @@ impl LogStore {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Opens the log of `group`. The syncer thread lives as long as any clone of the store.
+    /// Opens the log of `group`, on the store's syncer (started with the first log).
     pub fn new(db: Db, group: GroupId) -> io::Result<LogStore> {
         let (watermark, recorded) = Watermark::open(&watermark_path(db.dir(), group))?;
         let watermark = Arc::new(watermark);
-        let (syncer, pending) = sync_channel(SYNC_QUEUE_CAPACITY);
-        // The syncer holds the database weakly, so dropping the last store closes RocksDB.
-        let thread_db = std::sync::Arc::downgrade(&db.inner);
-        let thread_watermark = watermark.clone();
-        std::thread::Builder::new()
-            .name(format!("wal-sync-{group}"))
-            .spawn(move || run_syncer(thread_db, thread_watermark, pending))?;
+        let syncer = db.wal_syncer()?;
+        syncer.register(&watermark);
         let mut store = LogStore {
             db,
             group,
@@ -169,66 +157,6 @@ impl LogStore {
         options.set_sync(sync);
         self.db.inner.write_opt(batch, &options)?;
         Ok(())
-    }
-}
-
-fn run_syncer(
-    db: std::sync::Weak<rocksdb::DB>,
-    watermark: Arc<Watermark>,
-    pending: Receiver<PendingSync>,
-) {
-    loop {
-        let first = match pending.recv_timeout(watermark::SYNC_EVERY) {
-            Ok(first) => first,
-            Err(RecvTimeoutError::Timeout) => {
-                note_watermark_error(watermark.sync_if_due());
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut batch = vec![first];
-        while batch.len() < SYNC_QUEUE_CAPACITY {
-            match pending.try_recv() {
-                Ok(callback) => batch.push(callback),
-                Err(_) => break,
-            }
-        }
-        let started = Instant::now();
-        let result = match db.upgrade() {
-            Some(db) => db.flush_wal(true).map_err(StoreError::from),
-            None => Err(StoreError::Closed),
-        };
-        metrics::histogram!("raftq_wal_sync_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("raftq_wal_sync_batch_size").record(batch.len() as f64);
-        metrics::counter!("raftq_wal_syncs_total").increment(1);
-        // The highest index synced per epoch (almost always one epoch), recorded once the
-        // callers are answered, off the path of every acknowledgement.
-        let mut synced = BTreeMap::new();
-        for (_, index, epoch) in &batch {
-            let highest = synced.entry(*epoch).or_insert(*index);
-            *highest = (*highest).max(*index);
-        }
-        for (callback, ..) in batch {
-            let result = match &result {
-                Ok(()) => Ok(()),
-                Err(error) => Err(io::Error::other(error.to_string())),
-            };
-            callback.io_completed(result);
-        }
-        if result.is_ok() {
-            // A write to the page cache, not synced here.
-            for (epoch, index) in synced {
-                note_watermark_error(watermark.advance(index, epoch));
-            }
-        }
-        note_watermark_error(watermark.sync_if_due());
-    }
-}
-
-/// The watermark is a second line of defence: failing to keep it is logged, not fatal.
-fn note_watermark_error(result: io::Result<()>) {
-    if let Err(error) = result {
-        tracing::warn!(%error, "cannot record the last synced log index");
     }
 }
 
@@ -403,16 +331,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let epoch = self.watermark.epoch();
         self.write(batch, false)?;
         metrics::counter!("raftq_log_entries_appended_total").increment(count);
-        match self.syncer.try_send((callback, last, epoch)) {
+        let pending = PendingSync {
+            flushed: callback,
+            index: last,
+            epoch,
+            watermark: self.watermark.clone(),
+        };
+        match self.syncer.submit(pending) {
             Ok(()) => {}
-            Err(TrySendError::Full((callback, ..))) => {
+            Err(TrySendError::Full(PendingSync {
+                flushed: callback, ..
+            })) => {
                 let result = self.db.sync_wal().map_err(io::Error::from);
                 if result.is_ok() {
                     note_watermark_error(self.watermark.advance(last, epoch));
                 }
                 callback.io_completed(result);
             }
-            Err(TrySendError::Disconnected((callback, ..))) => {
+            Err(TrySendError::Disconnected(PendingSync {
+                flushed: callback, ..
+            })) => {
                 callback.io_completed(Err(io::Error::other("log syncer thread stopped")));
             }
         }
@@ -447,5 +385,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         self.write(batch, false)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OpenOptions;
+
+    #[test]
+    fn the_logs_of_every_group_in_a_store_share_one_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let seven = LogStore::new(db.clone(), 7).unwrap();
+        let eight = LogStore::new(db.clone(), 8).unwrap();
+        assert!(seven.syncer.same_as(&eight.syncer));
+        assert_eq!(seven.syncer.open_logs(), 2);
+        drop(eight);
+        assert_eq!(seven.syncer.open_logs(), 1);
+        // Another store has its own.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Db::open(other_dir.path(), &OpenOptions::default()).unwrap();
+        let nine = LogStore::new(other, 9).unwrap();
+        assert!(!nine.syncer.same_as(&seven.syncer));
     }
 }

@@ -394,6 +394,56 @@ async fn a_damaged_record_inside_the_write_ahead_log_is_an_error_not_a_shorter_l
     }
 }
 
+/// The last synced index recorded in `dir` for `group`, once it reaches `want`.
+async fn synced_index_reaches(dir: &std::path::Path, group: u64, want: u64) {
+    let watermark = dir.join(format!("log-synced-{group}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let recorded = std::fs::read(&watermark).ok().and_then(|bytes| {
+            bytes
+                .get(..8)
+                .map(|index| u64::from_le_bytes(index.try_into().unwrap()))
+        });
+        if recorded == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group {group}'s synced index reaches {want} (it is {recorded:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn groups_appending_at_once_each_have_their_entries_synced_and_their_own_index_recorded() {
+    let dir = TempDir::new().unwrap();
+    {
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let mut seven = LogStore::new(db.clone(), 7).unwrap();
+        let mut eight = LogStore::new(db, 8).unwrap();
+        for i in 1..=12 {
+            let to_seven = append_synced(&mut seven, vec![create(&format!("s{i}"), i)]);
+            let to_eight = async {
+                if i <= 5 {
+                    append_synced(&mut eight, vec![create(&format!("e{i}"), i)]).await;
+                }
+            };
+            tokio::join!(to_seven, to_eight);
+        }
+        synced_index_reaches(dir.path(), 7, 12).await;
+        synced_index_reaches(dir.path(), 8, 5).await;
+    }
+    let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+    for (group, last) in [(7, 12), (8, 5)] {
+        let mut log = LogStore::new(db.clone(), group).unwrap();
+        assert_eq!(log.lost_synced_entries(), None);
+        let entries = log.try_get_log_entries(0..100).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id().index).collect();
+        assert_eq!(indexes, (1..=last).collect::<Vec<u64>>(), "group {group}");
+    }
+}
+
 /// Whether the log in `dir`, opened again, says it lost entries it had synced.
 fn lost_after_reopen(dir: &std::path::Path) -> Option<(u64, u64)> {
     let db = Db::open(dir, &OpenOptions::default()).unwrap();
