@@ -42,6 +42,9 @@ pub enum StoreError {
     },
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    /// A request the store refuses (e.g. dropping group 0).
+    #[error("{0}")]
+    Refused(String),
     #[error("encoding {what}: {source}")]
     Encode {
         what: &'static str,
@@ -62,7 +65,8 @@ impl StoreError {
             | StoreError::Io(_)
             | StoreError::MissingBody { .. }
             | StoreError::OldLayout { .. }
-            | StoreError::Encode { .. } => false,
+            | StoreError::Encode { .. }
+            | StoreError::Refused(_) => false,
         }
     }
 }

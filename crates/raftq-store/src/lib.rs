@@ -7,6 +7,7 @@
 mod checksum;
 pub mod codec;
 mod db;
+mod drop_group;
 mod identity;
 mod log_store;
 mod member;

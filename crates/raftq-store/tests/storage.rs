@@ -474,3 +474,55 @@ async fn a_cut_last_record_of_the_write_ahead_log_is_dropped_and_noticed_when_it
     raftq_store::forget_synced_watermarks(dir.path()).unwrap();
     assert_eq!(lost_after_reopen(dir.path()), None);
 }
+
+#[tokio::test]
+async fn dropping_a_group_removes_its_log_vote_and_files_and_leaves_the_others_whole() {
+    let dir = TempDir::new().unwrap();
+    let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+    for group in [7, 8] {
+        let mut log = LogStore::new(db.clone(), group).unwrap();
+        append_synced(
+            &mut log,
+            (1..=3)
+                .map(|i| create(&format!("g{group}q{i}"), i))
+                .collect(),
+        )
+        .await;
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        synced_index_reaches(dir.path(), group, 3).await;
+    }
+    // A snapshot file of each group (the names the state machine gives them).
+    for group in [7, 8] {
+        std::fs::write(
+            db.snapshot_dir().join(format!("g{group}-i3-1-0.snap")),
+            b"s",
+        )
+        .unwrap();
+    }
+    db.drop_group(7).unwrap();
+    assert!(db.drop_group(0).is_err(), "the node's identity stays");
+
+    let mut dropped = LogStore::new(db.clone(), 7).unwrap();
+    assert!(!dropped.holds_state().unwrap());
+    assert!(
+        dropped
+            .try_get_log_entries(0..100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(dropped.read_vote().await.unwrap(), None);
+    assert!(!db.snapshot_dir().join("g7-i3-1-0.snap").exists());
+    drop(dropped);
+
+    let mut kept = LogStore::new(db.clone(), 8).unwrap();
+    let entries = kept.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.log_id().index).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(kept.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+    assert_eq!(kept.lost_synced_entries(), None);
+    assert!(db.snapshot_dir().join("g8-i3-1-0.snap").exists());
+    assert!(dir.path().join("log-synced-8").exists());
+}
