@@ -214,7 +214,7 @@ async fn inbound(args: &MailArgs) -> anyhow::Result<Instant> {
     let postfix = std::sync::Arc::new(Relay::new(
         &args.postfix,
         RelayTls::None,
-        rustls::RootCertStore::empty(),
+        &raftq_tls::ClientTls::public_roots()?,
         "bench.example.org",
         Duration::from_secs(60),
         args.connections,

@@ -350,20 +350,7 @@ async fn log_in_one_wal_file(dir: &std::path::Path) -> std::path::PathBuf {
     }
     drop(log);
     // The syncer records the last synced index just after it answers the append.
-    let watermark = dir.join("log-synced-1");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read(&watermark).ok().and_then(|bytes| {
-        bytes
-            .get(..8)
-            .map(|index| u64::from_le_bytes(index.try_into().unwrap()))
-    }) != Some(20)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the synced index reaches 20"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    synced_index_reaches(dir, 1, 20).await;
     let mut wal: Vec<_> = std::fs::read_dir(dir.join("rocksdb"))
         .unwrap()
         .map(|entry| entry.unwrap().path())

@@ -72,6 +72,17 @@ impl ClientTls {
         })
     }
 
+    /// Trusts the web's public roots (Mozilla's list, built in): for a server outside the
+    /// cluster with a public certificate (a company's mail relay, say).
+    pub fn public_roots() -> Result<ClientTls, TlsError> {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        Ok(ClientTls {
+            config: client_config(roots, None, None)?,
+        })
+    }
+
     /// The rustls configuration without HTTP/2's protocol name (ALPN), for a connection
     /// that is not gRPC (PostgreSQL's, say): the same trust and identity.
     pub fn rustls_config_without_alpn(&self) -> ClientConfig {

@@ -48,16 +48,14 @@ enum Fate {
 
 impl Outbound {
     pub fn new(config: OutboundConfig, domain: &str, client: Client) -> Result<Outbound, Error> {
-        let roots = match &config.relay_ca_cert {
-            Some(path) => roots_from(path)?,
-            None => rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
+        let trust = match &config.relay_ca_cert {
+            Some(path) => raftq_tls::ClientTls::from_files(path, None)?,
+            None => raftq_tls::ClientTls::public_roots()?,
         };
         let relay = Relay::new(
             &config.relay,
             config.relay_tls,
-            roots,
+            &trust,
             domain,
             // The whole exchange; the ack after it has the rest of the lease.
             Duration::from_millis(config.lease_ms / 2),
@@ -212,26 +210,6 @@ impl Outbound {
 fn settle_failed(message: &pb::ReceivedMessage, fate: &Fate, error: &ClientError) {
     metrics::counter!("raftq_mail_outbound_settle_failures_total").increment(1);
     tracing::warn!(message_id = message.message_id, ?fate, %error, "could not settle a delivery; it will be tried again when its lease ends");
-}
-
-/// A trust store holding the certificates in the PEM file `path`.
-fn roots_from(path: &std::path::Path) -> Result<rustls::RootCertStore, Error> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let invalid = |reason: String| Error::Relay(format!("{}: {reason}", path.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in
-        CertificateDer::pem_file_iter(path).map_err(|error| invalid(error.to_string()))?
-    {
-        let certificate = certificate.map_err(|error| invalid(error.to_string()))?;
-        roots
-            .add(certificate)
-            .map_err(|error| invalid(error.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(invalid("no certificate".into()));
-    }
-    Ok(roots)
 }
 
 fn bounded(text: &str) -> &str {

@@ -48,13 +48,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A client of the relay at `address` (HOST:PORT); `roots` verify its certificate
-    /// when `tls` is not `None`. Each step of a send waits at most `timeout`; at most
-    /// `max_idle` connections stay open between sends.
+    /// A client of the relay at `address` (HOST:PORT); `trust` verifies its certificate
+    /// when `tls` is not `None`. A send (its whole exchange) waits at most `timeout`; at
+    /// most `max_idle` connections stay open between sends.
     pub fn new(
         address: &str,
         tls: RelayTls,
-        roots: rustls::RootCertStore,
+        trust: &raftq_tls::ClientTls,
         hello: &str,
         timeout: Duration,
         max_idle: usize,
@@ -63,13 +63,8 @@ impl Relay {
             .rsplit_once(':')
             .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse().ok()?)))
             .ok_or_else(|| Error::Config(format!("relay {address:?}: not HOST:PORT")))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|error| Error::Relay(error.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        // SMTP, not HTTP/2: no ALPN.
+        let config = trust.rustls_config_without_alpn();
         Ok(Relay {
             host: host.to_string(),
             port,
