@@ -334,7 +334,7 @@ async fn writes_without_quorum_are_unavailable() {
 }
 
 /// Opens a replication stream to `address`, sends `message` on it and returns the status
-/// the node ends the stream with.
+/// the node refuses the stream with, or ends it with.
 async fn replication_stream_refusal(
     address: &str,
     message: raftq_proto::raft_pb::RaftRequest,
@@ -345,11 +345,15 @@ async fn replication_stream_refusal(
     // the end of the stream.
     let (sender, requests) = tokio::sync::mpsc::channel(1);
     sender.send(message).await.expect("queue the message");
-    let mut answers = raft
+    let mut answers = match raft
         .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
         .await
-        .expect("the stream opens")
-        .into_inner();
+    {
+        Ok(answers) => answers.into_inner(),
+        // The first message names the group the stream is for: one meant for another
+        // node, group or cluster is refused before the stream opens.
+        Err(status) => return status,
+    };
     let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
         .await
         .expect("an answer within 10 s");
@@ -358,7 +362,7 @@ async fn replication_stream_refusal(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replication_stream_meant_for_another_node_or_cluster_or_undecodable_is_refused() {
+async fn a_replication_stream_meant_for_another_node_group_or_cluster_or_undecodable_is_refused() {
     use raftq_proto::raft_pb::RaftRequest;
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
@@ -381,6 +385,23 @@ async fn a_replication_stream_meant_for_another_node_or_cluster_or_undecodable_i
     .await;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
     assert!(status.message().contains("not node 3"), "{status}");
+
+    // A message for a group the node runs no replica of.
+    let status = replication_stream_refusal(
+        &address,
+        RaftRequest {
+            group_id: 9,
+            target_node_id: 2,
+            payload: Vec::new(),
+            cluster_id: String::new(),
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Code::NotFound, "{status}");
+    assert!(
+        status.message().contains("group 9 is not served"),
+        "{status}"
+    );
 
     // A message from a node of another cluster.
     let status = replication_stream_refusal(

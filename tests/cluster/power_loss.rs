@@ -256,14 +256,18 @@ async fn a_node_losing_power_in_the_middle_of_receiving_a_snapshot_loses_nothing
         600,
         "every send is acknowledged with one node away"
     );
-    let purged = cluster
-        .node(leader)
-        .client()
-        .node_info()
-        .await
-        .expect("leader info")
-        .purged_index;
-    assert!(purged > 0, "the leader purged its log behind a snapshot");
+    // Purging follows the snapshot in the background: wait for it rather than race it.
+    let leader_client = cluster.node(leader).client();
+    wait_until_or(
+        "the leader purged its log behind a snapshot",
+        Duration::from_secs(30),
+        || async {
+            let info = leader_client.node_info().await.ok()?;
+            (info.purged_index > 0).then_some(())
+        },
+        || cluster.logs(),
+    )
+    .await;
 
     // The node comes back behind the purged log and is sent a snapshot; its power goes out
     // after the first piece of the received file is written, while sends go on.

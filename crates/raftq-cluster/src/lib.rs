@@ -1,22 +1,27 @@
-//! raftq-cluster: one node's Raft group — the openraft instance, its gRPC transport,
-//! membership changes, leader lookup and the leader's time stamp on every command.
+//! raftq-cluster: a node's Raft groups — the node's store and connections shared by its
+//! replicas, each replica's openraft instance, the gRPC transport that routes messages by
+//! group, membership changes, leader lookup and the leader's time stamp on every command.
 //!
 //! It must not serve the public API or decide queue semantics: gRPC services live in
 //! raftq-server, queue rules in raftq-core.
 
 mod batcher;
 mod clock;
+mod connections;
 mod error;
+mod host;
 mod log_growth;
 mod network;
 mod node;
 mod raft;
+mod registry;
 mod service;
 mod standing;
 mod status;
 mod tuning;
 
 pub use error::ClusterError;
+pub use host::Host;
 pub use node::RaftNode;
 pub use raftq_store::{Node, NodeId};
 pub use status::{MemberStatus, Role};

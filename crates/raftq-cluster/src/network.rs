@@ -17,15 +17,15 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use raftq_core::GroupId;
 use raftq_proto::raft_pb::{RaftRequest, SnapshotChunk, raft_service_client::RaftServiceClient};
 use raftq_store::{Entry, Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
-use raftq_tls::Transport;
 
+use crate::connections::Connections;
+use crate::lock;
 use crate::standing::Standing;
-use crate::{MAX_RAFT_MESSAGE_BYTES, lock};
 
 /// Snapshot bytes per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -54,8 +54,8 @@ pub(crate) struct Network {
     pub(crate) group: GroupId,
     /// Gives the cluster id every message carries.
     pub(crate) standing: Standing,
-    /// Plaintext, or mutual TLS with this node's certificate.
-    pub(crate) transport: Transport,
+    /// The channels to the other nodes, shared with every other group of this node.
+    pub(crate) connections: Arc<Connections>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -65,10 +65,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             group: self.group,
             standing: self.standing.clone(),
-            transport: self.transport.clone(),
+            connections: self.connections.clone(),
             target,
             address: node.internal.clone(),
-            client: None,
             streams: true,
         }
     }
@@ -77,10 +76,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub(crate) struct Peer {
     group: GroupId,
     standing: Standing,
-    transport: Transport,
+    connections: Arc<Connections>,
     target: NodeId,
     address: String,
-    client: Option<RaftServiceClient<Channel>>,
     /// Whether the peer takes streamed appends; a node of an older version answers
     /// `UNIMPLEMENTED`, and then gets one call at a time.
     streams: bool,
@@ -90,9 +88,12 @@ fn unreachable(error: impl std::fmt::Display) -> Unreachable<TypeConfig> {
     Unreachable::from_string(error)
 }
 
+/// Unreachable (so that openraft backs off before trying again) for a peer that is down,
+/// too slow, or does not serve the group (yet: a replica is placed on a node before it
+/// starts there).
 fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::NotFound => {
             RPCError::Unreachable(unreachable(status))
         }
         _ => RPCError::Network(NetworkError::from_string(status)),
@@ -100,21 +101,8 @@ fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl Peer {
-    fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable<TypeConfig>> {
-        if let Some(client) = &self.client {
-            return Ok(client.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
-            .map_err(unreachable)?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5));
-        let channel = self.transport.channel(&endpoint);
-        let client = RaftServiceClient::new(channel)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-        self.client = Some(client.clone());
-        Ok(client)
+    fn client(&self) -> Result<RaftServiceClient<Channel>, Unreachable<TypeConfig>> {
+        self.connections.client(self.target, &self.address)
     }
 
     fn request<T: serde::Serialize>(

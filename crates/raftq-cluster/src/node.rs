@@ -1,5 +1,7 @@
-//! One node of one Raft group: storage, openraft instance, transport service, and the
-//! operations the gRPC front end needs (write, linearizable read, status, membership).
+//! One node's replica of one Raft group: the openraft instance, its write batcher and
+//! applied state, and the operations the gRPC front end needs (write, linearizable read,
+//! status, membership). The node's shared parts (store, connections, Raft service) are its
+//! [`Host`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,45 +13,52 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 
-use raftq_core::Command;
-use raftq_proto::raft_pb::raft_service_server::RaftServiceServer;
-use raftq_store::{Db, LogStore, Node, NodeId, SharedState, StateMachineStore, TypeConfig};
+use raftq_core::{Command, GroupId};
+use raftq_proto::raft_pb::raft_service_server::{RaftService, RaftServiceServer};
+use raftq_store::{LogStore, Node, NodeId, SharedState, StateMachineStore, TypeConfig};
 
+use crate::ClusterError;
 use crate::batcher::{PROPOSAL_QUEUE, Proposal, Proposer, WriteResult, run_batcher};
+use crate::host::Host;
 use crate::log_growth::LogGrowth;
 use crate::network::Network;
 use crate::raft::{Raft, client_write_result, stopped};
-use crate::service::RaftGrpc;
-use crate::standing::{self, Standing};
+use crate::registry::Served;
+use crate::standing::{self, VoteRight};
 use crate::status::{MemberStatus, Role};
 use crate::tuning::NodeConfig;
-use crate::{ClusterError, MAX_RAFT_MESSAGE_BYTES};
 
 #[derive(Clone)]
 pub struct RaftNode {
+    host: Host,
+    group: GroupId,
     raft: Raft,
-    /// Whether this node may vote (see `standing`).
-    standing: Standing,
-    db: Db,
+    /// Whether this replica may vote (see `standing`).
+    vote: VoteRight,
     shared: SharedState,
-    config: Arc<NodeConfig>,
     proposer: Proposer,
     proposals: mpsc::Sender<Proposal>,
     log_growth: Arc<LogGrowth>,
 }
 
 impl RaftNode {
-    /// Opens the node's RocksDB under `data_dir` and starts its Raft instance. The node
+    /// Opens the node's RocksDB under `data_dir` and starts its replica of group 1, which
     /// recovers its log, vote and newest snapshot from disk.
     pub async fn start(config: NodeConfig) -> Result<RaftNode, ClusterError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(stopped)?;
-        config.storage.check().map_err(stopped)?;
-        let db = Db::open(&config.data_dir, &config.storage.open_options()).map_err(stopped)?;
-        let log_store = LogStore::new(db.clone(), config.group).map_err(stopped)?;
-        let standing =
-            standing::settle(&db, &log_store, config.node_id, config.cluster_name.clone())?;
-        let state_machine = StateMachineStore::open(db.clone(), config.group).map_err(stopped)?;
+        Host::open(config)?.start_replica(1).await
+    }
+
+    /// See [`Host::start_replica`].
+    pub(crate) async fn start_replica(
+        host: Host,
+        group: GroupId,
+    ) -> Result<RaftNode, ClusterError> {
+        let db = host.db().clone();
+        let log_store = LogStore::new(db.clone(), group).map_err(stopped)?;
+        let vote = host.standing().vote_right(group, &log_store)?;
+        let state_machine = StateMachineStore::open(db, group).map_err(stopped)?;
         let shared = state_machine.shared();
+        let config = host.config();
         let tuning = &config.tuning;
         let raft_config = openraft::Config {
             cluster_name: "raftq".to_string(),
@@ -58,7 +67,7 @@ impl RaftNode {
             election_timeout_max: tuning.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every_entries),
             max_in_snapshot_log_to_keep: tuning.keep_entries_after_snapshot,
-            enable_elect: standing.may_vote(),
+            enable_elect: vote.may_vote(),
             // A leader that restarts must win an election again, as in plain Raft: the
             // commit pointer is not synced and the state machine is rebuilt from the log, so
             // a leader restored at once could serve reads (and answer retries) from a
@@ -72,9 +81,9 @@ impl RaftNode {
         .validate()
         .map_err(stopped)?;
         let network = Network {
-            group: config.group,
-            standing: standing.clone(),
-            transport: config.transport.clone(),
+            group,
+            standing: host.standing().clone(),
+            connections: host.connections().clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -88,30 +97,40 @@ impl RaftNode {
         let proposer = Proposer::new(
             raft.clone(),
             shared.clone(),
-            Duration::from_millis(config.tuning.write_timeout_ms),
-            config.tuning.max_clock_skew_ms,
+            Duration::from_millis(tuning.write_timeout_ms),
+            tuning.max_clock_skew_ms,
         );
         let (proposals, queued) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_batcher(proposer.clone(), queued));
-        // Ends once the node may vote, or when Raft stops.
         let log_growth = Arc::new(LogGrowth::new(
             log_store.clone(),
-            config.tuning.snapshot_every_bytes,
+            tuning.snapshot_every_bytes,
         ));
+        // Ends once the replica may vote, or when Raft stops.
         tokio::spawn(standing::earn_vote(
             raft.clone(),
             log_store,
             config.node_id,
-            standing.clone(),
+            vote.clone(),
         ));
         // Ends once the node belongs to a cluster, or when Raft stops.
-        tokio::spawn(standing::name_old_cluster(raft.clone(), standing.clone()));
+        tokio::spawn(standing::name_old_cluster(
+            raft.clone(),
+            host.standing().clone(),
+        ));
+        host.registry().insert(
+            group,
+            Served {
+                raft: raft.clone(),
+                vote: vote.clone(),
+            },
+        );
         Ok(RaftNode {
-            standing,
+            host,
+            group,
+            vote,
             raft,
-            db,
             shared,
-            config: Arc::new(config),
             proposer,
             proposals,
             log_growth,
@@ -119,30 +138,34 @@ impl RaftNode {
     }
 
     pub fn node_id(&self) -> NodeId {
-        self.config.node_id
+        self.config().node_id
     }
 
-    /// The gRPC service peers use to reach this node's Raft. Its replication streams end
-    /// once `stopping` turns true (they would otherwise keep the server from finishing).
+    /// The group this is a replica of.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The node this replica runs on.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    fn config(&self) -> &NodeConfig {
+        self.host.config()
+    }
+
+    /// See [`Host::raft_service`].
     pub fn raft_service(
         &self,
         stopping: tokio::sync::watch::Receiver<bool>,
-    ) -> RaftServiceServer<impl raftq_proto::raft_pb::raft_service_server::RaftService> {
-        RaftServiceServer::new(RaftGrpc {
-            raft: self.raft.clone(),
-            node_id: self.config.node_id,
-            group: self.config.group,
-            standing: self.standing.clone(),
-            snapshot_dir: self.config.data_dir.join("snapshots"),
-            stopping,
-        })
-        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    ) -> RaftServiceServer<impl RaftService> {
+        self.host.raft_service(stopping)
     }
 
     /// What the node's RocksDB holds in memory.
     pub fn storage_memory(&self) -> raftq_store::StorageMemory {
-        self.db.memory()
+        self.host.storage_memory()
     }
 
     /// The replicated queue state as applied on this node.
@@ -177,8 +200,8 @@ impl RaftNode {
         }
         // The founder names the cluster, and its log is the whole log: it may vote from the
         // first entry on.
-        self.standing.found(&self.raft).map_err(stopped)?;
-        let nodes = BTreeMap::from([(self.config.node_id, self.config.addresses.clone())]);
+        self.vote.found(&self.raft).map_err(stopped)?;
+        let nodes = BTreeMap::from([(self.node_id(), self.config().addresses.clone())]);
         match self.raft.initialize(nodes).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(error)) => {
@@ -253,7 +276,7 @@ impl RaftNode {
     /// Waits until this node (the leader) has applied everything committed before the call,
     /// confirmed by a quorum: reads after this see every acknowledged write.
     pub async fn linearizable_read(&self) -> Result<(), ClusterError> {
-        let timeout = Duration::from_millis(self.config.tuning.write_timeout_ms);
+        let timeout = Duration::from_millis(self.config().tuning.write_timeout_ms);
         let read = tokio::time::timeout(
             timeout,
             self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
@@ -332,8 +355,8 @@ impl RaftNode {
         };
         let index = |log_id: Option<raftq_store::LogId>| log_id.map_or(0, |log_id| log_id.index);
         MemberStatus {
-            node_id: self.config.node_id,
-            addresses: self.config.addresses.clone(),
+            node_id: self.node_id(),
+            addresses: self.config().addresses.clone(),
             role,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index.unwrap_or(0),
@@ -342,9 +365,9 @@ impl RaftNode {
             purged_index: index(metrics.purged),
             snapshot_index: index(metrics.snapshot),
             leader_id: metrics.current_leader,
-            voter: voters.contains(&self.config.node_id),
-            rebuilding: !self.standing.may_vote(),
-            cluster_id: self.standing.cluster_id(),
+            voter: voters.contains(&self.node_id()),
+            rebuilding: !self.vote.may_vote(),
+            cluster_id: self.host.cluster_id(),
             members,
         }
     }
@@ -414,18 +437,18 @@ impl RaftNode {
 
     /// The cluster this node belongs to; `None` until it formed or joined one.
     pub fn cluster_id(&self) -> Option<String> {
-        self.standing.cluster_id()
+        self.host.cluster_id()
     }
 
     /// Refuses a node of another cluster (its cluster id, empty when it belongs to none yet).
     pub fn check_cluster(&self, theirs: &str) -> Result<(), ClusterError> {
-        self.standing.check_cluster(theirs)
+        self.host.check_cluster(theirs)
     }
 
     /// Records (synced) that this node belongs to cluster `id`, as the leader answered its
     /// join; refused when it already belongs to another.
     pub fn join_cluster(&self, id: &str) -> Result<(), ClusterError> {
-        self.standing.join(id)
+        self.host.join_cluster(id)
     }
 
     /// Removes a node from the voters and from the membership altogether.
@@ -466,7 +489,7 @@ impl RaftNode {
     /// Returns the new leader, or `None` when this node was not the leader or nobody took
     /// over in time.
     pub async fn hand_over_leadership(&self, within: Duration) -> Option<NodeId> {
-        let me = self.config.node_id;
+        let me = self.node_id();
         let metrics = self.raft.metrics().borrow_watched().clone();
         if metrics.current_leader != Some(me) {
             return None;
@@ -474,7 +497,7 @@ impl RaftNode {
         let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
         // A voter that has stopped answering heartbeats (it is stopping too, say: every
         // node of a cluster stopped at once) cannot take over.
-        let alive = Duration::from_millis(self.config.tuning.election_timeout_min_ms);
+        let alive = Duration::from_millis(self.config().tuning.election_timeout_min_ms);
         let successor = metrics
             .replication
             .as_ref()?
@@ -494,7 +517,7 @@ impl RaftNode {
         }
         // Wait for another leader, but not for a successor that stops answering.
         let deadline = tokio::time::Instant::now() + within;
-        let step = Duration::from_millis(self.config.tuning.heartbeat_ms.max(10));
+        let step = Duration::from_millis(self.config().tuning.heartbeat_ms.max(10));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -527,7 +550,9 @@ impl RaftNode {
         }
     }
 
+    /// Stops this replica; the node serves the group no more.
     pub async fn shutdown(&self) {
+        self.host.registry().remove(self.group);
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }

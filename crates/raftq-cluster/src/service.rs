@@ -19,7 +19,7 @@ use raftq_store::{
     IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
 };
 
-use crate::raft::Raft;
+use crate::registry::{Registry, Served};
 use crate::standing::Standing;
 use crate::{ClusterError, lock};
 
@@ -35,10 +35,10 @@ const STREAM_BUDGET_KIB: usize = 16 * 1024;
 type AnswerStream = Pin<Box<dyn Stream<Item = Result<RaftResponse, Status>> + Send + 'static>>;
 
 pub(crate) struct RaftGrpc {
-    pub(crate) raft: Raft,
+    /// The groups this node serves; a message is routed by its group id.
+    pub(crate) registry: Arc<Registry>,
     pub(crate) node_id: NodeId,
-    pub(crate) group: GroupId,
-    /// Whether this node may vote; one that may not also refuses to take over leadership.
+    /// The cluster this node belongs to.
     pub(crate) standing: Standing,
     /// Where received snapshots are written (the store's snapshot directory).
     pub(crate) snapshot_dir: std::path::PathBuf,
@@ -48,40 +48,38 @@ pub(crate) struct RaftGrpc {
 }
 
 impl RaftGrpc {
-    /// See `check` and `check_cluster`.
-    fn check(
+    /// The replica a message for `group` goes to, once `check_target` and `check_cluster`
+    /// passed; NOT_FOUND when this node serves no replica of `group`.
+    fn served(
         &self,
         group: GroupId,
         target: NodeId,
         cluster: &str,
         from_leader: bool,
-    ) -> Result<(), Status> {
-        check(self.group, self.node_id, group, target)?;
-        check_cluster(&self.standing, cluster, from_leader)
+    ) -> Result<Served, Status> {
+        check_target(self.node_id, target)?;
+        let served = served_group(&self.registry, group)?;
+        check_cluster(&self.standing, cluster, from_leader)?;
+        Ok(served)
     }
 
-    /// Refuses to vote, or to stand for election, while this node's log has not caught up
-    /// since it started on an empty data directory.
-    fn check_may_vote(&self) -> Result<(), Status> {
-        if self.standing.may_vote() {
+    /// Refuses to vote, or to stand for election, while this replica's log has not caught
+    /// up since it started empty.
+    fn check_may_vote(&self, served: &Served, group: GroupId) -> Result<(), Status> {
+        if served.vote.may_vote() {
             return Ok(());
         }
         metrics::counter!("raftq_votes_refused_total").increment(1);
         Err(Status::failed_precondition(format!(
-            "node {} started on an empty data directory and is catching up with the leader; \
-             it grants no vote until its log has caught up",
+            "node {}'s replica of group {group} started empty and is catching up with the \
+             leader; it grants no vote until its log has caught up",
             self.node_id
         )))
     }
 }
 
-/// Refuses a message meant for another group, or for another node than `node_id`.
-fn check(served: GroupId, node_id: NodeId, group: GroupId, target: NodeId) -> Result<(), Status> {
-    if group != served {
-        return Err(Status::not_found(format!(
-            "raft group {group} is not served here"
-        )));
-    }
+/// Refuses a message meant for another node than `node_id`.
+fn check_target(node_id: NodeId, target: NodeId) -> Result<(), Status> {
     if target != node_id {
         // Another node now answers at the address the sender knows for `target`.
         return Err(Status::failed_precondition(format!(
@@ -89,6 +87,14 @@ fn check(served: GroupId, node_id: NodeId, group: GroupId, target: NodeId) -> Re
         )));
     }
     Ok(())
+}
+
+/// The replica of `group`; NOT_FOUND when this node serves none (the sender takes it as
+/// unreachable and backs off: a replica may be placed here before it starts).
+fn served_group(registry: &Registry, group: GroupId) -> Result<Served, Status> {
+    registry
+        .get(group)
+        .ok_or_else(|| Status::not_found(format!("raft group {group} is not served here")))
 }
 
 /// Refuses a message from a node of another cluster. A leader's message (an append or a
@@ -123,25 +129,29 @@ impl StreamState {
     }
 }
 
-/// The append requests of a replication stream, checked and decoded, each taken only once
-/// its bytes fit in the budget. A refused message ends the requests (see `StreamState`).
+/// The append requests of a replication stream for `group` (the first one's), checked
+/// and decoded, each taken only once its bytes fit in the budget. A refused message ends
+/// the requests (see `StreamState`); so does one for another group.
 ///
 /// The requests also end when the server stops: the leader never ends its side, and a
 /// request stream still open keeps the server from finishing.
 fn append_requests(
-    incoming: Streaming<RaftRequest>,
-    (served, node_id, standing): (GroupId, NodeId, Standing),
+    (first, incoming): (RaftRequest, Streaming<RaftRequest>),
+    (group, node_id, standing): (GroupId, NodeId, Standing),
     state: StreamState,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
     let budget = Arc::new(Semaphore::new(STREAM_BUDGET_KIB));
-    futures::stream::unfold(Some((incoming, stopping)), move |open| {
+    futures::stream::unfold(Some((Some(first), incoming, stopping)), move |open| {
         let (budget, state, standing) = (budget.clone(), state.clone(), standing.clone());
         async move {
-            let (mut incoming, mut stopping) = open?;
-            let message = tokio::select! {
-                message = incoming.message() => message,
-                _ = stopping.wait_for(|stopping| *stopping) => return None,
+            let (first, mut incoming, mut stopping) = open?;
+            let message = match first {
+                Some(first) => Ok(Some(first)),
+                None => tokio::select! {
+                    message = incoming.message() => message,
+                    _ = stopping.wait_for(|stopping| *stopping) => return None,
+                },
             };
             let message = match message {
                 Ok(Some(message)) => message,
@@ -149,7 +159,13 @@ fn append_requests(
                 Err(status) => return state.refuse(status),
             };
             let arrived = Instant::now();
-            if let Err(status) = check(served, node_id, message.group_id, message.target_node_id)
+            if message.group_id != group {
+                return state.refuse(Status::invalid_argument(format!(
+                    "a replication stream of group {group} carried a message of group {}",
+                    message.group_id
+                )));
+            }
+            if let Err(status) = check_target(node_id, message.target_node_id)
                 .and_then(|()| check_cluster(&standing, &message.cluster_id, true))
             {
                 return state.refuse(status);
@@ -162,7 +178,7 @@ fn append_requests(
             // The semaphore is never closed.
             let permit = budget.acquire_many_owned(kib as u32).await.ok()?;
             lock(&state.pending).push_back((arrived, permit));
-            Some((rpc, Some((incoming, stopping))))
+            Some((rpc, Some((None, incoming, stopping))))
         }
     })
 }
@@ -190,14 +206,14 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftResponse>, Status> {
         let started = std::time::Instant::now();
         let request = request.into_inner();
-        self.check(
+        let served = self.served(
             request.group_id,
             request.target_node_id,
             &request.cluster_id,
             true,
         )?;
         let rpc = decode(&request.payload)?;
-        let response = self
+        let response = served
             .raft
             .append_entries(rpc)
             .await
@@ -215,16 +231,24 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<Streaming<RaftRequest>>,
     ) -> Result<Response<AnswerStream>, Status> {
+        // The first message names the group the whole stream replicates.
+        let mut incoming = request.into_inner();
+        let first = incoming
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty replication stream"))?;
+        let group = first.group_id;
+        let served = self.served(group, first.target_node_id, &first.cluster_id, true)?;
         let state = StreamState::default();
         let requests = append_requests(
-            request.into_inner(),
-            (self.group, self.node_id, self.standing.clone()),
+            (first, incoming),
+            (group, self.node_id, self.standing.clone()),
             state.clone(),
             self.stopping.clone(),
         );
         // openraft submits each request's entries before earlier ones are on disk and
         // yields the answers in order.
-        let answers = Box::pin(self.raft.stream_append(requests));
+        let answers = Box::pin(served.raft.stream_append(requests));
         let pending = state.pending.clone();
         let answers = answers.map(move |result| {
             if let Some((arrived, _budget)) = lock(&pending).pop_front() {
@@ -250,15 +274,15 @@ impl RaftService for RaftGrpc {
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
-        self.check(
+        let served = self.served(
             request.group_id,
             request.target_node_id,
             &request.cluster_id,
             false,
         )?;
-        self.check_may_vote()?;
+        self.check_may_vote(&served, request.group_id)?;
         let rpc = decode(&request.payload)?;
-        let response = self
+        let response = served
             .raft
             .vote(rpc)
             .await
@@ -271,15 +295,15 @@ impl RaftService for RaftGrpc {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
-        self.check(
+        let served = self.served(
             request.group_id,
             request.target_node_id,
             &request.cluster_id,
             false,
         )?;
-        self.check_may_vote()?;
+        self.check_may_vote(&served, request.group_id)?;
         let rpc = decode(&request.payload)?;
-        let response = self
+        let response = served
             .raft
             .handle_transfer_leader(rpc)
             .await
@@ -296,12 +320,8 @@ impl RaftService for RaftGrpc {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        self.check(
-            first.group_id,
-            first.target_node_id,
-            &first.cluster_id,
-            true,
-        )?;
+        let group = first.group_id;
+        let served = self.served(group, first.target_node_id, &first.cluster_id, true)?;
         let (vote, meta, size): (Vote, SnapshotMeta, u64) = decode(&first.header)?;
         if size > MAX_SNAPSHOT_BYTES {
             return Err(Status::resource_exhausted(format!(
@@ -310,7 +330,7 @@ impl RaftService for RaftGrpc {
         }
         // Written to a file as it arrives: a snapshot holds every stored body and may be far
         // larger than memory.
-        let incoming = IncomingSnapshot::create(&self.snapshot_dir, self.group)
+        let incoming = IncomingSnapshot::create(&self.snapshot_dir, group)
             .map_err(|e| Status::internal(format!("cannot store a snapshot: {e}")))?;
         // A file left behind by a failure here (a panic, a cancelled call) is removed
         // when the node next starts.
@@ -320,7 +340,7 @@ impl RaftService for RaftGrpc {
             meta,
             snapshot: data,
         };
-        let response = self
+        let response = served
             .raft
             .install_full_snapshot(vote, snapshot)
             .await

@@ -25,52 +25,127 @@ use std::sync::{Arc, Mutex};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
+use raftq_core::GroupId;
 use raftq_store::{Db, LogStore, NodeId, NodeIdentity, StoreError};
 
 use crate::raft::Raft;
 use crate::{ClusterError, lock};
 
-/// Shared between the node and its Raft transport.
+/// The node's standing: the cluster it belongs to. Shared by the node, its replicas and
+/// its Raft transport.
 #[derive(Clone)]
 pub(crate) struct Standing {
-    voting: Arc<AtomicBool>,
     /// The identity as recorded in the data directory; changed only together with the record.
     identity: Arc<Mutex<NodeIdentity>>,
+    /// Whether the directory had no identity recorded when the node started: one that held
+    /// Raft state of group 1 then was a member from before identities were recorded.
+    unrecorded: bool,
     /// The cluster this node's certificate names, if any.
     bound: Option<String>,
     db: Db,
 }
 
-impl Standing {
+/// Whether one replica may vote (see the module's documentation): each group's log earns
+/// its vote on its own.
+#[derive(Clone)]
+pub(crate) struct VoteRight {
+    group: GroupId,
+    voting: Arc<AtomicBool>,
+    standing: Standing,
+}
+
+impl VoteRight {
     pub(crate) fn may_vote(&self) -> bool {
         self.voting.load(Ordering::Acquire)
     }
 
-    /// The cluster this node belongs to, once it formed or joined one.
-    pub(crate) fn cluster_id(&self) -> Option<String> {
-        lock(&self.identity).cluster_id.clone()
-    }
-
-    /// Records (synced) that this node's log may vote, then lets it vote and stand for
+    /// Records (synced) that this replica's log may vote, then lets it vote and stand for
     /// election.
     pub(crate) fn allow(&self, raft: &Raft) -> Result<(), StoreError> {
-        self.record(|identity| identity.voting = true)?;
+        let group = self.group;
+        self.standing
+            .record(|identity| identity.set_voting(group, true))?;
         self.voting.store(true, Ordering::Release);
         raft.runtime_config().elect(true);
-        metrics::gauge!("raftq_node_voting").set(1.0);
+        voting_gauge(group, true);
         Ok(())
     }
 
-    /// For the node that forms a new cluster: names the cluster (unless this directory
-    /// already belongs to one) and lets the node vote from its first entry on.
+    /// For the replica that forms a new group: names the cluster (unless this directory
+    /// already belongs to one) and lets the replica vote from its first entry on.
     pub(crate) fn found(&self, raft: &Raft) -> Result<(), StoreError> {
-        let name = self.bound.clone();
-        self.record(|identity| {
+        let name = self.standing.bound.clone();
+        self.standing.record(|identity| {
             identity
                 .cluster_id
                 .get_or_insert_with(|| name.unwrap_or_else(new_cluster_id));
         })?;
         self.allow(raft)
+    }
+}
+
+/// `raftq_node_voting` follows group 1, as it did when there was no other.
+fn voting_gauge(group: GroupId, voting: bool) {
+    let value = if voting { 1.0 } else { 0.0 };
+    if group == 1 {
+        metrics::gauge!("raftq_node_voting").set(value);
+    }
+    metrics::gauge!("raftq_replica_voting", "group" => group.to_string()).set(value);
+}
+
+impl Standing {
+    /// The cluster this node belongs to, once it formed or joined one.
+    pub(crate) fn cluster_id(&self) -> Option<String> {
+        lock(&self.identity).cluster_id.clone()
+    }
+
+    /// Whether the replica of `group` whose log is `log` may vote: its vote is recorded,
+    /// its log holds Raft state and lost no entry it had synced. A vote recorded for a log
+    /// that no longer qualifies is taken back (synced).
+    pub(crate) fn vote_right(
+        &self,
+        group: GroupId,
+        log: &LogStore,
+    ) -> Result<VoteRight, ClusterError> {
+        let holds_state = log.holds_state().map_err(stopped)?;
+        // A log that ends below what it had synced lost entries it acknowledged (a damaged
+        // write-ahead log read back shorter): no better than an empty one.
+        let damaged = log.lost_synced_entries();
+        if let Some((synced, held)) = damaged {
+            metrics::counter!("raftq_storage_corruption_total").increment(1);
+            tracing::error!(
+                group,
+                synced,
+                held,
+                "the Raft log of group {group} ends at index {held}, but this node had synced \
+                 it up to index {synced}: the disk lost or damaged entries it had acknowledged. \
+                 The replica grants no vote and rebuilds from the leader; check the disk. (A \
+                 cluster of one node has no leader to rebuild from: to go on with what the log \
+                 holds, accepting the loss, stop the node and run `raftq adopt-data-dir`.)"
+            );
+        }
+        let recorded = lock(&self.identity).votes_in(group)
+            // One that held Raft state before identities were recorded was a member all along.
+            || (group == 1 && self.unrecorded && holds_state);
+        // A replica that votes but lost its Raft state (its log was emptied) is no better
+        // than an empty one.
+        let voting = recorded && holds_state && damaged.is_none();
+        self.record(|identity| identity.set_voting(group, voting))
+            .map_err(stopped)?;
+        if !voting {
+            tracing::warn!(
+                group,
+                "this data directory holds no log of group {group} this node may vote with (it \
+                 is new, or the node's data was lost): the replica grants no vote until it has \
+                 caught up with the group's leader"
+            );
+        }
+        voting_gauge(group, voting);
+        Ok(VoteRight {
+            group,
+            voting: Arc::new(AtomicBool::new(voting)),
+            standing: self.clone(),
+        })
     }
 
     /// Whether a message or a join from a member of `theirs` may be taken: an empty id (a
@@ -125,36 +200,22 @@ fn new_cluster_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+fn stopped(error: StoreError) -> ClusterError {
+    ClusterError::Stopped {
+        reason: error.to_string(),
+    }
+}
+
 /// Reads (or, on a data directory that has none, records) the identity of the data
 /// directory: a node refuses another node's directory, and a directory of another cluster
-/// than the one its certificate names (`bound`); a directory without Raft state does not
-/// vote.
+/// than the one its certificate names (`bound`). Whether each replica may vote is settled
+/// when it starts (see [`Standing::vote_right`]).
 pub(crate) fn settle(
     db: &Db,
-    log: &LogStore,
     node_id: NodeId,
     bound: Option<String>,
 ) -> Result<Standing, ClusterError> {
-    let stopped = |error: raftq_store::StoreError| ClusterError::Stopped {
-        reason: error.to_string(),
-    };
-    let holds_state = log.holds_state().map_err(stopped)?;
     let recorded = db.identity().map_err(stopped)?;
-    // A log that ends below what it had synced lost entries it acknowledged (a damaged
-    // write-ahead log read back shorter): no better than an empty one.
-    let damaged = log.lost_synced_entries();
-    if let Some((synced, held)) = damaged {
-        metrics::counter!("raftq_storage_corruption_total").increment(1);
-        tracing::error!(
-            synced,
-            held,
-            "the Raft log ends at index {held}, but this node had synced it up to index \
-             {synced}: the disk lost or damaged entries it had acknowledged. The node grants \
-             no vote and rebuilds from the leader; check the disk. (A cluster of one node has \
-             no leader to rebuild from: to go on with what the log holds, accepting the loss, \
-             stop the node and run `raftq adopt-data-dir`.)"
-        );
-    }
     if let (Some(bound), Some(recorded)) = (
         &bound,
         recorded
@@ -170,7 +231,7 @@ pub(crate) fn settle(
             ),
         });
     }
-    let voting = match &recorded {
+    let identity = match recorded.clone() {
         Some(identity) if identity.node_id != node_id => {
             return Err(ClusterError::Stopped {
                 reason: format!(
@@ -181,34 +242,21 @@ pub(crate) fn settle(
                 ),
             });
         }
-        // A directory that votes but lost its Raft state (its log column families were
-        // emptied) is no better than an empty one.
-        Some(identity) => identity.voting && holds_state && damaged.is_none(),
-        // An empty directory is new; one that held Raft state before identities were
-        // recorded was a member all along.
-        None => holds_state && damaged.is_none(),
+        Some(identity) => identity,
+        None => {
+            let identity = NodeIdentity {
+                cluster_id: None,
+                node_id,
+                voting: false,
+                voting_groups: Default::default(),
+            };
+            db.record_identity(&identity).map_err(stopped)?;
+            identity
+        }
     };
-    let identity = NodeIdentity {
-        cluster_id: recorded
-            .as_ref()
-            .and_then(|identity| identity.cluster_id.clone()),
-        node_id,
-        voting,
-    };
-    if recorded.as_ref() != Some(&identity) {
-        db.record_identity(&identity).map_err(stopped)?;
-    }
-    if !voting {
-        tracing::warn!(
-            node_id,
-            "this data directory holds no log this node may vote with (it is new, or the \
-             node's data was lost): the node grants no vote until it has caught up with a leader"
-        );
-    }
-    metrics::gauge!("raftq_node_voting").set(if voting { 1.0 } else { 0.0 });
     Ok(Standing {
-        voting: Arc::new(AtomicBool::new(voting)),
         identity: Arc::new(Mutex::new(identity)),
+        unrecorded: recorded.is_none(),
         bound,
         db: db.clone(),
     })
@@ -224,7 +272,7 @@ const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100)
 /// in the leader's own term (a commit point beyond the one on this node's disk, or a newer
 /// term), and the node holds that entry synced. The first such entry is the one waited
 /// for: a committed entry stays committed, so it is as good as any later one.
-pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standing: Standing) {
+pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, right: VoteRight) {
     let mut metrics = raft.metrics();
     // What the node's own disk held at start (a log that lost entries still holds a vote and
     // a commit point): only news from a leader since then counts.
@@ -247,7 +295,7 @@ pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standi
     let mut target: Option<u64> = None;
     loop {
         // The founder of a new cluster may vote from its first entry on.
-        if standing.may_vote() {
+        if right.may_vote() {
             return;
         }
         let committed_in_term = {
@@ -286,13 +334,15 @@ pub(crate) async fn earn_vote(raft: Raft, log: LogStore, node_id: NodeId, standi
             return;
         }
     }
-    if let Err(error) = standing.allow(&raft) {
+    if let Err(error) = right.allow(&raft) {
         tracing::error!(%error, "cannot record that the log caught up; this node keeps not voting");
         return;
     }
+    let group = right.group;
     tracing::info!(
         node_id,
-        "the log has caught up with the leader: this node votes again"
+        group,
+        "the log of group {group} has caught up with the leader: this node votes again"
     );
 }
 
@@ -332,9 +382,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
         let log = LogStore::new(db.clone(), 1).unwrap();
-        let standing = settle(&db, &log, 2, None).unwrap();
+        let standing = settle(&db, 2, None).unwrap();
         assert_eq!(standing.cluster_id(), None);
-        assert!(!standing.may_vote());
+        assert!(!standing.vote_right(1, &log).unwrap().may_vote());
         // Belonging to no cluster yet, it takes messages from any.
         standing.check_cluster("first").unwrap();
 
@@ -363,8 +413,7 @@ mod tests {
     fn a_node_bound_to_a_cluster_by_its_certificate_keeps_to_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
-        let log = LogStore::new(db.clone(), 1).unwrap();
-        let standing = settle(&db, &log, 1, Some("alpha".into())).unwrap();
+        let standing = settle(&db, 1, Some("alpha".into())).unwrap();
         // Before it formed or joined a cluster, it already refuses another one.
         assert_eq!(
             standing.check_cluster("beta"),
@@ -376,15 +425,14 @@ mod tests {
         standing.join("alpha").unwrap();
         drop(standing);
         // Its data now belongs to alpha: a certificate of beta cannot start on it.
-        let Err(ClusterError::Stopped { reason }) = settle(&db, &log, 1, Some("beta".into()))
-        else {
+        let Err(ClusterError::Stopped { reason }) = settle(&db, 1, Some("beta".into())) else {
             panic!("a certificate of another cluster is refused");
         };
         assert!(
             reason.contains("belongs to cluster alpha") && reason.contains("names cluster beta"),
             "{reason}"
         );
-        settle(&db, &log, 1, Some("alpha".into())).unwrap();
-        settle(&db, &log, 1, None).unwrap();
+        settle(&db, 1, Some("alpha".into())).unwrap();
+        settle(&db, 1, None).unwrap();
     }
 }

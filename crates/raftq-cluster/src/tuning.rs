@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use raftq_core::GroupId;
 use raftq_store::{Node, NodeId, OpenOptions};
 
 /// Raft timing and log-compaction knobs.
@@ -109,7 +108,6 @@ pub struct NodeConfig {
     /// The cluster this node's certificate names, if any: a cluster it forms takes that
     /// name as its id, and it refuses data and peers of any other.
     pub cluster_name: Option<String>,
-    pub group: GroupId,
     pub tuning: RaftTuning,
     pub storage: StorageTuning,
 }

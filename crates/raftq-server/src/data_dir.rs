@@ -19,6 +19,8 @@ pub(crate) fn adopt(data_dir: &Path, node_id: u64) -> anyhow::Result<()> {
         cluster_id,
         node_id,
         voting: true,
+        // Group 1 only: the node holds no other group yet.
+        voting_groups: Default::default(),
     })?;
     Ok(())
 }

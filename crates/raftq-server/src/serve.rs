@@ -50,7 +50,6 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
         transport: transport.clone(),
         data_dir: config.data_dir.clone(),
         cluster_name: tls.as_ref().and_then(NodeTls::cluster),
-        group: 1,
         tuning: config.raft.clone(),
         storage: config.storage.clone(),
     })

@@ -9,6 +9,9 @@
 //! whether its log has caught up with a leader since it was created. A node whose data
 //! directory does not say so grants no vote.
 
+use std::collections::BTreeSet;
+
+use raftq_core::GroupId;
 use rocksdb::WriteOptions;
 use serde::{Deserialize, Serialize};
 
@@ -30,10 +33,36 @@ pub struct NodeIdentity {
     pub cluster_id: Option<String>,
     /// The node the directory belongs to; another node id refuses to start on it.
     pub node_id: NodeId,
-    /// Whether the directory holds a log that may vote: the node formed the cluster with it,
-    /// held Raft state before identities were recorded, or caught up with a leader after
-    /// starting on an empty directory.
+    /// Whether the directory holds a log of group 1 that may vote: the node formed the
+    /// cluster with it, held Raft state before identities were recorded, or caught up with
+    /// a leader after starting on an empty directory.
     pub voting: bool,
+    /// The other groups whose log here may vote, by the same rule: the replica founded the
+    /// group, or caught up with the group's leader after it started empty.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub voting_groups: BTreeSet<GroupId>,
+}
+
+impl NodeIdentity {
+    /// Whether this directory's log of `group` may vote.
+    pub fn votes_in(&self, group: GroupId) -> bool {
+        if group == 1 {
+            self.voting
+        } else {
+            self.voting_groups.contains(&group)
+        }
+    }
+
+    /// Records whether this directory's log of `group` may vote.
+    pub fn set_voting(&mut self, group: GroupId, voting: bool) {
+        if group == 1 {
+            self.voting = voting;
+        } else if voting {
+            self.voting_groups.insert(group);
+        } else {
+            self.voting_groups.remove(&group);
+        }
+    }
 }
 
 impl Db {
@@ -76,6 +105,7 @@ mod tests {
             cluster_id: Some("0190c1e2-7f00-7000-8000-000000000001".into()),
             node_id: 3,
             voting: false,
+            voting_groups: [2, 7].into(),
         };
         {
             let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
@@ -99,12 +129,29 @@ mod format {
             NodeIdentity {
                 cluster_id: None,
                 node_id: 2,
-                voting: true
+                voting: true,
+                voting_groups: Default::default(),
             }
         );
         assert_eq!(
             serde_json::to_string(&old).unwrap(),
             r#"{"node_id":2,"voting":true}"#
+        );
+    }
+
+    #[test]
+    fn each_group_records_its_own_vote() {
+        let mut identity: NodeIdentity =
+            serde_json::from_str(r#"{"node_id":2,"voting":false}"#).unwrap();
+        identity.set_voting(3, true);
+        assert!(identity.votes_in(3) && !identity.votes_in(1) && !identity.votes_in(2));
+        identity.set_voting(1, true);
+        identity.set_voting(3, false);
+        assert!(identity.votes_in(1) && !identity.votes_in(3));
+        identity.set_voting(4, true);
+        assert_eq!(
+            serde_json::to_string(&identity).unwrap(),
+            r#"{"node_id":2,"voting":true,"voting_groups":[4]}"#
         );
     }
 }
