@@ -7,8 +7,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Actions, TokenHash};
+use crate::placement::GroupPlan;
 use crate::producers::ProducerId;
-use crate::{MessageId, QueueError, QueueOptions, TimeMs};
+use crate::{GroupId, MessageId, QueueError, QueueOptions, TimeMs};
 
 /// One entry of the replicated log: a command plus the time the leader stamped on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +272,20 @@ pub enum Command {
         receipt: Receipt,
         detail: String,
     },
+    /// Metadata group only: adds data groups and their replicas (see [`Placement`](crate::placement::Placement)).
+    PlaceGroups {
+        groups: Vec<GroupPlan>,
+    },
+    /// Metadata group only: places a queue in a data group, beside `colocate_with` when
+    /// given, or where it is already (see [`Placement::place`](crate::placement::Placement::place)).
+    PlaceQueue {
+        queue: String,
+        colocate_with: Option<String>,
+    },
+    /// Metadata group only: forgets where a deleted queue lived.
+    UnplaceQueue {
+        queue: String,
+    },
 }
 
 thread_local! {
@@ -336,6 +351,9 @@ impl Command {
             Command::ProducerSend { .. } => "producer_send",
             Command::ProducerCommit { .. } => "producer_commit",
             Command::Reject { .. } => "reject",
+            Command::PlaceGroups { .. } => "place_groups",
+            Command::PlaceQueue { .. } => "place_queue",
+            Command::UnplaceQueue { .. } => "unplace_queue",
         }
     }
 }
@@ -463,6 +481,12 @@ pub enum Outcome {
     ProducerRegistered {
         producer_id: ProducerId,
         idle_expiry_ms: u64,
+    },
+    /// Data groups were added.
+    GroupsPlaced,
+    /// The group a queue was placed in, or had lived in when it was unplaced.
+    Placed {
+        group: GroupId,
     },
 }
 

@@ -15,6 +15,7 @@ mod dedup;
 mod error;
 mod limits;
 mod message;
+pub mod placement;
 pub mod producers;
 pub mod queue;
 mod record;

@@ -210,6 +210,13 @@ impl SnapshotWriter {
                     source,
                 }
             })?;
+            // The placement of data groups and queues follows the producers.
+            bincode::serialize_into(&mut hashing, state.placement()).map_err(|source| {
+                StoreError::Encode {
+                    what: "snapshot placement",
+                    source,
+                }
+            })?;
             let state_sum = checksum::finish(hashing.hasher);
             let state_end = file.stream_position()?;
             file.write_all(&state_sum)?;
@@ -310,6 +317,20 @@ struct Expected {
     bodies_sum: Sum,
 }
 
+/// The next part of a snapshot's state, if any bytes of its length are left.
+fn trailing<T: serde::de::DeserializeOwned>(
+    limited: &mut HashingReader<io::Take<impl Read>>,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    let rest = limited.inner.limit();
+    if rest == 0 {
+        return Ok(None);
+    }
+    crate::codec::decode_from_within(limited, rest)
+        .map(Some)
+        .map_err(|source| StoreError::Decode { what, source })
+}
+
 fn read_sum(file: &mut impl Read) -> io::Result<Sum> {
     let mut sum = [0u8; 32];
     file.read_exact(&mut sum)?;
@@ -407,27 +428,16 @@ impl SnapshotReader {
                 what: "snapshot state",
                 source,
             })?;
-        let rest = limited.inner.limit();
-        if rest != 0 {
-            let access =
-                crate::codec::decode_from_within(&mut limited, rest).map_err(|source| {
-                    StoreError::Decode {
-                        what: "snapshot principals",
-                        source,
-                    }
-                })?;
+        // What follows the state inside its length, each part absent from a snapshot
+        // written before it existed.
+        if let Some(access) = trailing(&mut limited, "snapshot principals")? {
             state.restore_access(access);
         }
-        let rest = limited.inner.limit();
-        if rest != 0 {
-            let producers =
-                crate::codec::decode_from_within(&mut limited, rest).map_err(|source| {
-                    StoreError::Decode {
-                        what: "snapshot producers",
-                        source,
-                    }
-                })?;
+        if let Some(producers) = trailing(&mut limited, "snapshot producers")? {
             state.restore_producers(producers);
+        }
+        if let Some(placement) = trailing(&mut limited, "snapshot placement")? {
+            state.restore_placement(placement);
         }
         if limited.inner.limit() != 0 {
             return Err(damaged("the snapshot state is shorter than its length says").into());
@@ -500,6 +510,37 @@ mod tests {
             assert_eq!(reader.next_body().unwrap(), Some((key, body(key))));
         }
         assert_eq!(reader.next_body().unwrap(), None);
+    }
+
+    #[test]
+    fn the_placement_of_groups_and_queues_survives_a_snapshot() {
+        use raftq_core::{Command, Outcome, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = StateMachine::default();
+        let groups = state.placement().plan_groups(&[1, 2, 3], 4, 3);
+        state
+            .apply(Request {
+                now_ms: 1,
+                command: Command::PlaceGroups { groups },
+            })
+            .unwrap();
+        let placed = state.apply(Request {
+            now_ms: 2,
+            command: Command::PlaceQueue {
+                queue: "orders".into(),
+                colocate_with: None,
+            },
+        });
+        assert_eq!(placed, Ok(Outcome::Placed { group: 2 }));
+        let writer = SnapshotWriter::create(dir.path(), 1, 7, &state).unwrap();
+        let name = writer.finish().unwrap();
+        let read = SnapshotReader::open(&dir.path().join(name))
+            .unwrap()
+            .state()
+            .unwrap();
+        assert_eq!(read, state);
+        assert_eq!(read.placement().group_of("orders"), 2);
+        assert_eq!(read.placement().groups().count(), 4);
     }
 
     #[test]

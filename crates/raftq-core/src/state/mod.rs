@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::Access;
 use crate::body::{Bodies, BodyChange, BodyEffect, BodyRef};
 use crate::command::{Command, Outcome, QueueInfo, Request};
+use crate::placement::Placement;
 use crate::producers::Producers;
 use crate::queue::{Queue, StoredMessage};
 use crate::{Limits, MessageId, QueueError, TimeMs};
@@ -56,6 +57,10 @@ pub struct StateMachine {
     /// Producers and their sessions. Encoded after the principals, for the same reason.
     #[serde(skip)]
     producers: Producers,
+    /// The data groups and the queues placed in them (the metadata group's). Encoded after
+    /// the producers, for the same reason.
+    #[serde(skip)]
+    placement: Placement,
     /// Queues touched by the command being applied, whose dead letters must be moved
     /// before it ends. Always empty between commands.
     #[serde(skip)]
@@ -87,6 +92,7 @@ impl StateMachine {
             bodies: Bodies::default(),
             access: Access::default(),
             producers: Producers::default(),
+            placement: Placement::default(),
             touched: Vec::new(),
             changed: Vec::new(),
             body_changes: Vec::new(),
@@ -122,6 +128,17 @@ impl StateMachine {
 
     pub fn restore_producers(&mut self, producers: Producers) {
         self.producers = producers;
+    }
+
+    /// The data groups and where queues live (in the metadata group; empty elsewhere). A
+    /// snapshot writes it after the producers, and [`StateMachine::restore_placement`]
+    /// puts it back; a snapshot from before it existed has none.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    pub fn restore_placement(&mut self, placement: Placement) {
+        self.placement = placement;
     }
 
     /// Every body key in use is below this (keys are ids of messages that were sent).
@@ -286,6 +303,20 @@ impl StateMachine {
                 acks,
                 sends,
             } => self.producer_commit(producer, sequence, transaction_id, acks, sends),
+            Command::PlaceGroups { groups } => self
+                .placement
+                .add_groups(&groups)
+                .map(|()| Outcome::GroupsPlaced),
+            Command::PlaceQueue {
+                queue,
+                colocate_with,
+            } => self
+                .placement
+                .place(&queue, colocate_with.as_deref(), &self.limits)
+                .map(|group| Outcome::Placed { group }),
+            Command::UnplaceQueue { queue } => Ok(Outcome::Placed {
+                group: self.placement.unplace(&queue),
+            }),
         }
     }
 

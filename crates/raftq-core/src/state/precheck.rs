@@ -79,7 +79,12 @@ impl StateMachine {
                 acks,
                 sends,
             } => self.precheck_commit(transaction_id, acks, sends, now_ms),
-            Command::Tick => Ok(()),
+            Command::Tick | Command::UnplaceQueue { .. } => Ok(()),
+            Command::PlaceGroups { groups } => self.placement.check_groups(groups),
+            Command::PlaceQueue {
+                queue,
+                colocate_with,
+            } => crate::placement::check_place(queue, colocate_with.as_deref(), &self.limits),
             Command::Batch(commands) => commands
                 .iter()
                 .try_for_each(|command| self.precheck(command, now_ms)),
