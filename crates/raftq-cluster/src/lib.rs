@@ -9,6 +9,7 @@ mod batcher;
 mod clock;
 mod connections;
 mod error;
+mod groups;
 mod host;
 mod log_growth;
 mod network;
@@ -21,11 +22,12 @@ mod status;
 mod tuning;
 
 pub use error::ClusterError;
+pub use groups::DataGroups;
 pub use host::Host;
 pub use node::RaftNode;
 pub use raftq_store::{Node, NodeId};
 pub use status::{MemberStatus, Role};
-pub use tuning::{NodeConfig, RaftTuning, StorageTuning};
+pub use tuning::{GroupsConfig, NodeConfig, RaftTuning, StorageTuning};
 
 /// Largest Raft RPC accepted or sent over gRPC. Bounded: a batch of append entries holds
 /// at most `max_payload_entries` entries of at most one client batch each.

@@ -184,10 +184,7 @@ impl RaftNode {
     /// Whether this node holds any Raft state (a vote, a log, a membership): false on a
     /// node that started on an empty data directory and has heard from no leader yet.
     pub async fn holds_raft_state(&self) -> Result<bool, ClusterError> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        Ok(metrics.current_term > 0
-            || metrics.last_log_index.is_some()
-            || self.raft.is_initialized().await.map_err(stopped)?)
+        holds_raft_state(&self.raft).await
     }
 
     /// Forms a new cluster with this node as its only voter, unless this node already holds
@@ -355,6 +352,7 @@ impl RaftNode {
         };
         let index = |log_id: Option<raftq_store::LogId>| log_id.map_or(0, |log_id| log_id.index);
         MemberStatus {
+            group: self.group,
             node_id: self.node_id(),
             addresses: self.config().addresses.clone(),
             role,
@@ -557,6 +555,14 @@ impl RaftNode {
             tracing::warn!(%error, "raft shutdown");
         }
     }
+}
+
+/// Whether `raft` holds any Raft state: a vote, a log, a membership.
+pub(crate) async fn holds_raft_state(raft: &Raft) -> Result<bool, ClusterError> {
+    let metrics = raft.metrics().borrow_watched().clone();
+    Ok(metrics.current_term > 0
+        || metrics.last_log_index.is_some()
+        || raft.is_initialized().await.map_err(stopped)?)
 }
 
 /// Whether `node` answered one of this leader's heartbeats within `within`.

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use raftq_core::GroupId;
 use raftq_proto::raft_pb::{
-    RaftRequest, RaftResponse, SnapshotChunk, raft_service_server::RaftService,
+    GroupStateRequest, GroupStateResponse, RaftRequest, RaftResponse, SnapshotChunk,
+    raft_service_server::RaftService,
 };
 use raftq_store::{
     IncomingSnapshot, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
@@ -61,6 +62,16 @@ impl RaftGrpc {
         let served = served_group(&self.registry, group)?;
         check_cluster(&self.standing, cluster, from_leader)?;
         Ok(served)
+    }
+
+    /// [`RaftGrpc::served`] for the group, node and cluster `request` names.
+    fn served_request(&self, request: &RaftRequest, from_leader: bool) -> Result<Served, Status> {
+        self.served(
+            request.group_id,
+            request.target_node_id,
+            &request.cluster_id,
+            from_leader,
+        )
     }
 
     /// Refuses to vote, or to stand for election, while this replica's log has not caught
@@ -206,12 +217,7 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftResponse>, Status> {
         let started = std::time::Instant::now();
         let request = request.into_inner();
-        let served = self.served(
-            request.group_id,
-            request.target_node_id,
-            &request.cluster_id,
-            true,
-        )?;
+        let served = self.served_request(&request, true)?;
         let rpc = decode(&request.payload)?;
         let response = served
             .raft
@@ -238,7 +244,7 @@ impl RaftService for RaftGrpc {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty replication stream"))?;
         let group = first.group_id;
-        let served = self.served(group, first.target_node_id, &first.cluster_id, true)?;
+        let served = self.served_request(&first, true)?;
         let state = StreamState::default();
         let requests = append_requests(
             (first, incoming),
@@ -274,12 +280,7 @@ impl RaftService for RaftGrpc {
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
-        let served = self.served(
-            request.group_id,
-            request.target_node_id,
-            &request.cluster_id,
-            false,
-        )?;
+        let served = self.served_request(&request, false)?;
         self.check_may_vote(&served, request.group_id)?;
         let rpc = decode(&request.payload)?;
         let response = served
@@ -295,12 +296,7 @@ impl RaftService for RaftGrpc {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftResponse>, Status> {
         let request = request.into_inner();
-        let served = self.served(
-            request.group_id,
-            request.target_node_id,
-            &request.cluster_id,
-            false,
-        )?;
+        let served = self.served_request(&request, false)?;
         self.check_may_vote(&served, request.group_id)?;
         let rpc = decode(&request.payload)?;
         let response = served
@@ -309,6 +305,23 @@ impl RaftService for RaftGrpc {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         reply(&response)
+    }
+
+    async fn group_state(
+        &self,
+        request: Request<GroupStateRequest>,
+    ) -> Result<Response<GroupStateResponse>, Status> {
+        let request = request.into_inner();
+        let served = self.served(
+            request.group_id,
+            request.target_node_id,
+            &request.cluster_id,
+            false,
+        )?;
+        let holds_state = crate::node::holds_raft_state(&served.raft)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(GroupStateResponse { holds_state }))
     }
 
     async fn install_snapshot(

@@ -132,7 +132,13 @@ impl Standing {
         let voting = recorded && holds_state && damaged.is_none();
         self.record(|identity| identity.set_voting(group, voting))
             .map_err(stopped)?;
-        if !voting {
+        if !voting && group != 1 {
+            tracing::info!(
+                group,
+                "this node's replica of group {group} holds no log it may vote with (new, or \
+                 lost): it grants no vote until it has caught up with the group's leader"
+            );
+        } else if !voting {
             tracing::warn!(
                 group,
                 "this data directory holds no log of group {group} this node may vote with (it \

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use raftq_core::GroupId;
 use raftq_proto::pb;
 use raftq_proto::wire::role;
 use raftq_store::{Node, NodeId};
@@ -34,6 +35,8 @@ impl Role {
 /// What one node reports about itself.
 #[derive(Debug, Clone)]
 pub struct MemberStatus {
+    /// The group this is a replica of.
+    pub group: GroupId,
     pub node_id: NodeId,
     pub addresses: Node,
     pub role: Role,
@@ -73,6 +76,33 @@ impl From<&MemberStatus> for pb::NodeStatus {
             internal_address: status.addresses.internal.clone(),
             // Admission is the server's: it fills this in.
             resources: None,
+            // The node's data groups are the server's to list.
+            replicas: Vec::new(),
+        }
+    }
+}
+
+/// One replica of a data group: the group's figures as this node's replica sees them.
+impl From<&MemberStatus> for pb::ReplicaStatus {
+    fn from(status: &MemberStatus) -> Self {
+        let members = |voter: bool| {
+            status
+                .members
+                .iter()
+                .filter(|(_, (_, is_voter))| *is_voter == voter)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        pb::ReplicaStatus {
+            group_id: status.group,
+            role: status.role.as_str().to_string(),
+            term: status.term,
+            leader_id: status.leader_id.unwrap_or(0),
+            voters: members(true),
+            learners: members(false),
+            last_log_index: status.last_log_index,
+            applied_index: status.applied_index,
+            rebuilding: status.rebuilding,
         }
     }
 }
@@ -88,6 +118,7 @@ mod tests {
     #[test]
     fn node_status_wire_format_is_frozen() {
         let status = MemberStatus {
+            group: 1,
             node_id: 2,
             addresses: Node::new("h:1", "h:1"),
             role: Role::Leader,

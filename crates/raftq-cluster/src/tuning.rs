@@ -97,6 +97,47 @@ impl Default for StorageTuning {
     }
 }
 
+/// `[groups]`: the data groups the cluster runs beside the metadata group (group 1). The
+/// metadata group's leader places them once every node named in `peers` is a voter; give
+/// every node the same settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Data groups (0: none, and every queue lives in group 1).
+    pub data_groups: u64,
+    /// Replicas of each data group (every node, in a cluster of fewer nodes).
+    pub replication_factor: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            data_groups: 0,
+            replication_factor: 3,
+        }
+    }
+}
+
+impl GroupsConfig {
+    /// Why these settings cannot be used, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        use raftq_core::placement::{MAX_GROUPS, MAX_REPLICAS};
+        if self.data_groups > MAX_GROUPS as u64 {
+            return Err(format!(
+                "data_groups must be at most {MAX_GROUPS}, not {}",
+                self.data_groups
+            ));
+        }
+        if !(1..=MAX_REPLICAS as u64).contains(&self.replication_factor) {
+            return Err(format!(
+                "replication_factor must be in 1..={MAX_REPLICAS}, not {}",
+                self.replication_factor
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use raftq_cluster::{RaftTuning, StorageTuning};
+use raftq_cluster::{GroupsConfig, RaftTuning, StorageTuning};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +45,8 @@ pub struct ServeConfig {
     pub storage: StorageTuning,
     pub admission: crate::admission::AdmissionConfig,
     pub producers: ProducersConfig,
+    /// `[groups]` (`RAFTQ_GROUPS__*`): data groups beside the metadata group.
+    pub groups: GroupsConfig,
 }
 
 /// `[producers]` (`RAFTQ_PRODUCERS__*`): the bounds of producer sessions. The leader
@@ -140,13 +142,14 @@ impl Default for ServeConfig {
             storage: StorageTuning::default(),
             admission: crate::admission::AdmissionConfig::default(),
             producers: ProducersConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
 
 /// `RAFTQ_*` variables read by `serve`; others (such as the client's `RAFTQ_ADDR`) are
 /// left alone.
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 18] = [
     "node_id",
     "listen",
     "advertise",
@@ -164,6 +167,7 @@ const ENV_KEYS: [&str; 17] = [
     "storage",
     "admission",
     "producers",
+    "groups",
 ];
 
 /// Values given as flags; only those present override the other sources.
@@ -243,6 +247,8 @@ pub enum ConfigError {
     BadStorage(String),
     #[error("[producers] {0}")]
     BadProducers(String),
+    #[error("[groups] {0}")]
+    BadGroups(String),
     #[error("[admission] {0}")]
     BadAdmission(String),
     #[error(
@@ -289,6 +295,7 @@ impl ServeConfig {
                             || key.starts_with("auth__")
                             || key.starts_with("admission__")
                             || key.starts_with("producers__")
+                            || key.starts_with("groups__")
                     })
                     .split("__"),
             )
@@ -310,6 +317,7 @@ impl ServeConfig {
             .producers
             .check()
             .map_err(ConfigError::BadProducers)?;
+        config.groups.check().map_err(ConfigError::BadGroups)?;
         config.peer_map()?;
         if config.listen == config.internal_listen && config.listen.port() != 0 {
             return Err(ConfigError::SamePort(config.listen));

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftq_cluster::{ClusterError, Node, RaftNode};
+use raftq_cluster::{ClusterError, DataGroups, Node, RaftNode};
 use raftq_core::access::Action;
 use raftq_core::{Command, Limits, Outcome};
+use raftq_proto::pb;
 use raftq_proto::wire::{CLUSTER_ID_KEY, FORWARDED_KEY};
 use raftq_tls::Transport;
 use tonic::transport::{Channel, Endpoint};
@@ -23,6 +24,8 @@ const MAX_CACHED_CHANNELS: usize = 64;
 #[derive(Clone)]
 pub struct Context {
     pub node: RaftNode,
+    /// The data groups this node runs a replica of.
+    pub groups: Arc<DataGroups>,
     pub limits: Arc<Limits>,
     /// How this node reaches other nodes' internal ports.
     pub transport: Transport,
@@ -44,6 +47,7 @@ pub enum Route {
 impl Context {
     pub fn new(
         node: RaftNode,
+        groups: Arc<DataGroups>,
         transport: Transport,
         admission: Admission,
         producers: crate::config::ProducersConfig,
@@ -52,11 +56,26 @@ impl Context {
         let limits = Arc::new(node.state().read().limits().clone());
         Context {
             node,
+            groups,
             limits,
             transport,
             admission,
             producers,
             channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// This node's figures for `NodeStatus`, its data-group replicas included.
+    pub fn node_status(&self) -> pb::NodeStatus {
+        pb::NodeStatus {
+            resources: Some(self.admission.resources()),
+            replicas: self
+                .groups
+                .replicas()
+                .iter()
+                .map(|replica| pb::ReplicaStatus::from(&replica.status()))
+                .collect(),
+            ..pb::NodeStatus::from(&self.node.status())
         }
     }
 

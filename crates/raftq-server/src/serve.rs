@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use raftq_cluster::{Node, NodeConfig, RaftNode};
+use raftq_cluster::{DataGroups, Node, NodeConfig, RaftNode};
 use raftq_tls::{NodeTls, Transport};
 use tokio::sync::watch;
 
@@ -56,6 +56,10 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     .await
     .context("starting raft")?;
 
+    // The nodes named in `peers` are the voters the cluster starts with: data groups are
+    // placed once they all are voters.
+    let groups = DataGroups::new(node.clone(), config.groups.clone(), peers.len());
+
     let (stop, stopped) = watch::channel(false);
     let (begin_stop, stopping) = watch::channel(false);
     let admin_token = config.admin_token()?;
@@ -63,6 +67,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     let handlers = grpc::Handlers {
         context: Context::new(
             node.clone(),
+            groups.clone(),
             transport.clone(),
             admission.clone(),
             config.producers.clone(),
@@ -97,7 +102,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(until(stopped.clone())));
     }
-    let timer_task = tokio::spawn(timers(node.clone(), until(stopped.clone())));
+    let timer_task = tokio::spawn(timers(node.clone(), groups.clone(), until(stopped.clone())));
     let (probes, probe_task) = probes::start(
         node.clone(),
         transport.clone(),
@@ -150,6 +155,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     // leader again at once rather than after an election timeout. Then the server stops
     // taking calls and finishes those in flight (clients retry elsewhere).
     node.hand_over_leadership(HAND_OVER_TIMEOUT).await;
+    groups.shutdown(DATA_GROUP_HAND_OVER_TIMEOUT).await;
     let _ = stop.send(true);
     // A client that stopped reading a stream would hold the graceful stop for ever: its
     // answers wait for flow-control room. Past the limit the server stops anyway; a
@@ -182,13 +188,20 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
 
 /// Longest a stopping leader waits for another node to take over.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same, for each data group this node leads.
+const DATA_GROUP_HAND_OVER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often the leader looks for timed work (expiries, ended leases) to write a tick for.
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Drives time-based queue work on the leader until `stop` resolves, and on every node
-/// gives the allocator's free pages back to the system at the same pace.
-async fn timers(node: RaftNode, stop: impl std::future::Future<Output = ()>) {
+/// Drives time-based queue work on the leader until `stop` resolves, follows the data
+/// groups' placement, and on every node gives the allocator's free pages back to the
+/// system at the same pace.
+async fn timers(
+    node: RaftNode,
+    groups: std::sync::Arc<DataGroups>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,11 +210,18 @@ async fn timers(node: RaftNode, stop: impl std::future::Future<Output = ()>) {
             () = &mut stop => return,
             _ = interval.tick() => {
                 crate::release_freed_memory();
-                if let Err(error) = node.tick_if_due().await {
-                    tracing::debug!(%error, "tick not written");
-                }
-                if let Err(error) = node.snapshot_if_log_grew().await {
-                    tracing::warn!(%error, "no snapshot taken for the log's size");
+                groups.follow().await;
+                for replica in std::iter::once(node.clone()).chain(groups.replicas()) {
+                    if let Err(error) = replica.tick_if_due().await {
+                        tracing::debug!(group = replica.group(), %error, "tick not written");
+                    }
+                    if let Err(error) = replica.snapshot_if_log_grew().await {
+                        tracing::warn!(
+                            group = replica.group(),
+                            %error,
+                            "no snapshot taken for the log's size"
+                        );
+                    }
                 }
             }
         }

@@ -111,6 +111,17 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
                 "leader_id": node.leader_id,
                 "rebuilding": node.rebuilding,
                 "cluster_id": node.cluster_id,
+                "replicas": node.replicas.iter().map(|r| json!({
+                    "group_id": r.group_id,
+                    "role": r.role,
+                    "term": r.term,
+                    "leader_id": r.leader_id,
+                    "voters": r.voters,
+                    "learners": r.learners,
+                    "last_log_index": r.last_log_index,
+                    "applied_index": r.applied_index,
+                    "rebuilding": r.rebuilding,
+                })).collect::<Vec<_>>(),
                 "resources": node.resources.as_ref().map(|r| json!({
                     "stored_messages": r.stored_messages,
                     "max_stored_messages": r.max_stored_messages,
@@ -170,6 +181,23 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
                 } else {
                     format!("; REFUSING SENDS ({})", r.sends_refused)
                 }
+            ));
+        }
+        if !node.replicas.is_empty() {
+            let leads = node
+                .replicas
+                .iter()
+                .filter(|r| r.role == raftq_proto::wire::role::LEADER)
+                .count();
+            let groups: Vec<String> = node
+                .replicas
+                .iter()
+                .map(|r| format!("{}:{}", r.group_id, r.role))
+                .collect();
+            text.push_str(&format!(
+                "    data groups: {} replicas, leads {leads}: {}\n",
+                node.replicas.len(),
+                groups.join(" ")
             ));
         }
     }

@@ -66,10 +66,7 @@ impl AdminApi {
         let mut lookups = Vec::new();
         for (id, (addresses, voter)) in &local.members {
             if *id == local.node_id {
-                nodes.push(pb::NodeStatus {
-                    resources: Some(self.context.admission.resources()),
-                    ..pb::NodeStatus::from(&local)
-                });
+                nodes.push(self.context.node_status());
             } else {
                 let (id, addresses, voter) = (*id, addresses.clone(), *voter);
                 let transport = self.context.transport.clone();
@@ -267,10 +264,7 @@ impl AdminService for AdminApi {
         _request: Request<pb::NodeInfoRequest>,
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
         Ok(Response::new(pb::NodeInfoResponse {
-            node: Some(pb::NodeStatus {
-                resources: Some(self.context.admission.resources()),
-                ..pb::NodeStatus::from(&self.context.node.status())
-            }),
+            node: Some(self.context.node_status()),
         }))
     }
 }

@@ -1,0 +1,262 @@
+//! The data groups a node runs, following the placement the metadata group (group 1)
+//! holds: the metadata leader places the groups once the cluster has its initial voters;
+//! every node starts the replicas placed on it; a group's founder forms it; a group's
+//! leader brings in every replica placed on another node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftq_core::placement::GroupPlan;
+use raftq_core::{Command, GroupId};
+use raftq_proto::raft_pb::GroupStateRequest;
+use raftq_store::{Node, NodeId};
+
+use crate::host::Host;
+use crate::node::RaftNode;
+use crate::tuning::GroupsConfig;
+use crate::{ClusterError, lock};
+
+/// Longest one group's membership work (forming it, adding a replica) may take in one
+/// round; what is not done is taken up again in a later round.
+const MEMBERSHIP_ROUND: Duration = Duration::from_secs(30);
+/// Longest a founder waits for another replica to say whether it holds Raft state.
+const GROUP_STATE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct DataGroups {
+    host: Host,
+    /// This node's replica of group 1, which holds the placement.
+    metadata: RaftNode,
+    config: GroupsConfig,
+    /// Voters the cluster starts with (the nodes named in `peers`): the groups are placed
+    /// once the metadata group has as many.
+    initial_voters: usize,
+    /// The data-group replicas running here.
+    replicas: Mutex<BTreeMap<GroupId, RaftNode>>,
+    /// Groups whose membership work is under way here.
+    busy: Mutex<BTreeSet<GroupId>>,
+}
+
+impl DataGroups {
+    pub fn new(metadata: RaftNode, config: GroupsConfig, initial_voters: usize) -> Arc<Self> {
+        Arc::new(DataGroups {
+            host: metadata.host().clone(),
+            metadata,
+            config,
+            initial_voters: initial_voters.max(1),
+            replicas: Mutex::new(BTreeMap::new()),
+            busy: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// This node's replica of data group `group`, if it runs one.
+    pub fn replica(&self, group: GroupId) -> Option<RaftNode> {
+        lock(&self.replicas).get(&group).cloned()
+    }
+
+    /// This node's data-group replicas, in group order.
+    pub fn replicas(&self) -> Vec<RaftNode> {
+        lock(&self.replicas).values().cloned().collect()
+    }
+
+    /// One round (the server runs one every 250 ms): places the groups when due, starts
+    /// the replicas placed here, and starts the membership work of groups this node
+    /// founds or leads. Errors are logged; the next round tries again.
+    pub async fn follow(self: &Arc<Self>) {
+        if let Err(error) = self.place_groups_if_due().await {
+            tracing::warn!(%error, "placing the data groups");
+        }
+        let placement = self.metadata.state().read().placement().clone();
+        let me = self.host.node_id();
+        for plan in placement.groups() {
+            if !plan.replicas.contains(&me) {
+                continue;
+            }
+            let replica = match self.start(plan.group).await {
+                Ok(replica) => replica,
+                Err(error) => {
+                    tracing::warn!(group = plan.group, %error, "starting a replica");
+                    continue;
+                }
+            };
+            let founder = plan.replicas[0] == me;
+            let complete = {
+                let members = replica.status().members;
+                plan.replicas
+                    .iter()
+                    .all(|node| members.get(node).is_some_and(|(_, voter)| *voter))
+            };
+            if !complete && (replica.is_leader() || founder) {
+                self.spawn_membership(replica, plan, founder);
+            }
+        }
+    }
+
+    /// Stops every data-group replica here, a leader handing over first.
+    pub async fn shutdown(&self, hand_over_within: Duration) {
+        let replicas: Vec<RaftNode> = std::mem::take(&mut *lock(&self.replicas))
+            .into_values()
+            .collect();
+        futures::future::join_all(
+            replicas
+                .iter()
+                .map(|replica| replica.hand_over_leadership(hand_over_within)),
+        )
+        .await;
+        for replica in replicas {
+            replica.shutdown().await;
+        }
+    }
+
+    async fn start(&self, group: GroupId) -> Result<RaftNode, ClusterError> {
+        if let Some(replica) = self.replica(group) {
+            return Ok(replica);
+        }
+        let replica = self.host.start_replica(group).await?;
+        tracing::info!(group, "started a replica of data group {group}");
+        lock(&self.replicas).insert(group, replica.clone());
+        Ok(replica)
+    }
+
+    /// On the metadata leader: places the missing data groups over the voters, once there
+    /// are as many voters as the cluster starts with.
+    async fn place_groups_if_due(&self) -> Result<(), ClusterError> {
+        if !self.metadata.is_leader() {
+            return Ok(());
+        }
+        let placed = self.metadata.state().read().placement().groups().count() as u64;
+        if placed >= self.config.data_groups {
+            return Ok(());
+        }
+        let status = self.metadata.status();
+        let voters: Vec<NodeId> = status
+            .members
+            .iter()
+            .filter(|(_, (_, voter))| *voter)
+            .map(|(id, _)| *id)
+            .collect();
+        if voters.len() < self.initial_voters {
+            return Ok(());
+        }
+        let plans = self.metadata.state().read().placement().plan_groups(
+            &voters,
+            (self.config.data_groups - placed) as usize,
+            self.config.replication_factor as usize,
+        );
+        let count = plans.len();
+        self.metadata
+            .write(Command::PlaceGroups { groups: plans })
+            .await?
+            .map_err(|error| ClusterError::internal(format!("placing groups: {error}")))?;
+        tracing::info!(count, voters = ?voters, "placed {count} data groups");
+        Ok(())
+    }
+
+    fn spawn_membership(self: &Arc<Self>, replica: RaftNode, plan: GroupPlan, founder: bool) {
+        let group = plan.group;
+        if !lock(&self.busy).insert(group) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let work = this.complete_membership(&replica, &plan, founder);
+            match tokio::time::timeout(MEMBERSHIP_ROUND, work).await {
+                Ok(Ok(())) => {}
+                // The change before (forming the group, adding another replica) is still
+                // being committed: the next round goes on.
+                Ok(Err(error @ ClusterError::MembershipBusy { .. })) => {
+                    tracing::debug!(group, %error, "data group membership")
+                }
+                Ok(Err(error)) => tracing::warn!(group, %error, "data group membership"),
+                Err(_) => tracing::info!(group, "data group membership not done yet"),
+            }
+            lock(&this.busy).remove(&group);
+        });
+    }
+
+    /// Forms the group (on its founder, when no replica holds Raft state yet), then, on
+    /// its leader, adds every replica placed elsewhere as a voter.
+    async fn complete_membership(
+        &self,
+        replica: &RaftNode,
+        plan: &GroupPlan,
+        founder: bool,
+    ) -> Result<(), ClusterError> {
+        let addresses = self.addresses();
+        if founder && !replica.holds_raft_state().await? {
+            if !self.no_replica_holds_state(plan, &addresses).await {
+                return Ok(());
+            }
+            if replica.initialize().await? {
+                tracing::info!(group = plan.group, "formed data group {}", plan.group);
+            }
+        }
+        if !replica.is_leader() {
+            return Ok(());
+        }
+        let members = replica.status().members;
+        for node in &plan.replicas {
+            if members.get(node).is_some_and(|(_, voter)| *voter) {
+                continue;
+            }
+            let Some(address) = addresses.get(node) else {
+                continue;
+            };
+            replica
+                .add_node(*node, address.clone(), true, false)
+                .await?;
+            tracing::info!(group = plan.group, node, "added node {node} to data group");
+        }
+        Ok(())
+    }
+
+    /// Every node's addresses, as the metadata group knows them.
+    fn addresses(&self) -> BTreeMap<NodeId, Node> {
+        self.metadata
+            .status()
+            .members
+            .into_iter()
+            .map(|(id, (node, _))| (id, node))
+            .collect()
+    }
+
+    /// Whether every other replica of `plan` runs and holds no Raft state of the group: a
+    /// founder that lost its disk must not form a second group of the same id.
+    async fn no_replica_holds_state(
+        &self,
+        plan: &GroupPlan,
+        addresses: &BTreeMap<NodeId, Node>,
+    ) -> bool {
+        let me = self.host.node_id();
+        let cluster_id = self.host.cluster_id().unwrap_or_default();
+        for node in plan.replicas.iter().filter(|node| **node != me) {
+            let Some(address) = addresses.get(node) else {
+                return false;
+            };
+            let Ok(mut client) = self.host.connections().client(*node, &address.internal) else {
+                return false;
+            };
+            let mut request = tonic::Request::new(GroupStateRequest {
+                group_id: plan.group,
+                target_node_id: *node,
+                cluster_id: cluster_id.clone(),
+            });
+            request.set_timeout(GROUP_STATE_TIMEOUT);
+            match client.group_state(request).await {
+                Ok(answer) if !answer.get_ref().holds_state => {}
+                Ok(_) => {
+                    tracing::warn!(
+                        group = plan.group,
+                        node,
+                        "this node founds the group but holds none of it, while node {node} \
+                         does: it lost its data, and waits to be added again"
+                    );
+                    return false;
+                }
+                // Not running the replica yet, or not reachable: ask again next round.
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
