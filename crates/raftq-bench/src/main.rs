@@ -10,6 +10,7 @@ mod agent;
 mod cluster;
 mod driver;
 mod flood;
+mod groups;
 mod mail;
 mod nats;
 mod pg;
@@ -62,6 +63,9 @@ enum Mode {
     /// How fast the mail bridge stores mail relayed by Postfix, and delivers a queue's
     /// messages through Postfix.
     Mail(mail::MailArgs),
+    /// What idle data groups cost each node (CPU, memory), and how long a node running
+    /// them takes to restart.
+    Groups(groups::GroupsArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -631,6 +635,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Agent(args) => agent::run(args).await,
         Mode::Pg(args) => pg::run(args).await,
         Mode::Mail(args) => mail::run(args).await,
+        Mode::Groups(args) => groups::run(args).await,
     }
 }
 

@@ -152,3 +152,26 @@ pub struct NodeConfig {
     pub tuning: RaftTuning,
     pub storage: StorageTuning,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::GroupsConfig;
+
+    #[test]
+    fn group_settings_are_checked_against_the_limits() {
+        assert_eq!(GroupsConfig::default().check(), Ok(()));
+        let groups = |data_groups, replication_factor| GroupsConfig {
+            data_groups,
+            replication_factor,
+        };
+        assert_eq!(groups(4_096, 7).check(), Ok(()));
+        assert!(
+            groups(4_097, 3)
+                .check()
+                .unwrap_err()
+                .contains("at most 4096")
+        );
+        assert!(groups(16, 0).check().unwrap_err().contains("in 1..=7"));
+        assert!(groups(16, 8).check().unwrap_err().contains("in 1..=7"));
+    }
+}

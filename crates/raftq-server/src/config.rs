@@ -500,16 +500,39 @@ mod tests {
     }
 
     #[test]
-    fn raftq_environment_variables_reach_nested_raft_and_storage_settings() {
-        // SAFETY: this is the only test that sets RAFTQ_ variables (of `raft` and of
-        // `storage`'s write buffers; the other tests read neither).
+    fn raftq_environment_variables_reach_nested_raft_storage_and_groups_settings() {
+        // SAFETY: this is the only test that sets RAFTQ_ variables (of `raft`, of
+        // `storage`'s write buffers and of `groups`; the other tests read none of them).
         unsafe { std::env::set_var("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES", "500") };
         unsafe { std::env::set_var("RAFTQ_STORAGE__WRITE_BUFFER_MIB", "64") };
+        unsafe { std::env::set_var("RAFTQ_GROUPS__DATA_GROUPS", "16") };
         let config = ServeConfig::load(None, insecure()).unwrap();
         unsafe { std::env::remove_var("RAFTQ_RAFT__SNAPSHOT_EVERY_ENTRIES") };
         unsafe { std::env::remove_var("RAFTQ_STORAGE__WRITE_BUFFER_MIB") };
+        unsafe { std::env::remove_var("RAFTQ_GROUPS__DATA_GROUPS") };
         assert_eq!(config.raft.snapshot_every_entries, 500);
         assert_eq!(config.storage.write_buffer_mib, 64);
+        assert_eq!(config.groups.data_groups, 16);
+    }
+
+    #[test]
+    fn a_replication_factor_outside_1_to_7_is_refused() {
+        // (`data_groups` is left to the test of RAFTQ_ variables, which sets it.)
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("raftq.toml");
+        for bad in ["replication_factor = 0", "replication_factor = 8"] {
+            std::fs::write(&file, format!("[groups]\n{bad}\n")).unwrap();
+            let error = ServeConfig::load(Some(&file), insecure())
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                error.contains("[groups] replication_factor must be in 1..=7"),
+                "{error}"
+            );
+        }
+        std::fs::write(&file, "[groups]\nreplication_factor = 5\n").unwrap();
+        let config = ServeConfig::load(Some(&file), insecure()).unwrap();
+        assert_eq!(config.groups.replication_factor, 5);
     }
 
     #[test]
