@@ -12,8 +12,13 @@ type Replicas = BTreeMap<u64, Vec<(u64, pb::ReplicaStatus)>>;
 
 /// Every node's data-group replicas, once all nodes answer.
 async fn replicas(cluster: &Cluster) -> Option<Replicas> {
+    replicas_without(cluster, 0).await
+}
+
+/// Every node's data-group replicas but node `down`'s, once those nodes answer.
+async fn replicas_without(cluster: &Cluster, down: u64) -> Option<Replicas> {
     let mut groups = Replicas::new();
-    for node in &cluster.nodes {
+    for node in cluster.nodes.iter().filter(|node| node.id != down) {
         let status = node.client().node_info().await.ok()?;
         for replica in status.replicas {
             groups
@@ -160,4 +165,100 @@ async fn a_founder_that_lost_its_disk_forms_no_second_group_and_is_rebuilt() {
             assert!(replica.last_log_index > 0, "group {group} on node {node}");
         }
     }
+}
+
+/// Each data group's leader, as the replicas on the nodes other than `down` agree on it;
+/// `None` until they all answer and agree.
+async fn leaders_without(cluster: &Cluster, down: u64) -> Option<BTreeMap<u64, u64>> {
+    let groups = replicas_without(cluster, down).await?;
+    groups
+        .iter()
+        .map(|(group, replicas)| {
+            let leader = replicas[0].1.leader_id;
+            let agreed = leader != 0
+                && leader != down
+                && replicas.iter().all(|(node, replica)| {
+                    replica.leader_id == leader && (replica.role == "leader") == (*node == leader)
+                });
+            agreed.then_some((*group, leader))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_leaderships_move_within_two_election_timeouts_and_come_back() {
+    let mut cluster = Cluster::start_with(
+        5,
+        ClusterOptions {
+            env: vec![
+                ("RAFTQ_GROUPS__DATA_GROUPS".into(), "16".into()),
+                ("RAFTQ_RAFT__ELECTION_TIMEOUT_MIN_MS".into(), "1000".into()),
+                ("RAFTQ_RAFT__ELECTION_TIMEOUT_MAX_MS".into(), "2000".into()),
+            ],
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    cluster.wait_for_voters(5).await;
+    let before = wait_until_or(
+        "16 data groups formed",
+        Duration::from_secs(120),
+        || async {
+            let groups = replicas(&cluster).await?;
+            (groups.len() == 16).then_some(())?;
+            groups
+                .iter()
+                .map(|(group, replicas)| Some((*group, formed(replicas, 3)?)))
+                .collect::<Option<BTreeMap<u64, u64>>>()
+        },
+        || cluster.logs(),
+    )
+    .await;
+    // The node that leads the most data groups (3 or 4 of them).
+    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+    for leader in before.values() {
+        *leads.entry(*leader).or_default() += 1;
+    }
+    let (&victim, &led) = leads.iter().max_by_key(|(_, count)| **count).unwrap();
+    assert!(led >= 3, "{leads:?}");
+
+    cluster.node(victim).kill();
+    let killed = std::time::Instant::now();
+    let moved = wait_until_or(
+        "every group has a leader other than the killed node",
+        Duration::from_secs(30),
+        || leaders_without(&cluster, victim),
+        || cluster.logs(),
+    )
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(moved.len(), 16);
+    // Twice the largest election timeout: a follower stands after at most one.
+    assert!(
+        took <= Duration::from_millis(2 * 2_000),
+        "the killed node's {led} leaderships moved in {took:?}"
+    );
+    for (group, leader) in &before {
+        if *leader != victim {
+            assert_eq!(moved[group], *leader, "group {group} kept its leader");
+        }
+    }
+
+    // Back, and caught up, the node takes its groups' leadership again: the leaders are
+    // as they were, within one of even per node.
+    cluster.node(victim).restart();
+    wait_until_or(
+        "each group is led by its first replica again",
+        Duration::from_secs(60),
+        || async {
+            let groups = replicas(&cluster).await?;
+            let now = groups
+                .iter()
+                .map(|(group, replicas)| Some((*group, formed(replicas, 3)?)))
+                .collect::<Option<BTreeMap<u64, u64>>>()?;
+            (now == before).then_some(())
+        },
+        || cluster.logs(),
+    )
+    .await;
 }

@@ -1,7 +1,13 @@
 //! The data groups a node runs, following the placement the metadata group (group 1)
 //! holds: the metadata leader places the groups once the cluster has its initial voters;
 //! every node starts the replicas placed on it; a group's founder forms it; a group's
-//! leader brings in every replica placed on another node.
+//! leader brings in every replica placed on another node, and hands leadership back to
+//! the group's first replica (its preferred leader) whenever that one can take it.
+//!
+//! The plan spreads first replicas within one of even over the nodes, so leaders are
+//! balanced while every node runs. When a node dies, each group it led elects another
+//! leader within an election timeout; when it returns and has caught up, the leaders
+//! hand those groups back to it, as Kafka's preferred-leader election does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,9 @@ use crate::{ClusterError, lock};
 const MEMBERSHIP_ROUND: Duration = Duration::from_secs(30);
 /// Longest a founder waits for another replica to say whether it holds Raft state.
 const GROUP_STATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Least time between two handovers of one group's leadership to its first replica, so
+/// that a first replica that keeps failing does not make its group's leadership flap.
+const PREFERRED_LEADER_EVERY: Duration = Duration::from_secs(5);
 
 pub struct DataGroups {
     host: Host,
@@ -35,6 +44,8 @@ pub struct DataGroups {
     replicas: Mutex<BTreeMap<GroupId, RaftNode>>,
     /// Groups whose membership work is under way here.
     busy: Mutex<BTreeSet<GroupId>>,
+    /// When this node last handed each group's leadership to its first replica.
+    handed_back: Mutex<BTreeMap<GroupId, std::time::Instant>>,
 }
 
 impl DataGroups {
@@ -46,6 +57,7 @@ impl DataGroups {
             initial_voters: initial_voters.max(1),
             replicas: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(BTreeSet::new()),
+            handed_back: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -88,6 +100,8 @@ impl DataGroups {
             };
             if !complete && (replica.is_leader() || founder) {
                 self.spawn_membership(replica, plan, founder);
+            } else if complete && !founder && replica.is_leader() {
+                self.hand_back(&replica, plan.replicas[0]).await;
             }
         }
     }
@@ -105,6 +119,33 @@ impl DataGroups {
         .await;
         for replica in replicas {
             replica.shutdown().await;
+        }
+    }
+
+    /// On a group's leader that is not its first replica: hands leadership to the first
+    /// one once it can take it (see [`RaftNode::transfer_if_ready`]), at most once per
+    /// [`PREFERRED_LEADER_EVERY`].
+    async fn hand_back(&self, replica: &RaftNode, preferred: NodeId) {
+        let group = replica.group();
+        let now = std::time::Instant::now();
+        if lock(&self.handed_back)
+            .get(&group)
+            .is_some_and(|at| now.duration_since(*at) < PREFERRED_LEADER_EVERY)
+        {
+            return;
+        }
+        match replica.transfer_if_ready(preferred).await {
+            Ok(true) => {
+                lock(&self.handed_back).insert(group, now);
+                metrics::counter!("raftq_group_leadership_handed_back_total").increment(1);
+                tracing::info!(
+                    group,
+                    preferred,
+                    "handing the group's leadership back to its first replica, node {preferred}"
+                );
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(group, %error, "handing leadership back"),
         }
     }
 

@@ -548,6 +548,37 @@ impl RaftNode {
         }
     }
 
+    /// On the leader: hands leadership to `to` when it is a voter that answered a
+    /// heartbeat within the last election timeout and holds every entry this leader has;
+    /// returns whether it asked. The transfer itself completes (or not) on its own: `to`
+    /// stands for election once its log is current.
+    pub async fn transfer_if_ready(&self, to: NodeId) -> Result<bool, ClusterError> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.node_id()) || to == self.node_id() {
+            return Ok(false);
+        }
+        let voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == to);
+        let alive = Duration::from_millis(self.config().tuning.election_timeout_min_ms);
+        let caught_up = metrics
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.get(&to).cloned().flatten())
+            .is_some_and(|matched| Some(matched.index) >= metrics.last_log_index);
+        if !(voter && caught_up && answered_within(&metrics, to, alive)) {
+            return Ok(false);
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|error| ClusterError::internal(format!("leadership transfer: {error}")))?;
+        Ok(true)
+    }
+
     /// Stops this replica; the node serves the group no more.
     pub async fn shutdown(&self) {
         self.host.registry().remove(self.group);
