@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftq_client::pb;
-use raftq_tests::{Cluster, ClusterOptions, wait_until_or};
+use raftq_tests::{Cluster, ClusterOptions, http_get, metric_value, wait_until_or};
 
 /// Per data group, each replica's status with the node reporting it.
 type Replicas = BTreeMap<u64, Vec<(u64, pb::ReplicaStatus)>>;
@@ -102,6 +102,20 @@ async fn sixteen_data_groups_on_five_nodes_run_three_replicas_each_with_leaders_
     for node in &status.nodes {
         assert_eq!(node.replicas.len(), per_node[&node.node_id].0, "{node:?}");
     }
+
+    // Each node's metrics name the groups it leads, one leader per group.
+    let mut led_in_metrics: BTreeMap<u64, u64> = BTreeMap::new();
+    for node in &cluster.nodes {
+        let (code, text) = http_get(&node.http, "/metrics").await;
+        assert_eq!(code, 200);
+        for group in groups.keys() {
+            let name = format!("raftq_group_is_leader{{group=\"{group}\"}}");
+            if metric_value(&text, &name) == 1.0 {
+                assert!(led_in_metrics.insert(*group, node.id).is_none(), "{group}");
+            }
+        }
+    }
+    assert_eq!(led_in_metrics, leaders, "leaders as the metrics say");
 }
 
 /// The leaders of `count` data groups that each run on 3 nodes, agreed and caught up

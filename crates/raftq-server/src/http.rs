@@ -8,16 +8,19 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use raftq_cluster::{RaftNode, Role};
+use raftq_cluster::{DataGroups, RaftNode, Role};
 
 use crate::probes::Probes;
 
 /// Per-queue gauges are exported for at most this many queues (bounded label cardinality).
 const MAX_QUEUE_GAUGES: usize = 1_000;
+/// Per-group gauges, likewise, for at most this many of the node's data-group replicas.
+const MAX_GROUP_GAUGES: usize = 1_000;
 
 #[derive(Clone)]
 struct HttpState {
     node: RaftNode,
+    groups: std::sync::Arc<DataGroups>,
     prometheus: PrometheusHandle,
     probes: Probes,
 }
@@ -25,6 +28,7 @@ struct HttpState {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: RaftNode,
+    groups: std::sync::Arc<DataGroups>,
     prometheus: PrometheusHandle,
     probes: Probes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -35,6 +39,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .with_state(HttpState {
             node,
+            groups,
             prometheus,
             probes,
         });
@@ -61,6 +66,22 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
         0.0
     });
     metrics::gauge!("raftq_raft_members").set(status.members.len() as f64);
+    for replica in state.groups.replicas().iter().take(MAX_GROUP_GAUGES) {
+        let status = replica.status();
+        let group = status.group.to_string();
+        let leads = if status.role == Role::Leader {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!("raftq_group_is_leader", "group" => group.clone()).set(leads);
+        metrics::gauge!("raftq_group_term", "group" => group.clone()).set(status.term as f64);
+        metrics::gauge!("raftq_group_last_log_index", "group" => group.clone())
+            .set(status.last_log_index as f64);
+        metrics::gauge!("raftq_group_applied_index", "group" => group.clone())
+            .set(status.applied_index as f64);
+        metrics::gauge!("raftq_group_members", "group" => group).set(status.members.len() as f64);
+    }
     let memory = state.node.storage_memory();
     metrics::gauge!("raftq_rocksdb_memtable_bytes").set(memory.memtables as f64);
     metrics::gauge!("raftq_rocksdb_block_cache_bytes").set(memory.block_cache as f64);

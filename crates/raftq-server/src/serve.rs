@@ -112,6 +112,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     let http_task = tokio::spawn(http::serve(
         http_listener,
         node.clone(),
+        groups.clone(),
         prometheus,
         probes,
         until(stopped.clone()),
