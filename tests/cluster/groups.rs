@@ -120,7 +120,7 @@ async fn sixteen_data_groups_on_five_nodes_run_three_replicas_each_with_leaders_
 
 /// The leaders of `count` data groups that each run on 3 nodes, agreed and caught up
 /// (no replica rebuilding).
-async fn all_formed(cluster: &Cluster, count: usize) -> Option<Vec<u64>> {
+pub(crate) async fn all_formed(cluster: &Cluster, count: usize) -> Option<Vec<u64>> {
     let groups = replicas(cluster).await?;
     (groups.len() == count).then_some(())?;
     let rebuilding = groups

@@ -131,7 +131,7 @@ impl Consumer {
         let latest = Mutex::new(None);
         let response = self
             .client
-            .retry(Duration::ZERO, |channel, _timeout| {
+            .retry_queue(&self.queue, Duration::ZERO, |channel, _timeout| {
                 let (requests, wire) = mpsc::channel(REQUEST_QUEUE);
                 let _ = requests.try_send(start.clone());
                 *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(requests);
@@ -149,7 +149,7 @@ impl Consumer {
         let mut open = Open {
             requests,
             answers: response.into_inner(),
-            address: self.client.preferred_address(),
+            address: self.client.address_for(&self.queue),
             heard: Instant::now(),
         };
         let pending: Vec<String> = self.unanswered.iter().cloned().collect();
@@ -270,7 +270,7 @@ impl Consumer {
             };
             let address = match self.stream.take() {
                 Some(open) => open.address,
-                None => self.client.preferred_address(),
+                None => self.client.address_for(&self.queue),
             };
             if !is_retryable(&status) {
                 // The stream was refused: the leader wrote the acks it had read and handed
@@ -280,7 +280,8 @@ impl Consumer {
                 self.failing_since = None;
                 return Err(ClientError::Status(status));
             }
-            self.client.reroute_after(&address, &status);
+            self.client
+                .reroute_queue_after(&self.queue, &address, &status);
             let since = *self.failing_since.get_or_insert_with(Instant::now);
             let elapsed = since.elapsed();
             let config = self.client.config();

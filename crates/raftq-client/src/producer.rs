@@ -98,7 +98,7 @@ impl Client {
         request: pb::SendBatchRequest,
     ) -> Result<Vec<pb::SendResponse>, ClientError> {
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = crate::client::with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).send_batch(request).await }
             })

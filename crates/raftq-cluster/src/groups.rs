@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftq_core::placement::GroupPlan;
+use raftq_core::placement::{GroupPlan, Placement};
 use raftq_core::{Command, GroupId};
 use raftq_proto::raft_pb::GroupStateRequest;
 use raftq_store::{Node, NodeId};
@@ -46,6 +46,9 @@ pub struct DataGroups {
     busy: Mutex<BTreeSet<GroupId>>,
     /// When this node last handed each group's leadership to its first replica.
     handed_back: Mutex<BTreeMap<GroupId, std::time::Instant>>,
+    /// The placement as this node last read it from group 1, for routing calls without
+    /// waiting on group 1's state while it applies.
+    placement: Mutex<Arc<Placement>>,
 }
 
 impl DataGroups {
@@ -58,7 +61,22 @@ impl DataGroups {
             replicas: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(BTreeSet::new()),
             handed_back: Mutex::new(BTreeMap::new()),
+            placement: Mutex::new(Arc::default()),
         })
+    }
+
+    /// The placement as last read (every round, and by [`DataGroups::refresh_placement`]);
+    /// up to a round behind group 1's applied state.
+    pub fn placement(&self) -> Arc<Placement> {
+        lock(&self.placement).clone()
+    }
+
+    /// Reads the placement from group 1's applied state now, waiting for the state if an
+    /// entry is being applied.
+    pub fn refresh_placement(&self) -> Arc<Placement> {
+        let placement = Arc::new(self.metadata.state().read().placement().clone());
+        *lock(&self.placement) = placement.clone();
+        placement
     }
 
     /// This node's replica of data group `group`, if it runs one.
@@ -78,7 +96,7 @@ impl DataGroups {
         if let Err(error) = self.place_groups_if_due().await {
             tracing::warn!(%error, "placing the data groups");
         }
-        let placement = self.metadata.state().read().placement().clone();
+        let placement = self.refresh_placement();
         let me = self.host.node_id();
         for plan in placement.groups() {
             if !plan.replicas.contains(&me) {

@@ -8,9 +8,14 @@ pub const LEADER_ADDRESS_KEY: &str = "raftq-leader-address";
 /// the same call is sent again.
 pub const RETRY_AFTER_MS_KEY: &str = "raftq-retry-after-ms";
 
-/// Request metadata a node sets on a call it forwards to the leader, so that a call is
-/// forwarded at most once.
+/// Request metadata a node sets on a call it forwards: how many times the call has been
+/// forwarded, so that it is forwarded at most twice (to a replica of its queue's group,
+/// then to that group's leader).
 pub const FORWARDED_KEY: &str = "raftq-forwarded";
+/// Internal: on a forwarded call, the Raft group the forwarding node found the call's
+/// queue in; a node running a replica of that group serves the call there, even when its
+/// own copy of the placement has not caught up yet.
+pub const GROUP_KEY: &str = "raftq-group";
 /// Internal: on a forwarded call, the cluster of the node that forwarded it; a node of
 /// another cluster refuses the call.
 pub const CLUSTER_ID_KEY: &str = "raftq-cluster-id";

@@ -14,7 +14,7 @@
 
 use raftq_cluster::RaftNode;
 use raftq_core::access::{Action, TokenHash};
-use raftq_proto::wire::PRINCIPAL_KEY;
+use raftq_proto::wire::{CLUSTER_ID_KEY, FORWARDED_KEY, GROUP_KEY, PRINCIPAL_KEY};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
@@ -103,7 +103,11 @@ impl Auth {
         if let Some(refused) = crate::admission::refusal(request.extensions()) {
             return Err(refused);
         }
-        request.metadata_mut().remove(PRINCIPAL_KEY);
+        // What only nodes say to each other: a client cannot name a caller, claim a
+        // forward, or pick the group that serves its call.
+        for internal in [PRINCIPAL_KEY, FORWARDED_KEY, GROUP_KEY, CLUSTER_ID_KEY] {
+            request.metadata_mut().remove(internal);
+        }
         let certificate = crate::admission::peer_certificates(request.extensions())
             .and_then(|chain| chain.first().map(|leaf| leaf.to_vec()));
         let caller = self.authenticate(request.metadata(), certificate.as_deref())?;

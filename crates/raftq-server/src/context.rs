@@ -1,5 +1,6 @@
-//! What every gRPC service shares: the Raft node, the limits, and the way to reach the
-//! leader when this node is not it (its internal port).
+//! What every gRPC service shares: the Raft replica a call is served by, the limits, and
+//! the way to reach that replica's leader when this node is not it (its internal port).
+//! Which replica serves a call on a queue is decided in `routing`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,9 +8,10 @@ use std::time::Duration;
 
 use raftq_cluster::{ClusterError, DataGroups, Node, RaftNode};
 use raftq_core::access::Action;
-use raftq_core::{Command, Limits, Outcome};
+use raftq_core::placement::METADATA_GROUP;
+use raftq_core::{Command, GroupId, Limits, Outcome};
 use raftq_proto::pb;
-use raftq_proto::wire::{CLUSTER_ID_KEY, FORWARDED_KEY};
+use raftq_proto::wire::{CLUSTER_ID_KEY, FORWARDED_KEY, GROUP_KEY};
 use raftq_tls::Transport;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -17,13 +19,24 @@ use tonic::{Request, Status};
 use crate::admission::Admission;
 use crate::auth::Caller;
 use crate::error::{ServiceError, status};
+use crate::routing::{MAX_HOPS, Remote, hops};
 
 /// Most leader channels cached per node (one per distinct leader address seen).
 const MAX_CACHED_CHANNELS: usize = 64;
 
 #[derive(Clone)]
 pub struct Context {
+    /// The replica that serves the call: this node's replica of group 1, or of the data
+    /// group holding the call's queue (see `Context::for_queue`).
     pub node: RaftNode,
+    /// The group `node` belongs to, or that `remote` serves.
+    pub group: GroupId,
+    /// When the call's group has no replica on this node: the node of the group the call
+    /// is forwarded to.
+    pub remote: Option<Remote>,
+    /// This node's replica of group 1 (the metadata group): placement, principals and
+    /// grants, producers.
+    pub meta: RaftNode,
     /// The data groups this node runs a replica of.
     pub groups: Arc<DataGroups>,
     pub limits: Arc<Limits>,
@@ -55,13 +68,26 @@ impl Context {
         // The replicated limits: no command changes them, so the state's are read once.
         let limits = Arc::new(node.state().read().limits().clone());
         Context {
+            meta: node.clone(),
             node,
+            group: METADATA_GROUP,
+            remote: None,
             groups,
             limits,
             transport,
             admission,
             producers,
             channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// This context serving `group` through `node` (or forwarding to `remote`).
+    pub fn scoped(&self, node: RaftNode, group: GroupId, remote: Option<Remote>) -> Context {
+        Context {
+            node,
+            group,
+            remote,
+            ..self.clone()
         }
     }
 
@@ -75,28 +101,38 @@ impl Context {
                 .iter()
                 .map(|replica| pb::ReplicaStatus::from(&replica.status()))
                 .collect(),
-            ..pb::NodeStatus::from(&self.node.status())
+            ..pb::NodeStatus::from(&self.meta.status())
         }
     }
 
-    /// Serve here if this node leads; otherwise forward to the leader, once.
+    /// Serve here if this node leads the call's group; otherwise forward to its leader
+    /// (or, with no replica of the group here, to a node that has one), unless the call
+    /// was forwarded [`MAX_HOPS`] times already.
     pub fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
-        if self.node.is_leader() {
-            return Ok(Route::Local);
-        }
-        let leader = self.node.leader_node();
-        let forwarded = request.metadata().contains_key(FORWARDED_KEY);
-        if forwarded {
+        let hops = hops(request);
+        if hops > 0 {
             // Forwarded by a node of another cluster (sharing this one's CA, say).
             let theirs = request
                 .metadata()
                 .get(CLUSTER_ID_KEY)
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or_default();
-            self.node.check_cluster(theirs).map_err(status)?;
+            self.meta.check_cluster(theirs).map_err(status)?;
         }
-        match leader {
-            Some((leader_id, node)) if leader_id != self.node.node_id() && !forwarded => {
+        if let Some(remote) = &self.remote {
+            if hops >= MAX_HOPS {
+                return Err(self.not_leader());
+            }
+            return Ok(Route::Leader(
+                self.channel(&remote.node.internal)?,
+                remote.node.clone(),
+            ));
+        }
+        if self.node.is_leader() {
+            return Ok(Route::Local);
+        }
+        match self.node.leader_node() {
+            Some((leader_id, node)) if leader_id != self.node.node_id() && hops < MAX_HOPS => {
                 Ok(Route::Leader(self.channel(&node.internal)?, node))
             }
             Some((leader_id, node)) => Err(status(ClusterError::NotLeader {
@@ -113,14 +149,21 @@ impl Context {
     /// Serve here only if this node leads: for calls that are not forwarded (streams),
     /// the caller is told where the leader is instead.
     pub fn require_leader(&self) -> Result<(), Status> {
-        if self.node.is_leader() {
+        if self.remote.is_none() && self.node.is_leader() {
             return Ok(());
         }
         Err(self.not_leader())
     }
 
-    /// The answer of a node that does not lead (any more), naming the leader it knows.
+    /// The answer of a node that does not lead the call's group (any more), naming the
+    /// leader it knows (with no replica of the group here: a node that has one).
     pub fn not_leader(&self) -> Status {
+        if let Some(remote) = &self.remote {
+            return status(ClusterError::NotLeader {
+                leader_id: Some(remote.node_id),
+                leader_address: Some(remote.node.public.clone()),
+            });
+        }
         let (leader_id, leader_address) = self.node.leader().unzip();
         status(ClusterError::NotLeader {
             leader_id,
@@ -158,6 +201,9 @@ impl Context {
     /// command the state already refuses is answered without being written (see
     /// [`Context::precheck`]).
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        if self.remote.is_some() {
+            return Err(self.not_leader());
+        }
         self.precheck(&command).await?;
         let outcome = self.node.write(command).await.map_err(status)?;
         outcome.map_err(status)
@@ -198,6 +244,9 @@ impl Context {
 
     /// Confirms leadership with a quorum before a read is served from local state.
     pub async fn read_barrier(&self) -> Result<(), Status> {
+        if self.remote.is_some() {
+            return Err(self.not_leader());
+        }
         self.node.linearizable_read().await.map_err(status)
     }
 
@@ -211,7 +260,7 @@ impl Context {
         queue: Option<&str>,
     ) -> Result<Caller, Status> {
         let caller = crate::auth::caller(request)?;
-        crate::auth::authorize(&self.node, &caller, action, queue)?;
+        crate::auth::authorize(&self.meta, &caller, action, queue)?;
         Ok(caller)
     }
 
@@ -221,17 +270,21 @@ impl Context {
 }
 
 impl Context {
-    /// Marks a request as forwarded by this node, of this cluster; the caller's deadline
-    /// and other metadata go with it.
+    /// Marks a request as forwarded by this node, of this cluster, and names the group it
+    /// is for; the caller's deadline and other metadata go with it.
     pub fn forwarded<T>(&self, mut request: Request<T>) -> Request<T> {
+        let hops = hops(&request) + 1;
         crate::auth::name_caller(&mut request);
         // The leader takes the caller this node established; the credentials stay here.
         request.metadata_mut().remove("authorization");
         let (mut metadata, extensions, message) = request.into_parts();
-        if let Ok(value) = "1".parse() {
+        if let Ok(value) = hops.to_string().parse() {
             metadata.insert(FORWARDED_KEY, value);
         }
-        if let Some(id) = self.node.cluster_id()
+        if let Ok(value) = self.group.to_string().parse() {
+            metadata.insert(GROUP_KEY, value);
+        }
+        if let Some(id) = self.meta.cluster_id()
             && let Ok(value) = id.parse()
         {
             metadata.insert(CLUSTER_ID_KEY, value);

@@ -34,6 +34,17 @@ pub enum ServiceError {
     /// The node is stopping; the caller goes to another node.
     #[error("this node is stopping")]
     Stopping,
+    /// The queues of one command live in more than one Raft group.
+    #[error("{}", across_groups(.queues))]
+    AcrossGroups { queues: Vec<(String, u64)> },
+    /// A producer's numbered send or commit on a queue of a data group.
+    #[error(
+        "producer sessions cover the queues of group 1 only, and {what} in data group {group}: use idempotency keys (or transaction ids) there"
+    )]
+    ProducerInDataGroup { what: String, group: u64 },
+    /// The placement names a group whose replicas this node cannot address (yet).
+    #[error("no replica of group {group} is known to this node yet")]
+    GroupUnknown { group: u64 },
     /// Stored data needed for an answer could not be read.
     #[error(transparent)]
     Read(#[from] raftq_store::StoreError),
@@ -51,6 +62,28 @@ pub enum ServiceError {
         action: &'static str,
         queue: Option<String>,
     },
+}
+
+/// "queues a, b (group 2) and c (group 5) live in different Raft groups; ..." for a
+/// command spanning groups.
+fn across_groups(queues: &[(String, u64)]) -> String {
+    let mut by_group: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for (queue, group) in queues {
+        let names = by_group.entry(*group).or_default();
+        let quoted = raftq_core::quote(queue);
+        if !names.contains(&quoted) {
+            names.push(quoted);
+        }
+    }
+    let parts: Vec<String> = by_group
+        .iter()
+        .map(|(group, names)| format!("{} (group {group})", names.join(", ")))
+        .collect();
+    format!(
+        "queues {} live in different Raft groups: one transaction or move stays within one \
+         group (create queues with colocate_with to put them together)",
+        parts.join(" and ")
+    )
 }
 
 impl ServiceError {
@@ -78,6 +111,10 @@ impl ServiceError {
             }
             ServiceError::Forward { .. } => (Code::Unavailable, None, Some(RETRY_FORWARD_MS)),
             ServiceError::Stopping => (Code::Unavailable, None, Some(RETRY_STOPPING_MS)),
+            ServiceError::AcrossGroups { .. } | ServiceError::ProducerInDataGroup { .. } => {
+                (Code::FailedPrecondition, None, None)
+            }
+            ServiceError::GroupUnknown { .. } => (Code::Unavailable, None, Some(RETRY_FORWARD_MS)),
             ServiceError::InvalidArgument { .. } => (Code::InvalidArgument, None, None),
             ServiceError::NotMember { .. } => (Code::NotFound, None, None),
             ServiceError::AlreadyMember { .. } => (Code::AlreadyExists, None, None),
@@ -313,6 +350,26 @@ mod tests {
                 .get(LEADER_ADDRESS_KEY)
                 .and_then(|v| v.to_str().ok()),
             Some("127.0.0.1:7402")
+        );
+    }
+
+    #[test]
+    fn a_command_across_groups_names_each_group_once_with_its_queues() {
+        let status = Status::from(ServiceError::AcrossGroups {
+            queues: vec![
+                ("orders".into(), 2),
+                ("audit".into(), 5),
+                ("shipments".into(), 2),
+                ("orders".into(), 2),
+            ],
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status.message().starts_with(
+                r#"queues "orders", "shipments" (group 2) and "audit" (group 5) live"#
+            ),
+            "{}",
+            status.message()
         );
     }
 }

@@ -17,6 +17,7 @@ mod grpc;
 mod http;
 mod metrics_port;
 mod probes;
+mod routing;
 mod serve;
 mod services;
 

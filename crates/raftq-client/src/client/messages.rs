@@ -38,7 +38,7 @@ impl Client {
             // Not answered on the stream: the call below retries it under the same key.
         }
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).send(request).await }
             })
@@ -142,7 +142,7 @@ impl Client {
         wait: Duration,
     ) -> Result<pb::ReceiveResponse, ClientError> {
         let response = self
-            .retry(wait, |channel, timeout| {
+            .retry_queue(&request.queue, wait, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).receive(request).await }
             })
@@ -158,7 +158,7 @@ impl Client {
             receipt: receipt.to_string(),
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).ack(request).await }
             })
@@ -178,7 +178,7 @@ impl Client {
             receipts: receipts.to_vec(),
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).ack_batch(request).await }
             })
@@ -198,7 +198,7 @@ impl Client {
             delay_ms: delay.as_millis() as u64,
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).nack(request).await }
             })
@@ -220,7 +220,7 @@ impl Client {
             detail: detail.to_string(),
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).reject(request).await }
             })
@@ -240,7 +240,7 @@ impl Client {
             lease_ms: lease.as_millis() as u64,
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).extend_lease(request).await }
             })
@@ -259,7 +259,7 @@ impl Client {
         request: pb::CommitRequest,
     ) -> Result<pb::CommitResponse, ClientError> {
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(first_queue(&request), Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).commit(request).await }
             })
@@ -284,7 +284,7 @@ impl Client {
             to: to.to_string(),
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).redrive(request).await }
             })
@@ -319,11 +319,18 @@ impl Client {
             correlation_id: correlation_id.to_string(),
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.queue, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::messages(channel).peek(request).await }
             })
             .await?;
         Ok(response.into_inner().messages)
     }
+}
+
+/// The first queue a commit names: every queue of one commit lives in one group.
+fn first_queue(request: &pb::CommitRequest) -> &str {
+    let acked = request.acks.first().map(|ack| ack.queue.as_str());
+    let sent = || request.sends.first().map(|send| send.queue.as_str());
+    acked.or_else(sent).unwrap_or_default()
 }

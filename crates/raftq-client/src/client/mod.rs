@@ -79,11 +79,17 @@ impl Default for ClientConfig {
     }
 }
 
+/// Most queues whose leader the client remembers; past it the cache starts again.
+const MAX_QUEUE_LEADERS: usize = 10_000;
+
 struct Nodes {
     addresses: Vec<String>,
     channels: HashMap<String, Channel>,
     /// Address the next call goes to first: the last known leader, or a seed.
     preferred: String,
+    /// Per queue, the node that last served (or was named as serving) its calls: with
+    /// data groups each queue's group has its own leader.
+    queue_leaders: HashMap<String, String>,
     next_seed: usize,
     /// The send stream to the preferred node, once a single send has opened it.
     pipe: Option<Pipe>,
@@ -144,6 +150,7 @@ impl Client {
                 addresses,
                 channels: HashMap::new(),
                 preferred: first,
+                queue_leaders: HashMap::new(),
                 next_seed: 1,
                 pipe: None,
                 without_streams: HashSet::new(),
@@ -167,11 +174,49 @@ impl Client {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn channel(&self) -> Result<(String, Channel), ClientError> {
+    /// The node calls on `queue` go to first: the leader of its group once a call named
+    /// it, else the preferred node.
+    pub fn address_for(&self, queue: &str) -> String {
+        let nodes = self.lock();
+        nodes
+            .queue_leaders
+            .get(queue)
+            .unwrap_or(&nodes.preferred)
+            .clone()
+    }
+
+    /// Where the next call goes: for a call on `queue`, that queue's leader when known.
+    fn channel(&self, queue: Option<&str>) -> Result<(String, Channel), ClientError> {
         let mut nodes = self.lock();
-        let address = nodes.preferred.clone();
+        let address = queue
+            .and_then(|queue| nodes.queue_leaders.get(queue))
+            .unwrap_or(&nodes.preferred)
+            .clone();
         let channel = nodes.channel(&address, &self.config)?;
         Ok((address, channel))
+    }
+
+    /// Remembers `leader` as the node serving `queue` (or every call, for `None`).
+    fn remember_leader(&self, queue: Option<&str>, leader: &str) {
+        let mut nodes = self.lock();
+        match queue {
+            Some(queue) => {
+                if nodes.queue_leaders.len() >= MAX_QUEUE_LEADERS
+                    && !nodes.queue_leaders.contains_key(queue)
+                {
+                    nodes.queue_leaders.clear();
+                }
+                nodes
+                    .queue_leaders
+                    .insert(queue.to_string(), leader.to_string());
+            }
+            None => nodes.preferred = leader.to_string(),
+        }
+    }
+
+    /// Forgets the node serving `queue`: its next call goes to the preferred node.
+    fn forget_leader(&self, queue: &str) {
+        self.lock().queue_leaders.remove(queue);
     }
 
     /// The send stream to the preferred node, opened if there is none (or it ended);

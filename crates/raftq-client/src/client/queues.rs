@@ -22,9 +22,21 @@ impl Client {
         name: &str,
         options: pb::QueueOptions,
     ) -> Result<pb::Queue, ClientError> {
+        self.create_queue_beside(name, options, "").await
+    }
+
+    /// Creates a queue in the data group of `colocate_with` (empty: wherever the cluster
+    /// places it), so that one transaction may take from and send to both.
+    pub async fn create_queue_beside(
+        &self,
+        name: &str,
+        options: pb::QueueOptions,
+        colocate_with: &str,
+    ) -> Result<pb::Queue, ClientError> {
         let request = pb::CreateQueueRequest {
             name: name.to_string(),
             options: Some(options),
+            colocate_with: colocate_with.to_string(),
         };
         let response = self
             .retry(Duration::ZERO, |channel, timeout| {
@@ -40,7 +52,7 @@ impl Client {
             name: name.to_string(),
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.name, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::queues(channel).get_queue(request).await }
             })
@@ -89,7 +101,7 @@ impl Client {
             name: name.to_string(),
         };
         let response = self
-            .retry(Duration::ZERO, |channel, timeout| {
+            .retry_queue(&request.name, Duration::ZERO, |channel, timeout| {
                 let request = with_timeout(request.clone(), timeout);
                 async move { Self::queues(channel).purge_queue(request).await }
             })

@@ -19,9 +19,23 @@ fn leader_hint(status: &tonic::Status) -> Option<String> {
 }
 
 impl Client {
-    /// After `status` from `address`: go to the leader it names, or try the next seed.
-    pub(crate) fn reroute_after(&self, address: &str, status: &tonic::Status) {
-        self.reroute(address, leader_hint(status));
+    /// After `status` from `address` on a call on `queue`: that queue's calls go to the
+    /// leader it names, or else to the preferred node, which moves on to the next seed.
+    pub(crate) fn reroute_queue_after(&self, queue: &str, address: &str, status: &tonic::Status) {
+        self.reroute_queue(Some(queue), address, leader_hint(status));
+    }
+
+    fn reroute_queue(&self, queue: Option<&str>, address: &str, hint: Option<String>) {
+        match (queue, hint) {
+            (Some(queue), Some(leader)) if leader != address => {
+                self.remember_leader(Some(queue), &leader);
+            }
+            (Some(queue), _) => {
+                self.forget_leader(queue);
+                self.reroute(address, None);
+            }
+            (None, hint) => self.reroute(address, hint),
+        }
     }
 
     /// After a failure at `address`: go to the hinted leader, or try the next seed address.
@@ -67,12 +81,41 @@ impl Client {
         F: Fn(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.retry_at(None, extra_timeout, call).await
+    }
+
+    /// [`Client::retry`] for a call on `queue`: it goes to the node that leads the
+    /// queue's group when a hint named it, and hints update that queue's entry only.
+    pub(crate) async fn retry_queue<T, F, Fut>(
+        &self,
+        queue: &str,
+        extra_timeout: Duration,
+        call: F,
+    ) -> Result<tonic::Response<T>, ClientError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let queue = Some(queue).filter(|queue| !queue.is_empty());
+        self.retry_at(queue, extra_timeout, call).await
+    }
+
+    async fn retry_at<T, F, Fut>(
+        &self,
+        queue: Option<&str>,
+        extra_timeout: Duration,
+        call: F,
+    ) -> Result<tonic::Response<T>, ClientError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let started = Instant::now();
         let mut backoff = self.config.initial_backoff;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let (address, channel) = self.channel()?;
+            let (address, channel) = self.channel(queue)?;
             let timeout = self.config.attempt_timeout + extra_timeout;
             let status = match tokio::time::timeout(timeout, call(channel, timeout)).await {
                 Ok(Ok(response)) => {
@@ -83,7 +126,7 @@ impl Client {
                         .and_then(|value| value.to_str().ok())
                         && leader != address
                     {
-                        self.lock().preferred = leader.to_string();
+                        self.remember_leader(queue, leader);
                     }
                     return Ok(response);
                 }
@@ -103,7 +146,7 @@ impl Client {
                 .and_then(|value| value.parse::<u64>().ok())
                 .map(Duration::from_millis);
             let followed_hint = hint.as_deref().is_some_and(|leader| leader != address);
-            self.reroute(&address, hint);
+            self.reroute_queue(queue, &address, hint);
             let elapsed = started.elapsed();
             if elapsed >= self.config.retry_deadline {
                 return Err(ClientError::RetriesExhausted {

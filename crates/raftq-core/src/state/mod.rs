@@ -407,6 +407,10 @@ impl StateMachine {
         Ok(self.queue(name)?.info())
     }
 
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.contains_key(name)
+    }
+
     /// Queues in name order, starting after `after` (exclusive), at most `max`.
     pub fn list_queues(&self, after: &str, max: usize) -> Vec<QueueInfo> {
         use std::ops::Bound;

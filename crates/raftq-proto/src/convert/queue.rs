@@ -87,6 +87,8 @@ impl From<QueueInfo> for pb::Queue {
             options: Some(info.options.into()),
             created_at_ms: info.created_at_ms,
             stats: Some(info.stats.into()),
+            // The state does not know its group; the server names it.
+            raft_group: 0,
         }
     }
 }

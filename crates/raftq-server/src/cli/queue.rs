@@ -53,6 +53,10 @@ pub(super) struct CreateArgs {
     /// Most journal copies kept (0: 100000).
     #[arg(long, default_value_t = 0)]
     journal_max_messages: u64,
+    /// Place the queue in the data group of this queue, so that one transaction may
+    /// span both.
+    #[arg(long, default_value = "")]
+    colocate_with: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,8 +72,11 @@ pub(super) async fn run(
 ) -> Result<(), ClientError> {
     match command {
         QueueCommand::Create(args) => {
+            let colocate_with = args.colocate_with.clone();
             let (name, options) = args.into_request();
-            let queue = client.create_queue(&name, options).await?;
+            let queue = client
+                .create_queue_beside(&name, options, &colocate_with)
+                .await?;
             print(
                 output,
                 queue_json(&queue),
@@ -132,6 +139,7 @@ fn queue_json(queue: &pb::Queue) -> serde_json::Value {
     let stats = queue.stats.unwrap_or_default();
     json!({
         "name": queue.name,
+        "raft_group": queue.raft_group,
         "created_at_ms": queue.created_at_ms,
         "options": {
             "dedup_window_ms": options.dedup_window_ms,
@@ -167,8 +175,9 @@ fn queue_json(queue: &pb::Queue) -> serde_json::Value {
 fn queue_text(queue: &pb::Queue) -> String {
     let stats = queue.stats.unwrap_or_default();
     format!(
-        "{}  depth={} in_flight={} delayed={} sent={} acked={} dead_lettered={} expired={}",
+        "{}  raft_group={} depth={} in_flight={} delayed={} sent={} acked={} dead_lettered={} expired={}",
         queue.name,
+        queue.raft_group,
         stats.depth,
         stats.in_flight,
         stats.delayed,

@@ -16,13 +16,14 @@ impl MessageApi {
         &self,
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, nack);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, nack);
+        api.context
             .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
+        api.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
-        self.context
+        api.context
             .limits
             .check_nack_delay("delay_ms", request.delay_ms)
             .map_err(status)?;
@@ -31,7 +32,7 @@ impl MessageApi {
             receipt,
             delay_ms: request.delay_ms,
         };
-        match self.context.write(command).await? {
+        match api.context.write(command).await? {
             Outcome::Nacked { visible_at_ms } => {
                 metrics::counter!("raftq_messages_nacked_total").increment(1);
                 Ok(Response::new(pb::NackResponse { visible_at_ms }))
@@ -44,13 +45,14 @@ impl MessageApi {
         &self,
         request: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, extend_lease);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, extend_lease);
+        api.context
             .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
+        api.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
-        self.context
+        api.context
             .limits
             .check_lease("lease_ms", request.lease_ms)
             .map_err(status)?;
@@ -59,7 +61,7 @@ impl MessageApi {
             receipt,
             lease_ms: request.lease_ms,
         };
-        match self.context.write(command).await? {
+        match api.context.write(command).await? {
             Outcome::LeaseExtended {
                 lease_expires_at_ms,
             } => Ok(Response::new(pb::ExtendLeaseResponse {
@@ -73,13 +75,14 @@ impl MessageApi {
         &self,
         request: Request<pb::RejectRequest>,
     ) -> Result<Response<pb::RejectResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, reject);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, reject);
+        api.context
             .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
+        api.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
-        self.context
+        api.context
             .limits
             .check_reject_detail(&request.detail)
             .map_err(status)?;
@@ -88,7 +91,7 @@ impl MessageApi {
             receipt,
             detail: request.detail,
         };
-        match self.context.write(command).await? {
+        match api.context.write(command).await? {
             Outcome::Rejected { dead_lettered } => {
                 metrics::counter!("raftq_messages_rejected_total").increment(1);
                 Ok(Response::new(pb::RejectResponse { dead_lettered }))

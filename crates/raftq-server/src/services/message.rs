@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::acks::{POLL_INTERVAL, ack_results};
 use super::forward_to_leader;
 use crate::auth::Caller;
-use crate::context::{Context, unexpected};
+use crate::context::{Context, Route, unexpected};
 use crate::error::{ServiceError, status};
 
 /// Longest long-poll a receive may ask for.
@@ -39,11 +39,25 @@ pub struct MessageApi {
 impl MessageApi {
     /// Another handle on the same service, for a stream's own task.
     fn clone_api(&self) -> MessageApi {
+        self.on(self.context.clone())
+    }
+
+    /// This service serving calls through `context` (one group's).
+    pub(super) fn on(&self, context: Context) -> MessageApi {
         MessageApi {
-            context: self.context.clone(),
+            context,
             stopped: self.stopped.clone(),
             stopping: self.stopping.clone(),
         }
+    }
+
+    /// This service for a call on `queue`: in the group holding it (see `routing`).
+    pub(super) async fn on_queue<T>(
+        &self,
+        request: &Request<T>,
+        queue: &str,
+    ) -> Result<MessageApi, Status> {
+        Ok(self.on(self.context.for_queue(request, queue).await?))
     }
 
     /// The command a Receive call asks for, once its limits are checked.
@@ -148,6 +162,11 @@ impl MessageApi {
         producer: Option<pb::ProducerSequence>,
     ) -> Result<Vec<pb::SendResponse>, Status> {
         self.context.check_queue_name(&queue)?;
+        self.context.check_sends(
+            &queue,
+            messages.iter().map(|message| message.ack_queue.as_str()),
+            producer.is_some(),
+        )?;
         let limits = &self.context.limits;
         let messages: Vec<_> = messages.into_iter().map(raftq_proto::new_message).collect();
         limits.check_send_batch(&messages).map_err(status)?;
@@ -208,18 +227,40 @@ impl MessageApi {
         let outcome = match required(item.send, "send") {
             Ok(send) => {
                 match crate::auth::authorize(
-                    &self.context.node,
+                    &self.context.meta,
                     caller,
                     Action::Send,
                     Some(&send.queue),
                 ) {
-                    Ok(()) => self.send_one(send).await,
+                    Ok(()) => self.send_routed(send, caller).await,
                     Err(status) => Err(status),
                 }
             }
             Err(status) => Err(status),
         };
         raftq_proto::streamed_send_result(item.id, outcome)
+    }
+
+    /// One send of a send stream, in the group holding its queue: here when this node
+    /// leads that group, else forwarded as a `Send` call.
+    async fn send_routed(
+        &self,
+        send: pb::SendRequest,
+        caller: &Caller,
+    ) -> Result<pb::SendResponse, Status> {
+        let context = self.context.for_queue_name(&send.queue).await?;
+        let mut request = Request::new(send);
+        request.extensions_mut().insert(caller.clone());
+        match context.route(&request)? {
+            Route::Local => self.on(context).send_one(request.into_inner()).await,
+            Route::Leader(channel, leader) => MessageServiceClient::new(channel)
+                .max_decoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
+                .send(context.forwarded(request))
+                .await
+                .map(Response::into_inner)
+                .map_err(|status| crate::error::forward_failed(status, &leader.internal)),
+        }
     }
 
     /// Reads a send stream and answers each send as it is stored, with at most
@@ -291,7 +332,10 @@ impl MessageService for MessageApi {
         &self,
         request: Request<Streaming<pb::StreamedSend>>,
     ) -> Result<Response<Self::SendStreamStream>, Status> {
-        self.context.require_leader()?;
+        // With data groups each send goes to its queue's group, from any node.
+        if !self.context.has_data_groups() {
+            self.context.require_leader()?;
+        }
         let caller = crate::auth::caller(&request)?;
         let slot = self.context.admission.send_stream()?;
         let (answers, answered) = mpsc::channel(MAX_STREAMED_SENDS);
@@ -320,21 +364,23 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, send);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, send);
+        api.context
             .allow(&request, Action::Send, Some(&request.get_ref().queue))?;
-        self.send_one(request.into_inner()).await.map(Response::new)
+        api.send_one(request.into_inner()).await.map(Response::new)
     }
 
     async fn send_batch(
         &self,
         request: Request<pb::SendBatchRequest>,
     ) -> Result<Response<pb::SendBatchResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, send_batch);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, send_batch);
+        api.context
             .allow(&request, Action::Send, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        let results = self
+        let results = api
             .send_messages(request.queue, request.messages, request.producer)
             .await?;
         Ok(Response::new(pb::SendBatchResponse { results }))
@@ -344,14 +390,15 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::ReceiveRequest>,
     ) -> Result<Response<pb::ReceiveResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, receive);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, receive);
+        api.context
             .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        let receiving = self.check_receive(&request)?;
+        let receiving = api.check_receive(&request)?;
         // A receive that may wait holds one of the node's places for waiting receives.
         let _waiting = if request.wait_ms > 0 {
-            Some(self.context.admission.waiting_receive()?)
+            Some(api.context.admission.waiting_receive()?)
         } else {
             None
         };
@@ -360,7 +407,7 @@ impl MessageService for MessageApi {
         let mut acks = Some(acks).filter(|acks| !acks.is_empty());
         let mut acked = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
-        let mut applied = self.context.node.state().subscribe();
+        let mut applied = api.context.node.state().subscribe();
         loop {
             let ack = acks.take().map(|receipts| Command::AckBatch {
                 queue: request.queue.clone(),
@@ -369,8 +416,8 @@ impl MessageService for MessageApi {
             // Only write a receive into the log when it would deliver something, or when
             // the caller does not wait (so an unknown queue still gets NOT_FOUND from Raft).
             let out_of_time = tokio::time::Instant::now() >= deadline;
-            if out_of_time || self.deliverable(&request) {
-                let (ack_results, deliveries) = self.write_receive(receiving.clone(), ack).await?;
+            if out_of_time || api.deliverable(&request) {
+                let (ack_results, deliveries) = api.write_receive(receiving.clone(), ack).await?;
                 acked = ack_results.unwrap_or(acked);
                 if !deliveries.is_empty() || out_of_time {
                     metrics::counter!("raftq_messages_delivered_total")
@@ -382,7 +429,7 @@ impl MessageService for MessageApi {
                 }
             } else if let Some(ack) = ack {
                 // Nothing to receive yet: the acks go in at once, the receive waits.
-                acked = match self.context.write(ack).await? {
+                acked = match api.context.write(ack).await? {
                     Outcome::AckedBatch(results) => ack_results(results),
                     other => return Err(unexpected(other)),
                 };
@@ -390,8 +437,8 @@ impl MessageService for MessageApi {
             let wake = deadline.min(tokio::time::Instant::now() + POLL_INTERVAL);
             // Either a new entry was applied or the poll interval passed: look again.
             let _ = tokio::time::timeout_at(wake, applied.changed()).await;
-            if !self.context.node.is_leader() {
-                return Err(self.context.not_leader());
+            if !api.context.node.is_leader() {
+                return Err(api.context.not_leader());
             }
         }
     }
@@ -400,13 +447,14 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, ack);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, ack);
+        api.context
             .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
+        api.context.check_queue_name(&request.queue)?;
         let receipt = raftq_proto::receipt(&request.receipt).map_err(status)?;
-        match self
+        match api
             .context
             .write(Command::Ack {
                 queue: request.queue,
@@ -427,17 +475,18 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::AckBatchRequest>,
     ) -> Result<Response<pb::AckBatchResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, ack_batch);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, ack_batch);
+        api.context
             .allow(&request, Action::Receive, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
-        self.context
+        api.context.check_queue_name(&request.queue)?;
+        api.context
             .limits
             .check_ack_batch(request.receipts.len())
             .map_err(status)?;
         let receipts = raftq_proto::receipts(&request.receipts).map_err(status)?;
-        match self
+        match api
             .context
             .write(Command::AckBatch {
                 queue: request.queue,
@@ -477,11 +526,12 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::PeekRequest>,
     ) -> Result<Response<pb::PeekResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, peek);
-        self.context
+        let api = self.on_queue(&request, &request.get_ref().queue).await?;
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, peek);
+        api.context
             .allow(&request, Action::Browse, Some(&request.get_ref().queue))?;
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
+        api.context.check_queue_name(&request.queue)?;
         let max = match request.max_messages as usize {
             0 => DEFAULT_PEEK,
             n if n > MAX_PEEK => {
@@ -492,9 +542,9 @@ impl MessageService for MessageApi {
             }
             n => n,
         };
-        self.context.read_barrier().await?;
-        let state = self.context.node.state().clone();
-        let max_bytes = self.context.limits.max_receive_bytes;
+        api.context.read_barrier().await?;
+        let state = api.context.node.state().clone();
+        let max_bytes = api.context.limits.max_receive_bytes;
         // Bodies come from disk: read on a blocking thread, not on the async runtime.
         let messages = tokio::task::spawn_blocking(move || {
             state.peek(
@@ -521,19 +571,36 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, commit);
+        let api = {
+            let parts = request.get_ref();
+            let acks = parts.acks.iter().map(|ack| ack.queue.as_str());
+            // A send's acknowledgement messages are written in the same group too.
+            let ack_queues = parts.sends.iter().filter_map(|send| {
+                let message = send.message.as_ref()?;
+                Some(message.ack_queue.as_str()).filter(|name| !name.is_empty())
+            });
+            let queues: Vec<&str> = acks
+                .chain(parts.sends.iter().map(|send| send.queue.as_str()))
+                .chain(ack_queues)
+                .collect();
+            self.on(self.context.for_queues(&request, &queues).await?)
+        };
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, commit);
         let caller = crate::auth::caller(&request)?;
         let request = request.into_inner();
         let producer = request.producer;
+        if producer.is_some() {
+            api.context.check_sends("", std::iter::empty(), true)?;
+        }
         let command = raftq_proto::commit(request).map_err(status)?;
-        let _bytes = self
+        let _bytes = api
             .context
             .admission
             .request_bytes(command.approx_bytes() as u64)?;
         if let Command::Commit { sends, .. } = &command
             && !sends.is_empty()
         {
-            self.context.admission.check_store()?;
+            api.context.admission.check_store()?;
         }
         if let Command::Commit {
             transaction_id,
@@ -541,7 +608,7 @@ impl MessageService for MessageApi {
             sends,
         } = &command
         {
-            let limits = &self.context.limits;
+            let limits = &api.context.limits;
             limits
                 .check_transaction_id(transaction_id)
                 .map_err(status)?;
@@ -551,10 +618,10 @@ impl MessageService for MessageApi {
                 .map_err(status)?;
             let queues = acks.iter().map(|ack| &ack.queue);
             for queue in queues.chain(sends.iter().map(|send| &send.queue)) {
-                self.context.check_queue_name(queue)?;
+                api.context.check_queue_name(queue)?;
             }
             // Every part must be allowed, or nothing is written.
-            let node = &self.context.node;
+            let node = &api.context.meta;
             for ack in acks {
                 crate::auth::authorize(node, &caller, Action::Receive, Some(&ack.queue))?;
             }
@@ -562,11 +629,7 @@ impl MessageService for MessageApi {
                 crate::auth::authorize(node, &caller, Action::Send, Some(&send.queue))?;
             }
         }
-        match self
-            .context
-            .write(self.numbered(command, producer)?)
-            .await?
-        {
+        match api.context.write(api.numbered(command, producer)?).await? {
             Outcome::Committed {
                 sent,
                 already_committed,
@@ -603,22 +666,30 @@ impl MessageService for MessageApi {
         &self,
         request: Request<pb::RedriveRequest>,
     ) -> Result<Response<pb::RedriveResponse>, Status> {
-        forward_to_leader!(self.context, request, MessageServiceClient<_>, redrive);
-        let caller =
-            self.context
-                .allow(&request, Action::Manage, Some(&request.get_ref().queue))?;
+        let api = {
+            let parts = request.get_ref();
+            let mut queues = vec![parts.queue.as_str()];
+            if !parts.to.is_empty() {
+                queues.push(parts.to.as_str());
+            }
+            self.on(self.context.for_queues(&request, &queues).await?)
+        };
+        forward_to_leader!(api.context, request, MessageServiceClient<_>, redrive);
+        let caller = api
+            .context
+            .allow(&request, Action::Manage, Some(&request.get_ref().queue))?;
         if !request.get_ref().to.is_empty() {
             crate::auth::authorize(
-                &self.context.node,
+                &api.context.meta,
                 &caller,
                 Action::Send,
                 Some(&request.get_ref().to),
             )?;
         }
         let request = request.into_inner();
-        self.context.check_queue_name(&request.queue)?;
+        api.context.check_queue_name(&request.queue)?;
         if !request.to.is_empty() {
-            self.context.check_queue_name(&request.to)?;
+            api.context.check_queue_name(&request.to)?;
         }
         let command = Command::Redrive {
             queue: request.queue,
@@ -626,7 +697,7 @@ impl MessageService for MessageApi {
             max: request.max_messages,
             to: request.to,
         };
-        match self.context.write(command).await? {
+        match api.context.write(command).await? {
             Outcome::Redriven { moved } => {
                 metrics::counter!("raftq_messages_redriven_total").increment(moved);
                 Ok(Response::new(pb::RedriveResponse { moved }))

@@ -1,12 +1,14 @@
-//! The gRPC services. Each method either forwards to the leader's internal port (once) or
-//! serves the call here: writes go through Raft, reads wait for a quorum-confirmed read
-//! barrier. The public and the internal port serve the same handlers (see `grpc`).
+//! The gRPC services. Each method finds the Raft group its call is for (group 1, or the
+//! data group holding its queue: `routing`), then either forwards the call to that
+//! group's leader's internal port or serves it here: writes go through Raft, reads wait
+//! for a quorum-confirmed read barrier. The public and the internal port serve the same handlers (see `grpc`).
 
 mod acks;
 mod admin;
 mod consume;
 mod leases;
 mod message;
+mod placing;
 mod principals;
 mod producers;
 mod queue;
@@ -25,8 +27,13 @@ macro_rules! forward_to_leader {
                 .$method($context.forwarded($request))
                 .await
                 .map_err(|status| crate::error::forward_failed(status, &leader.internal))?;
-            // Tell the caller where the leader is, so its next call goes there directly.
-            if let Ok(value) = leader.public.parse() {
+            // Tell the caller where the leader is, so its next call goes there directly
+            // (unless a later hop named the leader it reached).
+            if !response
+                .metadata()
+                .contains_key(raftq_proto::wire::LEADER_ADDRESS_KEY)
+                && let Ok(value) = leader.public.parse()
+            {
                 response
                     .metadata_mut()
                     .insert(raftq_proto::wire::LEADER_ADDRESS_KEY, value);

@@ -83,7 +83,7 @@ pub async fn grant(
         written.is_ok(),
     );
     expect_changed(written?)?;
-    let state = context.node.state();
+    let state = context.meta.state();
     let state = state.read();
     let principal = state.access().principals().get(&request.name);
     Ok(pb::GrantResponse {
@@ -115,7 +115,7 @@ pub async fn revoke(
 /// Every principal and its grants (never a token or its hash).
 pub async fn list(context: &Context) -> Result<pb::ListPrincipalsResponse, Status> {
     context.read_barrier().await?;
-    let state = context.node.state();
+    let state = context.meta.state();
     let state = state.read();
     Ok(pb::ListPrincipalsResponse {
         principals: state

@@ -22,7 +22,7 @@ impl MessageApi {
         if let Caller::Principal(name) = caller
             && !self
                 .context
-                .node
+                .meta
                 .state()
                 .read()
                 .access()

@@ -95,7 +95,10 @@ impl Consumer {
     /// Opens a stream on the leader, if this node leads, is not stopping and has room for
     /// it (`[admission]` consume stream limits); its task answers on what this returns.
     pub fn open(self, incoming: Streaming<pb::ConsumeRequest>) -> Result<ConsumeAnswers, Status> {
-        self.context.require_leader()?;
+        // With data groups the stream's group is known once `start` names its queue.
+        if !self.context.has_data_groups() {
+            self.context.require_leader()?;
+        }
         if *self.stopping.borrow() {
             return Err(status(ServiceError::Stopping));
         }
@@ -120,7 +123,7 @@ impl Consumer {
         };
         self.context.check_queue_name(&start.queue)?;
         crate::auth::authorize(
-            &self.context.node,
+            &self.context.meta,
             &self.caller,
             Action::Receive,
             Some(&start.queue),
@@ -184,6 +187,30 @@ impl Consumer {
                 return;
             }
         };
+        // Served by the leader of the group holding the queue; elsewhere the stream ends
+        // naming it.
+        let context = match self.context.for_queue_name(&start.queue).await {
+            Ok(context) => context,
+            Err(status) => {
+                let _ = answers.try_send(Err(status));
+                return;
+            }
+        };
+        if let Err(status) = context.require_leader() {
+            let _ = answers.try_send(Err(status));
+            return;
+        }
+        let this = Consumer { context, ..self };
+        this.serve_started(start, incoming, answers).await;
+    }
+
+    /// [`Consumer::serve`] once the stream has started on the leader of its queue's group.
+    async fn serve_started(
+        self,
+        start: Start,
+        mut incoming: Streaming<pb::ConsumeRequest>,
+        answers: Answers,
+    ) {
         let mut stream = Stream {
             held: HashMap::new(),
             held_bytes: 0,
