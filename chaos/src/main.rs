@@ -121,6 +121,11 @@ pub struct RunArgs {
     /// fast (held 1–3 s, then 1–2 s of quiet).
     #[arg(long, value_enum, default_value_t = nemesis::Pace::Normal)]
     pace: nemesis::Pace,
+    /// Data groups the cluster runs (`[groups] data_groups`): the queues are spread over
+    /// them, the transactional movers' two queues placed together. Producer sessions
+    /// are kept in group 1 only, so the outbox, agent and PostgreSQL producers need 0.
+    #[arg(long, default_value_t = 0)]
+    data_groups: u64,
     #[command(flatten)]
     mix: workload::Mix,
     /// Where the history, summary and timeline go.

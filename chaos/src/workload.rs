@@ -130,10 +130,16 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
     if power_loss_disks && !raftq_tests::powerloss::available() {
         anyhow::bail!("power-loss faults need root and /dev/fuse (the power-loss file system)");
     }
+    if args.data_groups > 0 && args.mix.uses_producer_sessions() {
+        anyhow::bail!(
+            "--data-groups needs --outbox-producers 0 --agent-producers 0 --pg-producers 0: \
+             producer sessions are kept in group 1 only"
+        );
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let reproduce = format!(
-        "chaos/run --nodes {} --seed {} --duration {}s --network {} --pace {} --faults {} {}",
+        "chaos/run --nodes {} --seed {} --duration {}s --network {} --pace {} --faults {} --data-groups {} {}",
         args.nodes,
         args.seed,
         args.duration.as_secs(),
@@ -143,6 +149,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
             .expect("no skipped variants")
             .get_name(),
         faults,
+        args.data_groups,
         args.mix.flags()
     );
     println!("raftq-chaos: {reproduce}");
@@ -151,10 +158,17 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Verdict> {
         ClusterOptions {
             network_namespaces: namespaces,
             power_loss_disks,
+            env: vec![(
+                "RAFTQ_GROUPS__DATA_GROUPS".into(),
+                args.data_groups.to_string(),
+            )],
             ..ClusterOptions::default()
         },
     )
     .await;
+    if args.data_groups > 0 {
+        wait_for_data_groups(&cluster, args.data_groups, args.nodes).await?;
+    }
     let mut workload = Workload::start(
         cluster_addresses(&cluster),
         &args.mix,
@@ -285,7 +299,37 @@ pub struct Mix {
     pub pg_consumers: usize,
 }
 
+/// Waits until each of the `groups` data groups runs on its replicas (3 nodes, or all in
+/// a smaller cluster) with a leader, so that the queues are placed in them.
+async fn wait_for_data_groups(cluster: &Cluster, groups: u64, nodes: u64) -> anyhow::Result<()> {
+    let expected = groups * nodes.min(3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut replicas = 0;
+        let mut led = true;
+        for node in &cluster.nodes {
+            if let Ok(status) = node.client().node_info().await {
+                replicas += status.replicas.len() as u64;
+                led &= status.replicas.iter().all(|replica| replica.leader_id != 0);
+            }
+        }
+        if replicas == expected && led {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the {groups} data groups did not form within 120 s ({replicas} of {expected} replicas)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl Mix {
+    /// Whether the mix has producers that number their sends (producer sessions).
+    pub fn uses_producer_sessions(&self) -> bool {
+        self.outbox_producers + self.agent_producers + self.pg_producers > 0
+    }
+
     /// The flags that give this mix, for a command line that reproduces a run.
     pub fn flags(&self) -> String {
         format!(
@@ -333,21 +377,20 @@ impl Workload {
     ) -> anyhow::Result<Workload> {
         let client = workload_client(&addresses, &access)?;
         for queue in QUEUES {
-            let created = client
-                .create_queue(
-                    queue,
-                    pb::QueueOptions {
-                        default_lease_ms: 5_000,
-                        dedup_window_ms: 3_600_000,
-                        ..pb::QueueOptions::default()
-                    },
-                )
-                .await;
-            match created {
+            // A transaction stays within one Raft group: the movers' queues go together.
+            let beside = if queue == TX_OUT { TX_IN } else { "" };
+            let options = pb::QueueOptions {
+                default_lease_ms: 5_000,
+                dedup_window_ms: 3_600_000,
+                ..pb::QueueOptions::default()
+            };
+            match client.create_queue_beside(queue, options, beside).await {
                 Ok(_) => {}
                 Err(error) if error.code() == Some(Code::AlreadyExists) => {}
                 Err(error) => return Err(error.into()),
             }
+            let group = client.get_queue(queue).await?.raft_group;
+            println!("raftq-chaos: queue {queue} in Raft group {group}");
         }
         let recorder = Recorder::new();
         let stop_producers = Arc::new(AtomicBool::new(false));

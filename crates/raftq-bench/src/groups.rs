@@ -13,7 +13,7 @@ use raftq_client::{Client, ClientConfig};
 use serde::Serialize;
 
 use crate::cluster::SpawnedCluster;
-use crate::stats::rss_mib;
+use crate::stats::{clock_ticks_per_second, cpu_ticks, rss_mib};
 
 #[derive(Args, Debug)]
 pub struct GroupsArgs {
@@ -148,7 +148,7 @@ pub async fn run(args: GroupsArgs) -> anyhow::Result<()> {
 }
 
 /// One client per node, each talking to that node only.
-fn node_clients(cluster: &SpawnedCluster) -> anyhow::Result<Vec<Client>> {
+pub(crate) fn node_clients(cluster: &SpawnedCluster) -> anyhow::Result<Vec<Client>> {
     let (transport, token) = cluster.access();
     cluster
         .addresses()
@@ -169,7 +169,7 @@ fn node_clients(cluster: &SpawnedCluster) -> anyhow::Result<Vec<Client>> {
 
 /// Waits until the nodes run `expected` data-group replicas in all, each knowing its
 /// leader and none catching up; returns each node's replicas and leaderships.
-async fn wait_formed(
+pub(crate) async fn wait_formed(
     clients: &[Client],
     expected: usize,
 ) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
@@ -205,25 +205,4 @@ async fn wait_formed(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// User and system CPU time `pid` has used, in clock ticks (0 once it has exited).
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // The command name, in parentheses, may hold spaces: count fields after it.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let field = |at: usize| fields.get(at).and_then(|f| f.parse::<u64>().ok());
-    field(11).unwrap_or(0) + field(12).unwrap_or(0)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }

@@ -33,7 +33,7 @@ use crate::cluster::SpawnedCluster;
 use crate::driver::Driver;
 use crate::report::{BacklogFigures, Report, max_rss, print_report, print_table};
 use crate::scenario::{Load, Measured, within_setup_limit};
-use crate::stats::{RssMonitor, processes_named};
+use crate::stats::{CpuMeter, RssMonitor, processes_named};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -111,6 +111,13 @@ struct Targets {
     /// receive) instead of a consume stream.
     #[arg(long)]
     raftq_receive_calls: bool,
+    /// raftq: nodes of the clusters the benchmark starts.
+    #[arg(long, default_value_t = 3)]
+    raftq_nodes: u16,
+    /// raftq: data groups of the clusters the benchmark starts (`[groups] data_groups`;
+    /// 0: every queue in group 1). Queues are then placed over the groups.
+    #[arg(long, default_value_t = 0)]
+    raftq_data_groups: u64,
     /// First port of clusters the benchmark starts.
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
@@ -173,9 +180,10 @@ struct RunArgs {
     /// Messages to send in all (backlog: the backlog's size).
     #[arg(long)]
     messages: Option<u64>,
-    /// Queues (many-queues).
-    #[arg(long, default_value_t = 1_000)]
-    queues: usize,
+    /// Queues [default: 1,000 for many-queues, 1 otherwise]; producers and consumers are
+    /// per queue.
+    #[arg(long)]
+    queues: Option<usize>,
     /// raftq only: each producer sends in its own message group.
     #[arg(long)]
     groups: bool,
@@ -335,9 +343,9 @@ fn run_load(args: &RunArgs) -> Load {
             load.consumers = 0;
         }
         Scenario::Produce => load.consumers = 0,
-        Scenario::EndToEnd => {}
+        Scenario::EndToEnd => load.queues = args.queues.unwrap_or(1),
         Scenario::ManyQueues => {
-            load.queues = args.queues;
+            load.queues = args.queues.unwrap_or(1_000);
             load.producers = 1;
             load.consumers = 0;
         }
@@ -401,14 +409,23 @@ async fn prepare(target: Target, targets: &Targets) -> anyhow::Result<Prepared> 
             cluster: None,
         },
         Target::Raftq => {
-            let cluster = SpawnedCluster::start(
+            let groups = targets.raftq_data_groups;
+            let env = vec![("RAFTQ_GROUPS__DATA_GROUPS".to_string(), groups.to_string())];
+            let cluster = SpawnedCluster::start_with(
                 &raftq_bin(targets)?,
                 &targets.work_dir,
-                3,
+                targets.raftq_nodes,
                 targets.base_port,
                 targets.raftq_tls,
+                env,
             )
             .await?;
+            if groups > 0 {
+                // Every group on 3 nodes (all, in a smaller cluster).
+                let replicas = groups as usize * usize::from(targets.raftq_nodes.min(3));
+                let clients = groups::node_clients(&cluster)?;
+                groups::wait_formed(&clients, replicas).await?;
+            }
             Prepared {
                 driver: Arc::new(raftq::Raftq::connect(
                     &cluster.addresses(),
@@ -514,11 +531,13 @@ async fn measure(
             load: load.clone(),
             measured,
             peak_rss_mib: peaks,
+            cpu_percent: BTreeMap::new(),
             backlog: Some(backlog),
             error: None,
         }
     } else {
         let monitor = RssMonitor::start(prepared.processes.clone());
+        let cpu = CpuMeter::start(&prepared.processes);
         let measured = scenario::run(prepared.driver.clone(), &label, &queues, load).await?;
         Report {
             target,
@@ -526,6 +545,7 @@ async fn measure(
             load: load.clone(),
             measured,
             peak_rss_mib: monitor.finish().await,
+            cpu_percent: cpu.finish(),
             backlog: None,
             error: None,
         }
@@ -583,6 +603,7 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
                     load: load.clone(),
                     measured: Measured::default(),
                     peak_rss_mib: BTreeMap::new(),
+                    cpu_percent: BTreeMap::new(),
                     backlog: None,
                     error: Some(format!("{error:#}")),
                 }

@@ -17,6 +17,10 @@ pub struct Report {
     pub measured: Measured,
     /// Peak resident memory of each server process during the scenario, MiB.
     pub peak_rss_mib: BTreeMap<String, f64>,
+    /// CPU each server process used while the scenario ran, % of one core (not for a
+    /// backlog, whose fill and drain differ).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_percent: BTreeMap<String, f64>,
     /// Backlog only: fill and drain rates, and (spawned raftq) follower restart time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog: Option<BacklogFigures>,
@@ -96,6 +100,14 @@ pub fn print_report(report: &Report) {
         .map(|(name, mib)| format!("{name} {mib:.0}"))
         .collect();
     println!("  errors {}; peak RSS MiB: {}", m.errors, rss.join(", "));
+    if !report.cpu_percent.is_empty() {
+        let cpu: Vec<String> = report
+            .cpu_percent
+            .iter()
+            .map(|(name, percent)| format!("{name} {percent:.0}"))
+            .collect();
+        println!("  CPU % of a core: {}", cpu.join(", "));
+    }
 }
 
 pub fn print_table(reports: &[Report]) {

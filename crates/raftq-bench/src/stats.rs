@@ -195,3 +195,54 @@ pub fn processes_named(name: &str, argument: Option<&str>) -> Vec<(String, u32)>
     found.sort();
     found
 }
+
+/// The CPU each process used over a stretch, as a percentage of one core.
+pub struct CpuMeter {
+    started: Instant,
+    before: Vec<(String, u32, u64)>,
+}
+
+impl CpuMeter {
+    pub fn start(processes: &[(String, u32)]) -> CpuMeter {
+        CpuMeter {
+            started: Instant::now(),
+            before: processes
+                .iter()
+                .map(|(label, pid)| (label.clone(), *pid, cpu_ticks(*pid)))
+                .collect(),
+        }
+    }
+
+    pub fn finish(self) -> BTreeMap<String, f64> {
+        let seconds = self.started.elapsed().as_secs_f64().max(f64::EPSILON);
+        let ticks_per_second = clock_ticks_per_second();
+        self.before
+            .into_iter()
+            .map(|(label, pid, before)| {
+                let used = cpu_ticks(pid).saturating_sub(before) as f64 / ticks_per_second;
+                (label, 100.0 * used / seconds)
+            })
+            .collect()
+    }
+}
+
+/// User and system CPU time `pid` has used, in clock ticks (0 once it has exited).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let field = |at: usize| fields.get(at).and_then(|f| f.parse::<u64>().ok());
+    field(11).unwrap_or(0) + field(12).unwrap_or(0)
+}
+
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}

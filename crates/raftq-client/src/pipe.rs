@@ -30,7 +30,6 @@ type Waiting = (
 /// The caller's end of a pipe; its task ends when this is dropped or the stream fails.
 #[derive(Clone)]
 pub(crate) struct Pipe {
-    pub(crate) address: String,
     sends: mpsc::Sender<Waiting>,
 }
 
@@ -42,20 +41,25 @@ pub(crate) enum Ended {
     Other,
 }
 
+/// What a pipe tells its client: the node that leads a queue's group, when the node at
+/// the other end passed a send to that queue on to it.
+pub(crate) type Learned = Box<dyn Fn(&str, &str) + Send + 'static>;
+
 impl Pipe {
-    /// Opens a pipe to `address` over `channel`; `ended` hears how its stream ended.
+    /// Opens a pipe over `channel`; `ended` hears how its stream ended, `learned`
+    /// (queue, leader address) where a queue's sends would better go.
     pub(crate) fn open(
-        address: String,
         channel: Channel,
         max_message_bytes: usize,
         ended: impl FnOnce(Ended) + Send + 'static,
+        learned: Learned,
     ) -> Pipe {
         let (sends, waiting) = mpsc::channel(MAX_IN_FLIGHT);
         let client = MessageServiceClient::new(channel)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
-        tokio::spawn(async move { ended(run(client, waiting).await) });
-        Pipe { address, sends }
+        tokio::spawn(async move { ended(run(client, waiting, learned).await) });
+        Pipe { sends }
     }
 
     /// False once the pipe's task has ended.
@@ -74,6 +78,7 @@ impl Pipe {
 async fn run(
     mut client: MessageServiceClient<Channel>,
     mut waiting: mpsc::Receiver<Waiting>,
+    learned: Learned,
 ) -> Ended {
     // Every send on the wire has a place in `pending`, and there are at most
     // MAX_IN_FLIGHT of those: the outgoing queue never fills.
@@ -83,22 +88,27 @@ async fn run(
         Err(status) if status.code() == Code::Unimplemented => return Ended::Unsupported,
         Err(_) => return Ended::Other,
     };
-    let mut pending: HashMap<u64, oneshot::Sender<Result<pb::SendResponse, Status>>> =
+    // Per send on the wire: who waits for its answer, and its queue.
+    let mut pending: HashMap<u64, (oneshot::Sender<Result<pb::SendResponse, Status>>, String)> =
         HashMap::new();
     let mut next_id = 0u64;
     loop {
         tokio::select! {
             next = waiting.recv(), if pending.len() < MAX_IN_FLIGHT => {
                 let Some((send, answer)) = next else { return Ended::Other };
+                let queue = send.queue.clone();
                 next_id += 1;
                 if outgoing.try_send(pb::StreamedSend { id: next_id, send: Some(send) }).is_err() {
                     return Ended::Other;
                 }
-                pending.insert(next_id, answer);
+                pending.insert(next_id, (answer, queue));
             }
             answer = answers.message() => {
                 let Ok(Some(result)) = answer else { return Ended::Other };
-                let Some(caller) = pending.remove(&result.id) else { continue };
+                let Some((caller, queue)) = pending.remove(&result.id) else { continue };
+                if !result.leader_address.is_empty() {
+                    learned(&queue, &result.leader_address);
+                }
                 let outcome = match (result.code, result.sent) {
                     (0, Some(sent)) => Ok(sent),
                     (0, None) => Err(Status::internal("a streamed send was answered without its result")),

@@ -281,7 +281,10 @@ impl Context {
         if let Ok(value) = hops.to_string().parse() {
             metadata.insert(FORWARDED_KEY, value);
         }
-        if let Ok(value) = self.group.to_string().parse() {
+        metadata.remove(GROUP_KEY);
+        if self.group != METADATA_GROUP
+            && let Ok(value) = self.group.to_string().parse()
+        {
             metadata.insert(GROUP_KEY, value);
         }
         if let Some(id) = self.meta.cluster_id()

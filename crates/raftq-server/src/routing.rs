@@ -43,18 +43,20 @@ pub fn hops<T>(request: &Request<T>) -> u32 {
     }
 }
 
-/// The group a forwarding node named on `request`.
+/// The data group a forwarding node named on `request` (group 1 is never named: a call
+/// goes there also when its queue is not placed yet, and the next node looks again).
 pub fn named_group<T>(request: &Request<T>) -> Option<GroupId> {
     if hops(request) == 0 {
         return None;
     }
-    request
+    let group = request
         .metadata()
         .get(GROUP_KEY)?
         .to_str()
         .ok()?
         .parse()
-        .ok()
+        .ok()?;
+    (group != METADATA_GROUP).then_some(group)
 }
 
 impl Context {
@@ -76,7 +78,7 @@ impl Context {
         let (mut group, known) = self.lookup(queue);
         if !known && self.meta.is_leader() {
             self.meta.linearizable_read().await.map_err(status)?;
-            group = self.groups.refresh_placement().group_of(queue);
+            group = self.meta.state().read().placement().group_of(queue);
         }
         self.for_group(group)
     }
@@ -107,9 +109,9 @@ impl Context {
                 return Ok(self.at_meta());
             }
             self.meta.linearizable_read().await.map_err(status)?;
-            let placement = self.groups.refresh_placement();
+            let state = self.meta.state().read();
             for (group, queue) in &mut placed {
-                *group = placement.group_of(queue);
+                *group = state.placement().group_of(queue);
             }
         }
         let groups: BTreeSet<GroupId> = placed.iter().map(|(group, _)| *group).collect();
@@ -206,19 +208,22 @@ impl Context {
 
     /// The group `queue` lives in by this node's placement, and whether that is known:
     /// false for a queue placed nowhere while data groups exist, unless group 1 holds it
-    /// (it was created before there were data groups).
+    /// (it was created before there were data groups). The copy of the placement is
+    /// read first; group 1's applied state (when not being written) for a queue the copy
+    /// does not place.
     fn lookup(&self, queue: &str) -> (GroupId, bool) {
         let placement = self.groups.placement();
         let group = placement.group_of(queue);
         if group != METADATA_GROUP || placement.groups().next().is_none() {
             return (group, true);
         }
-        let known = self
-            .meta
-            .state()
-            .try_read()
-            .is_some_and(|state| state.has_queue(queue));
-        (group, known)
+        match self.meta.state().try_read() {
+            Some(state) => {
+                let group = state.placement().group_of(queue);
+                (group, group != METADATA_GROUP || state.has_queue(queue))
+            }
+            None => (METADATA_GROUP, false),
+        }
     }
 }
 
@@ -255,5 +260,6 @@ mod tests {
         // A client cannot pick the group by naming one.
         assert_eq!(named_group(&request(None, Some("7"))), None);
         assert_eq!(named_group(&request(Some("1"), Some("x"))), None);
+        assert_eq!(named_group(&request(Some("1"), Some("1"))), None);
     }
 }

@@ -29,7 +29,7 @@ impl Client {
             message: Some(message.into_proto()),
             producer: None,
         };
-        if let Some(pipe) = self.pipe() {
+        if let Some(pipe) = self.pipe(queue) {
             let streamed =
                 tokio::time::timeout(self.config.attempt_timeout, pipe.send(request.clone()));
             if let Ok(Some(answer)) = streamed.await {

@@ -91,13 +91,31 @@ struct Nodes {
     /// data groups each queue's group has its own leader.
     queue_leaders: HashMap<String, String>,
     next_seed: usize,
-    /// The send stream to the preferred node, once a single send has opened it.
-    pipe: Option<Pipe>,
+    /// The send streams single sends opened, one per node (the preferred one, and the
+    /// leaders of queues' groups).
+    pipes: HashMap<String, Pipe>,
     /// Nodes that answered a send stream with UNIMPLEMENTED (older servers).
     without_streams: HashSet<String>,
 }
 
 impl Nodes {
+    /// Remembers `leader` as the node serving `queue`.
+    fn remember(&mut self, queue: &str, leader: &str) {
+        if self
+            .queue_leaders
+            .get(queue)
+            .is_some_and(|known| known == leader)
+        {
+            return;
+        }
+        if self.queue_leaders.len() >= MAX_QUEUE_LEADERS && !self.queue_leaders.contains_key(queue)
+        {
+            self.queue_leaders.clear();
+        }
+        self.queue_leaders
+            .insert(queue.to_string(), leader.to_string());
+    }
+
     fn channel(&mut self, address: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
         if let Some(channel) = self.channels.get(address) {
             return Ok(channel.clone());
@@ -152,7 +170,7 @@ impl Client {
                 preferred: first,
                 queue_leaders: HashMap::new(),
                 next_seed: 1,
-                pipe: None,
+                pipes: HashMap::new(),
                 without_streams: HashSet::new(),
             })),
             config,
@@ -200,16 +218,7 @@ impl Client {
     fn remember_leader(&self, queue: Option<&str>, leader: &str) {
         let mut nodes = self.lock();
         match queue {
-            Some(queue) => {
-                if nodes.queue_leaders.len() >= MAX_QUEUE_LEADERS
-                    && !nodes.queue_leaders.contains_key(queue)
-                {
-                    nodes.queue_leaders.clear();
-                }
-                nodes
-                    .queue_leaders
-                    .insert(queue.to_string(), leader.to_string());
-            }
+            Some(queue) => nodes.remember(queue, leader),
             None => nodes.preferred = leader.to_string(),
         }
     }
@@ -219,16 +228,20 @@ impl Client {
         self.lock().queue_leaders.remove(queue);
     }
 
-    /// The send stream to the preferred node, opened if there is none (or it ended);
-    /// `None` when streamed sends are off or that node does not serve send streams.
-    fn pipe(&self) -> Option<Pipe> {
+    /// The send stream for sends to `queue`: to the leader of its group when known, else
+    /// to the preferred node; opened if there is none (or it ended). `None` when streamed
+    /// sends are off or that node does not serve send streams.
+    fn pipe(&self, queue: &str) -> Option<Pipe> {
         if !self.config.stream_sends {
             return None;
         }
         let mut nodes = self.lock();
-        let address = nodes.preferred.clone();
-        if let Some(pipe) = &nodes.pipe
-            && pipe.address == address
+        let address = nodes
+            .queue_leaders
+            .get(queue)
+            .unwrap_or(&nodes.preferred)
+            .clone();
+        if let Some(pipe) = nodes.pipes.get(&address)
             && pipe.is_open()
         {
             return Some(pipe.clone());
@@ -238,16 +251,28 @@ impl Client {
         }
         let channel = nodes.channel(&address, &self.config).ok()?;
         let shared = Arc::downgrade(&self.nodes);
+        let learning = Arc::downgrade(&self.nodes);
         let refused = address.clone();
-        let pipe = Pipe::open(address, channel, MAX_MESSAGE_BYTES, move |ended| {
+        let ended = move |ended| {
             if let (Ended::Unsupported, Some(nodes)) = (ended, shared.upgrade()) {
                 let mut nodes = nodes
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 nodes.without_streams.insert(refused);
             }
+        };
+        let learned = Box::new(move |queue: &str, leader: &str| {
+            if let Some(nodes) = learning.upgrade() {
+                nodes
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remember(queue, leader);
+            }
         });
-        nodes.pipe = Some(pipe.clone());
+        let pipe = Pipe::open(channel, MAX_MESSAGE_BYTES, ended, learned);
+        // At most one per node; those whose stream ended go.
+        nodes.pipes.retain(|_, pipe| pipe.is_open());
+        nodes.pipes.insert(address, pipe.clone());
         Some(pipe)
     }
 

@@ -100,6 +100,7 @@ pub fn streamed_send_result(
             sent: None,
             code: status.code() as i32,
             error: status.message().to_string(),
+            ..pb::StreamedSendResult::default()
         },
     }
 }

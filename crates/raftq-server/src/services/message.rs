@@ -224,7 +224,7 @@ impl MessageApi {
         caller: &Caller,
     ) -> pb::StreamedSendResult {
         metrics::counter!("raftq_streamed_sends_total").increment(1);
-        let outcome = match required(item.send, "send") {
+        let (outcome, leader) = match required(item.send, "send") {
             Ok(send) => {
                 match crate::auth::authorize(
                     &self.context.meta,
@@ -233,33 +233,60 @@ impl MessageApi {
                     Some(&send.queue),
                 ) {
                     Ok(()) => self.send_routed(send, caller).await,
-                    Err(status) => Err(status),
+                    Err(status) => (Err(status), None),
                 }
             }
-            Err(status) => Err(status),
+            Err(status) => (Err(status), None),
         };
-        raftq_proto::streamed_send_result(item.id, outcome)
+        pb::StreamedSendResult {
+            leader_address: leader.unwrap_or_default(),
+            ..raftq_proto::streamed_send_result(item.id, outcome)
+        }
     }
 
     /// One send of a send stream, in the group holding its queue: here when this node
-    /// leads that group, else forwarded as a `Send` call.
+    /// leads that group, else forwarded as a `Send` call; with the leader's address when
+    /// it was forwarded.
     async fn send_routed(
         &self,
         send: pb::SendRequest,
         caller: &Caller,
-    ) -> Result<pb::SendResponse, Status> {
-        let context = self.context.for_queue_name(&send.queue).await?;
+    ) -> (Result<pb::SendResponse, Status>, Option<String>) {
+        let context = match self.context.for_queue_name(&send.queue).await {
+            Ok(context) => context,
+            Err(status) => return (Err(status), None),
+        };
         let mut request = Request::new(send);
         request.extensions_mut().insert(caller.clone());
-        match context.route(&request)? {
-            Route::Local => self.on(context).send_one(request.into_inner()).await,
-            Route::Leader(channel, leader) => MessageServiceClient::new(channel)
-                .max_decoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
-                .send(context.forwarded(request))
-                .await
-                .map(Response::into_inner)
-                .map_err(|status| crate::error::forward_failed(status, &leader.internal)),
+        let (channel, leader) = match context.route(&request) {
+            Ok(Route::Local) => {
+                return (self.on(context).send_one(request.into_inner()).await, None);
+            }
+            Ok(Route::Leader(channel, leader)) => (channel, leader),
+            Err(status) => return (Err(status), None),
+        };
+        let answer = MessageServiceClient::new(channel)
+            .max_decoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(raftq_proto::wire::MAX_MESSAGE_BYTES)
+            .send(context.forwarded(request))
+            .await;
+        match answer {
+            Ok(response) => {
+                // A later hop may have named the leader it reached.
+                let named = response
+                    .metadata()
+                    .get(raftq_proto::wire::LEADER_ADDRESS_KEY)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string);
+                (
+                    Ok(response.into_inner()),
+                    Some(named.unwrap_or(leader.public)),
+                )
+            }
+            Err(status) => (
+                Err(crate::error::forward_failed(status, &leader.internal)),
+                None,
+            ),
         }
     }
 
