@@ -49,6 +49,9 @@ pub struct DataGroups {
     /// The placement as this node last read it from group 1, for routing calls without
     /// waiting on group 1's state while it applies.
     placement: Mutex<Arc<Placement>>,
+    /// Whether that placement has any data group (read on every call; set once groups
+    /// exist, never cleared, as groups are not removed).
+    any_groups: std::sync::atomic::AtomicBool,
 }
 
 impl DataGroups {
@@ -62,6 +65,7 @@ impl DataGroups {
             busy: Mutex::new(BTreeSet::new()),
             handed_back: Mutex::new(BTreeMap::new()),
             placement: Mutex::new(Arc::default()),
+            any_groups: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -76,7 +80,17 @@ impl DataGroups {
     pub fn refresh_placement(&self) -> Arc<Placement> {
         let placement = Arc::new(self.metadata.state().read().placement().clone());
         *lock(&self.placement) = placement.clone();
+        if placement.groups().next().is_some() {
+            self.any_groups
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         placement
+    }
+
+    /// Whether the cluster runs data groups, as the placement last read says: without
+    /// them every call is served by group 1, and routing has nothing to look up.
+    pub fn any(&self) -> bool {
+        self.any_groups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node's replica of data group `group`, if it runs one.

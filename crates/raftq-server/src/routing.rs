@@ -65,6 +65,9 @@ impl Context {
     /// moment ago) is looked up again after a read barrier when this node leads group 1;
     /// otherwise the call goes to group 1's leader, which does that.
     pub async fn for_queue<T>(&self, request: &Request<T>, queue: &str) -> Result<Context, Status> {
+        if !self.has_data_groups() {
+            return Ok(self.at_meta());
+        }
         if let Some(group) = named_group(request)
             && let Some(context) = self.local_group(group)
         {
@@ -75,6 +78,9 @@ impl Context {
 
     /// [`Context::for_queue`] for a call that names no group (not forwarded, or a stream).
     pub async fn for_queue_name(&self, queue: &str) -> Result<Context, Status> {
+        if !self.has_data_groups() {
+            return Ok(self.at_meta());
+        }
         let (mut group, known) = self.lookup(queue);
         if !known && self.meta.is_leader() {
             self.meta.linearizable_read().await.map_err(status)?;
@@ -189,7 +195,7 @@ impl Context {
 
     /// Whether the cluster runs data groups (as far as this node's placement knows).
     pub fn has_data_groups(&self) -> bool {
-        self.groups.placement().groups().next().is_some()
+        self.groups.any()
     }
 
     /// This node's context for group 1.

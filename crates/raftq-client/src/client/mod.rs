@@ -236,16 +236,13 @@ impl Client {
             return None;
         }
         let mut nodes = self.lock();
-        let address = nodes
-            .queue_leaders
-            .get(queue)
-            .unwrap_or(&nodes.preferred)
-            .clone();
-        if let Some(pipe) = nodes.pipes.get(&address)
+        let address = nodes.queue_leaders.get(queue).unwrap_or(&nodes.preferred);
+        if let Some(pipe) = nodes.pipes.get(address)
             && pipe.is_open()
         {
             return Some(pipe.clone());
         }
+        let address = address.clone();
         if nodes.without_streams.contains(&address) {
             return None;
         }

@@ -252,6 +252,10 @@ impl MessageApi {
         send: pb::SendRequest,
         caller: &Caller,
     ) -> (Result<pb::SendResponse, Status>, Option<String>) {
+        if !self.context.has_data_groups() {
+            // Everything lives in group 1: served here, as the stream opened on its leader.
+            return (self.send_one(send).await, None);
+        }
         let context = match self.context.for_queue_name(&send.queue).await {
             Ok(context) => context,
             Err(status) => return (Err(status), None),
