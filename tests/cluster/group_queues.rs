@@ -42,6 +42,25 @@ fn name(i: usize) -> String {
 async fn a_thousand_queues_spread_over_sixteen_groups_are_served_through_any_node() {
     let cluster = cluster_with_groups().await;
     let clients: Vec<Client> = cluster.nodes.iter().map(|node| node.client()).collect();
+    // Leaders within one of even: 16 groups over 5 nodes, 3 or 4 each (each group's
+    // preferred leader leads it once it can).
+    let balanced = || async {
+        let leaders = group_leaders(&cluster).await?;
+        let mut led: BTreeMap<u64, usize> = cluster.nodes.iter().map(|node| (node.id, 0)).collect();
+        for leader in leaders.values() {
+            *led.entry(*leader).or_default() += 1;
+        }
+        let fewest = led.values().min().copied()?;
+        let most = led.values().max().copied()?;
+        (most - fewest <= 1).then_some(led)
+    };
+    wait_until_or(
+        "leaders within one of even over the nodes",
+        Duration::from_secs(30),
+        balanced,
+        || cluster.logs(),
+    )
+    .await;
 
     // Created through every node in turn, 16 at a time.
     futures::stream::iter(0..QUEUES)
