@@ -15,13 +15,17 @@ pub(crate) fn adopt(data_dir: &Path, node_id: u64) -> anyhow::Result<()> {
     raftq_store::forget_synced_watermarks(data_dir)?;
     let db = raftq_store::Db::open(data_dir, &raftq_store::OpenOptions::default())?;
     let cluster_id = db.identity()?.and_then(|identity| identity.cluster_id);
-    db.record_identity(&raftq_store::NodeIdentity {
+    let mut identity = raftq_store::NodeIdentity {
         cluster_id,
         node_id,
         voting: true,
-        // Group 1 only: the node holds no other group yet.
         voting_groups: Default::default(),
-    })?;
+    };
+    // Every data group the copy took part in votes again too, as group 1 does.
+    for group in db.groups_with_votes()? {
+        identity.set_voting(group, true);
+    }
+    db.record_identity(&identity)?;
     Ok(())
 }
 

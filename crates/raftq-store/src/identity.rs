@@ -16,7 +16,7 @@ use rocksdb::WriteOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
-use crate::db::{CF_META, Db, StoreError};
+use crate::db::{CF_META, Db, StoreError, group_of_key};
 
 /// The key of the identity record in the meta column family: group 0 (no Raft group has
 /// that id), so it belongs to the node rather than to one of its groups.
@@ -79,6 +79,25 @@ impl Db {
             })
     }
 
+    /// The Raft groups this directory holds a vote record of: those its node has taken
+    /// part in (a restored copy of a directory votes in each of them again).
+    pub fn groups_with_votes(&self) -> Result<BTreeSet<GroupId>, StoreError> {
+        let mut groups = BTreeSet::new();
+        for item in self
+            .inner
+            .iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            if key.get(8..) == Some(b"vote".as_slice())
+                && let Some(group) = group_of_key(&key)
+                && group > 0
+            {
+                groups.insert(group);
+            }
+        }
+        Ok(groups)
+    }
+
     /// Records `identity`, synced to disk before this returns.
     pub fn record_identity(&self, identity: &NodeIdentity) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(identity).map_err(|error| StoreError::Corrupt {
@@ -114,6 +133,31 @@ mod tests {
         }
         let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
         assert_eq!(db.identity().unwrap(), Some(identity));
+    }
+
+    #[test]
+    fn the_groups_with_a_vote_record_are_those_the_directory_took_part_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &OpenOptions::default()).unwrap();
+        let meta = db.cf(crate::db::CF_META);
+        for (group, name) in [
+            (1, "vote"),
+            (3, "vote"),
+            (3, "committed"),
+            (5, "last_purged"),
+        ] {
+            db.inner
+                .put_cf(meta, crate::db::meta_key(group, name), b"x")
+                .unwrap();
+        }
+        db.record_identity(&NodeIdentity {
+            cluster_id: None,
+            node_id: 1,
+            voting: true,
+            voting_groups: Default::default(),
+        })
+        .unwrap();
+        assert_eq!(db.groups_with_votes().unwrap(), [1, 3].into());
     }
 }
 
