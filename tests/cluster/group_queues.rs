@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use raftq_client::{Client, Code, Message, pb};
-use raftq_tests::{Cluster, ClusterOptions, wait_until_or};
+use raftq_tests::{Cluster, ClusterOptions, queue_stats, wait_until_or};
 
-use crate::groups::all_formed;
+use crate::groups::{all_formed, leaders_without};
 
 const GROUPS: usize = 16;
 const QUEUES: usize = 1_000;
@@ -45,7 +45,7 @@ async fn a_thousand_queues_spread_over_sixteen_groups_are_served_through_any_nod
     // Leaders within one of even: 16 groups over 5 nodes, 3 or 4 each (each group's
     // preferred leader leads it once it can).
     let balanced = || async {
-        let leaders = group_leaders(&cluster).await?;
+        let leaders = leaders_without(&cluster, 0).await?;
         let mut led: BTreeMap<u64, usize> = cluster.nodes.iter().map(|node| (node.id, 0)).collect();
         for leader in leaders.values() {
             *led.entry(*leader).or_default() += 1;
@@ -152,12 +152,7 @@ async fn a_thousand_queues_spread_over_sixteen_groups_are_served_through_any_nod
         assert_eq!(bodies, expected, "{queue}: every message once, in order");
         let receipts: Vec<String> = received.iter().map(|m| m.receipt.clone()).collect();
         client.ack_batch(&queue, &receipts).await.expect("ack");
-        let stats = clients[0]
-            .get_queue(&queue)
-            .await
-            .expect("get")
-            .stats
-            .unwrap_or_default();
+        let stats = queue_stats(&clients[0], &queue).await;
         assert_eq!(
             (stats.depth, stats.in_flight),
             (0, 0),
@@ -240,12 +235,7 @@ async fn transactions_hold_within_a_group_and_a_commit_across_groups_changes_not
     let depth = |queue: &'static str| {
         let client = client.clone();
         async move {
-            let stats = client
-                .get_queue(queue)
-                .await
-                .expect("get")
-                .stats
-                .unwrap_or_default();
+            let stats = queue_stats(&client, queue).await;
             (stats.depth, stats.in_flight)
         }
     };
@@ -279,31 +269,6 @@ async fn transactions_hold_within_a_group_and_a_commit_across_groups_changes_not
     assert_eq!(depth("orders").await, (1, 0));
 }
 
-/// Per data group, the leader every replica names, once they all name the same one.
-async fn group_leaders(cluster: &Cluster) -> Option<BTreeMap<u64, u64>> {
-    let mut named: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for node in cluster.nodes.iter().filter(|node| node.is_running()) {
-        let status = node.client().node_info().await.ok()?;
-        for replica in status.replicas {
-            named
-                .entry(replica.group_id)
-                .or_default()
-                .push(replica.leader_id);
-        }
-    }
-    named
-        .into_iter()
-        .map(|(group, leaders)| {
-            let leader = leaders[0];
-            let running = cluster
-                .nodes
-                .iter()
-                .any(|node| node.id == leader && node.is_running());
-            (running && leaders.iter().all(|other| *other == leader)).then_some((group, leader))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_follows_each_queues_group_leader_and_a_leader_kill_loses_nothing() {
     let mut cluster = cluster_with_groups().await;
@@ -327,7 +292,7 @@ async fn the_client_follows_each_queues_group_leader_and_a_leader_kill_loses_not
     for queue in &queues {
         client.peek(queue, 0, 1).await.expect("peek an empty queue");
     }
-    let leaders = group_leaders(&cluster).await.expect("group leaders");
+    let leaders = leaders_without(&cluster, 0).await.expect("group leaders");
     for queue in &queues {
         let leader = leaders[&group_of[queue]];
         assert_eq!(
@@ -395,19 +360,14 @@ async fn the_client_follows_each_queues_group_leader_and_a_leader_kill_loses_not
         }
         assert_eq!(bodies, expected, "{queue}: each message once, in order");
         consumer.close().await.expect("close");
-        let stats = client
-            .get_queue(queue)
-            .await
-            .expect("get")
-            .stats
-            .unwrap_or_default();
+        let stats = queue_stats(&client, queue).await;
         assert_eq!(stats.total_sent, 300, "{queue}: stored once each");
     }
     // The client learned the new leader of the killed node's groups.
     let leaders = wait_until_or(
         "every group has a running leader",
         Duration::from_secs(30),
-        || group_leaders(&cluster),
+        || leaders_without(&cluster, victim),
         || cluster.logs(),
     )
     .await;
@@ -493,18 +453,7 @@ async fn queues_a_queue_moves_messages_to_live_beside_it_and_other_writes_are_re
         .expect_err("a redrive across groups");
     assert_eq!(error.code(), Some(Code::FailedPrecondition), "{error}");
 
-    let stats = |queue: &'static str| {
-        let client = client.clone();
-        async move {
-            client
-                .get_queue(queue)
-                .await
-                .expect("get")
-                .stats
-                .unwrap_or_default()
-        }
-    };
-    let sent_before = stats("first").await.total_sent;
+    let sent_before = queue_stats(&client, "first").await.total_sent;
     // Acknowledgement messages would be written in first's group, where second is not.
     let message = Message::new("with acks").with_acknowledgements("second", true, true);
     let error = client
@@ -524,12 +473,12 @@ async fn queues_a_queue_moves_messages_to_live_beside_it_and_other_writes_are_re
         .expect_err("a numbered send into a data group");
     assert_eq!(error.code(), Some(Code::FailedPrecondition), "{error}");
     assert_eq!(
-        stats("second").await.total_sent,
+        queue_stats(&client, "second").await.total_sent,
         0,
         "nothing sent to second"
     );
     assert_eq!(
-        stats("first").await.total_sent,
+        queue_stats(&client, "first").await.total_sent,
         sent_before,
         "nothing more sent to first"
     );

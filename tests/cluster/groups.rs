@@ -183,7 +183,7 @@ async fn a_founder_that_lost_its_disk_forms_no_second_group_and_is_rebuilt() {
 
 /// Each data group's leader, as the replicas on the nodes other than `down` agree on it;
 /// `None` until they all answer and agree.
-async fn leaders_without(cluster: &Cluster, down: u64) -> Option<BTreeMap<u64, u64>> {
+pub(crate) async fn leaders_without(cluster: &Cluster, down: u64) -> Option<BTreeMap<u64, u64>> {
     let groups = replicas_without(cluster, down).await?;
     groups
         .iter()

@@ -25,6 +25,6 @@ mod convert;
 pub mod wire;
 
 pub use convert::{
-    ack_result, code_of, commit, message_state_name, new_message, queue_options, reason_of,
-    receipt, receipts, refused, streamed_send_result,
+    ack_result, code_of, commit, message_state_name, new_message, queue_in_group, queue_options,
+    reason_of, receipt, receipts, refused, streamed_send_result,
 };

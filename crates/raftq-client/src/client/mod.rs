@@ -81,6 +81,8 @@ impl Default for ClientConfig {
 
 /// Most queues whose leader the client remembers; past it the cache starts again.
 const MAX_QUEUE_LEADERS: usize = 10_000;
+/// Most send streams the client keeps open, one per node.
+const MAX_PIPES: usize = 64;
 
 struct Nodes {
     addresses: Vec<String>,
@@ -267,8 +269,12 @@ impl Client {
             }
         });
         let pipe = Pipe::open(channel, MAX_MESSAGE_BYTES, ended, learned);
-        // At most one per node; those whose stream ended go.
+        // At most one per node; those whose stream ended go, and past MAX_PIPES (hints
+        // naming ever more addresses) the others too: their sends still finish.
         nodes.pipes.retain(|_, pipe| pipe.is_open());
+        if nodes.pipes.len() >= MAX_PIPES {
+            nodes.pipes.clear();
+        }
         nodes.pipes.insert(address, pipe.clone());
         Some(pipe)
     }

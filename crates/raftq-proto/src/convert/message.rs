@@ -85,10 +85,20 @@ impl From<Delivery> for pb::ReceivedMessage {
 
 /// The answer to one send of a send stream: what `Send` would have answered, or the code
 /// and message it would have failed with.
+/// The answer to one send of a send stream; `leader_address` names the leader of the
+/// send's group when the serving node passed the send on to it.
 pub fn streamed_send_result(
     id: u64,
     sent: Result<pb::SendResponse, tonic::Status>,
+    leader_address: Option<String>,
 ) -> pb::StreamedSendResult {
+    pb::StreamedSendResult {
+        leader_address: leader_address.unwrap_or_default(),
+        ..result_of(id, sent)
+    }
+}
+
+fn result_of(id: u64, sent: Result<pb::SendResponse, tonic::Status>) -> pb::StreamedSendResult {
     match sent {
         Ok(sent) => pb::StreamedSendResult {
             id,
@@ -192,17 +202,23 @@ mod tests {
 
     #[test]
     fn streamed_send_result_wire_format_is_frozen() {
-        let stored = streamed_send_result(9, Ok(sent()));
+        let stored = streamed_send_result(9, Ok(sent()), None);
         assert_eq!(
             stored.encode_to_vec(),
             [
                 0x08, 0x09, 0x12, 0x07, 0x08, 0xac, 0x02, 0x10, 0x02, 0x18, 0x01
             ]
         );
-        let refused = streamed_send_result(9, Err(tonic::Status::not_found("q")));
+        let refused = streamed_send_result(9, Err(tonic::Status::not_found("q")), None);
         assert_eq!(
             refused.encode_to_vec(),
             [0x08, 0x09, 0x18, 0x05, 0x22, 0x01, b'q']
+        );
+        // A send passed on to its group's leader names it after the result.
+        let passed_on = streamed_send_result(9, Ok(sent()), Some("n:1".into()));
+        assert_eq!(
+            passed_on.encode_to_vec()[11..],
+            [0x2a, 0x03, b'n', b':', b'1']
         );
     }
 

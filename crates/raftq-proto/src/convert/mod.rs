@@ -9,5 +9,5 @@ mod transaction;
 pub use ack::{ack_result, receipt, receipts, refused};
 pub use code::{code_of, reason_of};
 pub use message::{message_state_name, new_message, streamed_send_result};
-pub use queue::queue_options;
+pub use queue::{queue_in_group, queue_options};
 pub use transaction::commit;

@@ -80,6 +80,14 @@ impl From<QueueStats> for pb::QueueStats {
     }
 }
 
+/// A queue as the API shows it, with the Raft group that holds it.
+pub fn queue_in_group(info: QueueInfo, group: u64) -> pb::Queue {
+    pb::Queue {
+        raft_group: group,
+        ..info.into()
+    }
+}
+
 impl From<QueueInfo> for pb::Queue {
     fn from(info: QueueInfo) -> Self {
         pb::Queue {

@@ -168,7 +168,7 @@ impl MessageService for AgentMessages {
                                 "invalid argument `send`: is required",
                             )),
                         };
-                        Ok(raftq_proto::streamed_send_result(item.id, stored))
+                        Ok(raftq_proto::streamed_send_result(item.id, stored, None))
                     }
                     Err(status) => Err(status),
                 };

@@ -12,6 +12,7 @@ mod placing;
 mod principals;
 mod producers;
 mod queue;
+mod send_stream;
 
 pub use admin::{AdminApi, PEER_STATUS_TIMEOUT, peer_status};
 pub use message::MessageApi;

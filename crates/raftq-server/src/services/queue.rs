@@ -67,10 +67,7 @@ impl QueueApi {
             .await;
         audit_manage(caller, "create", &name, &written);
         match written? {
-            Outcome::Created(info) => Ok(pb::Queue {
-                raft_group: context.group,
-                ..info.into()
-            }),
+            Outcome::Created(info) => Ok(raftq_proto::queue_in_group(info, context.group)),
             other => Err(unexpected(other)),
         }
     }
@@ -102,10 +99,7 @@ impl QueueApi {
         let queues = context.node.state().read().list_queues(after, limit);
         Ok(queues
             .into_iter()
-            .map(|info| pb::Queue {
-                raft_group: context.group,
-                ..info.into()
-            })
+            .map(|info| raftq_proto::queue_in_group(info, context.group))
             .collect())
     }
 }
@@ -149,10 +143,7 @@ impl QueueService for QueueApi {
             .queue_info(&name)
             .map_err(status)?;
         Ok(Response::new(pb::GetQueueResponse {
-            queue: Some(pb::Queue {
-                raft_group: context.group,
-                ..info.into()
-            }),
+            queue: Some(raftq_proto::queue_in_group(info, context.group)),
         }))
     }
 
