@@ -335,31 +335,8 @@ async fn the_client_follows_each_queues_group_leader_and_a_leader_kill_loses_not
     sender.await.expect("sender");
     let expected: Vec<String> = (0..300).map(|n| format!("{n:03}")).collect();
     for queue in &queues {
-        let mut consumer = client
-            .consume(queue, raftq_client::ConsumeOptions::default())
-            .await
-            .expect("consume");
-        let mut bodies = Vec::new();
-        while bodies.len() < expected.len() {
-            let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-                .await
-                .expect("a delivery within 30 s")
-                .expect("next delivery");
-            let receipts: Vec<String> = delivery
-                .messages
-                .iter()
-                .map(|message| message.receipt.clone())
-                .collect();
-            bodies.extend(
-                delivery
-                    .messages
-                    .iter()
-                    .map(|message| String::from_utf8_lossy(&message.body).into_owned()),
-            );
-            consumer.ack(&receipts).await.expect("ack");
-        }
+        let bodies = consume_bodies(&client, queue, expected.len()).await;
         assert_eq!(bodies, expected, "{queue}: each message once, in order");
-        consumer.close().await.expect("close");
         let stats = queue_stats(&client, queue).await;
         assert_eq!(stats.total_sent, 300, "{queue}: stored once each");
     }
@@ -482,4 +459,34 @@ async fn queues_a_queue_moves_messages_to_live_beside_it_and_other_writes_are_re
         sent_before,
         "nothing more sent to first"
     );
+}
+
+/// Consumes `count` messages of `queue` on a consume stream, acking each delivery, and
+/// returns their bodies in the order delivered.
+pub(crate) async fn consume_bodies(client: &Client, queue: &str, count: usize) -> Vec<String> {
+    let mut consumer = client
+        .consume(queue, raftq_client::ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let mut bodies = Vec::new();
+    while bodies.len() < count {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("next delivery");
+        let receipts: Vec<String> = delivery
+            .messages
+            .iter()
+            .map(|message| message.receipt.clone())
+            .collect();
+        bodies.extend(
+            delivery
+                .messages
+                .iter()
+                .map(|message| String::from_utf8_lossy(&message.body).into_owned()),
+        );
+        consumer.ack(&receipts).await.expect("ack");
+    }
+    consumer.close().await.expect("close");
+    bodies
 }

@@ -8,10 +8,10 @@ use raftq_client::pb;
 use raftq_tests::{Cluster, ClusterOptions, http_get, metric_value, wait_until_or};
 
 /// Per data group, each replica's status with the node reporting it.
-type Replicas = BTreeMap<u64, Vec<(u64, pb::ReplicaStatus)>>;
+pub(crate) type Replicas = BTreeMap<u64, Vec<(u64, pb::ReplicaStatus)>>;
 
 /// Every node's data-group replicas, once all nodes answer.
-async fn replicas(cluster: &Cluster) -> Option<Replicas> {
+pub(crate) async fn replicas(cluster: &Cluster) -> Option<Replicas> {
     replicas_without(cluster, 0).await
 }
 
@@ -32,7 +32,7 @@ async fn replicas_without(cluster: &Cluster, down: u64) -> Option<Replicas> {
 
 /// Whether `group` runs on `size` nodes that all name the same voters (those nodes) and
 /// the same leader, which says it leads.
-fn formed(group: &[(u64, pb::ReplicaStatus)], size: usize) -> Option<u64> {
+pub(crate) fn formed(group: &[(u64, pb::ReplicaStatus)], size: usize) -> Option<u64> {
     if group.len() != size {
         return None;
     }

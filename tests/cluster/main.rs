@@ -11,6 +11,7 @@ mod consume;
 mod delivery;
 mod failures;
 mod features;
+mod group_moves;
 mod group_queues;
 mod groups;
 mod log_size;

@@ -157,6 +157,49 @@ for n in nodes:
 PY
 }
 
+# True when every data group runs on 3 of the nodes given, each node runs within one
+# replica of even and leads within one group of even, and no replica is catching up.
+replicas_spread() {
+  local want=$1 groups=$2 json
+  json=$(status_json) || return 1
+  python3 - "$want" "$groups" "$json" <<'PY'
+import json, sys
+want = set(int(i) for i in sys.argv[1].split(","))
+groups = int(sys.argv[2])
+status = json.loads(sys.argv[3])
+runs, leads, members = {n: 0 for n in want}, {n: 0 for n in want}, {}
+for node in status.get("nodes", []):
+    for replica in node.get("replicas", []):
+        if node["node_id"] not in want or replica.get("rebuilding"):
+            sys.exit(1)
+        runs[node["node_id"]] += 1
+        members.setdefault(replica["group_id"], set()).add(node["node_id"])
+        if replica.get("role") == "leader":
+            leads[node["node_id"]] += 1
+        if replica.get("learners") or len(replica.get("voters", [])) != 3:
+            sys.exit(1)
+if len(members) != groups or any(len(m) != 3 for m in members.values()):
+    sys.exit(1)
+for counts in (runs, leads):
+    if max(counts.values()) - min(counts.values()) > 1:
+        sys.exit(1)
+PY
+}
+
+# Waits, at most $3 seconds, until the $2 data groups are spread over the nodes $1.
+wait_spread() {
+  local want=$1 groups=$2 limit=$3 deadline=$((SECONDS + $3))
+  until replicas_spread "$want" "$groups"; do
+    if ((SECONDS >= deadline)); then
+      echo "$test_name: the $groups data groups did not spread over {$want} within ${limit}s" >&2
+      status_json >&2 || true
+      return 1
+    fi
+    sleep 1
+  done
+  say "$groups data groups spread over {$want}, leaders too"
+}
+
 leader_id() {
   status_json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader_id", 0))'
 }

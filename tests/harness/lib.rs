@@ -315,6 +315,8 @@ pub struct Cluster {
     pub network: Option<Arc<netns::Network>>,
     /// The cluster the nodes' certificates name, if any (nodes added later get the same).
     cluster_name: Option<String>,
+    /// The extra environment every node gets, nodes added later too.
+    env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
 }
 
@@ -365,6 +367,7 @@ impl Cluster {
             nodes: Vec::new(),
             network,
             cluster_name: options.cluster_name.clone(),
+            env: options.env.clone(),
         };
         let endpoints: Vec<Endpoints> = ids.iter().map(|&id| cluster.endpoints(id)).collect();
         let peers = endpoints
@@ -503,6 +506,7 @@ impl Cluster {
             vec!["--join".into(), join],
             &ClusterOptions {
                 cluster_name: self.cluster_name.clone(),
+                env: self.env.clone(),
                 ..ClusterOptions::default()
             },
         );

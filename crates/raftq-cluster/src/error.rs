@@ -34,6 +34,13 @@ pub enum ClusterError {
     /// The write was applied, but what it returns could not be read from the disk.
     #[error("storage error after the write was applied: {reason}")]
     Storage { reason: String },
+    /// A node to be removed still runs replicas of data groups: they are being moved to
+    /// other nodes, and the removal can go on once none is left.
+    #[error(
+        "node {node} still runs replicas of data groups {groups:?}; they are moving to other \
+         nodes: call again"
+    )]
+    Draining { node: NodeId, groups: Vec<u64> },
     /// Something that cannot happen did: a bug, never retried.
     #[error("internal error: {reason}")]
     Internal { reason: String },
@@ -61,6 +68,7 @@ impl ClusterError {
             ClusterError::OutcomeUnknown { .. } => Some(100),
             ClusterError::MembershipBusy { .. } => Some(200),
             ClusterError::Stopped { .. } => Some(1_000),
+            ClusterError::Draining { .. } => Some(1_000),
             ClusterError::Membership { .. }
             | ClusterError::OtherCluster { .. }
             | ClusterError::Storage { .. }

@@ -70,6 +70,23 @@ impl Host {
         RaftNode::start_replica(self.clone(), group).await
     }
 
+    /// Deletes everything this node holds of `group`, whose replica no longer runs here
+    /// (it moved to other nodes): its vote record first, then its keys and files.
+    pub fn drop_group(&self, group: GroupId) -> Result<(), ClusterError> {
+        if group <= 1 || self.inner.registry.groups().contains(&group) {
+            return Err(ClusterError::internal(format!(
+                "group {group} cannot be dropped here: it is group 0 or 1, or its replica runs"
+            )));
+        }
+        self.inner.standing.forget_group(group).map_err(stopped)?;
+        self.inner.db.drop_group(group).map_err(stopped)
+    }
+
+    /// The groups whose Raft state (a vote) this node's store holds, running or not.
+    pub fn stored_groups(&self) -> Result<std::collections::BTreeSet<GroupId>, ClusterError> {
+        self.inner.db.groups_with_votes().map_err(stopped)
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.inner.config.node_id
     }

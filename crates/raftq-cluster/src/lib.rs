@@ -24,7 +24,7 @@ mod tuning;
 pub use error::ClusterError;
 pub use groups::DataGroups;
 pub use host::Host;
-pub use node::RaftNode;
+pub use node::{MembershipView, RaftNode};
 pub use raftq_store::{Node, NodeId};
 pub use status::{MemberStatus, Role};
 pub use tuning::{GroupsConfig, NodeConfig, RaftTuning, StorageTuning};

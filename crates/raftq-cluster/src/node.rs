@@ -579,6 +579,11 @@ impl RaftNode {
         Ok(true)
     }
 
+    /// The newest membership this replica knows.
+    pub fn membership_view(&self) -> MembershipView {
+        membership_view(&self.raft)
+    }
+
     /// Stops this replica; the node serves the group no more.
     pub async fn shutdown(&self) {
         self.host.registry().remove(self.group);
@@ -594,6 +599,36 @@ pub(crate) async fn holds_raft_state(raft: &Raft) -> Result<bool, ClusterError> 
     Ok(metrics.current_term > 0
         || metrics.last_log_index.is_some()
         || raft.is_initialized().await.map_err(stopped)?)
+}
+
+/// The newest membership a replica knows: see [`membership_view`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Its members, voters and learners.
+    pub members: BTreeSet<NodeId>,
+    /// Whether it is committed: its entry is at or below the committed index. A committed
+    /// membership holds for the whole group, whichever replica reports it.
+    pub committed: bool,
+    /// The log index of its entry (0 when there is none): of two memberships, the one
+    /// with the higher index is the newer.
+    pub index: u64,
+}
+
+/// The newest membership `raft` knows.
+pub(crate) fn membership_view(raft: &Raft) -> MembershipView {
+    let metrics = raft.metrics().borrow_watched().clone();
+    let config = &metrics.membership_config;
+    let index = config.log_id().as_ref().map_or(0, |entry| entry.index);
+    let committed = config.log_id().is_some()
+        && metrics
+            .local_committed
+            .as_ref()
+            .is_some_and(|committed| committed.index >= index);
+    MembershipView {
+        members: config.membership().nodes().map(|(id, _)| *id).collect(),
+        committed,
+        index,
+    }
 }
 
 /// Whether `node` answered one of this leader's heartbeats within `within`.

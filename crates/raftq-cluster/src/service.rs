@@ -321,7 +321,14 @@ impl RaftService for RaftGrpc {
         let holds_state = crate::node::holds_raft_state(&served.raft)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(GroupStateResponse { holds_state }))
+        let view = crate::node::membership_view(&served.raft);
+        Ok(Response::new(GroupStateResponse {
+            holds_state,
+            members: view.members.into_iter().collect(),
+            membership_committed: view.committed,
+            membership_index: view.index,
+            leader: served.raft.is_leader(),
+        }))
     }
 
     async fn install_snapshot(

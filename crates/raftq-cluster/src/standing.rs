@@ -189,6 +189,12 @@ impl Standing {
     }
 
     /// Changes the identity with `change` and records it, synced, when it changed.
+    /// Forgets this node's vote record of `group` (synced): its replica moved away, and a
+    /// replica started here again later is a new one that earns its vote anew.
+    pub(crate) fn forget_group(&self, group: GroupId) -> Result<(), StoreError> {
+        self.record(|identity| identity.set_voting(group, false))
+    }
+
     fn record(&self, change: impl FnOnce(&mut NodeIdentity)) -> Result<(), StoreError> {
         let mut identity = lock(&self.identity);
         let mut changed = identity.clone();

@@ -286,6 +286,17 @@ pub enum Command {
     UnplaceQueue {
         queue: String,
     },
+    /// Metadata group only: gives existing data groups new replicas, a rebalance's moves
+    /// (see [`Placement::rebalance`](crate::placement::Placement::rebalance)).
+    MoveReplicas {
+        groups: Vec<GroupPlan>,
+    },
+    /// Metadata group only: marks a node as draining before it leaves (the next rebalance
+    /// moves its replicas elsewhere), or not any more.
+    DrainNode {
+        node: u64,
+        draining: bool,
+    },
 }
 
 thread_local! {
@@ -354,6 +365,8 @@ impl Command {
             Command::PlaceGroups { .. } => "place_groups",
             Command::PlaceQueue { .. } => "place_queue",
             Command::UnplaceQueue { .. } => "unplace_queue",
+            Command::MoveReplicas { .. } => "move_replicas",
+            Command::DrainNode { .. } => "drain_node",
         }
     }
 }

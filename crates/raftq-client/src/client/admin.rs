@@ -47,8 +47,10 @@ impl Client {
         node_id: u64,
     ) -> Result<pb::ClusterStatusResponse, ClientError> {
         let request = pb::RemoveNodeRequest { node_id };
+        // A node running data-group replicas is drained first: the cluster waits up to
+        // 20 s for them to move before it answers.
         let response = self
-            .retry(Duration::from_secs(10), |channel, timeout| {
+            .retry(Duration::from_secs(30), |channel, timeout| {
                 let request = with_timeout(request, timeout);
                 async move { Self::admin(channel).remove_node(request).await }
             })

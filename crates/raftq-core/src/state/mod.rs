@@ -141,6 +141,11 @@ impl StateMachine {
         self.placement = placement;
     }
 
+    /// Restores the draining nodes, which a snapshot keeps after the placement.
+    pub fn restore_draining(&mut self, draining: std::collections::BTreeSet<u64>) {
+        self.placement.restore_draining(draining);
+    }
+
     /// Every body key in use is below this (keys are ids of messages that were sent).
     pub fn body_keys_end(&self) -> u64 {
         self.next_message_id
@@ -317,6 +322,14 @@ impl StateMachine {
             Command::UnplaceQueue { queue } => Ok(Outcome::Placed {
                 group: self.placement.unplace(&queue),
             }),
+            Command::MoveReplicas { groups } => self
+                .placement
+                .move_replicas(&groups)
+                .map(|()| Outcome::GroupsPlaced),
+            Command::DrainNode { node, draining } => {
+                self.placement.set_draining(node, draining);
+                Ok(Outcome::GroupsPlaced)
+            }
         }
     }
 

@@ -79,7 +79,8 @@ impl StateMachine {
                 acks,
                 sends,
             } => self.precheck_commit(transaction_id, acks, sends, now_ms),
-            Command::Tick | Command::UnplaceQueue { .. } => Ok(()),
+            Command::Tick | Command::UnplaceQueue { .. } | Command::DrainNode { .. } => Ok(()),
+            Command::MoveReplicas { groups } => self.placement.check_moves(groups),
             Command::PlaceGroups { groups } => self.placement.check_groups(groups),
             Command::PlaceQueue {
                 queue,

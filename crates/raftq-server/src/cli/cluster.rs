@@ -66,7 +66,7 @@ pub(super) async fn run(
                 })
                 .await?
         }
-        ClusterCommand::RemoveNode { id } => client.remove_node(id).await?,
+        ClusterCommand::RemoveNode { id } => remove_drained(client, id).await?,
         ClusterCommand::Shrink { to } => shrink(client, to).await?,
     };
     print_status(output, &status);
@@ -86,9 +86,33 @@ async fn shrink(client: &Client, to: u64) -> Result<pb::ClusterStatusResponse, C
     let mut status = status;
     for id in departing {
         eprintln!("removing node {id}");
-        status = client.remove_node(id).await?;
+        status = remove_drained(client, id).await?;
     }
     Ok(status)
+}
+
+/// Longest a removal waits for the node's data-group replicas to move elsewhere.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes node `id`, calling again while the cluster answers that the node's data-group
+/// replicas are still moving to other nodes (each call waits for them a while), for at
+/// most [`DRAIN_DEADLINE`].
+async fn remove_drained(
+    client: &Client,
+    id: u64,
+) -> Result<pb::ClusterStatusResponse, ClientError> {
+    let started = std::time::Instant::now();
+    loop {
+        match client.remove_node(id).await {
+            Err(error)
+                if error.code() == Some(tonic::Code::Unavailable)
+                    && started.elapsed() < DRAIN_DEADLINE =>
+            {
+                eprintln!("  node {id}: {error}");
+            }
+            answer => return answer,
+        }
+    }
 }
 
 fn print_status(output: Output, status: &pb::ClusterStatusResponse) {

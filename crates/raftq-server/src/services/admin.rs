@@ -14,6 +14,10 @@ use raftq_tls::Transport;
 
 use raftq_core::access::Action;
 
+/// Longest a removal waits for the node's data-group replicas to move to other nodes
+/// before it answers UNAVAILABLE (the moves go on; the caller calls again).
+const DRAIN_WAIT: Duration = Duration::from_secs(20);
+
 use super::{forward_to_leader, principals};
 use crate::auth::audit;
 use crate::context::Context;
@@ -178,7 +182,12 @@ impl AdminService for AdminApi {
         if voters <= 1 && members.get(&node_id).is_some_and(|(_, voter)| *voter) {
             return Err(status(ServiceError::LastVoter));
         }
-        let removed = self.context.node.remove_node(node_id).await;
+        // A node running replicas of data groups is drained first: they move to the
+        // other nodes, and the node leaves group 1 once no group counts on it.
+        let removed = match self.context.groups.drain(node_id, DRAIN_WAIT).await {
+            Ok(()) => self.context.node.remove_node(node_id).await,
+            Err(error) => Err(error),
+        };
         audit(
             &caller,
             Action::Admin,

@@ -217,6 +217,13 @@ impl SnapshotWriter {
                     source,
                 }
             })?;
+            // The nodes being drained follow the placement.
+            bincode::serialize_into(&mut hashing, state.placement().draining()).map_err(
+                |source| StoreError::Encode {
+                    what: "snapshot draining nodes",
+                    source,
+                },
+            )?;
             let state_sum = checksum::finish(hashing.hasher);
             let state_end = file.stream_position()?;
             file.write_all(&state_sum)?;
@@ -438,6 +445,9 @@ impl SnapshotReader {
         }
         if let Some(placement) = trailing(&mut limited, "snapshot placement")? {
             state.restore_placement(placement);
+        }
+        if let Some(draining) = trailing(&mut limited, "snapshot draining nodes")? {
+            state.restore_draining(draining);
         }
         if limited.inner.limit() != 0 {
             return Err(damaged("the snapshot state is shorter than its length says").into());

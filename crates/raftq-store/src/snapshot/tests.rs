@@ -53,10 +53,23 @@ fn the_placement_of_groups_and_queues_survives_a_snapshot() {
         },
     });
     assert_eq!(placed, Ok(Outcome::Placed { group: 2 }));
+    state
+        .apply(Request {
+            now_ms: 3,
+            command: Command::DrainNode {
+                node: 3,
+                draining: true,
+            },
+        })
+        .unwrap();
     let read = written_and_read_back(dir.path(), &state);
     assert_eq!(read, state);
     assert_eq!(read.placement().group_of("orders"), 2);
     assert_eq!(read.placement().groups().count(), 4);
+    assert!(
+        read.placement().draining().contains(&3),
+        "the draining nodes are kept too"
+    );
 }
 
 #[test]

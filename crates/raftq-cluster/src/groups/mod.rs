@@ -23,6 +23,8 @@ use crate::node::RaftNode;
 use crate::tuning::GroupsConfig;
 use crate::{ClusterError, lock};
 
+mod moves;
+
 /// Longest one group's membership work (forming it, adding a replica) may take in one
 /// round; what is not done is taken up again in a later round.
 const MEMBERSHIP_ROUND: Duration = Duration::from_secs(30);
@@ -31,6 +33,9 @@ const GROUP_STATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Least time between two handovers of one group's leadership to its first replica, so
 /// that a first replica that keeps failing does not make its group's leadership flap.
 const PREFERRED_LEADER_EVERY: Duration = Duration::from_secs(5);
+/// Most membership tasks (forming a group, adding or removing a replica, checking that a
+/// replica that moved away may be dropped) one node runs at once.
+const MAX_MEMBERSHIP_TASKS: usize = 8;
 
 pub struct DataGroups {
     host: Host,
@@ -52,6 +57,16 @@ pub struct DataGroups {
     /// Whether that placement has any data group (read on every call; set once groups
     /// exist, never cleared, as groups are not removed).
     any_groups: std::sync::atomic::AtomicBool,
+    /// Bounds the membership tasks running at once.
+    tasks: Arc<tokio::sync::Semaphore>,
+    /// On the metadata leader: the voters last seen, and since when, so that replicas move
+    /// only once the nodes have settled (two nodes joining one after the other cause one
+    /// rebalance, not two).
+    voters_seen: Mutex<(Vec<NodeId>, std::time::Instant)>,
+    /// Groups this node's store holds state of without running a replica (it moved away
+    /// while the node was down): dropped once the group's membership leaves this node out.
+    /// `None` until read, on the first round.
+    leftovers: Mutex<Option<BTreeSet<GroupId>>>,
 }
 
 impl DataGroups {
@@ -66,6 +81,9 @@ impl DataGroups {
             handed_back: Mutex::new(BTreeMap::new()),
             placement: Mutex::new(Arc::default()),
             any_groups: std::sync::atomic::AtomicBool::new(false),
+            tasks: Arc::new(tokio::sync::Semaphore::new(MAX_MEMBERSHIP_TASKS)),
+            voters_seen: Mutex::new((Vec::new(), std::time::Instant::now())),
+            leftovers: Mutex::new(None),
         })
     }
 
@@ -103,17 +121,24 @@ impl DataGroups {
         lock(&self.replicas).values().cloned().collect()
     }
 
-    /// One round (the server runs one every 250 ms): places the groups when due, starts
-    /// the replicas placed here, and starts the membership work of groups this node
-    /// founds or leads. Errors are logged; the next round tries again.
+    /// One round (the server runs one every 250 ms): places the groups when due, moves
+    /// replicas when the nodes changed, starts the replicas placed here, and starts the
+    /// membership work of groups this node founds or leads, or has left. Errors are
+    /// logged; the next round tries again.
     pub async fn follow(self: &Arc<Self>) {
         if let Err(error) = self.place_groups_if_due().await {
             tracing::warn!(%error, "placing the data groups");
+        }
+        if let Err(error) = self.rebalance_if_due(false).await {
+            tracing::warn!(%error, "rebalancing the data groups");
         }
         let placement = self.refresh_placement();
         let me = self.host.node_id();
         for plan in placement.groups() {
             if !plan.replicas.contains(&me) {
+                if let Some(replica) = self.replica(plan.group) {
+                    self.leave(replica, plan).await;
+                }
                 continue;
             }
             let replica = match self.start(plan.group).await {
@@ -124,18 +149,21 @@ impl DataGroups {
                 }
             };
             let founder = plan.replicas[0] == me;
-            let complete = {
-                let members = replica.status().members;
-                plan.replicas
-                    .iter()
-                    .all(|node| members.get(node).is_some_and(|(_, voter)| *voter))
-            };
+            let members = replica.status().members;
+            let complete = plan
+                .replicas
+                .iter()
+                .all(|node| members.get(node).is_some_and(|(_, voter)| *voter));
+            let departed = members.keys().any(|node| !plan.replicas.contains(node));
             if !complete && (replica.is_leader() || founder) {
                 self.spawn_membership(replica, plan, founder);
+            } else if complete && departed && replica.is_leader() {
+                self.spawn_removals(replica, plan);
             } else if complete && !founder && replica.is_leader() {
-                self.hand_back(&replica, plan.replicas[0]).await;
+                self.hand_back(&replica, &plan.replicas[..1]).await;
             }
         }
+        self.drop_leftovers(&placement);
     }
 
     /// Stops every data-group replica here, a leader handing over first.
@@ -155,9 +183,9 @@ impl DataGroups {
     }
 
     /// On a group's leader that is not its first replica: hands leadership to the first
-    /// one once it can take it (see [`RaftNode::transfer_if_ready`]), at most once per
-    /// [`PREFERRED_LEADER_EVERY`].
-    async fn hand_back(&self, replica: &RaftNode, preferred: NodeId) {
+    /// of `preferred` that can take it (see [`RaftNode::transfer_if_ready`]), at most once
+    /// per [`PREFERRED_LEADER_EVERY`].
+    async fn hand_back(&self, replica: &RaftNode, preferred: &[NodeId]) {
         let group = replica.group();
         let now = std::time::Instant::now();
         if lock(&self.handed_back)
@@ -166,17 +194,26 @@ impl DataGroups {
         {
             return;
         }
-        match replica.transfer_if_ready(preferred).await {
-            Ok(true) => {
+        let mut asked = Ok(None);
+        for node in preferred {
+            match replica.transfer_if_ready(*node).await {
+                Ok(false) => continue,
+                Ok(true) => asked = Ok(Some(*node)),
+                Err(error) => asked = Err(error),
+            }
+            break;
+        }
+        match asked {
+            Ok(Some(preferred)) => {
                 lock(&self.handed_back).insert(group, now);
                 metrics::counter!("raftq_group_leadership_handed_back_total").increment(1);
                 tracing::info!(
                     group,
                     preferred,
-                    "handing the group's leadership back to its first replica, node {preferred}"
+                    "handing the group's leadership to node {preferred}"
                 );
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(error) => tracing::warn!(group, %error, "handing leadership back"),
         }
     }
@@ -226,22 +263,37 @@ impl DataGroups {
     }
 
     fn spawn_membership(self: &Arc<Self>, replica: RaftNode, plan: GroupPlan, founder: bool) {
-        let group = plan.group;
+        self.spawn_task(
+            plan.group,
+            "data group membership",
+            move |this| async move { this.complete_membership(&replica, &plan, founder).await },
+        );
+    }
+
+    /// Runs one group's membership work in a task of its own: at most one per group, at
+    /// most [`MAX_MEMBERSHIP_TASKS`] at once, each for at most [`MEMBERSHIP_ROUND`]; what
+    /// is not done is taken up again in a later round.
+    fn spawn_task<F, Work>(self: &Arc<Self>, group: GroupId, what: &'static str, work: F)
+    where
+        F: FnOnce(Arc<Self>) -> Work + Send + 'static,
+        Work: std::future::Future<Output = Result<(), ClusterError>> + Send + 'static,
+    {
         if !lock(&self.busy).insert(group) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let work = this.complete_membership(&replica, &plan, founder);
-            match tokio::time::timeout(MEMBERSHIP_ROUND, work).await {
-                Ok(Ok(())) => {}
-                // The change before (forming the group, adding another replica) is still
-                // being committed: the next round goes on.
-                Ok(Err(error @ ClusterError::MembershipBusy { .. })) => {
-                    tracing::debug!(group, %error, "data group membership")
+            if let Ok(_permit) = this.tasks.clone().acquire_owned().await {
+                match tokio::time::timeout(MEMBERSHIP_ROUND, work(this.clone())).await {
+                    Ok(Ok(())) => {}
+                    // The change before (forming the group, adding another replica) is
+                    // still being committed: the next round goes on.
+                    Ok(Err(error @ ClusterError::MembershipBusy { .. })) => {
+                        tracing::debug!(group, %error, "{what}")
+                    }
+                    Ok(Err(error)) => tracing::warn!(group, %error, "{what}"),
+                    Err(_) => tracing::info!(group, "{what}: not done yet"),
                 }
-                Ok(Err(error)) => tracing::warn!(group, %error, "data group membership"),
-                Err(_) => tracing::info!(group, "data group membership not done yet"),
             }
             lock(&this.busy).remove(&group);
         });
@@ -318,11 +370,13 @@ impl DataGroups {
             match client.group_state(request).await {
                 Ok(answer) if !answer.get_ref().holds_state => {}
                 Ok(_) => {
-                    tracing::warn!(
+                    // This replica is new to the group (the group moved here, or this
+                    // node lost its data): the group's leader adds it.
+                    tracing::info!(
                         group = plan.group,
                         node,
-                        "this node founds the group but holds none of it, while node {node} \
-                         does: it lost its data, and waits to be added again"
+                        "this node is the group's first replica but holds none of it, while \
+                         node {node} does: it waits to be added by the group's leader"
                     );
                     return false;
                 }

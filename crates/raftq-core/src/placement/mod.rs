@@ -3,11 +3,13 @@
 //! holds it and changes it only through its log, so every node agrees on it. A queue that
 //! was never placed lives in group 1, as every queue did before there were data groups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{GroupId, Limits, QueueError, quote, validate_queue_name};
+
+mod rebalance;
 
 /// The group that holds the placement itself, and every queue not placed elsewhere.
 pub const METADATA_GROUP: GroupId = 1;
@@ -33,6 +35,11 @@ pub struct Placement {
     groups: BTreeMap<GroupId, Vec<NodeId>>,
     /// The queues placed in a data group.
     queues: BTreeMap<String, GroupId>,
+    /// Nodes being drained before they leave: a rebalance moves every replica off them.
+    /// Kept in snapshots as a part of its own after the placement (see
+    /// [`Placement::draining`]), so that a placement written before it existed still reads.
+    #[serde(skip)]
+    draining: BTreeSet<NodeId>,
 }
 
 impl Placement {
@@ -151,6 +158,63 @@ impl Placement {
         Ok(group)
     }
 
+    /// Gives existing data groups new replicas (a rebalance's moves). Refused, changing
+    /// nothing, for a group that does not exist, and for replicas [`Placement::add_groups`]
+    /// would refuse.
+    pub fn move_replicas(&mut self, plans: &[GroupPlan]) -> Result<(), QueueError> {
+        self.check_moves(plans)?;
+        for plan in plans {
+            self.groups.insert(plan.group, plan.replicas.clone());
+        }
+        Ok(())
+    }
+
+    /// Why [`Placement::move_replicas`] would refuse `plans`, if it would.
+    pub fn check_moves(&self, plans: &[GroupPlan]) -> Result<(), QueueError> {
+        let others = Placement::default();
+        for (at, plan) in plans.iter().enumerate() {
+            if !self.groups.contains_key(&plan.group) {
+                return Err(QueueError::invalid(
+                    "groups",
+                    format!("group {} is not a data group", plan.group),
+                ));
+            }
+            others
+                .check_groups(std::slice::from_ref(plan))
+                .and_then(|()| {
+                    if plans[..at].iter().any(|p| p.group == plan.group) {
+                        Err(QueueError::invalid(
+                            "groups",
+                            format!("group {} is moved twice", plan.group),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Marks `node` as draining (its replicas are to move elsewhere before it leaves), or
+    /// not any more.
+    pub fn set_draining(&mut self, node: NodeId, draining: bool) {
+        if draining {
+            self.draining.insert(node);
+        } else {
+            self.draining.remove(&node);
+        }
+    }
+
+    /// The nodes being drained.
+    pub fn draining(&self) -> &BTreeSet<NodeId> {
+        &self.draining
+    }
+
+    /// Restores the draining nodes a snapshot kept beside the placement.
+    pub fn restore_draining(&mut self, draining: BTreeSet<NodeId>) {
+        self.draining = draining;
+    }
+
     /// Forgets where `queue` lives (it was deleted); returns the group it was in.
     pub fn unplace(&mut self, queue: &str) -> GroupId {
         self.queues.remove(queue).unwrap_or(METADATA_GROUP)
@@ -244,14 +308,14 @@ pub fn check_place(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
 
     use super::{GroupPlan, METADATA_GROUP, NodeId, Placement};
     use crate::Limits;
 
     /// Per node: replicas run and groups founded.
-    fn loads(placement: &Placement) -> BTreeMap<NodeId, (usize, usize)> {
+    pub(super) fn loads(placement: &Placement) -> BTreeMap<NodeId, (usize, usize)> {
         let mut loads = BTreeMap::new();
         for plan in placement.groups() {
             for (at, node) in plan.replicas.iter().enumerate() {
