@@ -103,6 +103,11 @@ impl From<&MemberStatus> for pb::ReplicaStatus {
             last_log_index: status.last_log_index,
             applied_index: status.applied_index,
             rebuilding: status.rebuilding,
+            committed_index: status.committed_index,
+            // The group's size is the state's: the server fills it in.
+            queues: 0,
+            stored_messages: 0,
+            stored_bytes: 0,
         }
     }
 }

@@ -99,7 +99,15 @@ impl Context {
                 .groups
                 .replicas()
                 .iter()
-                .map(|replica| pb::ReplicaStatus::from(&replica.status()))
+                .map(|replica| {
+                    let usage = replica.state().read().usage();
+                    pb::ReplicaStatus {
+                        queues: usage.queues,
+                        stored_messages: usage.messages,
+                        stored_bytes: usage.bytes,
+                        ..pb::ReplicaStatus::from(&replica.status())
+                    }
+                })
                 .collect(),
             ..pb::NodeStatus::from(&self.meta.status())
         }

@@ -80,7 +80,15 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
             .set(status.last_log_index as f64);
         metrics::gauge!("raftq_group_applied_index", "group" => group.clone())
             .set(status.applied_index as f64);
-        metrics::gauge!("raftq_group_members", "group" => group).set(status.members.len() as f64);
+        metrics::gauge!("raftq_group_committed_index", "group" => group.clone())
+            .set(status.committed_index as f64);
+        metrics::gauge!("raftq_group_members", "group" => group.clone())
+            .set(status.members.len() as f64);
+        let usage = replica.state().read().usage();
+        metrics::gauge!("raftq_group_queues", "group" => group.clone()).set(usage.queues as f64);
+        metrics::gauge!("raftq_group_stored_messages", "group" => group.clone())
+            .set(usage.messages as f64);
+        metrics::gauge!("raftq_group_stored_bytes", "group" => group).set(usage.bytes as f64);
     }
     let memory = state.node.storage_memory();
     metrics::gauge!("raftq_rocksdb_memtable_bytes").set(memory.memtables as f64);
@@ -89,7 +97,15 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
         .set(memory.block_cache_capacity as f64);
     metrics::gauge!("raftq_rocksdb_table_readers_bytes").set(memory.table_readers as f64);
     metrics::gauge!("raftq_allocator_committed_bytes").set(allocator_committed_bytes() as f64);
-    let queues = state.node.state().read().list_queues("", MAX_QUEUE_GAUGES);
+    // Group 1's queues, then those of the data groups this node runs a replica of.
+    let mut queues = state.node.state().read().list_queues("", MAX_QUEUE_GAUGES);
+    for replica in state.groups.replicas() {
+        let room = MAX_QUEUE_GAUGES.saturating_sub(queues.len());
+        if room == 0 {
+            break;
+        }
+        queues.extend(replica.state().read().list_queues("", room));
+    }
     metrics::gauge!("raftq_queues").set(queues.len() as f64);
     for queue in queues {
         let name = queue.name;

@@ -96,6 +96,7 @@ pub async fn run(config: ServeConfig, prometheus: PrometheusHandle) -> anyhow::R
     ));
     tokio::spawn(admission.clone().watch_usage(
         node.clone(),
+        groups.clone(),
         config.data_dir.clone(),
         until(stopped.clone()),
     ));

@@ -26,6 +26,7 @@ use transaction::CommittedTransaction;
 /// transactions, producers and their sessions).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    pub queues: u64,
     pub messages: u64,
     pub bytes: u64,
     pub dedup_records: u64,
@@ -402,6 +403,7 @@ impl StateMachine {
     /// What the state holds in all: the measure of a node's budget.
     pub fn usage(&self) -> Usage {
         let mut usage = Usage {
+            queues: self.queues.len() as u64,
             dedup_records: (self.transactions.len()
                 + self.producers.len()
                 + self.producers.sessions()) as u64,

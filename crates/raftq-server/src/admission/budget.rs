@@ -9,10 +9,11 @@
 //! may pass the budget by what arrives within one period.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use raftq_cluster::RaftNode;
+use raftq_cluster::{DataGroups, RaftNode};
 use raftq_proto::pb;
 use tonic::Status;
 
@@ -123,9 +124,12 @@ impl Admission {
     }
 
     /// Samples usage and free space every [`SAMPLE_EVERY`] until `stop` resolves.
+    /// The usage summed over every replica the node runs (group 1's and the data
+    /// groups'): all of them are stored on this node's disk.
     pub async fn watch_usage(
         self,
         node: RaftNode,
+        groups: Arc<DataGroups>,
         data_dir: PathBuf,
         stop: impl Future<Output = ()>,
     ) {
@@ -138,7 +142,13 @@ impl Admission {
                 () = &mut stop => return,
                 _ = interval.tick() => {}
             }
-            let usage = node.state().read().usage();
+            let mut usage = node.state().read().usage();
+            for replica in groups.replicas() {
+                let more = replica.state().read().usage();
+                usage.messages += more.messages;
+                usage.bytes += more.bytes;
+                usage.dedup_records += more.dedup_records;
+            }
             let sampled = &self.inner.sampled;
             sampled.messages.store(usage.messages, Ordering::Relaxed);
             sampled.bytes.store(usage.bytes, Ordering::Relaxed);

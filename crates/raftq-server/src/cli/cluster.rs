@@ -225,6 +225,51 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
             ));
         }
     }
+    let groups = group_summaries(status);
+    if !groups.is_empty() {
+        text.push_str("data groups:\n");
+    }
+    for group in &groups {
+        let lag: Vec<String> = group
+            .lag
+            .iter()
+            .map(|(node, lag)| format!("{node}:{lag}"))
+            .collect();
+        text.push_str(&format!(
+            "  group {} leader {} voters {:?}{} queues={} messages={} bytes={} lag {}\n",
+            group.group,
+            if group.leader == 0 {
+                "none".to_string()
+            } else {
+                format!("node {}", group.leader)
+            },
+            group.voters,
+            if group.learners.is_empty() {
+                String::new()
+            } else {
+                format!(" learners {:?}", group.learners)
+            },
+            group.queues,
+            group.stored_messages,
+            group.stored_bytes,
+            lag.join(" ")
+        ));
+    }
+    let groups: Vec<_> = groups
+        .iter()
+        .map(|group| {
+            json!({
+                "group_id": group.group,
+                "leader_id": group.leader,
+                "voters": group.voters,
+                "learners": group.learners,
+                "queues": group.queues,
+                "stored_messages": group.stored_messages,
+                "stored_bytes": group.stored_bytes,
+                "lag": group.lag.iter().map(|(node, lag)| json!({"node_id": node, "entries": lag})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     print(
         output,
         json!({
@@ -232,7 +277,121 @@ fn print_status(output: Output, status: &pb::ClusterStatusResponse) {
             "leader_id": status.leader_id,
             "leader_address": status.leader_address,
             "nodes": nodes,
+            "groups": groups,
         }),
         text.trim_end().to_string(),
     );
+}
+
+/// One data group as the nodes' replicas report it.
+#[derive(Debug, Default, PartialEq)]
+struct GroupSummary {
+    group: u64,
+    /// 0 when no replica leads.
+    leader: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    /// As the leader's replica holds them (or any replica's, without a leader).
+    queues: u64,
+    stored_messages: u64,
+    stored_bytes: u64,
+    /// Per replica: how many entries its applied index is behind the leader's log.
+    lag: Vec<(u64, u64)>,
+}
+
+/// Every data group in `status`, from the replicas the nodes report, in group order.
+fn group_summaries(status: &pb::ClusterStatusResponse) -> Vec<GroupSummary> {
+    let mut replicas: std::collections::BTreeMap<u64, Vec<(u64, &pb::ReplicaStatus)>> =
+        std::collections::BTreeMap::new();
+    for node in &status.nodes {
+        for replica in &node.replicas {
+            replicas
+                .entry(replica.group_id)
+                .or_default()
+                .push((node.node_id, replica));
+        }
+    }
+    replicas
+        .into_iter()
+        .map(|(group, replicas)| {
+            let leading = replicas
+                .iter()
+                .find(|(_, replica)| replica.role == raftq_proto::wire::role::LEADER);
+            let (leader, source) = match leading {
+                Some((node, replica)) => (*node, *replica),
+                None => (0, replicas[0].1),
+            };
+            let lag = replicas
+                .iter()
+                .map(|(node, replica)| {
+                    (
+                        *node,
+                        source.last_log_index.saturating_sub(replica.applied_index),
+                    )
+                })
+                .collect();
+            GroupSummary {
+                group,
+                leader,
+                voters: source.voters.clone(),
+                learners: source.learners.clone(),
+                queues: source.queues,
+                stored_messages: source.stored_messages,
+                stored_bytes: source.stored_bytes,
+                lag,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_is_summed_up_from_its_leaders_replica_with_each_replicas_lag() {
+        let replica = |group, role: &str, last, applied| pb::ReplicaStatus {
+            group_id: group,
+            role: role.into(),
+            voters: vec![1, 2],
+            last_log_index: last,
+            applied_index: applied,
+            queues: if role == "leader" { 3 } else { 2 },
+            stored_messages: 10,
+            stored_bytes: 100,
+            ..pb::ReplicaStatus::default()
+        };
+        let status = pb::ClusterStatusResponse {
+            nodes: vec![
+                pb::NodeStatus {
+                    node_id: 1,
+                    replicas: vec![replica(2, "follower", 40, 35), replica(3, "follower", 5, 5)],
+                    ..pb::NodeStatus::default()
+                },
+                pb::NodeStatus {
+                    node_id: 2,
+                    replicas: vec![replica(2, "leader", 50, 50)],
+                    ..pb::NodeStatus::default()
+                },
+            ],
+            ..pb::ClusterStatusResponse::default()
+        };
+        let groups = group_summaries(&status);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(
+            groups[0],
+            GroupSummary {
+                group: 2,
+                leader: 2,
+                voters: vec![1, 2],
+                learners: vec![],
+                queues: 3,
+                stored_messages: 10,
+                stored_bytes: 100,
+                lag: vec![(1, 15), (2, 0)],
+            }
+        );
+        assert_eq!(groups[1].leader, 0, "no replica of group 3 leads");
+        assert_eq!(groups[1].lag, vec![(1, 0)]);
+    }
 }
