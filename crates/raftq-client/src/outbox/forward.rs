@@ -4,7 +4,6 @@
 //! batch goes again with the same numbers and is stored once.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -172,10 +171,15 @@ async fn step(inner: &Inner) -> Result<Step, OutboxError> {
     match (&result, reason) {
         (Ok(()), _) | (Err(_), Some(REASON_SEQUENCE_APPLIED)) => {
             let (done, max) = (batch.clone(), inner.config.batch_messages);
+            let forwarded = inner.forwarded.clone();
             inner
-                .blocking(move |store| store.forwarded(&done, max))
+                .blocking(move |store| {
+                    let mut forwarded = forwarded.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = store.forwarded(&done, max)?;
+                    *forwarded += done.count;
+                    Ok(next)
+                })
                 .await?;
-            inner.forwarded.fetch_add(batch.count, Ordering::Relaxed);
             metrics::counter!("raftq_outbox_forwarded_total").increment(batch.count);
             inner.note_stuck(None);
             Ok(Step::Progress)

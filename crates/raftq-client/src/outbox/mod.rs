@@ -10,7 +10,6 @@ mod forward;
 mod store;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -111,7 +110,11 @@ pub(crate) struct Inner {
     config: OutboxConfig,
     store: Arc<Store>,
     wake: Notify,
-    forwarded: AtomicU64,
+    /// Messages forwarded since the outbox opened. Changed together with the store
+    /// (under this lock, in the same blocking task as the store's change) and read
+    /// together with it, so that a status never shows a message as neither pending nor
+    /// forwarded.
+    forwarded: Arc<Mutex<u64>>,
     stuck: Mutex<Option<String>>,
 }
 
@@ -165,7 +168,7 @@ impl Outbox {
             config,
             store,
             wake: Notify::new(),
-            forwarded: AtomicU64::new(0),
+            forwarded: Arc::default(),
             stuck: Mutex::new(None),
         });
         let (appends, received) = mpsc::sync_channel(APPEND_QUEUE);
@@ -270,7 +273,14 @@ impl Outbox {
     }
 
     pub async fn status(&self) -> Result<OutboxStatus, OutboxError> {
-        let waiting = self.inner.blocking(|store| store.waiting()).await?;
+        let forwarded = self.inner.forwarded.clone();
+        let (waiting, forwarded) = self
+            .inner
+            .blocking(move |store| {
+                let forwarded = forwarded.lock().unwrap_or_else(|p| p.into_inner());
+                Ok((store.waiting()?, *forwarded))
+            })
+            .await?;
         let oldest_age = waiting
             .oldest_sent_at_ms
             .map(|sent| Duration::from_millis(now_ms().saturating_sub(sent)));
@@ -283,10 +293,7 @@ impl Outbox {
             in_flight: waiting.in_flight,
             oldest_age,
             dead_letters: waiting.dead_letters,
-            forwarded: self
-                .inner
-                .forwarded
-                .load(std::sync::atomic::Ordering::Relaxed),
+            forwarded,
             stuck: self
                 .inner
                 .stuck
