@@ -544,7 +544,10 @@ const DAMAGE_NOTICED_WITHIN: Duration = Duration::from_secs(10);
 /// Longest the nemesis waits for a wiped node to rebuild before it goes on.
 const REBUILD_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Waits (bounded) until node `id` reports itself a voter that votes.
+/// Waits (bounded) until node `id` reports itself a voter that votes, and the leader
+/// counts it as a voter too. (A node rebuilt on an empty disk is removed and added again
+/// as a learner: its own copy of the log may still show it a voter while the leader has
+/// not promoted it yet, and until then the cluster tolerates one failure fewer.)
 async fn wait_until_voting(cluster: &Cluster, id: u64, deadline: Duration) -> bool {
     let Some(node) = cluster.nodes.iter().find(|node| node.id == id) else {
         return false;
@@ -554,6 +557,13 @@ async fn wait_until_voting(cluster: &Cluster, id: u64, deadline: Duration) -> bo
         if let Ok(info) = node.client().node_info().await
             && info.voter
             && !info.rebuilding
+            && let Ok(status) = cluster.client().cluster_status().await
+            && let Some(leader) = cluster.nodes.iter().find(|n| n.id == status.leader_id)
+            && let Ok(at_leader) = leader.client().cluster_status().await
+            && at_leader
+                .nodes
+                .iter()
+                .any(|member| member.node_id == id && member.voter)
         {
             return true;
         }

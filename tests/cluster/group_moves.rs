@@ -11,13 +11,24 @@ use raftq_client::{Client, Message, pb};
 use raftq_tests::{Cluster, ClusterOptions, queue_stats, wait_until_or};
 
 use crate::group_queues::consume_bodies;
-use crate::groups::{Replicas, formed, replicas};
+use crate::groups::{Replicas, formed, replicas, replicas_without};
 
 const GROUPS: usize = 6;
+/// The groups of the test with a node down.
+const FEW_GROUPS: usize = 4;
 
 /// Per node: (replicas, groups led), when every group runs on 3 agreed nodes of `nodes`.
 fn spread(groups: &Replicas, nodes: &[u64]) -> Option<BTreeMap<u64, (usize, usize)>> {
-    (groups.len() == GROUPS).then_some(())?;
+    spread_of(groups, nodes, GROUPS)
+}
+
+/// [`spread`] for `count` groups.
+fn spread_of(
+    groups: &Replicas,
+    nodes: &[u64],
+    count: usize,
+) -> Option<BTreeMap<u64, (usize, usize)>> {
+    (groups.len() == count).then_some(())?;
     let mut per_node: BTreeMap<u64, (usize, usize)> =
         nodes.iter().map(|node| (*node, (0, 0))).collect();
     for replicas in groups.values() {
@@ -152,5 +163,90 @@ async fn replicas_move_onto_joining_nodes_and_off_departing_ones_losing_nothing(
         assert_eq!(stats.total_sent as usize, sent, "{queue}: stored once each");
         let bodies = consume_bodies(&client, queue, expected.len()).await;
         assert_eq!(bodies, expected, "{queue}: each message once, in order");
+    }
+}
+
+/// A node that is down while it is removed: its replicas move without it, the removal
+/// completes, and when it comes back on its old disk (and joins again) the groups agree
+/// on their members, it gets its share again, and every message is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_down_comes_back_on_its_old_disk_and_the_groups_agree() {
+    let mut cluster = Cluster::start_with(
+        3,
+        ClusterOptions {
+            env: vec![("RAFTQ_GROUPS__DATA_GROUPS".into(), FEW_GROUPS.to_string())],
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    cluster.spawn_joining_node(4);
+    cluster.wait_for_voters(4).await;
+    wait_until_or(
+        "4 data groups spread over 4 nodes",
+        Duration::from_secs(60),
+        || async { spread_of(&replicas(&cluster).await?, &[1, 2, 3, 4], FEW_GROUPS) },
+        || cluster.logs(),
+    )
+    .await;
+    let client = cluster.client();
+    let queues: Vec<String> = (0..FEW_GROUPS).map(|i| format!("kept{i}")).collect();
+    for queue in &queues {
+        client
+            .create_queue(queue, pb::QueueOptions::default())
+            .await
+            .expect("create");
+        for n in 0..50 {
+            client
+                .send(
+                    queue,
+                    Message::new(format!("{n:05}")).with_key(format!("{queue}/{n}")),
+                )
+                .await
+                .expect("send");
+        }
+    }
+
+    cluster.node(4).kill();
+    let address = cluster.node(1).grpc.clone();
+    let output = raftq_tests::cli()
+        .args(["--addr", &address, "cluster", "remove-node", "--id", "4"])
+        .output()
+        .expect("run raftq cluster remove-node");
+    assert!(
+        output.status.success(),
+        "remove-node 4 while it is down: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    wait_until_or(
+        "every group on nodes 1 to 3 while node 4 is down",
+        Duration::from_secs(60),
+        || async {
+            spread_of(
+                &replicas_without(&cluster, 4).await?,
+                &[1, 2, 3],
+                FEW_GROUPS,
+            )
+        },
+        || cluster.logs(),
+    )
+    .await;
+
+    // Back on its old disk, it joins again and is given replicas again; the groups it
+    // held agree on their members with it.
+    cluster.node(4).restart();
+    cluster.wait_for_voters(4).await;
+    wait_until_or(
+        "4 data groups spread over 4 nodes again",
+        Duration::from_secs(120),
+        || async { spread_of(&replicas(&cluster).await?, &[1, 2, 3, 4], FEW_GROUPS) },
+        || cluster.logs(),
+    )
+    .await;
+    let expected: Vec<String> = (0..50).map(|n| format!("{n:05}")).collect();
+    for queue in &queues {
+        let bodies = consume_bodies(&client, queue, expected.len()).await;
+        assert_eq!(bodies, expected, "{queue}: each message once, in order");
+        assert_eq!(queue_stats(&client, queue).await.total_sent, 50);
     }
 }

@@ -16,7 +16,7 @@ pub(crate) async fn replicas(cluster: &Cluster) -> Option<Replicas> {
 }
 
 /// Every node's data-group replicas but node `down`'s, once those nodes answer.
-async fn replicas_without(cluster: &Cluster, down: u64) -> Option<Replicas> {
+pub(crate) async fn replicas_without(cluster: &Cluster, down: u64) -> Option<Replicas> {
     let mut groups = Replicas::new();
     for node in cluster.nodes.iter().filter(|node| node.id != down) {
         let status = node.client().node_info().await.ok()?;

@@ -77,6 +77,10 @@ impl AdminApi {
                 lookups.push(async move {
                     peer_status(id, &addresses.internal, &transport, PEER_STATUS_TIMEOUT)
                         .await
+                        // Voter or learner as this node's membership has it (the leader's
+                        // is the one that counts): a member's own copy may lag, e.g. a
+                        // node rebuilt on an empty disk that is a learner again.
+                        .map(|status| pb::NodeStatus { voter, ..status })
                         .unwrap_or(pb::NodeStatus {
                             node_id: id,
                             address: addresses.public,
