@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use raftq_client::{Client, Message, pb};
-use raftq_tests::{Cluster, ClusterOptions, queue_stats, wait_until_or};
+use raftq_tests::{Cluster, ClusterOptions, drain_bodies, member_ids, queue_stats, wait_until_or};
 
-use crate::group_queues::consume_bodies;
 use crate::groups::{Replicas, formed, replicas, replicas_without};
 
 const GROUPS: usize = 6;
@@ -99,7 +98,7 @@ async fn replicas_move_onto_joining_nodes_and_off_departing_ones_losing_nothing(
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicUsize::new(0));
     let sender = keep_sending(client.clone(), queues.clone(), stop.clone(), rounds.clone());
-    let before_moves = rounds.load(Ordering::Relaxed);
+    let before_join = rounds.load(Ordering::Relaxed);
 
     // Two nodes join: 18 replicas over 5 nodes is 3 or 4 each, 6 leaders 1 or 2 each.
     cluster.spawn_joining_node(4);
@@ -119,6 +118,11 @@ async fn replicas_move_onto_joining_nodes_and_off_departing_ones_losing_nothing(
     )
     .await;
     assert_eq!(per_node.len(), 5, "{per_node:?}");
+    let before_shrink = rounds.load(Ordering::Relaxed);
+    assert!(
+        before_shrink > before_join,
+        "messages were sent while the replicas moved onto nodes 4 and 5"
+    );
 
     // Shrink back to 3 as the chart's hook does: the replicas move off nodes 4 and 5
     // before they leave, and the two drop what they held.
@@ -133,15 +137,7 @@ async fn replicas_move_onto_joining_nodes_and_off_departing_ones_losing_nothing(
         String::from_utf8_lossy(&output.stderr),
         cluster.logs()
     );
-    let members: Vec<u64> = client
-        .cluster_status()
-        .await
-        .expect("status")
-        .nodes
-        .iter()
-        .map(|node| node.node_id)
-        .collect();
-    assert_eq!(members, [1, 2, 3]);
+    assert_eq!(member_ids(&client).await, [1, 2, 3]);
     wait_until_or(
         "every group on nodes 1 to 3 again, nodes 4 and 5 running none",
         Duration::from_secs(60),
@@ -151,8 +147,8 @@ async fn replicas_move_onto_joining_nodes_and_off_departing_ones_losing_nothing(
     .await;
 
     assert!(
-        rounds.load(Ordering::Relaxed) > before_moves,
-        "messages were sent while the replicas moved"
+        rounds.load(Ordering::Relaxed) > before_shrink,
+        "messages were sent while the replicas moved off nodes 4 and 5"
     );
     stop.store(true, Ordering::Relaxed);
     let sent = sender.await.expect("sender");
@@ -161,7 +157,7 @@ async fn replicas_move_onto_joining_nodes_and_off_departing_ones_losing_nothing(
     for queue in &queues {
         let stats = queue_stats(&client, queue).await;
         assert_eq!(stats.total_sent as usize, sent, "{queue}: stored once each");
-        let bodies = consume_bodies(&client, queue, expected.len()).await;
+        let bodies = drain_bodies(&client, queue).await;
         assert_eq!(bodies, expected, "{queue}: each message once, in order");
     }
 }
@@ -245,7 +241,7 @@ async fn a_node_removed_while_down_comes_back_on_its_old_disk_and_the_groups_agr
     .await;
     let expected: Vec<String> = (0..50).map(|n| format!("{n:05}")).collect();
     for queue in &queues {
-        let bodies = consume_bodies(&client, queue, expected.len()).await;
+        let bodies = drain_bodies(&client, queue).await;
         assert_eq!(bodies, expected, "{queue}: each message once, in order");
         assert_eq!(queue_stats(&client, queue).await.total_sent, 50);
     }

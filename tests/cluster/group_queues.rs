@@ -463,7 +463,7 @@ async fn queues_a_queue_moves_messages_to_live_beside_it_and_other_writes_are_re
 
 /// Consumes `count` messages of `queue` on a consume stream, acking each delivery, and
 /// returns their bodies in the order delivered.
-pub(crate) async fn consume_bodies(client: &Client, queue: &str, count: usize) -> Vec<String> {
+async fn consume_bodies(client: &Client, queue: &str, count: usize) -> Vec<String> {
     let mut consumer = client
         .consume(queue, raftq_client::ConsumeOptions::default())
         .await

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use raftq_client::{Message, pb};
-use raftq_tests::{Cluster, create_queue, wait_until_or};
+use raftq_tests::{Cluster, create_queue, member_ids, wait_until_or};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fourth_node_joins_as_voter_and_a_removed_node_leaves_the_cluster_serving() {
@@ -148,15 +148,7 @@ async fn shrink_removes_the_members_above_the_count_and_a_removed_node_joins_aga
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let members: Vec<u64> = client
-        .cluster_status()
-        .await
-        .expect("status")
-        .nodes
-        .iter()
-        .map(|n| n.node_id)
-        .collect();
-    assert_eq!(members, [1, 2, 3]);
+    assert_eq!(member_ids(&client).await, [1, 2, 3]);
     // Again: nothing above 3 is left, nothing changes, and that is no error.
     let again = shrink();
     assert!(again.status.success());

@@ -82,6 +82,18 @@ pub async fn queue_stats(client: &Client, queue: &str) -> pb::QueueStats {
         .expect("stats")
 }
 
+/// The cluster's members, as `cluster status` lists them, in id order.
+pub async fn member_ids(client: &Client) -> Vec<u64> {
+    client
+        .cluster_status()
+        .await
+        .expect("cluster status")
+        .nodes
+        .iter()
+        .map(|node| node.node_id)
+        .collect()
+}
+
 /// Creates a queue with the given options (zero fields take defaults).
 pub async fn create_queue(client: &Client, name: &str, options: pb::QueueOptions) {
     client

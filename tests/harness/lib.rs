@@ -18,8 +18,8 @@ use std::time::Duration;
 use raftq_client::{Client, ClientConfig};
 
 pub use calls::{
-    create_queue, drain_bodies, http_get, metric_value, node_metric, queue_stats, refused_start,
-    wait_until, wait_until_or,
+    create_queue, drain_bodies, http_get, member_ids, metric_value, node_metric, queue_stats,
+    refused_start, wait_until, wait_until_or,
 };
 pub use raftq_client::pb;
 pub use tls::{connect, node_tls_args, test_ca, tls_args};
